@@ -1,0 +1,127 @@
+//! Admin HTTP for operators: `/healthz`, `/status` (JSON), `/metrics`
+//! (Prometheus text).
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Json;
+use openraft::ServerState;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::router::Router;
+
+pub async fn serve(listener: TcpListener, router: Arc<Router>, shutdown: CancellationToken) {
+    let app = axum::Router::new()
+        .route("/healthz", get(healthz))
+        .route("/status", get(status))
+        .route("/metrics", get(metrics))
+        .with_state(router);
+    let _ = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await;
+}
+
+/// 200 once the region's meta group has a leader (the node can serve
+/// metadata and create topics), 503 before.
+async fn healthz(State(r): State<Arc<Router>>) -> impl IntoResponse {
+    match r.groups.meta_leader() {
+        Some(_) => (StatusCode::OK, "ok\n".to_string()),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no leader for the region's meta group yet\n".to_string(),
+        ),
+    }
+}
+
+async fn metrics(State(r): State<Arc<Router>>) -> impl IntoResponse {
+    (
+        [("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        r.metrics.render(),
+    )
+}
+
+#[derive(Serialize)]
+pub struct GroupStatus {
+    pub group: u64,
+    pub topic: Option<String>,
+    pub partition: Option<u32>,
+    pub state: String,
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub last_log_index: Option<u64>,
+    pub applied_index: Option<u64>,
+    /// Known on the leader only: the highest index a majority has stored.
+    pub commit_index: Option<u64>,
+    pub high_watermark: Option<u64>,
+}
+
+#[derive(Serialize)]
+pub struct Status {
+    pub node: u64,
+    pub region: String,
+    pub kafka: String,
+    pub partitions_led: usize,
+    pub meta: GroupStatus,
+    pub partitions: Vec<GroupStatus>,
+}
+
+fn group_status(
+    group: u64,
+    m: &openraft::RaftMetrics<u64, openraft::BasicNode>,
+    voters: usize,
+) -> GroupStatus {
+    let commit_index = m.replication.as_ref().map(|rep| {
+        let mut idx: Vec<u64> = rep.values().map(|l| l.map_or(0, |l| l.index)).collect();
+        if !rep.contains_key(&m.id) {
+            idx.push(m.last_log_index.unwrap_or(0));
+        }
+        idx.sort_unstable_by(|a, b| b.cmp(a));
+        idx[(voters / 2).min(idx.len() - 1)]
+    });
+    GroupStatus {
+        group,
+        topic: None,
+        partition: None,
+        state: format!("{:?}", m.state),
+        leader: m.current_leader,
+        term: m.current_term,
+        last_log_index: m.last_log_index,
+        applied_index: m.last_applied.map(|l| l.index),
+        commit_index,
+        high_watermark: None,
+    }
+}
+
+pub fn status_of(r: &Router) -> Status {
+    let voters = r.region_nodes().len();
+    let meta = group_status(0, &r.groups.meta.metrics().borrow(), voters);
+    let partitions: Vec<GroupStatus> = r
+        .groups
+        .partitions()
+        .iter()
+        .map(|g| {
+            let mut s = group_status(g.id, &g.raft.metrics().borrow(), voters);
+            s.topic = Some(g.topic.clone());
+            s.partition = Some(g.partition);
+            s.high_watermark = Some(g.progress.borrow().next_offset);
+            s
+        })
+        .collect();
+    Status {
+        node: r.node_id(),
+        region: r.me.region.clone(),
+        kafka: r.me.kafka.to_string(),
+        partitions_led: partitions.iter().filter(|p| p.state == format!("{:?}", ServerState::Leader)).count(),
+        meta,
+        partitions,
+    }
+}
+
+async fn status(State(r): State<Arc<Router>>) -> Json<Status> {
+    Json(status_of(&r))
+}

@@ -1,0 +1,829 @@
+//! Configuration: the region topology (`regions/*.toml`) and one node's
+//! settings (`config/*.toml`).
+//!
+//! Loading never panics. Every problem is reported with the file, the key and
+//! the reason, and all problems of a file are reported at once, so an operator
+//! fixes a file in one pass instead of one error per restart.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// One problem found in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub path: PathBuf,
+    /// Dotted key, e.g. `region[0].node[1].kafka`; empty for whole-file errors.
+    pub key: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.path.display(), self.reason)
+        } else {
+            write!(f, "{}: {}: {}", self.path.display(), self.key, self.reason)
+        }
+    }
+}
+
+/// All problems found while loading configuration.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub problems: Vec<ConfigProblem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        writeln!(
+            f,
+            "invalid configuration ({n} problem{}):",
+            if n == 1 { "" } else { "s" }
+        )?;
+        for p in &self.problems {
+            writeln!(f, "  {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ConfigError {
+    fn one(path: &Path, key: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError {
+            problems: vec![ConfigProblem {
+                path: path.to_path_buf(),
+                key: key.into(),
+                reason: reason.into(),
+            }],
+        }
+    }
+}
+
+/// Collects problems for one file.
+struct Problems<'a> {
+    path: &'a Path,
+    list: Vec<ConfigProblem>,
+}
+
+impl<'a> Problems<'a> {
+    fn new(path: &'a Path) -> Self {
+        Problems {
+            path,
+            list: Vec::new(),
+        }
+    }
+    fn add(&mut self, key: impl Into<String>, reason: impl Into<String>) {
+        self.list.push(ConfigProblem {
+            path: self.path.to_path_buf(),
+            key: key.into(),
+            reason: reason.into(),
+        });
+    }
+    fn finish(self) -> Result<(), ConfigError> {
+        if self.list.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError {
+                problems: self.list,
+            })
+        }
+    }
+}
+
+fn read_toml<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::one(
+            path,
+            "",
+            format!("cannot read the file: {e}; check the path and its permissions"),
+        )
+    })?;
+    parse_toml(path, &text)
+}
+
+fn parse_toml<T: for<'de> Deserialize<'de>>(path: &Path, text: &str) -> Result<T, ConfigError> {
+    toml::from_str(text).map_err(|e| {
+        // toml's message names the line, column and key, e.g.
+        // "unknown field `kafak`, expected one of `id`, `quic`, ...".
+        let key = e
+            .span()
+            .map(|s| {
+                let line = text[..s.start].matches('\n').count() + 1;
+                format!("line {line}")
+            })
+            .unwrap_or_default();
+        ConfigError::one(path, key, e.message().trim().to_string())
+    })
+}
+
+fn parse_addr(p: &mut Problems<'_>, key: &str, value: &str) -> Option<SocketAddr> {
+    match value.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            p.add(
+                key,
+                format!("`{value}` is not an IP:port address (expected e.g. `127.0.0.1:9092`)"),
+            );
+            None
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Topology
+// ---------------------------------------------------------------------------
+
+pub type NodeId = u64;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TopologyFile {
+    #[serde(rename = "region", default)]
+    regions: Vec<RegionFile>,
+    #[serde(rename = "rtt", default)]
+    rtts: Vec<RttFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegionFile {
+    name: String,
+    #[serde(rename = "node", default)]
+    nodes: Vec<NodeFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeFile {
+    id: i64,
+    quic: String,
+    kafka: String,
+    admin: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RttFile {
+    a: String,
+    b: String,
+    ms: i64,
+}
+
+/// One node of the topology.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeSpec {
+    pub id: NodeId,
+    pub region: String,
+    pub quic: SocketAddr,
+    pub kafka: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegionSpec {
+    pub name: String,
+    pub nodes: Vec<NodeSpec>,
+}
+
+/// The validated topology: regions, their nodes, and simulated round trips.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Topology {
+    pub regions: Vec<RegionSpec>,
+    /// Simulated round-trip time per unordered region pair, in ms.
+    pub rtt_ms: BTreeMap<(String, String), u64>,
+}
+
+impl Topology {
+    pub fn load(path: &Path) -> Result<Topology, ConfigError> {
+        let file: TopologyFile = read_toml(path)?;
+        Self::validate(path, file)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Topology, ConfigError> {
+        let file: TopologyFile = parse_toml(path, text)?;
+        Self::validate(path, file)
+    }
+
+    fn validate(path: &Path, file: TopologyFile) -> Result<Topology, ConfigError> {
+        let mut p = Problems::new(path);
+        if file.regions.is_empty() {
+            p.add(
+                "region",
+                "no regions defined; add at least one [[region]] with its [[region.node]] entries",
+            );
+        }
+        let mut region_names: HashMap<String, usize> = HashMap::new();
+        let mut ids: HashMap<i64, String> = HashMap::new();
+        let mut addrs: HashMap<SocketAddr, String> = HashMap::new();
+        let mut regions = Vec::new();
+        for (ri, r) in file.regions.iter().enumerate() {
+            let rkey = format!("region[{ri}]");
+            if !valid_name(&r.name) {
+                p.add(
+                    format!("{rkey}.name"),
+                    format!(
+                        "`{}` is not a valid region name (use letters, digits, `-` and `_`)",
+                        r.name
+                    ),
+                );
+            }
+            if let Some(prev) = region_names.insert(r.name.clone(), ri) {
+                p.add(
+                    format!("{rkey}.name"),
+                    format!("region `{}` is already defined as region[{prev}]", r.name),
+                );
+            }
+            if r.nodes.is_empty() {
+                p.add(
+                    format!("{rkey}.node"),
+                    format!("region `{}` has no nodes; every region needs at least one [[region.node]] (3 or 5 for fault tolerance)", r.name),
+                );
+            }
+            let mut nodes = Vec::new();
+            for (ni, n) in r.nodes.iter().enumerate() {
+                let nkey = format!("{rkey}.node[{ni}]");
+                if n.id <= 0 {
+                    p.add(
+                        format!("{nkey}.id"),
+                        format!("node id must be a positive integer, got {}", n.id),
+                    );
+                } else if let Some(prev) = ids.insert(n.id, nkey.clone()) {
+                    p.add(
+                        format!("{nkey}.id"),
+                        format!("duplicate node id {} (also used by {prev})", n.id),
+                    );
+                }
+                let mut addr = |kind: &str, v: &str| -> Option<SocketAddr> {
+                    let key = format!("{nkey}.{kind}");
+                    let a = parse_addr(&mut p, &key, v)?;
+                    if let Some(prev) = addrs.insert(a, key.clone()) {
+                        p.add(
+                            key,
+                            format!("address {a} is already used by {prev}; every listener needs its own port"),
+                        );
+                    }
+                    Some(a)
+                };
+                let quic = addr("quic", &n.quic);
+                let kafka = addr("kafka", &n.kafka);
+                let admin = addr("admin", &n.admin);
+                if let (Some(quic), Some(kafka), Some(admin)) = (quic, kafka, admin) {
+                    nodes.push(NodeSpec {
+                        id: n.id.max(0) as NodeId,
+                        region: r.name.clone(),
+                        quic,
+                        kafka,
+                        admin,
+                    });
+                }
+            }
+            regions.push(RegionSpec {
+                name: r.name.clone(),
+                nodes,
+            });
+        }
+        let mut rtt_ms = BTreeMap::new();
+        for (i, rtt) in file.rtts.iter().enumerate() {
+            let key = format!("rtt[{i}]");
+            for (side, name) in [("a", &rtt.a), ("b", &rtt.b)] {
+                if !region_names.contains_key(name) {
+                    p.add(
+                        format!("{key}.{side}"),
+                        format!("region `{name}` is not defined in this file"),
+                    );
+                }
+            }
+            if rtt.a == rtt.b {
+                p.add(
+                    key.clone(),
+                    "a round trip needs two different regions",
+                );
+            }
+            if rtt.ms < 0 || rtt.ms > 60_000 {
+                p.add(
+                    format!("{key}.ms"),
+                    format!("{} is out of range (0 to 60000 ms)", rtt.ms),
+                );
+            }
+            let pair = ordered_pair(&rtt.a, &rtt.b);
+            if rtt_ms.insert(pair, rtt.ms.max(0) as u64).is_some() {
+                p.add(
+                    key,
+                    format!("the round trip between `{}` and `{}` is given twice", rtt.a, rtt.b),
+                );
+            }
+        }
+        p.finish()?;
+        Ok(Topology { regions, rtt_ms })
+    }
+
+    pub fn node(&self, id: NodeId) -> Option<&NodeSpec> {
+        self.regions
+            .iter()
+            .flat_map(|r| r.nodes.iter())
+            .find(|n| n.id == id)
+    }
+
+    pub fn region(&self, name: &str) -> Option<&RegionSpec> {
+        self.regions.iter().find(|r| r.name == name)
+    }
+
+    /// The topology in the file format `load` reads.
+    pub fn to_toml(&self) -> String {
+        let mut s = String::new();
+        for r in &self.regions {
+            s.push_str(&format!("[[region]]\nname = \"{}\"\n\n", r.name));
+            for n in &r.nodes {
+                s.push_str(&format!(
+                    "[[region.node]]\nid = {}\nquic = \"{}\"\nkafka = \"{}\"\nadmin = \"{}\"\n\n",
+                    n.id, n.quic, n.kafka, n.admin
+                ));
+            }
+        }
+        for ((a, b), ms) in &self.rtt_ms {
+            s.push_str(&format!("[[rtt]]\na = \"{a}\"\nb = \"{b}\"\nms = {ms}\n\n"));
+        }
+        s
+    }
+
+    /// Simulated round trip between two regions, if configured.
+    pub fn rtt_ms(&self, a: &str, b: &str) -> Option<u64> {
+        self.rtt_ms.get(&ordered_pair(a, b)).copied()
+    }
+}
+
+fn ordered_pair(a: &str, b: &str) -> (String, String) {
+    if a <= b {
+        (a.to_string(), b.to_string())
+    } else {
+        (b.to_string(), a.to_string())
+    }
+}
+
+/// Names of regions and topics: what Kafka allows in topic names, minus dots
+/// for regions (they become metric label values and file names).
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 249
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+// ---------------------------------------------------------------------------
+// Node configuration
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct NodeFileConfig {
+    node_id: i64,
+    topology: PathBuf,
+    data_dir: PathBuf,
+    #[serde(default)]
+    log: Option<String>,
+    #[serde(default)]
+    kafka: KafkaConfig,
+    #[serde(default)]
+    raft: RaftConfig,
+    #[serde(default)]
+    transport: TransportConfig,
+    #[serde(default)]
+    tls: Option<TlsConfig>,
+}
+
+/// Kafka listener limits.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Largest request frame accepted; larger ones close the connection.
+    pub request_bytes_max: u32,
+    /// Largest record batch accepted in a produce request (MESSAGE_TOO_LARGE above).
+    pub batch_bytes_max: u32,
+    /// Client connections served at once; more wait in the accept queue.
+    pub connections_max: u32,
+    /// Requests of one connection processed concurrently (pipelining).
+    pub in_flight_requests_max: u32,
+    /// Upper bound on a fetch's long-poll wait, whatever the client asks.
+    pub fetch_wait_ms_max: u64,
+    /// Upper bound on the bytes of one fetch response.
+    pub fetch_bytes_max: u32,
+    /// Upper bound on a produce's wait for the commit, whatever the client asks.
+    pub produce_timeout_ms_max: u64,
+    /// Create a topic when a client asks for metadata of an unknown one and
+    /// allows creation (as Kafka's `auto.create.topics.enable`).
+    pub auto_create_topics: bool,
+    /// Partitions of auto-created topics and of CreateTopics with -1.
+    pub default_partitions: u32,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            request_bytes_max: 100 * 1024 * 1024,
+            batch_bytes_max: 8 * 1024 * 1024,
+            connections_max: 1024,
+            in_flight_requests_max: 64,
+            fetch_wait_ms_max: 30_000,
+            fetch_bytes_max: 50 * 1024 * 1024,
+            produce_timeout_ms_max: 30_000,
+            auto_create_topics: true,
+            default_partitions: 1,
+        }
+    }
+}
+
+/// Raft timing and batching.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftConfig {
+    pub heartbeat_ms: u64,
+    pub election_timeout_ms_min: u64,
+    pub election_timeout_ms_max: u64,
+    /// Entries per AppendEntries RPC.
+    pub payload_entries_max: u64,
+    /// How often a node checks whether it should take back leadership of the
+    /// groups it is the preferred leader of.
+    pub rebalance_interval_ms: u64,
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        RaftConfig {
+            heartbeat_ms: 100,
+            election_timeout_ms_min: 500,
+            election_timeout_ms_max: 1000,
+            payload_entries_max: 64,
+            rebalance_interval_ms: 5_000,
+        }
+    }
+}
+
+/// QUIC transport limits.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransportConfig {
+    pub frame_bytes_max: u32,
+    pub connect_timeout_ms: u64,
+    pub rpc_timeout_ms: u64,
+    pub streams_max: u32,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        TransportConfig {
+            frame_bytes_max: 256 * 1024 * 1024,
+            connect_timeout_ms: 2_000,
+            rpc_timeout_ms: 5_000,
+            streams_max: 512,
+        }
+    }
+}
+
+/// Mutual TLS between nodes. Without this section a development CA is
+/// generated (see `dev_ca_dir`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub ca_cert: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// A validated node configuration; paths are absolute.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub path: PathBuf,
+    pub node_id: NodeId,
+    pub topology_path: PathBuf,
+    pub topology: Topology,
+    pub data_dir: PathBuf,
+    pub log: Option<String>,
+    pub kafka: KafkaConfig,
+    pub raft: RaftConfig,
+    pub transport: TransportConfig,
+    pub tls: Option<TlsConfig>,
+}
+
+impl NodeConfig {
+    pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
+        let path = absolute(path);
+        let file: NodeFileConfig = read_toml(&path)?;
+        Self::validate(&path, file)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<NodeConfig, ConfigError> {
+        let file: NodeFileConfig = parse_toml(path, text)?;
+        Self::validate(path, file)
+    }
+
+    fn validate(path: &Path, f: NodeFileConfig) -> Result<NodeConfig, ConfigError> {
+        let base = path.parent().unwrap_or(Path::new("."));
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
+        let mut p = Problems::new(path);
+        let r = &f.raft;
+        if r.heartbeat_ms == 0 {
+            p.add("raft.heartbeat_ms", "must be at least 1");
+        }
+        if r.election_timeout_ms_min <= r.heartbeat_ms * 2 {
+            p.add(
+                "raft.election_timeout_ms_min",
+                format!(
+                    "{} must be more than twice raft.heartbeat_ms ({}), or followers start elections while the leader is healthy",
+                    r.election_timeout_ms_min, r.heartbeat_ms
+                ),
+            );
+        }
+        if r.election_timeout_ms_max <= r.election_timeout_ms_min {
+            p.add(
+                "raft.election_timeout_ms_max",
+                format!(
+                    "{} must be larger than raft.election_timeout_ms_min ({})",
+                    r.election_timeout_ms_max, r.election_timeout_ms_min
+                ),
+            );
+        }
+        if r.payload_entries_max == 0 {
+            p.add("raft.payload_entries_max", "must be at least 1");
+        }
+        let k = &f.kafka;
+        if k.default_partitions == 0 || k.default_partitions > crate::topic::PARTITIONS_MAX {
+            p.add(
+                "kafka.default_partitions",
+                format!("{} is out of range (1 to {})", k.default_partitions, crate::topic::PARTITIONS_MAX),
+            );
+        }
+        if k.batch_bytes_max > k.request_bytes_max {
+            p.add(
+                "kafka.batch_bytes_max",
+                format!(
+                    "{} is larger than kafka.request_bytes_max ({}); a batch must fit in a request",
+                    k.batch_bytes_max, k.request_bytes_max
+                ),
+            );
+        }
+        for (key, v) in [
+            ("kafka.connections_max", k.connections_max as u64),
+            ("kafka.in_flight_requests_max", k.in_flight_requests_max as u64),
+            ("kafka.request_bytes_max", k.request_bytes_max as u64),
+            ("transport.frame_bytes_max", f.transport.frame_bytes_max as u64),
+            ("transport.rpc_timeout_ms", f.transport.rpc_timeout_ms),
+            ("transport.connect_timeout_ms", f.transport.connect_timeout_ms),
+            ("transport.streams_max", f.transport.streams_max as u64),
+        ] {
+            if v == 0 {
+                p.add(key, "must be at least 1");
+            }
+        }
+        if (f.transport.frame_bytes_max as u64)
+            < (k.batch_bytes_max as u64) * r.payload_entries_max.max(1)
+        {
+            p.add(
+                "transport.frame_bytes_max",
+                format!(
+                    "{} cannot carry raft.payload_entries_max ({}) batches of kafka.batch_bytes_max ({}) bytes; raise it or lower those",
+                    f.transport.frame_bytes_max, r.payload_entries_max, k.batch_bytes_max
+                ),
+            );
+        }
+        let topology_path = resolve(&f.topology);
+        let topology = match Topology::load(&topology_path) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                p.add(
+                    "topology",
+                    format!(
+                        "cannot use topology file {}:\n    {}",
+                        topology_path.display(),
+                        e.problems
+                            .iter()
+                            .map(|x| x.to_string())
+                            .collect::<Vec<_>>()
+                            .join("\n    ")
+                    ),
+                );
+                None
+            }
+        };
+        if f.node_id <= 0 {
+            p.add(
+                "node_id",
+                format!("must be a positive integer, got {}", f.node_id),
+            );
+        } else if let Some(t) = &topology {
+            if t.node(f.node_id as NodeId).is_none() {
+                p.add(
+                    "node_id",
+                    format!(
+                        "node {} is in no region of {}; add it as a [[region.node]] there",
+                        f.node_id,
+                        topology_path.display()
+                    ),
+                );
+            }
+        }
+        p.finish()?;
+        Ok(NodeConfig {
+            path: path.to_path_buf(),
+            node_id: f.node_id as NodeId,
+            topology_path,
+            // Checked above: finish() fails when the topology did not load.
+            topology: topology.expect("topology loaded"),
+            data_dir: resolve(&f.data_dir),
+            log: f.log,
+            kafka: f.kafka,
+            raft: f.raft,
+            transport: f.transport,
+            tls: f.tls.map(|t| TlsConfig {
+                ca_cert: resolve(&t.ca_cert),
+                cert: resolve(&t.cert),
+                key: resolve(&t.key),
+            }),
+        })
+    }
+
+    pub fn me(&self) -> &NodeSpec {
+        // validate() checked that node_id is in the topology.
+        self.topology.node(self.node_id).expect("node in topology")
+    }
+
+    pub fn region(&self) -> &RegionSpec {
+        let name = &self.me().region;
+        self.topology.region(name).expect("own region in topology")
+    }
+
+    /// Writes a node config file that `load` reads back; used by `meridian dev`.
+    pub fn write_file(
+        path: &Path,
+        node_id: NodeId,
+        topology: &Path,
+        data_dir: &Path,
+    ) -> std::io::Result<()> {
+        let f = NodeFileConfig {
+            node_id: node_id as i64,
+            topology: topology.to_path_buf(),
+            data_dir: data_dir.to_path_buf(),
+            log: None,
+            kafka: KafkaConfig::default(),
+            raft: RaftConfig::default(),
+            transport: TransportConfig::default(),
+            tls: None,
+        };
+        let text = toml::to_string_pretty(&f).map_err(std::io::Error::other)?;
+        std::fs::write(path, text)
+    }
+}
+
+pub fn absolute(p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|_| p.to_path_buf())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[[region]]
+name = "us-east"
+[[region.node]]
+id = 1
+quic = "127.0.0.1:7001"
+kafka = "127.0.0.1:9001"
+admin = "127.0.0.1:8001"
+[[region.node]]
+id = 2
+quic = "127.0.0.1:7002"
+kafka = "127.0.0.1:9002"
+admin = "127.0.0.1:8002"
+
+[[region]]
+name = "eu-west"
+[[region.node]]
+id = 3
+quic = "127.0.0.1:7003"
+kafka = "127.0.0.1:9003"
+admin = "127.0.0.1:8003"
+
+[[rtt]]
+a = "us-east"
+b = "eu-west"
+ms = 80
+"#;
+
+    fn topo(text: &str) -> Result<Topology, ConfigError> {
+        Topology::parse(Path::new("t.toml"), text)
+    }
+
+    #[test]
+    fn good_topology_loads() {
+        let t = topo(GOOD).unwrap();
+        assert_eq!(t.regions.len(), 2);
+        assert_eq!(t.node(3).unwrap().region, "eu-west");
+        assert_eq!(t.rtt_ms("eu-west", "us-east"), Some(80));
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_field() {
+        let text = GOOD.replace("admin = \"127.0.0.1:8003\"", "admn = \"127.0.0.1:8003\"");
+        let e = topo(&text).unwrap_err();
+        let s = e.to_string();
+        assert!(s.contains("t.toml"), "{s}");
+        assert!(s.contains("unknown field `admn`"), "{s}");
+        assert!(s.contains("line 21"), "{s}");
+    }
+
+    #[test]
+    fn duplicate_id_and_address_clash_are_both_reported() {
+        let text = GOOD
+            .replace("id = 3", "id = 2")
+            .replace("127.0.0.1:9003", "127.0.0.1:9001");
+        let e = topo(&text).unwrap_err();
+        assert_eq!(e.problems.len(), 2, "{e}");
+        assert_eq!(e.problems[0].key, "region[1].node[0].id");
+        assert!(e.problems[0].reason.contains("duplicate node id 2"));
+        assert_eq!(e.problems[1].key, "region[1].node[0].kafka");
+        assert!(e.problems[1].reason.contains("already used by region[0].node[0].kafka"));
+    }
+
+    #[test]
+    fn bad_address_and_unknown_rtt_region() {
+        let text = GOOD
+            .replace("127.0.0.1:8002", "localhost-8002")
+            .replace("b = \"eu-west\"", "b = \"ap-south\"");
+        let e = topo(&text).unwrap_err();
+        let keys: Vec<_> = e.problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["region[0].node[1].admin", "rtt[0].b"], "{e}");
+    }
+
+    #[test]
+    fn node_config_reports_node_in_no_region() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("topo.toml"), GOOD).unwrap();
+        let path = dir.path().join("node.toml");
+        let e = NodeConfig::parse(
+            &path,
+            "node_id = 9\ntopology = \"topo.toml\"\ndata_dir = \"d\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.problems.len(), 1, "{e}");
+        assert_eq!(e.problems[0].key, "node_id");
+        assert!(e.problems[0].reason.contains("node 9 is in no region"));
+    }
+
+    #[test]
+    fn node_config_checks_raft_timing() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("topo.toml"), GOOD).unwrap();
+        let path = dir.path().join("node.toml");
+        let e = NodeConfig::parse(
+            &path,
+            "node_id = 1\ntopology = \"topo.toml\"\ndata_dir = \"d\"\n[raft]\nheartbeat_ms = 300\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.problems[0].key, "raft.election_timeout_ms_min", "{e}");
+    }
+
+    #[test]
+    fn node_config_resolves_paths_relative_to_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("topo.toml"), GOOD).unwrap();
+        let path = dir.path().join("node.toml");
+        let c = NodeConfig::parse(
+            &path,
+            "node_id = 2\ntopology = \"topo.toml\"\ndata_dir = \"d2\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.data_dir, dir.path().join("d2"));
+        assert_eq!(c.me().kafka.port(), 9002);
+        assert_eq!(c.region().nodes.len(), 2);
+    }
+
+    #[test]
+    fn written_config_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let topo_path = dir.path().join("topo.toml");
+        std::fs::write(&topo_path, GOOD).unwrap();
+        let path = dir.path().join("n1.toml");
+        NodeConfig::write_file(&path, 1, &topo_path, &dir.path().join("d1")).unwrap();
+        let c = NodeConfig::load(&path).unwrap();
+        assert_eq!(c.node_id, 1);
+        assert_eq!(c.kafka, KafkaConfig::default());
+    }
+}

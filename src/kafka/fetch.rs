@@ -1,0 +1,113 @@
+//! Fetch: committed record batches from the requested offsets. A fetch that
+//! finds fewer than `min_bytes` waits (long-poll) for new commits, up to
+//! `max_wait_ms` (capped by `kafka.fetch_wait_ms_max`).
+
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse};
+use tokio::sync::watch;
+
+use super::partition_error_code;
+use crate::router::Router;
+use crate::storage::state_machine::Progress;
+
+pub async fn handle(r: &Router, req: FetchRequest) -> FetchResponse {
+    let started = Instant::now();
+    let wait = Duration::from_millis((req.max_wait_ms.max(0) as u64).min(r.kafka.fetch_wait_ms_max));
+    let deadline = started + wait;
+    let max_bytes = if req.max_bytes > 0 {
+        (req.max_bytes as usize).min(r.kafka.fetch_bytes_max as usize)
+    } else {
+        r.kafka.fetch_bytes_max as usize
+    };
+    let min_bytes = req.min_bytes.max(0) as usize;
+    // Receivers of every requested partition's progress, to wake on commits.
+    let mut watches: Vec<watch::Receiver<Progress>> = req
+        .topics
+        .iter()
+        .flat_map(|t| t.partitions.iter().map(move |p| (t.topic.0.to_string(), p.partition)))
+        .filter_map(|(t, p)| r.partition(&t, p).ok().map(|g| g.progress.clone()))
+        .collect();
+    loop {
+        for w in watches.iter_mut() {
+            w.borrow_and_update();
+        }
+        let (resp, bytes, errors) = read_all(r, &req, max_bytes);
+        let now = Instant::now();
+        if bytes >= min_bytes || errors || now >= deadline || watches.is_empty() {
+            r.metrics.fetch_requests.inc();
+            r.metrics.fetch_bytes.inc_by(bytes as u64);
+            r.metrics.fetch_latency.observe(started.elapsed().as_secs_f64());
+            return resp;
+        }
+        let changed = futures::future::select_all(watches.iter_mut().map(|w| Box::pin(w.changed())));
+        // On timeout the next pass answers with what there is.
+        let _ = tokio::time::timeout(deadline - now, changed).await;
+    }
+}
+
+/// Reads every requested partition once: the response, its record bytes,
+/// and whether any partition answered with an error.
+fn read_all(r: &Router, req: &FetchRequest, max_bytes: usize) -> (FetchResponse, usize, bool) {
+    let mut total = 0usize;
+    let mut errors = false;
+    let mut responses = Vec::new();
+    for t in &req.topics {
+        let topic = t.topic.0.to_string();
+        let mut partitions = Vec::new();
+        for p in &t.partitions {
+            let left = max_bytes.saturating_sub(total);
+            let part_max = (p.partition_max_bytes.max(0) as usize).min(left);
+            let mut data = PartitionData::default()
+                .with_partition_index(p.partition)
+                .with_high_watermark(-1)
+                .with_last_stable_offset(-1)
+                .with_log_start_offset(-1)
+                .with_aborted_transactions(Some(vec![]))
+                .with_preferred_read_replica(BrokerId(-1))
+                .with_records(Some(Default::default()));
+            let hw = match r.high_watermark(&topic, p.partition) {
+                Ok(hw) => hw as i64,
+                Err(e) => {
+                    data.error_code = partition_error_code(&e);
+                    errors = true;
+                    partitions.push(data);
+                    continue;
+                }
+            };
+            data.high_watermark = hw;
+            data.last_stable_offset = hw;
+            data.log_start_offset = 0;
+            if p.fetch_offset < 0 || p.fetch_offset > hw {
+                data.error_code = ResponseError::OffsetOutOfRange.code();
+                errors = true;
+            } else if p.fetch_offset < hw && (part_max > 0 || total == 0) {
+                match r.read(&topic, p.partition, p.fetch_offset, part_max.max(1)) {
+                    Ok(res) => {
+                        let mut buf = BytesMut::with_capacity(res.batches.iter().map(|b| b.len()).sum());
+                        for b in &res.batches {
+                            buf.extend_from_slice(b);
+                        }
+                        total += buf.len();
+                        data.records = Some(buf.freeze());
+                    }
+                    Err(e) => {
+                        data.error_code = partition_error_code(&e);
+                        errors = true;
+                    }
+                }
+            }
+            partitions.push(data);
+        }
+        responses.push(
+            FetchableTopicResponse::default()
+                .with_topic(t.topic.clone())
+                .with_topic_id(t.topic_id)
+                .with_partitions(partitions),
+        );
+    }
+    (FetchResponse::default().with_responses(responses), total, errors)
+}

@@ -1,0 +1,113 @@
+//! Metadata: brokers (this region's first, every region's listed, rack =
+//! region), topics and partition leaders. Unknown topics are created when
+//! the client allows it and `kafka.auto_create_topics` is on.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
+
+use super::{text, topic_error_code};
+use crate::router::Router;
+use crate::topic::TopicMeta;
+
+const AUTO_CREATE_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub async fn handle(r: &Router, req: MetadataRequest) -> MetadataResponse {
+    let brokers = r
+        .brokers()
+        .into_iter()
+        .map(|n| {
+            MetadataResponseBroker::default()
+                .with_node_id(BrokerId(n.id as i32))
+                .with_host(text(n.kafka.ip().to_string()))
+                .with_port(n.kafka.port() as i32)
+                .with_rack(Some(text(n.region.clone())))
+        })
+        .collect();
+    let topics = match req.topics {
+        None => r.topics().iter().map(|t| describe(r, t)).collect(),
+        Some(wanted) => {
+            let mut out = Vec::new();
+            for w in wanted {
+                let by_id = r.groups.meta_state().by_id(w.topic_id).map(|t| t.name.clone());
+                let name = match (&w.name, by_id) {
+                    (Some(n), _) => n.0.to_string(),
+                    (None, Some(n)) => n,
+                    (None, None) => {
+                        out.push(
+                            MetadataResponseTopic::default()
+                                .with_error_code(ResponseError::UnknownTopicId.code())
+                                .with_topic_id(w.topic_id),
+                        );
+                        continue;
+                    }
+                };
+                out.push(topic(r, &name, req.allow_auto_topic_creation).await);
+            }
+            out
+        }
+    };
+    MetadataResponse::default()
+        .with_brokers(brokers)
+        .with_cluster_id(Some(text(format!("meridian-{}", r.me.region))))
+        .with_controller_id(BrokerId(r.groups.meta_leader().map_or(-1, |l| l as i32)))
+        .with_topics(topics)
+}
+
+async fn topic(r: &Router, name: &str, allow_create: bool) -> MetadataResponseTopic {
+    if let Some(t) = r.topic(name) {
+        return describe(r, &t);
+    }
+    let unknown = |code: i16| {
+        MetadataResponseTopic::default()
+            .with_error_code(code)
+            .with_name(Some(TopicName(text(name))))
+    };
+    if !(allow_create && r.kafka.auto_create_topics) {
+        return unknown(ResponseError::UnknownTopicOrPartition.code());
+    }
+    let created = r
+        .create_topic(name, r.kafka.default_partitions as i64, BTreeMap::new(), AUTO_CREATE_TIMEOUT)
+        .await;
+    match created {
+        Ok(t) => describe(r, &t),
+        Err(e) => match r.topic(name) {
+            // Another client created it at the same time.
+            Some(t) => describe(r, &t),
+            None => unknown(topic_error_code(&e)),
+        },
+    }
+}
+
+fn describe(r: &Router, t: &TopicMeta) -> MetadataResponseTopic {
+    let replicas: Vec<BrokerId> = r.region_nodes().into_iter().map(|n| BrokerId(n as i32)).collect();
+    let partitions = (0..t.partitions)
+        .map(|p| {
+            let (leader, epoch) = match r.groups.partition(t.group(p)) {
+                Some(g) => {
+                    let m = g.raft.metrics().borrow().clone();
+                    (m.current_leader, m.current_term as i32)
+                }
+                None => (None, -1),
+            };
+            let code = if leader.is_some() { 0 } else { ResponseError::LeaderNotAvailable.code() };
+            MetadataResponsePartition::default()
+                .with_error_code(code)
+                .with_partition_index(p as i32)
+                .with_leader_id(BrokerId(leader.map_or(-1, |l| l as i32)))
+                .with_leader_epoch(epoch)
+                .with_replica_nodes(replicas.clone())
+                .with_isr_nodes(replicas.clone())
+        })
+        .collect();
+    MetadataResponseTopic::default()
+        .with_name(Some(TopicName(text(t.name.clone()))))
+        .with_topic_id(t.id)
+        .with_partitions(partitions)
+        .with_topic_authorized_operations(i32::MIN)
+}

@@ -1,0 +1,49 @@
+//! The Kafka client protocol, decoded with the kafka-protocol crate. One file
+//! per API; handlers know nothing of Raft or RocksDB and call the router.
+
+pub mod codec;
+pub mod server;
+
+mod api_versions;
+mod create_topics;
+mod delete_topics;
+mod describe_configs;
+mod fetch;
+mod incremental_alter_configs;
+mod list_offsets;
+mod metadata;
+mod produce;
+mod unsupported;
+
+pub use api_versions::SUPPORTED;
+
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::protocol::StrBytes;
+
+use crate::router::{PartitionError, TopicError};
+use crate::topic::MetaError;
+
+pub(crate) fn partition_error_code(e: &PartitionError) -> i16 {
+    match e {
+        PartitionError::UnknownTopicOrPartition => ResponseError::UnknownTopicOrPartition.code(),
+        PartitionError::NotLeader(_) => ResponseError::NotLeaderOrFollower.code(),
+        PartitionError::LeaderNotAvailable => ResponseError::LeaderNotAvailable.code(),
+        PartitionError::Timeout => ResponseError::RequestTimedOut.code(),
+        PartitionError::Storage(_) => ResponseError::KafkaStorageError.code(),
+    }
+}
+
+pub(crate) fn topic_error_code(e: &TopicError) -> i16 {
+    match e {
+        TopicError::Meta(MetaError::TopicExists(_)) => ResponseError::TopicAlreadyExists.code(),
+        TopicError::Meta(MetaError::UnknownTopic(_)) => ResponseError::UnknownTopicOrPartition.code(),
+        TopicError::Meta(MetaError::InvalidName(_)) => ResponseError::InvalidTopicException.code(),
+        TopicError::Meta(MetaError::InvalidPartitions(_)) => ResponseError::InvalidPartitions.code(),
+        TopicError::Meta(MetaError::InvalidConfig { .. }) => ResponseError::InvalidConfig.code(),
+        TopicError::Unavailable(_) => ResponseError::RequestTimedOut.code(),
+    }
+}
+
+pub(crate) fn text(s: impl Into<String>) -> StrBytes {
+    StrBytes::from_string(s.into())
+}

@@ -1,0 +1,24 @@
+//! Meridian: a geo-replicated, Kafka-compatible message broker.
+//!
+//! Modules follow the data flow of docs/architecture.md: a Kafka request is
+//! decoded in [`kafka`], routed by [`router`] to a partition's Raft group in
+//! [`raft`], committed through [`storage`] on a majority of the region's
+//! nodes, which talk over [`transport`]. [`admin`] serves operators; [`node`]
+//! ties one process together; [`dev`], [`client`] and [`bench`] serve the CLI.
+#![forbid(unsafe_code)]
+
+pub mod kafka;
+pub mod router;
+pub mod raft;
+pub mod storage;
+pub mod transport;
+pub mod admin;
+
+pub mod config;
+pub mod hlc;
+pub mod metrics;
+pub mod node;
+pub mod topic;
+pub mod client;
+pub mod bench;
+pub mod dev;

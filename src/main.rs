@@ -1,0 +1,529 @@
+//! The `meridian` command line. It only parses arguments and calls the
+//! library.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use kafka_protocol::records::Compression;
+use meridian::client::{encode_batch, Client};
+use meridian::config::{NodeConfig, Topology};
+use meridian::{bench, dev};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "meridian", version, about = "A geo-replicated, Kafka-compatible message broker")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run one node.
+    Node {
+        /// Node configuration file (see config/).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run a cluster on loopback, one process per node, until Ctrl-C.
+    Dev {
+        /// Topology file.
+        #[arg(long, default_value = "regions/dev.toml")]
+        topology: PathBuf,
+        /// Data directory (default: a fresh temporary one, removed at exit).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Renumber ports from here: node i gets base+3i (Kafka), +1 (QUIC), +2 (admin).
+        #[arg(long)]
+        port_base: Option<u16>,
+    },
+    /// Create, list, describe, alter and delete topics.
+    Topic {
+        #[command(subcommand)]
+        cmd: TopicCmd,
+    },
+    /// Write records: the arguments, or one per line of standard input.
+    Produce {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(short, long)]
+        topic: String,
+        #[arg(short, long, default_value_t = 0)]
+        partition: i32,
+        /// Key for every record.
+        #[arg(short, long)]
+        key: Option<String>,
+        values: Vec<String>,
+    },
+    /// Read records of one partition.
+    Consume {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(short, long)]
+        topic: String,
+        #[arg(short, long, default_value_t = 0)]
+        partition: i32,
+        /// First offset (default: the beginning).
+        #[arg(short, long, default_value_t = 0)]
+        offset: i64,
+        /// Stop after this many records.
+        #[arg(short = 'n', long)]
+        count: Option<u64>,
+        /// Stop when no record arrived for this long (0: wait forever).
+        #[arg(long, default_value_t = 2000)]
+        idle_ms: u64,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Node status (JSON from every node's admin endpoint) as a table.
+    Status {
+        /// cluster.json written by `meridian dev`.
+        #[arg(long)]
+        cluster: Option<PathBuf>,
+        /// Admin addresses, comma-separated.
+        #[arg(long)]
+        admin: Option<String>,
+    },
+    /// Measure throughput and latency.
+    Bench {
+        #[command(subcommand)]
+        cmd: BenchCmd,
+    },
+}
+
+#[derive(Args, Clone)]
+struct Conn {
+    /// Bootstrap brokers, comma-separated.
+    #[arg(short, long, env = "MERIDIAN_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+    bootstrap: String,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum TopicCmd {
+    Create {
+        #[command(flatten)]
+        conn: Conn,
+        name: String,
+        #[arg(short, long, default_value_t = 1)]
+        partitions: i32,
+        /// Topic config, KEY=VALUE; repeatable.
+        #[arg(short, long = "config", value_parser = parse_kv)]
+        configs: Vec<(String, String)>,
+    },
+    List {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    Describe {
+        #[command(flatten)]
+        conn: Conn,
+        name: String,
+    },
+    Alter {
+        #[command(flatten)]
+        conn: Conn,
+        name: String,
+        /// KEY=VALUE to set; repeatable.
+        #[arg(long = "set", value_parser = parse_kv)]
+        set: Vec<(String, String)>,
+        /// KEY to reset to its default; repeatable.
+        #[arg(long = "delete")]
+        delete: Vec<String>,
+    },
+    Delete {
+        #[command(flatten)]
+        conn: Conn,
+        name: String,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Codec {
+    None,
+    Gzip,
+    Snappy,
+    Lz4,
+    Zstd,
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    Produce {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(short, long, default_value = "bench")]
+        topic: String,
+        /// Partitions if the topic must be created.
+        #[arg(long, default_value_t = 6)]
+        partitions: i32,
+        /// Record value size in bytes.
+        #[arg(long, default_value_t = 1024)]
+        size: usize,
+        /// Records to send (default 100000 unless --duration-s is given).
+        #[arg(long)]
+        count: Option<u64>,
+        #[arg(long)]
+        duration_s: Option<u64>,
+        /// Records per produce request.
+        #[arg(long, default_value_t = 100)]
+        batch: usize,
+        /// Produce requests in flight at once.
+        #[arg(long, default_value_t = 32)]
+        in_flight: usize,
+        /// Distinct keys (0: no keys).
+        #[arg(long, default_value_t = 0)]
+        keys: u64,
+        /// Fixed rate in records/s (default: as fast as possible).
+        #[arg(long)]
+        rate: Option<u64>,
+        #[arg(long, value_enum, default_value_t = Codec::None)]
+        compression: Codec,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    Consume {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(short, long, default_value = "bench")]
+        topic: String,
+        #[arg(long)]
+        count: Option<u64>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .ok_or_else(|| format!("`{s}` is not KEY=VALUE"))
+}
+
+fn init_logging(level: Option<&str>) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level.unwrap_or("info,openraft=warn")));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli).await {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Node { config } => {
+            // Configuration errors are printed whole, one problem per line.
+            let config = match NodeConfig::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprint!("{e}");
+                    std::process::exit(2);
+                }
+            };
+            init_logging(config.log.as_deref());
+            let shutdown = CancellationToken::new();
+            let s = shutdown.clone();
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                s.cancel();
+            });
+            meridian::node::run(config, shutdown).await?;
+            Ok(())
+        }
+        Cmd::Dev { topology, data_dir, port_base } => run_dev(topology, data_dir, port_base).await,
+        Cmd::Topic { cmd } => {
+            init_logging(Some("warn"));
+            run_topic(cmd).await
+        }
+        Cmd::Produce { conn, topic, partition, key, values } => {
+            init_logging(Some("warn"));
+            run_produce(conn, topic, partition, key, values).await
+        }
+        Cmd::Consume { conn, topic, partition, offset, count, idle_ms, format } => {
+            init_logging(Some("warn"));
+            run_consume(conn, topic, partition, offset, count, idle_ms, format).await
+        }
+        Cmd::Status { cluster, admin } => run_status(cluster, admin).await,
+        Cmd::Bench { cmd } => {
+            init_logging(Some("warn"));
+            run_bench(cmd).await
+        }
+    }
+}
+
+async fn run_produce(conn: Conn, topic: String, partition: i32, key: Option<String>, values: Vec<String>) -> Result<()> {
+    let client = Client::new(&conn.bootstrap);
+    client.topic(&topic, true).await.with_context(|| format!("topic `{topic}`"))?;
+    let key = key.map(Bytes::from);
+    let batch_of = |vals: Vec<String>| {
+        let batch: Vec<_> = vals.into_iter().map(|v| (key.clone(), Some(Bytes::from(v)))).collect();
+        encode_batch(&batch, Compression::None)
+    };
+    if !values.is_empty() {
+        let n = values.len();
+        let base = client.produce(&topic, partition, batch_of(values)).await?;
+        eprintln!("wrote {n} record(s) to {topic}-{partition} at offsets {base}..{}", base + n as i64);
+        return Ok(());
+    }
+    let mut lines = Vec::new();
+    let mut written = 0usize;
+    for line in std::io::stdin().lock().lines() {
+        lines.push(line?);
+        if lines.len() == 500 {
+            written += lines.len();
+            client.produce(&topic, partition, batch_of(std::mem::take(&mut lines))).await?;
+        }
+    }
+    if !lines.is_empty() {
+        written += lines.len();
+        client.produce(&topic, partition, batch_of(lines)).await?;
+    }
+    eprintln!("wrote {written} record(s) to {topic}-{partition}");
+    Ok(())
+}
+
+async fn run_consume(
+    conn: Conn,
+    topic: String,
+    partition: i32,
+    offset: i64,
+    count: Option<u64>,
+    idle_ms: u64,
+    format: Format,
+) -> Result<()> {
+    let client = Client::new(&conn.bootstrap);
+    let mut next = offset;
+    let mut seen = 0u64;
+    let mut idle = Duration::ZERO;
+    let mut out = std::io::stdout().lock();
+    while count.is_none_or(|c| seen < c) {
+        let t0 = std::time::Instant::now();
+        let (recs, _) = client.fetch(&topic, partition, next, 500).await?;
+        if recs.is_empty() {
+            idle += t0.elapsed();
+            if idle_ms > 0 && idle >= Duration::from_millis(idle_ms) {
+                break;
+            }
+            continue;
+        }
+        idle = Duration::ZERO;
+        for r in recs {
+            if count.is_some_and(|c| seen >= c) {
+                break;
+            }
+            next = r.offset + 1;
+            seen += 1;
+            match format {
+                Format::Text => writeln!(out, "{}", String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()))?,
+                Format::Json => writeln!(
+                    out,
+                    "{}",
+                    serde_json::json!({
+                        "partition": r.partition, "offset": r.offset, "timestamp": r.timestamp,
+                        "key": r.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned()),
+                        "value": r.value.as_ref().map(|v| String::from_utf8_lossy(v).into_owned()),
+                        "origin": r.origin, "hlc": r.hlc,
+                    })
+                )?,
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn run_dev(topology: PathBuf, data_dir: Option<PathBuf>, port_base: Option<u16>) -> Result<()> {
+    init_logging(Some("info"));
+    let topo = match Topology::load(&topology) {
+        Ok(t) => t,
+        Err(e) => {
+            eprint!("{e}");
+            std::process::exit(2);
+        }
+    };
+    let topo = match port_base {
+        Some(b) => dev::with_port_base(&topo, b)?,
+        None => topo,
+    };
+    let exe = std::env::current_exe().context("cannot find the meridian executable")?;
+    let nodes: usize = topo.regions.iter().map(|r| r.nodes.len()).sum();
+    eprintln!("starting {} region(s), {nodes} node(s) ...", topo.regions.len());
+    let mut cluster = dev::DevCluster::start(&exe, topo, data_dir, Duration::from_secs(60)).await?;
+    println!("Meridian dev cluster is up; data in {}", cluster.dir.display());
+    for r in &cluster.topology.regions {
+        let bootstrap: Vec<String> = r.nodes.iter().map(|n| n.kafka.to_string()).collect();
+        let admin: Vec<String> = r.nodes.iter().map(|n| n.admin.to_string()).collect();
+        println!("  region {}: bootstrap {}  admin {}", r.name, bootstrap.join(","), admin.join(","));
+    }
+    println!("  cluster file: {}", cluster.dir.join("cluster.json").display());
+    println!("  node logs:    {}/node-*.log", cluster.dir.display());
+    println!("Try: kcat -b {} -P -t hello   (Ctrl-C stops the cluster)", cluster.topology.regions[0].nodes[0].kafka);
+    let _ = std::io::stdout().flush();
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    loop {
+        tokio::select! {
+            _ = &mut signal => break,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                for (id, status) in cluster.reap() {
+                    eprintln!("node {id} exited ({status}); restart it with: meridian node --config {}", cluster.dir.join(format!("node-{id}.toml")).display());
+                }
+            }
+        }
+    }
+    eprintln!("stopping ...");
+    cluster.stop(Duration::from_secs(10));
+    Ok(())
+}
+
+async fn run_topic(cmd: TopicCmd) -> Result<()> {
+    match cmd {
+        TopicCmd::Create { conn, name, partitions, configs } => {
+            let c = Client::new(&conn.bootstrap);
+            let configs: BTreeMap<_, _> = configs.into_iter().collect();
+            c.create_topic(&name, partitions, &configs).await?;
+            println!("created topic {name} with {partitions} partition(s)");
+        }
+        TopicCmd::List { conn } => {
+            let c = Client::new(&conn.bootstrap);
+            let md = c.metadata(None, false).await?;
+            for t in md.topics {
+                println!(
+                    "{}\t{} partition(s)",
+                    t.name.map(|n| n.0.to_string()).unwrap_or_default(),
+                    t.partitions.len()
+                );
+            }
+        }
+        TopicCmd::Describe { conn, name } => {
+            let c = Client::new(&conn.bootstrap);
+            let t = c.topic(&name, false).await?;
+            println!("topic {name}  id {}  partitions {}", t.id, t.leaders.len());
+            for (p, l) in t.leaders.iter().enumerate() {
+                let hw = c.list_offset(&name, p as i32, -1).await.map(|x| x.0).unwrap_or(-1);
+                println!("  partition {p}  leader {l}  high watermark {hw}");
+            }
+            println!("configs:");
+            for (k, v, set) in c.describe_configs(&name).await? {
+                println!("  {k} = {v}{}", if set { "" } else { "  (default)" });
+            }
+        }
+        TopicCmd::Alter { conn, name, set, delete } => {
+            if set.is_empty() && delete.is_empty() {
+                bail!("nothing to change: give --set KEY=VALUE or --delete KEY");
+            }
+            let c = Client::new(&conn.bootstrap);
+            c.alter_configs(&name, &set.into_iter().collect(), &delete).await?;
+            println!("altered topic {name}");
+        }
+        TopicCmd::Delete { conn, name } => {
+            let c = Client::new(&conn.bootstrap);
+            c.delete_topic(&name).await?;
+            println!("deleted topic {name}");
+        }
+    }
+    Ok(())
+}
+
+async fn run_status(cluster: Option<PathBuf>, admin: Option<String>) -> Result<()> {
+    let addrs: Vec<String> = match (cluster, admin) {
+        (Some(path), _) => {
+            let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+            v["regions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|r| r["nodes"].as_array().into_iter().flatten())
+                .filter_map(|n| n["admin"].as_str().map(String::from))
+                .collect()
+        }
+        (None, Some(a)) => a.split(',').map(|s| s.trim().to_string()).collect(),
+        (None, None) => bail!("give --cluster DIR/cluster.json or --admin HOST:PORT[,...]"),
+    };
+    println!("{:<6} {:<10} {:<22} {:>8} {:>8} {:>10}", "node", "region", "kafka", "led", "groups", "meta term");
+    for a in addrs {
+        match dev::http_get(&a, "/status", Duration::from_secs(3)).await {
+            Ok((200, body)) => {
+                let s: serde_json::Value = serde_json::from_str(&body)?;
+                println!(
+                    "{:<6} {:<10} {:<22} {:>8} {:>8} {:>10}",
+                    s["node"],
+                    s["region"].as_str().unwrap_or("?"),
+                    s["kafka"].as_str().unwrap_or("?"),
+                    s["partitions_led"],
+                    s["partitions"].as_array().map_or(0, |p| p.len()),
+                    s["meta"]["term"]
+                );
+            }
+            Ok((code, _)) => println!("{a}: HTTP {code}"),
+            Err(e) => println!("{a}: unreachable ({e})"),
+        }
+    }
+    Ok(())
+}
+
+async fn run_bench(cmd: BenchCmd) -> Result<()> {
+    let (report, json) = match cmd {
+        BenchCmd::Produce { conn, topic, partitions, size, count, duration_s, batch, in_flight, keys, rate, compression, json } => {
+            let compression = match compression {
+                Codec::None => Compression::None,
+                Codec::Gzip => Compression::Gzip,
+                Codec::Snappy => Compression::Snappy,
+                Codec::Lz4 => Compression::Lz4,
+                Codec::Zstd => Compression::Zstd,
+            };
+            let duration = duration_s.map(Duration::from_secs);
+            let opts = bench::ProduceOpts {
+                topic,
+                partitions,
+                size,
+                count: count.or(if duration.is_none() { Some(100_000) } else { None }),
+                duration,
+                batch,
+                in_flight,
+                keys,
+                rate,
+                compression,
+            };
+            let client = Arc::new(Client::new(&conn.bootstrap));
+            (bench::produce(client, opts, !json).await?, json)
+        }
+        BenchCmd::Consume { conn, topic, count, json } => {
+            let client = Arc::new(Client::new(&conn.bootstrap));
+            (bench::consume(client, &topic, count, !json).await?, json)
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("{report}");
+    }
+    Ok(())
+}

@@ -1,0 +1,156 @@
+//! Prometheus metrics of one node, served at the admin `/metrics` endpoint.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(String, String)>;
+
+pub struct Metrics {
+    registry: Registry,
+    pub produce_requests: Counter,
+    pub produce_records: Counter,
+    pub produce_bytes: Counter,
+    pub produce_errors: Counter,
+    pub produce_latency: Histogram,
+    pub fetch_requests: Counter,
+    pub fetch_bytes: Counter,
+    pub fetch_latency: Histogram,
+    pub fsync_latency: Histogram,
+    pub fsync_waiters: Histogram,
+    pub kafka_connections: Gauge,
+    pub kafka_bad_requests: Counter,
+    pub raft_leader_groups: Gauge,
+    pub raft_term: Family<Labels, Gauge>,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 µs to about 26 s.
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 20))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("meridian");
+        let m = Metrics {
+            produce_requests: Counter::default(),
+            produce_records: Counter::default(),
+            produce_bytes: Counter::default(),
+            produce_errors: Counter::default(),
+            produce_latency: latency_histogram(),
+            fetch_requests: Counter::default(),
+            fetch_bytes: Counter::default(),
+            fetch_latency: latency_histogram(),
+            fsync_latency: latency_histogram(),
+            fsync_waiters: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
+            kafka_connections: Gauge::default(),
+            kafka_bad_requests: Counter::default(),
+            raft_leader_groups: Gauge::default(),
+            raft_term: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "produce_requests",
+            "Produce requests (per partition)",
+            m.produce_requests.clone(),
+        );
+        registry.register("produce_records", "Records appended", m.produce_records.clone());
+        registry.register("produce_bytes", "Record batch bytes appended", m.produce_bytes.clone());
+        registry.register(
+            "produce_errors",
+            "Partition produce requests answered with an error",
+            m.produce_errors.clone(),
+        );
+        registry.register(
+            "produce_latency_seconds",
+            "Time from receiving a partition's batch to its commit",
+            m.produce_latency.clone(),
+        );
+        registry.register("fetch_requests", "Fetch requests", m.fetch_requests.clone());
+        registry.register("fetch_bytes", "Record bytes returned by fetches", m.fetch_bytes.clone());
+        registry.register(
+            "fetch_latency_seconds",
+            "Time to answer a fetch, long-poll wait included",
+            m.fetch_latency.clone(),
+        );
+        registry.register(
+            "fsync_latency_seconds",
+            "Duration of one write-ahead-log fsync (group commit)",
+            m.fsync_latency.clone(),
+        );
+        registry.register(
+            "fsync_waiters",
+            "Raft log appends acknowledged by one fsync",
+            m.fsync_waiters.clone(),
+        );
+        registry.register(
+            "kafka_connections",
+            "Open Kafka client connections",
+            m.kafka_connections.clone(),
+        );
+        registry.register(
+            "kafka_bad_requests",
+            "Kafka requests that could not be decoded",
+            m.kafka_bad_requests.clone(),
+        );
+        registry.register(
+            "raft_leader_groups",
+            "Raft groups this node leads",
+            m.raft_leader_groups.clone(),
+        );
+        registry.register("raft_term", "Current Raft term per group", m.raft_term.clone());
+        Metrics { registry, ..m }
+    }
+
+    pub fn observe_fsync(&self, took: Duration, waiters: usize) {
+        self.fsync_latency.observe(took.as_secs_f64());
+        self.fsync_waiters.observe(waiters as f64);
+    }
+
+    pub fn set_term(&self, group: &str, term: u64) {
+        self.raft_term
+            .get_or_create(&vec![("group".to_string(), group.to_string())])
+            .set(term as i64);
+    }
+
+    pub fn remove_group(&self, group: &str) {
+        self.raft_term
+            .remove(&vec![("group".to_string(), group.to_string())]);
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        // Writing into a String cannot fail.
+        encode(&mut s, &self.registry).expect("encode metrics");
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prefixed_metrics() {
+        let m = Metrics::new();
+        m.produce_records.inc_by(3);
+        m.observe_fsync(Duration::from_millis(2), 7);
+        m.set_term("orders-0", 4);
+        let s = m.render();
+        assert!(s.contains("meridian_produce_records_total 3"), "{s}");
+        assert!(s.contains("meridian_fsync_latency_seconds_count 1"), "{s}");
+        assert!(s.contains("meridian_raft_term{group=\"orders-0\"} 4"), "{s}");
+    }
+}

@@ -1,0 +1,112 @@
+//! One `meridian node` process: storage, transport, Raft groups, the Kafka
+//! listener and the admin endpoint. Used by the binary, `meridian dev` (as
+//! child processes) and the tests alike.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, Instrument};
+
+use crate::admin;
+use crate::config::NodeConfig;
+use crate::hlc::Clock;
+use crate::metrics::Metrics;
+use crate::raft::groups::GroupError;
+use crate::raft::Groups;
+use crate::router::Router;
+use crate::storage::{Db, DbError};
+use crate::transport::{tls::TlsError, TlsMaterial, Transport, TransportError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir { path: String, source: std::io::Error },
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Storage(#[from] DbError),
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("cannot listen for {what} on {addr}: {source}; is another process using this port?")]
+    Listen {
+        what: &'static str,
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Raft(#[from] GroupError),
+}
+
+/// Runs the node until `shutdown` is cancelled.
+pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), NodeError> {
+    let me = config.me().clone();
+    let span = tracing::info_span!("node", region = %me.region, node = me.id);
+    run_inner(config, shutdown).instrument(span).await
+}
+
+async fn run_inner(config: NodeConfig, shutdown: CancellationToken) -> Result<(), NodeError> {
+    let me = config.me().clone();
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| NodeError::DataDir {
+        path: config.data_dir.display().to_string(),
+        source,
+    })?;
+    let listen = |what: &'static str, addr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| NodeError::Listen { what, addr, source })
+    };
+    let kafka_listener = listen("Kafka clients", me.kafka).await?;
+    let admin_listener = listen("admin HTTP", me.admin).await?;
+
+    let metrics = Arc::new(Metrics::new());
+    let tls = TlsMaterial::load_or_dev(config.tls.as_ref(), &config.data_dir)?;
+    let db = Db::open(&config.data_dir.join("db"), metrics.clone())?;
+    let peers: HashMap<_, _> = config
+        .region()
+        .nodes
+        .iter()
+        .map(|n| (n.id, n.quic))
+        .collect();
+    let transport = Transport::bind(config.transport.clone(), me.quic, peers, &tls)?;
+    let clock = Arc::new(Clock::new());
+    let groups = Groups::start(
+        me.id,
+        config.region(),
+        &config.raft,
+        db,
+        transport.clone(),
+        clock,
+        metrics.clone(),
+        shutdown.clone(),
+    )
+    .await?;
+    transport.serve(groups.clone(), shutdown.clone());
+
+    let router = Arc::new(Router {
+        groups: groups.clone(),
+        topology: config.topology.clone(),
+        me: me.clone(),
+        kafka: config.kafka.clone(),
+        metrics: metrics.clone(),
+    });
+    tokio::spawn(crate::kafka::server::serve(kafka_listener, router.clone(), shutdown.clone()));
+    tokio::spawn(admin::serve(admin_listener, router.clone(), shutdown.clone()));
+    let g = groups.clone();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        while !stop.is_cancelled() {
+            tick.tick().await;
+            g.update_metrics();
+        }
+    });
+    info!(kafka = %me.kafka, admin = %me.admin, quic = %me.quic, data_dir = %config.data_dir.display(), "node started");
+    shutdown.cancelled().await;
+    info!("shutting down");
+    // Let the Raft groups stop (the reconcile loop shuts them down).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    Ok(())
+}

@@ -1,0 +1,437 @@
+//! The Raft groups of one node: the meta group, started at boot, and the
+//! partition groups, started and stopped as the meta group's topics change.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use openraft::error::ClientWriteError;
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use openraft::{BasicNode, ServerState, SnapshotPolicy};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn, Instrument};
+
+use super::network::{NetworkFactory, KIND_APPEND, KIND_META_WRITE, KIND_SNAPSHOT, KIND_VOTE};
+use super::types::{Command, CommandResult, GroupId, NodeId, Raft, TypeConfig, META_GROUP};
+use crate::config::{RaftConfig, RegionSpec};
+use crate::hlc::Clock;
+use crate::metrics::Metrics;
+use crate::storage::state_machine::{Notify, Progress};
+use crate::storage::{Db, LogStore, StateMachine};
+use crate::topic::{preferred_leader, MetaState};
+use crate::transport::{Handler, Transport};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GroupError {
+    #[error("invalid Raft settings: {0}")]
+    Config(String),
+    #[error("cannot start Raft group {group}: {reason}")]
+    Start { group: GroupId, reason: String },
+}
+
+/// Why a write to a group was not committed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum WriteError {
+    #[error("this node is not the group's leader (leader: {0:?})")]
+    NotLeader(Option<NodeId>),
+    #[error("the group is unavailable: {0}")]
+    Unavailable(String),
+    #[error("no commit within {0} ms")]
+    Timeout(u64),
+}
+
+/// One partition's Raft group on this node.
+pub struct PartitionGroup {
+    pub id: GroupId,
+    pub topic: String,
+    pub partition: u32,
+    pub raft: Raft,
+    pub progress: watch::Receiver<Progress>,
+}
+
+impl PartitionGroup {
+    pub fn leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+    pub fn label(&self) -> String {
+        format!("{}-{}", self.topic, self.partition)
+    }
+}
+
+pub struct Groups {
+    pub node_id: NodeId,
+    pub region: String,
+    members: BTreeMap<NodeId, BasicNode>,
+    nodes_sorted: Vec<NodeId>,
+    db: Arc<Db>,
+    transport: Arc<Transport>,
+    pub clock: Arc<Clock>,
+    raft_config: Arc<openraft::Config>,
+    metrics: Arc<Metrics>,
+    pub meta: Raft,
+    meta_state: watch::Receiver<Arc<MetaState>>,
+    partitions: RwLock<HashMap<GroupId, Arc<PartitionGroup>>>,
+    /// Bumped after every reconcile, so callers can wait for new groups.
+    reconciled: watch::Sender<u64>,
+}
+
+fn raft_config(region: &str, c: &RaftConfig) -> Result<openraft::Config, GroupError> {
+    openraft::Config {
+        cluster_name: format!("meridian-{region}"),
+        heartbeat_interval: c.heartbeat_ms,
+        election_timeout_min: c.election_timeout_ms_min,
+        election_timeout_max: c.election_timeout_ms_max,
+        max_payload_entries: c.payload_entries_max,
+        // Partition snapshots would carry no records; logs are kept whole.
+        snapshot_policy: SnapshotPolicy::Never,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| GroupError::Config(e.to_string()))
+}
+
+impl Groups {
+    /// Opens the meta group and the partition groups it lists, and keeps the
+    /// partition groups in step with the meta group until `shutdown`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn start(
+        node_id: NodeId,
+        region: &RegionSpec,
+        raft: &RaftConfig,
+        db: Arc<Db>,
+        transport: Arc<Transport>,
+        clock: Arc<Clock>,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Groups>, GroupError> {
+        let raft_config = Arc::new(raft_config(&region.name, raft)?);
+        let members: BTreeMap<NodeId, BasicNode> = region
+            .nodes
+            .iter()
+            .map(|n| (n.id, BasicNode::new(n.quic.to_string())))
+            .collect();
+        let nodes_sorted: Vec<NodeId> = members.keys().copied().collect();
+        let (meta_tx, meta_state) = watch::channel(Arc::new(MetaState::default()));
+        let meta = open_group(
+            node_id,
+            META_GROUP,
+            &region.name,
+            Notify::Meta(meta_tx),
+            &members,
+            nodes_sorted.first().copied() == Some(node_id),
+            &db,
+            &transport,
+            &clock,
+            &raft_config,
+        )
+        .await?;
+        let groups = Arc::new(Groups {
+            node_id,
+            region: region.name.clone(),
+            members,
+            nodes_sorted,
+            db,
+            transport,
+            clock,
+            raft_config,
+            metrics,
+            meta,
+            meta_state,
+            partitions: RwLock::new(HashMap::new()),
+            reconciled: watch::channel(0).0,
+        });
+        let g = groups.clone();
+        tokio::spawn(async move { g.reconcile_loop(shutdown).await });
+        Ok(groups)
+    }
+
+    pub fn meta_state(&self) -> Arc<MetaState> {
+        self.meta_state.borrow().clone()
+    }
+
+    pub fn meta_leader(&self) -> Option<NodeId> {
+        self.meta.metrics().borrow().current_leader
+    }
+
+    pub fn partition(&self, group: GroupId) -> Option<Arc<PartitionGroup>> {
+        self.partitions.read().expect("partitions lock").get(&group).cloned()
+    }
+
+    pub fn partitions(&self) -> Vec<Arc<PartitionGroup>> {
+        let mut v: Vec<_> = self.partitions.read().expect("partitions lock").values().cloned().collect();
+        v.sort_by_key(|g| g.id);
+        v
+    }
+
+    pub fn db(&self) -> &Arc<Db> {
+        &self.db
+    }
+
+    /// Waits until the partition groups of `meta` are running here, or
+    /// `timeout` passes.
+    pub async fn wait_reconciled(&self, groups: &[GroupId], timeout: Duration) -> bool {
+        let mut rx = self.reconciled.subscribe();
+        let all_present = || groups.iter().all(|g| self.partition(*g).is_some());
+        tokio::time::timeout(timeout, async {
+            while !all_present() {
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await
+        .is_ok()
+    }
+
+    async fn reconcile_loop(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut rx = self.meta_state.clone();
+        loop {
+            let meta = rx.borrow_and_update().clone();
+            self.reconcile(&meta).await;
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = rx.changed() => if r.is_err() { break },
+            }
+        }
+        for g in self.partitions() {
+            let _ = g.raft.shutdown().await;
+        }
+        let _ = self.meta.shutdown().await;
+    }
+
+    async fn reconcile(&self, meta: &MetaState) {
+        let mut wanted = HashMap::new();
+        for t in meta.topics.values() {
+            for p in 0..t.partitions {
+                wanted.insert(t.group(p), (t.name.clone(), t.seq, p));
+            }
+        }
+        let present: Vec<GroupId> = self.partitions.read().expect("partitions lock").keys().copied().collect();
+        for id in present.iter().filter(|id| !wanted.contains_key(id)) {
+            let g = self.partitions.write().expect("partitions lock").remove(id);
+            if let Some(g) = g {
+                info!(group = id, topic = %g.topic, partition = g.partition, "stopping deleted partition group");
+                let _ = g.raft.shutdown().await;
+                self.metrics.remove_group(&g.label());
+                if let Err(e) = self.db.delete_group(*id) {
+                    warn!(group = id, error = %e, "cannot delete partition data");
+                }
+            }
+        }
+        let mut to_start: Vec<_> = wanted
+            .into_iter()
+            .filter(|(id, _)| !present.contains(id))
+            .collect();
+        to_start.sort_by_key(|(id, _)| *id);
+        for (id, (topic, seq, p)) in to_start {
+            let (tx, progress) = watch::channel(Progress::default());
+            let preferred = preferred_leader(&self.nodes_sorted, seq, p) == self.node_id;
+            match open_group(
+                self.node_id,
+                id,
+                &self.region,
+                Notify::Partition(tx),
+                &self.members,
+                preferred,
+                &self.db,
+                &self.transport,
+                &self.clock,
+                &self.raft_config,
+            )
+            .await
+            {
+                Ok(raft) => {
+                    debug!(group = id, %topic, partition = p, "partition group started");
+                    let g = Arc::new(PartitionGroup {
+                        id,
+                        topic,
+                        partition: p,
+                        raft,
+                        progress,
+                    });
+                    self.partitions.write().expect("partitions lock").insert(id, g);
+                }
+                Err(e) => warn!(group = id, error = %e, "cannot start partition group"),
+            }
+        }
+        self.reconciled.send_modify(|n| *n += 1);
+    }
+
+    /// Proposes `cmd` to a group on this node, without waiting for the
+    /// commit: proposals of one caller enter the log in call order.
+    pub async fn submit(
+        raft: &Raft,
+        cmd: Command,
+    ) -> Result<
+        tokio::sync::oneshot::Receiver<
+            Result<openraft::raft::ClientWriteResponse<TypeConfig>, ClientWriteError<NodeId, BasicNode>>,
+        >,
+        WriteError,
+    > {
+        raft.client_write_ff(cmd)
+            .await
+            .map_err(|e| WriteError::Unavailable(e.to_string()))
+    }
+
+    /// Waits for a submitted proposal's result.
+    pub async fn wait(
+        rx: tokio::sync::oneshot::Receiver<
+            Result<openraft::raft::ClientWriteResponse<TypeConfig>, ClientWriteError<NodeId, BasicNode>>,
+        >,
+        timeout: Duration,
+    ) -> Result<CommandResult, WriteError> {
+        match tokio::time::timeout(timeout, rx).await {
+            Err(_) => Err(WriteError::Timeout(timeout.as_millis() as u64)),
+            Ok(Err(_)) => Err(WriteError::Unavailable("the group stopped".into())),
+            Ok(Ok(Ok(resp))) => Ok(resp.data),
+            Ok(Ok(Err(ClientWriteError::ForwardToLeader(f)))) => Err(WriteError::NotLeader(f.leader_id)),
+            Ok(Ok(Err(e))) => Err(WriteError::Unavailable(e.to_string())),
+        }
+    }
+
+    async fn write_local(raft: &Raft, cmd: Command, timeout: Duration) -> Result<CommandResult, WriteError> {
+        let rx = Self::submit(raft, cmd).await?;
+        Self::wait(rx, timeout).await
+    }
+
+    /// Commits a meta command through the meta leader, wherever it is,
+    /// retrying with backoff while there is no leader, until `timeout`.
+    pub async fn meta_write(&self, cmd: Command, timeout: Duration) -> Result<CommandResult, WriteError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Err(WriteError::Timeout(timeout.as_millis() as u64));
+            }
+            let r = match Self::write_local(&self.meta, cmd.clone(), left).await {
+                Err(WriteError::NotLeader(Some(l))) if l != self.node_id => {
+                    self.forward_meta_write(l, &cmd, left).await
+                }
+                r => r,
+            };
+            match r {
+                Err(WriteError::NotLeader(_)) | Err(WriteError::Unavailable(_)) => {
+                    tokio::time::sleep(backoff.min(left)).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+                r => return r,
+            }
+        }
+    }
+
+    async fn forward_meta_write(&self, leader: NodeId, cmd: &Command, timeout: Duration) -> Result<CommandResult, WriteError> {
+        let payload = bincode::serialize(cmd).expect("serialize command");
+        let resp = self
+            .transport
+            .call(leader, KIND_META_WRITE, META_GROUP, &payload, timeout)
+            .await
+            .map_err(|e| WriteError::Unavailable(e.to_string()))?;
+        bincode::deserialize::<Result<CommandResult, WriteError>>(&resp)
+            .map_err(|e| WriteError::Unavailable(format!("bad forwarded response: {e}")))?
+    }
+
+    fn raft_of(&self, group: GroupId) -> Option<Raft> {
+        if group == META_GROUP {
+            Some(self.meta.clone())
+        } else {
+            self.partition(group).map(|g| g.raft.clone())
+        }
+    }
+
+    /// Refreshes the Raft gauges.
+    pub fn update_metrics(&self) {
+        let mut led = 0;
+        for g in self.partitions() {
+            let m = g.raft.metrics().borrow().clone();
+            if m.state == ServerState::Leader {
+                led += 1;
+            }
+            self.metrics.set_term(&g.label(), m.current_term);
+        }
+        let m = self.meta.metrics().borrow().clone();
+        self.metrics.set_term("meta", m.current_term);
+        self.metrics.raft_leader_groups.set(led);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn open_group(
+    node_id: NodeId,
+    group: GroupId,
+    region: &str,
+    notify: Notify,
+    members: &BTreeMap<NodeId, BasicNode>,
+    preferred: bool,
+    db: &Arc<Db>,
+    transport: &Arc<Transport>,
+    clock: &Arc<Clock>,
+    config: &Arc<openraft::Config>,
+) -> Result<Raft, GroupError> {
+    let start_err = |reason: String| GroupError::Start { group, reason };
+    let mut log = LogStore::new(db.clone(), group);
+    let pristine = log.is_pristine().await.map_err(|e| start_err(e.to_string()))?;
+    let sm = StateMachine::open(db.clone(), group, region.to_string(), clock.clone(), notify)
+        .map_err(|e| start_err(e.to_string()))?;
+    let network = NetworkFactory {
+        transport: transport.clone(),
+        group,
+    };
+    let raft = Raft::new(node_id, config.clone(), network, log, sm)
+        .instrument(tracing::info_span!("raft", region, node = node_id, group))
+        .await
+        .map_err(|e| start_err(e.to_string()))?;
+    if pristine {
+        // Every node initializes a new group with the same membership, which
+        // openraft allows; the preferred leader then asks for votes at once,
+        // before the others' election timers fire, which spreads leaders.
+        if let Err(e) = raft.initialize(members.clone()).await {
+            debug!(group, error = %e, "group already initialized");
+        }
+        if preferred {
+            let _ = raft.trigger().elect().await;
+        }
+    }
+    Ok(raft)
+}
+
+fn de<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, String> {
+    bincode::deserialize(payload).map_err(|e| format!("malformed request: {e}"))
+}
+
+fn ser<T: Serialize>(v: &T) -> Result<Vec<u8>, String> {
+    bincode::serialize(v).map_err(|e| e.to_string())
+}
+
+impl Handler for Groups {
+    fn handle(&self, kind: u8, group: GroupId, payload: Vec<u8>) -> BoxFuture<'static, Result<Vec<u8>, String>> {
+        let raft = self.raft_of(group);
+        let meta_timeout = self.transport.rpc_timeout();
+        Box::pin(async move {
+            let raft = raft.ok_or_else(|| format!("group {group} is not running on this node"))?;
+            match kind {
+                KIND_APPEND => {
+                    let req: AppendEntriesRequest<TypeConfig> = de(&payload)?;
+                    ser(&raft.append_entries(req).await)
+                }
+                KIND_VOTE => {
+                    let req: VoteRequest<NodeId> = de(&payload)?;
+                    ser(&raft.vote(req).await)
+                }
+                KIND_SNAPSHOT => {
+                    let req: InstallSnapshotRequest<TypeConfig> = de(&payload)?;
+                    ser(&raft.install_snapshot(req).await)
+                }
+                KIND_META_WRITE if group == META_GROUP => {
+                    let cmd: Command = de(&payload)?;
+                    // Forwarded once only: a node that is no longer leader answers NotLeader.
+                    ser(&Groups::write_local(&raft, cmd, meta_timeout).await)
+                }
+                _ => Err(format!("unknown request kind {kind} for group {group}")),
+            }
+        })
+    }
+}

@@ -1,0 +1,100 @@
+//! Raft RPCs of every group over the node's QUIC transport.
+
+use std::sync::Arc;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::BasicNode;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::types::{GroupId, NodeId, TypeConfig};
+use crate::transport::{Transport, TransportError};
+
+pub const KIND_APPEND: u8 = 1;
+pub const KIND_VOTE: u8 = 2;
+pub const KIND_SNAPSHOT: u8 = 3;
+/// A meta-group write forwarded to the meta leader.
+pub const KIND_META_WRITE: u8 = 4;
+
+pub struct NetworkFactory {
+    pub transport: Arc<Transport>,
+    pub group: GroupId,
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = Network;
+
+    async fn new_client(&mut self, target: NodeId, _node: &BasicNode) -> Network {
+        Network {
+            transport: self.transport.clone(),
+            group: self.group,
+            target,
+        }
+    }
+}
+
+pub struct Network {
+    transport: Arc<Transport>,
+    group: GroupId,
+    target: NodeId,
+}
+
+type RpcErr<E> = RPCError<NodeId, BasicNode, E>;
+
+impl Network {
+    async fn call<Req, Resp, E>(&self, kind: u8, req: &Req, option: &RPCOption) -> Result<Resp, RpcErr<E>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let payload = bincode::serialize(req).expect("serialize raft rpc");
+        let resp = self
+            .transport
+            .call(self.target, kind, self.group, &payload, option.hard_ttl())
+            .await
+            .map_err(|e| match e {
+                // Openraft backs off from unreachable peers.
+                TransportError::Connect { .. } | TransportError::UnknownPeer(_) => {
+                    RPCError::Unreachable(Unreachable::new(&e))
+                }
+                _ => RPCError::Network(NetworkError::new(&e)),
+            })?;
+        let r: Result<Resp, E> =
+            bincode::deserialize(&resp).map_err(|e| RPCError::Network(NetworkError::new(&*e)))?;
+        r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Network {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RpcErr<RaftError<NodeId>>> {
+        self.call(KIND_APPEND, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RpcErr<RaftError<NodeId, InstallSnapshotError>>> {
+        self.call(KIND_SNAPSHOT, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RpcErr<RaftError<NodeId>>> {
+        self.call(KIND_VOTE, &rpc, &option).await
+    }
+}

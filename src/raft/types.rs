@@ -1,0 +1,86 @@
+//! The Raft type configuration shared by every group: the region's meta group
+//! (topics) and one group per partition.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::topic::MetaError;
+
+pub type NodeId = u64;
+
+/// Raft group id. The meta group is 0; partition `p` of the topic with
+/// sequence number `s` is `s << 32 | p` (sequence numbers start at 1 and are
+/// never reused, so a re-created topic never meets old data).
+pub type GroupId = u64;
+
+pub const META_GROUP: GroupId = 0;
+
+pub fn partition_group(topic_seq: u32, partition: u32) -> GroupId {
+    ((topic_seq as u64) << 32) | partition as u64
+}
+
+openraft::declare_raft_types!(
+    /// Type configuration of every Meridian Raft group.
+    pub TypeConfig:
+        D = Command,
+        R = CommandResult,
+        NodeId = NodeId,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = std::io::Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+pub type Raft = openraft::Raft<TypeConfig>;
+pub type LogId = openraft::LogId<NodeId>;
+pub type Entry = openraft::Entry<TypeConfig>;
+pub type StorageError = openraft::StorageError<NodeId>;
+
+/// One record as a producer sent it. Timestamps are not kept: the record's
+/// timestamp is its HLC, fixed when it is committed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordIn {
+    pub key: Option<serde_bytes::ByteBuf>,
+    pub value: Option<serde_bytes::ByteBuf>,
+    pub headers: Vec<(String, Option<serde_bytes::ByteBuf>)>,
+}
+
+/// A Raft log entry's payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Meta group: create a topic.
+    CreateTopic {
+        name: String,
+        id: uuid::Uuid,
+        partitions: u32,
+        configs: BTreeMap<String, String>,
+    },
+    /// Meta group: delete a topic and its partitions' data.
+    DeleteTopic { name: String },
+    /// Meta group: change topic configs.
+    AlterTopic {
+        name: String,
+        set: BTreeMap<String, String>,
+        delete: Vec<String>,
+    },
+    /// Partition group: append a producer's batch. `proposed_hlc` is the
+    /// leader's clock; the state machine fixes the final HLCs.
+    Append {
+        proposed_hlc: u64,
+        records: Vec<RecordIn>,
+    },
+}
+
+/// What applying a command returns to the proposer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandResult {
+    /// Membership and blank entries.
+    None,
+    Appended {
+        base_offset: u64,
+        first_hlc: u64,
+        last_hlc: u64,
+    },
+    Meta(Result<(), MetaError>),
+}

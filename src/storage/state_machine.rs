@@ -1,0 +1,326 @@
+//! The state machine of one group. For a partition group it turns committed
+//! `Append` commands into the origin log: contiguous offsets and strictly
+//! increasing HLCs, fixed here so that they hold across leader changes
+//! (invariant 2). For the meta group it keeps the region's topics.
+
+use std::io::Cursor;
+use std::sync::Arc;
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    AnyError, BasicNode, EntryPayload, OptionalSend, RaftSnapshotBuilder, SnapshotMeta,
+    StorageIOError, StoredMembership,
+};
+use rocksdb::WriteBatch;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::batch::{self, BatchHeader};
+use super::{key, Db, CF_HLC_INDEX, CF_RECORDS, CF_SM_STATE};
+use crate::hlc::{self, Clock};
+use crate::raft::types::{
+    Command, CommandResult, Entry, GroupId, LogId, NodeId, StorageError, TypeConfig, META_GROUP,
+};
+use crate::topic::MetaState;
+
+/// How far a partition's origin log has been applied (= committed) here.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// The high watermark: offset of the next record.
+    pub next_offset: u64,
+    pub last_hlc: u64,
+}
+
+/// Where a state machine publishes what it applied.
+pub enum Notify {
+    Meta(watch::Sender<Arc<MetaState>>),
+    Partition(watch::Sender<Progress>),
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Applied {
+    last_applied: Option<LogId>,
+    membership: StoredMembership<NodeId, BasicNode>,
+    next_offset: u64,
+    last_hlc: u64,
+    meta: Option<MetaState>,
+}
+
+pub struct StateMachine {
+    db: Arc<Db>,
+    group: GroupId,
+    origin: String,
+    applied: Applied,
+    notify: Notify,
+    clock: Arc<Clock>,
+}
+
+fn any(e: impl std::error::Error + 'static) -> AnyError {
+    AnyError::new(&e)
+}
+
+impl StateMachine {
+    /// Loads the group's applied state and publishes it.
+    pub fn open(
+        db: Arc<Db>,
+        group: GroupId,
+        origin: String,
+        clock: Arc<Clock>,
+        notify: Notify,
+    ) -> Result<Self, StorageError> {
+        let applied = match db
+            .get(CF_SM_STATE, &key(group, 0))
+            .map_err(|e| StorageIOError::read_state_machine(any(e)))?
+        {
+            Some(v) => bincode::deserialize(&v)
+                .map_err(|e| StorageIOError::read_state_machine(any(*e)))?,
+            None => Applied::default(),
+        };
+        clock.observe(applied.last_hlc);
+        let sm = StateMachine {
+            db,
+            group,
+            origin,
+            applied,
+            notify,
+            clock,
+        };
+        sm.publish();
+        Ok(sm)
+    }
+
+    fn publish(&self) {
+        match &self.notify {
+            Notify::Meta(tx) => {
+                let m = self.applied.meta.clone().unwrap_or_default();
+                tx.send_replace(Arc::new(m));
+            }
+            Notify::Partition(tx) => {
+                tx.send_replace(Progress {
+                    next_offset: self.applied.next_offset,
+                    last_hlc: self.applied.last_hlc,
+                });
+            }
+        }
+    }
+
+    fn apply_one(&mut self, b: &mut WriteBatch, cmd: Command) -> CommandResult {
+        match cmd {
+            Command::Append {
+                proposed_hlc,
+                records,
+            } => {
+                if records.is_empty() {
+                    return CommandResult::Appended {
+                        base_offset: self.applied.next_offset,
+                        first_hlc: self.applied.last_hlc,
+                        last_hlc: self.applied.last_hlc,
+                    };
+                }
+                let h = BatchHeader {
+                    base_offset: self.applied.next_offset,
+                    count: records.len() as u32,
+                    first_hlc: hlc::assign_first(proposed_hlc, self.applied.last_hlc),
+                };
+                assert!(h.first_hlc > self.applied.last_hlc, "HLCs strictly increase");
+                let stored = batch::encode(h, &self.origin, &records);
+                b.put_cf(self.db.cf(CF_RECORDS), key(self.group, h.base_offset), stored);
+                b.put_cf(
+                    self.db.cf(CF_HLC_INDEX),
+                    key(self.group, h.last_hlc()),
+                    h.base_offset.to_be_bytes(),
+                );
+                self.applied.next_offset = h.end_offset();
+                self.applied.last_hlc = h.last_hlc();
+                CommandResult::Appended {
+                    base_offset: h.base_offset,
+                    first_hlc: h.first_hlc,
+                    last_hlc: h.last_hlc(),
+                }
+            }
+            meta_cmd => {
+                assert_eq!(self.group, META_GROUP, "meta commands go to the meta group");
+                let meta = self.applied.meta.get_or_insert_with(MetaState::default);
+                CommandResult::Meta(meta.apply(&meta_cmd))
+            }
+        }
+    }
+
+    fn persist(&self, mut b: WriteBatch) -> Result<(), StorageError> {
+        let v = bincode::serialize(&self.applied).expect("serialize applied state");
+        b.put_cf(self.db.cf(CF_SM_STATE), key(self.group, 0), v);
+        // No sync: everything applied is in the Raft log, which is synced;
+        // after a crash the log replays what the WAL did not keep.
+        self.db
+            .write(b)
+            .map_err(|e| StorageIOError::write_state_machine(any(e)).into())
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId>, StoredMembership<NodeId, BasicNode>), StorageError> {
+        Ok((self.applied.last_applied, self.applied.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResult>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut b = WriteBatch::default();
+        let mut results = Vec::new();
+        for e in entries {
+            self.applied.last_applied = Some(e.log_id);
+            let r = match e.payload {
+                EntryPayload::Blank => CommandResult::None,
+                EntryPayload::Membership(m) => {
+                    self.applied.membership = StoredMembership::new(Some(e.log_id), m);
+                    CommandResult::None
+                }
+                EntryPayload::Normal(cmd) => self.apply_one(&mut b, cmd),
+            };
+            results.push(r);
+        }
+        self.persist(b)?;
+        self.clock.observe(self.applied.last_hlc);
+        self.publish();
+        Ok(results)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder {
+            group: self.group,
+            applied: self.applied.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let snap: Applied = bincode::deserialize(snapshot.get_ref())
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), any(*e)))?;
+        if self.group != META_GROUP && snap.next_offset > self.applied.next_offset {
+            // A partition snapshot carries the state, not the records. Raft
+            // logs are never purged, so no leader sends one; if one ever
+            // came, taking it would silently skip records. Refuse loudly.
+            return Err(StorageIOError::read_snapshot(
+                Some(meta.signature()),
+                AnyError::error(format!(
+                    "group {}: a snapshot would skip records {}..{}; partition snapshots are not supported",
+                    self.group, self.applied.next_offset, snap.next_offset
+                )),
+            )
+            .into());
+        }
+        self.applied = snap;
+        self.persist(WriteBatch::default())?;
+        self.publish();
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        Ok(None)
+    }
+}
+
+pub struct SnapshotBuilder {
+    group: GroupId,
+    applied: Applied,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let data = bincode::serialize(&self.applied).expect("serialize snapshot");
+        let index = self.applied.last_applied.map_or(0, |l| l.index);
+        Ok(Snapshot {
+            meta: SnapshotMeta {
+                last_log_id: self.applied.last_applied,
+                last_membership: self.applied.membership.clone(),
+                snapshot_id: format!("{}-{}", self.group, index),
+            },
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+/// Reads committed records of a partition straight from storage.
+pub mod read {
+    use super::*;
+
+    /// Stored Kafka record batches of `group` from the one holding `from`
+    /// up to the high watermark `hw`, at most about `max_bytes` (but always at
+    /// least one batch, as Kafka does, so a large batch cannot stall a reader).
+    pub fn batches(
+        db: &Db,
+        group: GroupId,
+        from: u64,
+        hw: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<bytes::Bytes>, super::super::DbError> {
+        let mut out = Vec::new();
+        if from >= hw {
+            return Ok(out);
+        }
+        let start = match db.last_at_or_before(CF_RECORDS, group, from)? {
+            Some((base, v)) => {
+                let (h, _) = batch::decode(&v).map_err(|reason| corrupt(reason))?;
+                if h.end_offset() > from {
+                    base
+                } else {
+                    from
+                }
+            }
+            None => from,
+        };
+        let mut size = 0usize;
+        for r in db.range(CF_RECORDS, group, start, hw) {
+            let (_, v) = r?;
+            let (_, kafka) = batch::decode(&v).map_err(corrupt)?;
+            if !out.is_empty() && size + kafka.len() > max_bytes {
+                break;
+            }
+            size += kafka.len();
+            out.push(bytes::Bytes::copy_from_slice(kafka));
+        }
+        Ok(out)
+    }
+
+    /// Offset and HLC of the first record with an HLC at or above `hlc`.
+    pub fn offset_for_hlc(
+        db: &Db,
+        group: GroupId,
+        hlc: u64,
+    ) -> Result<Option<(u64, u64)>, super::super::DbError> {
+        let Some((_, base)) = db.first_at_or_after(CF_HLC_INDEX, group, hlc)? else {
+            return Ok(None);
+        };
+        let base = u64::from_be_bytes(
+            base.as_ref()
+                .try_into()
+                .map_err(|_| corrupt("hlc index value".into()))?,
+        );
+        let Some(v) = db.get(CF_RECORDS, &key(group, base))? else {
+            return Err(corrupt(format!("hlc index names missing batch {base}")));
+        };
+        let (h, _) = batch::decode(&v).map_err(corrupt)?;
+        Ok(h.offset_for_hlc(hlc)
+            .map(|o| (o, h.first_hlc + (o - h.base_offset))))
+    }
+
+    fn corrupt(reason: String) -> super::super::DbError {
+        super::super::DbError::Corrupt {
+            cf: CF_RECORDS,
+            reason,
+        }
+    }
+}

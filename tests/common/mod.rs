@@ -1,0 +1,280 @@
+//! Test harness: a real `meridian dev` cluster on loopback, on ports chosen
+//! for this test, stopped (with every node it started) when dropped.
+#![allow(dead_code)]
+
+use std::net::{TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+pub const EXE: &str = env!("CARGO_BIN_EXE_meridian");
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A base port with `n` free TCP and UDP ports above it.
+pub fn free_port_base(n: u16) -> u16 {
+    let seed = std::process::id() as u64 * 7919
+        + std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos() as u64;
+    for attempt in 0..200u64 {
+        let base = 20_000 + ((seed + attempt * 104_729) % 40_000) as u16;
+        let free = (0..n).all(|i| {
+            let p = base + i;
+            TcpListener::bind(("127.0.0.1", p)).is_ok() && UdpSocket::bind(("127.0.0.1", p)).is_ok()
+        });
+        if free {
+            return base;
+        }
+    }
+    panic!("no free port range found");
+}
+
+pub struct NodeInfo {
+    pub id: u64,
+    pub kafka: String,
+    pub admin: String,
+    pub pid: u32,
+    pub config: PathBuf,
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    dev: Child,
+    pub nodes: Vec<NodeInfo>,
+    /// Nodes restarted by the test, outside `meridian dev`.
+    restarted: Vec<Child>,
+}
+
+impl Cluster {
+    /// Starts the one-region dev topology and waits until it is up.
+    pub fn start() -> Cluster {
+        Self::start_with(&repo().join("regions/dev.toml"))
+    }
+
+    pub fn start_with(topology: &Path) -> Cluster {
+        let dir = tempfile::Builder::new()
+            .prefix("meridian-test-")
+            .tempdir()
+            .unwrap();
+        let base = free_port_base(3 * 9);
+        let out = std::fs::File::create(dir.path().join("dev.out")).unwrap();
+        let dev = Command::new(EXE)
+            .arg("dev")
+            .arg("--topology")
+            .arg(topology)
+            .arg("--data-dir")
+            .arg(dir.path().join("cluster"))
+            .arg("--port-base")
+            .arg(base.to_string())
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("start meridian dev");
+        let mut c = Cluster {
+            dir,
+            dev,
+            nodes: Vec::new(),
+            restarted: Vec::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let out = std::fs::read_to_string(c.dir.path().join("dev.out")).unwrap_or_default();
+            if out.contains("cluster is up") {
+                break;
+            }
+            if let Ok(Some(status)) = c.dev.try_wait() {
+                panic!("meridian dev exited ({status}):\n{out}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cluster not up after 120 s:\n{out}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let json: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(c.cluster_dir().join("cluster.json")).unwrap(),
+        )
+        .unwrap();
+        for n in json["regions"][0]["nodes"].as_array().unwrap() {
+            c.nodes.push(NodeInfo {
+                id: n["id"].as_u64().unwrap(),
+                kafka: n["kafka"].as_str().unwrap().to_string(),
+                admin: n["admin"].as_str().unwrap().to_string(),
+                pid: n["pid"].as_u64().unwrap() as u32,
+                config: PathBuf::from(n["config"].as_str().unwrap()),
+            });
+        }
+        c
+    }
+
+    pub fn cluster_dir(&self) -> PathBuf {
+        self.dir.path().join("cluster")
+    }
+
+    pub fn bootstrap(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| n.kafka.clone())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn node(&self, id: u64) -> &NodeInfo {
+        self.nodes.iter().find(|n| n.id == id).unwrap()
+    }
+
+    pub fn node_by_kafka(&self, addr: &str) -> &NodeInfo {
+        self.nodes.iter().find(|n| n.kafka == addr).unwrap()
+    }
+
+    pub fn log(&self, id: u64) -> String {
+        std::fs::read_to_string(self.cluster_dir().join(format!("node-{id}.log")))
+            .unwrap_or_default()
+    }
+
+    /// SIGKILL a node and wait until it is gone.
+    pub fn kill9(&mut self, id: u64) {
+        let pid = self.node(id).pid;
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while kill(Pid::from_raw(pid as i32), None).is_ok() && Instant::now() < deadline {
+            // A zombie until `meridian dev` reaps it; probe the Kafka port instead.
+            if std::net::TcpStream::connect(&self.node(id).kafka).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts a node again from its config, as an operator would.
+    pub fn restart(&mut self, id: u64) {
+        let n = self.node(id);
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(self.cluster_dir().join(format!("node-{id}.log")))
+            .unwrap();
+        let child = Command::new(EXE)
+            .arg("node")
+            .arg("--config")
+            .arg(&n.config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        self.restarted.push(child);
+        self.nodes.iter_mut().find(|n| n.id == id).unwrap().pid = pid;
+    }
+
+    /// Waits until every node's /healthz answers 200.
+    pub fn wait_healthy(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        for n in &self.nodes {
+            loop {
+                if http_get(&n.admin, "/healthz").is_some_and(|(c, _)| c == 200) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "node {} not healthy in time:\n{}",
+                    n.id,
+                    self.log(n.id)
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = kill(Pid::from_raw(self.dev.id() as i32), Signal::SIGTERM);
+        for c in &self.restarted {
+            let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline && !matches!(self.dev.try_wait(), Ok(Some(_))) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.dev.kill();
+        let _ = self.dev.wait();
+        for c in &mut self.restarted {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Blocking HTTP/1.0 GET: status code and body.
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
+    Some((
+        code,
+        buf.split_once("\r\n\r\n").map_or("", |x| x.1).to_string(),
+    ))
+}
+
+/// Runs a command with a time limit; returns (success, stdout, stderr).
+pub fn run(cmd: &mut Command, timeout: Duration) -> (bool, String, String) {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "{cmd:?} did not finish within {timeout:?}\nstdout: {}\nstderr: {}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The meridian CLI with a time limit.
+pub fn meridian(args: &[&str]) -> (bool, String, String) {
+    run(Command::new(EXE).args(args), Duration::from_secs(60))
+}
+
+pub fn require(tool: &str) {
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        ok,
+        "`{tool}` is not installed; run `.ci/install-deps --test-clients` first"
+    );
+}
