@@ -54,7 +54,11 @@ impl std::fmt::Display for Report {
             self.seconds,
             self.errors
         )?;
-        writeln!(f, "  throughput: {:.0} records/s, {:.1} MB/s", self.records_per_sec, self.mb_per_sec)?;
+        writeln!(
+            f,
+            "  throughput: {:.0} records/s, {:.1} MB/s",
+            self.records_per_sec, self.mb_per_sec
+        )?;
         write!(
             f,
             "  latency ms: p50 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
@@ -63,7 +67,14 @@ impl std::fmt::Display for Report {
     }
 }
 
-fn report(kind: &'static str, records: u64, bytes: u64, errors: u64, took: Duration, h: &Histogram<u64>) -> Report {
+fn report(
+    kind: &'static str,
+    records: u64,
+    bytes: u64,
+    errors: u64,
+    took: Duration,
+    h: &Histogram<u64>,
+) -> Report {
     let s = took.as_secs_f64().max(1e-9);
     let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     Report {
@@ -87,11 +98,17 @@ fn histogram() -> Histogram<u64> {
 }
 
 /// Produces with `acks = all`; latency is from send to acknowledgement.
-pub async fn produce(client: Arc<Client>, o: ProduceOpts, progress: bool) -> Result<Report, ClientError> {
+pub async fn produce(
+    client: Arc<Client>,
+    o: ProduceOpts,
+    progress: bool,
+) -> Result<Report, ClientError> {
     match client.topic(&o.topic, false).await {
         Ok(_) => {}
         Err(ClientError::UnknownTopic(_)) => {
-            client.create_topic(&o.topic, o.partitions, &Default::default()).await?
+            client
+                .create_topic(&o.topic, o.partitions, &Default::default())
+                .await?
         }
         Err(e) => return Err(e),
     }
@@ -119,22 +136,36 @@ pub async fn produce(client: Arc<Client>, o: ProduceOpts, progress: bool) -> Res
         let n = batch.min((total - issued) as usize);
         let records: Vec<_> = (0..n)
             .map(|i| {
-                let key = (o.keys > 0).then(|| Bytes::from(format!("key-{}", (issued + i as u64) % o.keys)));
+                let key = (o.keys > 0)
+                    .then(|| Bytes::from(format!("key-{}", (issued + i as u64) % o.keys)));
                 (key, Some(value.clone()))
             })
             .collect();
         let part = (seq % partitions) as i32;
         seq += 1;
         issued += n as u64;
-        let permit = permits.clone().acquire_owned().await.expect("semaphore open");
+        let permit = permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore open");
         let payload = encode_batch(&records, o.compression);
-        let (c, h, a, e, topic) = (client.clone(), hist.clone(), acked.clone(), errors.clone(), o.topic.clone());
+        let (c, h, a, e, topic) = (
+            client.clone(),
+            hist.clone(),
+            acked.clone(),
+            errors.clone(),
+            o.topic.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let t0 = Instant::now();
-            let r = match c.leader(&topic, part).await {
+            let r = match c.leader_cached(&topic, part).await {
                 Ok(conn) => produce_on(&conn, &topic, part, payload, -1).await,
                 Err(err) => Err(err),
             };
+            if r.is_err() {
+                c.forget_leaders(&topic).await;
+            }
             let us = t0.elapsed().as_micros() as u64;
             match r {
                 Ok(_) => {
@@ -166,12 +197,24 @@ pub async fn produce(client: Arc<Client>, o: ProduceOpts, progress: bool) -> Res
     let took = started.elapsed();
     let records = acked.load(Ordering::Relaxed);
     let h = hist.lock().await;
-    Ok(report("produce", records, records * o.size as u64, errors.load(Ordering::Relaxed), took, &h))
+    Ok(report(
+        "produce",
+        records,
+        records * o.size as u64,
+        errors.load(Ordering::Relaxed),
+        took,
+        &h,
+    ))
 }
 
 /// Reads every partition from offset 0 until `count` records were read (or
 /// the topic's end, with `count = None`); latency is per fetch.
-pub async fn consume(client: Arc<Client>, topic: &str, count: Option<u64>, progress: bool) -> Result<Report, ClientError> {
+pub async fn consume(
+    client: Arc<Client>,
+    topic: &str,
+    count: Option<u64>,
+    progress: bool,
+) -> Result<Report, ClientError> {
     let info = client.topic(topic, false).await?;
     let started = Instant::now();
     let mut hist = histogram();
@@ -201,8 +244,19 @@ pub async fn consume(client: Arc<Client>, topic: &str, count: Option<u64>, progr
         }
         if progress && Instant::now() >= next_report {
             next_report += Duration::from_secs(1);
-            eprintln!("  {:>6.1} s  {:>10} records", started.elapsed().as_secs_f64(), records);
+            eprintln!(
+                "  {:>6.1} s  {:>10} records",
+                started.elapsed().as_secs_f64(),
+                records
+            );
         }
     }
-    Ok(report("consume", records, bytes, 0, started.elapsed(), &hist))
+    Ok(report(
+        "consume",
+        records,
+        bytes,
+        0,
+        started.elapsed(),
+        &hist,
+    ))
 }

@@ -11,7 +11,9 @@ use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
-use kafka_protocol::messages::incremental_alter_configs_request::{AlterConfigsResource, AlterableConfig};
+use kafka_protocol::messages::incremental_alter_configs_request::{
+    AlterConfigsResource, AlterableConfig,
+};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
@@ -48,7 +50,8 @@ pub enum ClientError {
 
 impl ClientError {
     fn kafka(what: impl Into<String>, code: i16, message: Option<&StrBytes>) -> Self {
-        let name = ResponseError::try_from_code(code).map_or("OK".to_string(), |e| format!("{e:?}"));
+        let name =
+            ResponseError::try_from_code(code).map_or("OK".to_string(), |e| format!("{e:?}"));
         ClientError::Kafka {
             what: what.into(),
             code,
@@ -62,7 +65,9 @@ impl ClientError {
             ClientError::Kafka { code, .. } => {
                 ResponseError::try_from_code(*code).is_some_and(|e| e.is_retriable())
             }
-            ClientError::Connect { .. } | ClientError::Io { .. } | ClientError::Timeout { .. } => true,
+            ClientError::Connect { .. } | ClientError::Io { .. } | ClientError::Timeout { .. } => {
+                true
+            }
             _ => false,
         }
     }
@@ -86,7 +91,11 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub async fn connect(addr: &str, timeout: Duration, in_flight_max: usize) -> Result<Self, ClientError> {
+    pub async fn connect(
+        addr: &str,
+        timeout: Duration,
+        in_flight_max: usize,
+    ) -> Result<Self, ClientError> {
         let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| ClientError::Timeout {
@@ -147,9 +156,20 @@ impl Connection {
         })
     }
 
-    fn frame(&self, api: ApiKey, version: i16, req: &impl Encodable) -> Result<BytesMut, ClientError> {
-        let cid = self.next_cid.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let header = RequestHeader::default().with_request_api_key(api as i16).with_request_api_version(version).with_correlation_id(cid).with_client_id(Some(StrBytes::from_static_str("meridian")));
+    fn frame(
+        &self,
+        api: ApiKey,
+        version: i16,
+        req: &impl Encodable,
+    ) -> Result<BytesMut, ClientError> {
+        let cid = self
+            .next_cid
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let header = RequestHeader::default()
+            .with_request_api_key(api as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(cid)
+            .with_client_id(Some(StrBytes::from_static_str("meridian")));
         let mut buf = BytesMut::with_capacity(64);
         buf.put_i32(0);
         header
@@ -163,7 +183,12 @@ impl Connection {
     }
 
     /// Sends a request and decodes its response.
-    pub async fn call<Req, Resp>(&self, api: ApiKey, version: i16, req: &Req) -> Result<Resp, ClientError>
+    pub async fn call<Req, Resp>(
+        &self,
+        api: ApiKey,
+        version: i16,
+        req: &Req,
+    ) -> Result<Resp, ClientError>
     where
         Req: Encodable,
         Resp: Decodable,
@@ -194,7 +219,12 @@ impl Connection {
     }
 
     /// Sends a request that gets no response (produce with `acks = 0`).
-    pub async fn send_only(&self, api: ApiKey, version: i16, req: &impl Encodable) -> Result<(), ClientError> {
+    pub async fn send_only(
+        &self,
+        api: ApiKey,
+        version: i16,
+        req: &impl Encodable,
+    ) -> Result<(), ClientError> {
         let frame = self.frame(api, version, req)?;
         self.tx
             .send(Outgoing { frame, reply: None })
@@ -206,7 +236,7 @@ impl Connection {
     }
 }
 
-pub const V_METADATA: i16 = 9;
+pub const V_METADATA: i16 = 12;
 pub const V_PRODUCE: i16 = 8;
 pub const V_FETCH: i16 = 11;
 pub const V_LIST_OFFSETS: i16 = 5;
@@ -241,6 +271,8 @@ pub struct TopicInfo {
 pub struct Client {
     bootstrap: Vec<String>,
     brokers: Mutex<HashMap<i32, String>>,
+    /// Partition leaders per topic, from the last metadata; dropped on errors.
+    leaders: Mutex<HashMap<String, Vec<i32>>>,
     conns: Mutex<HashMap<String, Connection>>,
     pub timeout: Duration,
     pub in_flight_max: usize,
@@ -250,8 +282,13 @@ pub struct Client {
 impl Client {
     pub fn new(bootstrap: &str) -> Self {
         Client {
-            bootstrap: bootstrap.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+            bootstrap: bootstrap
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect(),
             brokers: Mutex::new(HashMap::new()),
+            leaders: Mutex::new(HashMap::new()),
             conns: Mutex::new(HashMap::new()),
             timeout: Duration::from_secs(30),
             in_flight_max: 64,
@@ -288,12 +325,21 @@ impl Client {
         Err(last.unwrap_or_else(|| ClientError::Protocol("no bootstrap address given".into())))
     }
 
-    pub async fn metadata(&self, topics: Option<&[&str]>, auto_create: bool) -> Result<MetadataResponse, ClientError> {
-        let req = MetadataRequest::default().with_topics(topics.map(|ts| {
+    pub async fn metadata(
+        &self,
+        topics: Option<&[&str]>,
+        auto_create: bool,
+    ) -> Result<MetadataResponse, ClientError> {
+        let req = MetadataRequest::default()
+            .with_topics(topics.map(|ts| {
                 ts.iter()
-                    .map(|t| MetadataRequestTopic::default().with_name(Some(TopicName(StrBytes::from_string(t.to_string())))))
+                    .map(|t| {
+                        MetadataRequestTopic::default()
+                            .with_name(Some(TopicName(StrBytes::from_string(t.to_string()))))
+                    })
                     .collect()
-            })).with_allow_auto_topic_creation(auto_create);
+            }))
+            .with_allow_auto_topic_creation(auto_create);
         let conn = self.any().await?;
         let resp: MetadataResponse = match conn.call(ApiKey::Metadata, V_METADATA, &req).await {
             Ok(r) => r,
@@ -320,7 +366,11 @@ impl Client {
             return Err(ClientError::UnknownTopic(name.to_string()));
         }
         if t.error_code != 0 {
-            return Err(ClientError::kafka(format!("metadata of `{name}`"), t.error_code, None));
+            return Err(ClientError::kafka(
+                format!("metadata of `{name}`"),
+                t.error_code,
+                None,
+            ));
         }
         let mut leaders = vec![-1; t.partitions.len()];
         for p in t.partitions {
@@ -328,6 +378,10 @@ impl Client {
                 *slot = p.leader_id.0;
             }
         }
+        self.leaders
+            .lock()
+            .await
+            .insert(name.to_string(), leaders.clone());
         Ok(TopicInfo {
             name: name.to_string(),
             id: t.topic_id,
@@ -338,14 +392,40 @@ impl Client {
     /// A connection to the leader of a partition, per fresh metadata.
     pub async fn leader(&self, topic: &str, partition: i32) -> Result<Connection, ClientError> {
         let t = self.topic(topic, false).await?;
-        let leader = *t
-            .leaders
-            .get(partition as usize)
-            .ok_or(ClientError::Kafka {
-                what: format!("{topic}-{partition}"),
-                code: ResponseError::UnknownTopicOrPartition.code(),
-                message: format!("topic `{topic}` has {} partitions", t.leaders.len()),
-            })?;
+        self.connect_leader(topic, partition, &t.leaders).await
+    }
+
+    /// Like [`Client::leader`], from the last metadata when it names one;
+    /// call [`Client::forget_leaders`] after an error.
+    pub async fn leader_cached(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Connection, ClientError> {
+        let cached = self.leaders.lock().await.get(topic).cloned();
+        match cached {
+            Some(leaders) if leaders.get(partition as usize).is_some_and(|l| *l >= 0) => {
+                self.connect_leader(topic, partition, &leaders).await
+            }
+            _ => self.leader(topic, partition).await,
+        }
+    }
+
+    pub async fn forget_leaders(&self, topic: &str) {
+        self.leaders.lock().await.remove(topic);
+    }
+
+    async fn connect_leader(
+        &self,
+        topic: &str,
+        partition: i32,
+        leaders: &[i32],
+    ) -> Result<Connection, ClientError> {
+        let leader = *leaders.get(partition as usize).ok_or(ClientError::Kafka {
+            what: format!("{topic}-{partition}"),
+            code: ResponseError::UnknownTopicOrPartition.code(),
+            message: format!("topic `{topic}` has {} partitions", leaders.len()),
+        })?;
         if leader < 0 {
             return Err(ClientError::kafka(
                 format!("{topic}-{partition}"),
@@ -359,13 +439,20 @@ impl Client {
             .await
             .get(&leader)
             .cloned()
-            .ok_or_else(|| ClientError::Protocol(format!("leader {leader} is not among the brokers")))?;
+            .ok_or_else(|| {
+                ClientError::Protocol(format!("leader {leader} is not among the brokers"))
+            })?;
         self.connection(&addr).await
     }
 
     /// Runs `op` against the partition leader, refreshing metadata and
     /// retrying with backoff on retriable errors.
-    pub async fn with_leader<T, F, Fut>(&self, topic: &str, partition: i32, op: F) -> Result<T, ClientError>
+    pub async fn with_leader<T, F, Fut>(
+        &self,
+        topic: &str,
+        partition: i32,
+        op: F,
+    ) -> Result<T, ClientError>
     where
         F: Fn(Connection) -> Fut,
         Fut: std::future::Future<Output = Result<T, ClientError>>,
@@ -373,11 +460,14 @@ impl Client {
         let mut backoff = Duration::from_millis(50);
         let mut attempt = 0;
         loop {
-            let r = match self.leader(topic, partition).await {
+            let r = match self.leader_cached(topic, partition).await {
                 Ok(c) => {
                     let addr = c.addr.clone();
                     let r = op(c).await;
-                    if matches!(r, Err(ClientError::Io { .. }) | Err(ClientError::Timeout { .. })) {
+                    if matches!(
+                        r,
+                        Err(ClientError::Io { .. }) | Err(ClientError::Timeout { .. })
+                    ) {
                         self.forget(&addr).await;
                     }
                     r
@@ -387,6 +477,7 @@ impl Client {
             match r {
                 Err(e) if e.is_retriable() && attempt < self.retries_max => {
                     attempt += 1;
+                    self.forget_leaders(topic).await;
                     tracing::debug!(error = %e, attempt, "retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(1));
@@ -396,38 +487,89 @@ impl Client {
         }
     }
 
-    pub async fn create_topic(&self, name: &str, partitions: i32, configs: &BTreeMap<String, String>) -> Result<(), ClientError> {
-        let req = CreateTopicsRequest::default().with_topics(vec![CreatableTopic::default().with_name(TopicName(StrBytes::from_string(name.to_string()))).with_num_partitions(partitions).with_replication_factor(-1).with_configs(configs
-                    .iter()
-                    .map(|(k, v)| CreatableTopicConfig::default().with_name(StrBytes::from_string(k.clone())).with_value(Some(StrBytes::from_string(v.clone()))))
-                    .collect())]).with_timeout_ms(30_000);
-        let resp: CreateTopicsResponse = self.any().await?.call(ApiKey::CreateTopics, V_CREATE_TOPICS, &req).await?;
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        partitions: i32,
+        configs: &BTreeMap<String, String>,
+    ) -> Result<(), ClientError> {
+        let req = CreateTopicsRequest::default()
+            .with_topics(vec![CreatableTopic::default()
+                .with_name(TopicName(StrBytes::from_string(name.to_string())))
+                .with_num_partitions(partitions)
+                .with_replication_factor(-1)
+                .with_configs(
+                    configs
+                        .iter()
+                        .map(|(k, v)| {
+                            CreatableTopicConfig::default()
+                                .with_name(StrBytes::from_string(k.clone()))
+                                .with_value(Some(StrBytes::from_string(v.clone())))
+                        })
+                        .collect(),
+                )])
+            .with_timeout_ms(30_000);
+        let resp: CreateTopicsResponse = self
+            .any()
+            .await?
+            .call(ApiKey::CreateTopics, V_CREATE_TOPICS, &req)
+            .await?;
         for t in resp.topics {
             if t.error_code != 0 {
-                return Err(ClientError::kafka(format!("create topic `{name}`"), t.error_code, t.error_message.as_ref()));
+                return Err(ClientError::kafka(
+                    format!("create topic `{name}`"),
+                    t.error_code,
+                    t.error_message.as_ref(),
+                ));
             }
         }
         Ok(())
     }
 
     pub async fn delete_topic(&self, name: &str) -> Result<(), ClientError> {
-        let req = DeleteTopicsRequest::default().with_topic_names(vec![TopicName(StrBytes::from_string(name.to_string()))]).with_timeout_ms(30_000);
-        let resp: DeleteTopicsResponse = self.any().await?.call(ApiKey::DeleteTopics, V_DELETE_TOPICS, &req).await?;
+        let req = DeleteTopicsRequest::default()
+            .with_topic_names(vec![TopicName(StrBytes::from_string(name.to_string()))])
+            .with_timeout_ms(30_000);
+        let resp: DeleteTopicsResponse = self
+            .any()
+            .await?
+            .call(ApiKey::DeleteTopics, V_DELETE_TOPICS, &req)
+            .await?;
         for t in resp.responses {
             if t.error_code != 0 {
-                return Err(ClientError::kafka(format!("delete topic `{name}`"), t.error_code, t.error_message.as_ref()));
+                return Err(ClientError::kafka(
+                    format!("delete topic `{name}`"),
+                    t.error_code,
+                    t.error_message.as_ref(),
+                ));
             }
         }
         Ok(())
     }
 
-    pub async fn describe_configs(&self, name: &str) -> Result<Vec<(String, String, bool)>, ClientError> {
-        let req = DescribeConfigsRequest::default().with_resources(vec![DescribeConfigsResource::default().with_resource_type(2).with_resource_name(StrBytes::from_string(name.to_string())).with_configuration_keys(None)]);
-        let resp: DescribeConfigsResponse = self.any().await?.call(ApiKey::DescribeConfigs, V_DESCRIBE_CONFIGS, &req).await?;
+    pub async fn describe_configs(
+        &self,
+        name: &str,
+    ) -> Result<Vec<(String, String, bool)>, ClientError> {
+        let req = DescribeConfigsRequest::default().with_resources(vec![
+            DescribeConfigsResource::default()
+                .with_resource_type(2)
+                .with_resource_name(StrBytes::from_string(name.to_string()))
+                .with_configuration_keys(None),
+        ]);
+        let resp: DescribeConfigsResponse = self
+            .any()
+            .await?
+            .call(ApiKey::DescribeConfigs, V_DESCRIBE_CONFIGS, &req)
+            .await?;
         let mut out = Vec::new();
         for r in resp.results {
             if r.error_code != 0 {
-                return Err(ClientError::kafka(format!("describe `{name}`"), r.error_code, r.error_message.as_ref()));
+                return Err(ClientError::kafka(
+                    format!("describe `{name}`"),
+                    r.error_code,
+                    r.error_message.as_ref(),
+                ));
             }
             for c in r.configs {
                 out.push((
@@ -440,18 +582,45 @@ impl Client {
         Ok(out)
     }
 
-    pub async fn alter_configs(&self, name: &str, set: &BTreeMap<String, String>, delete: &[String]) -> Result<(), ClientError> {
+    pub async fn alter_configs(
+        &self,
+        name: &str,
+        set: &BTreeMap<String, String>,
+        delete: &[String],
+    ) -> Result<(), ClientError> {
         let mut configs: Vec<AlterableConfig> = set
             .iter()
-            .map(|(k, v)| AlterableConfig::default().with_name(StrBytes::from_string(k.clone())).with_config_operation(0).with_value(Some(StrBytes::from_string(v.clone()))))
+            .map(|(k, v)| {
+                AlterableConfig::default()
+                    .with_name(StrBytes::from_string(k.clone()))
+                    .with_config_operation(0)
+                    .with_value(Some(StrBytes::from_string(v.clone())))
+            })
             .collect();
-        configs.extend(delete.iter().map(|k| AlterableConfig::default().with_name(StrBytes::from_string(k.clone())).with_config_operation(1).with_value(None)));
-        let req = IncrementalAlterConfigsRequest::default().with_resources(vec![AlterConfigsResource::default().with_resource_type(2).with_resource_name(StrBytes::from_string(name.to_string())).with_configs(configs)]);
-        let resp: IncrementalAlterConfigsResponse =
-            self.any().await?.call(ApiKey::IncrementalAlterConfigs, V_ALTER_CONFIGS, &req).await?;
+        configs.extend(delete.iter().map(|k| {
+            AlterableConfig::default()
+                .with_name(StrBytes::from_string(k.clone()))
+                .with_config_operation(1)
+                .with_value(None)
+        }));
+        let req = IncrementalAlterConfigsRequest::default().with_resources(vec![
+            AlterConfigsResource::default()
+                .with_resource_type(2)
+                .with_resource_name(StrBytes::from_string(name.to_string()))
+                .with_configs(configs),
+        ]);
+        let resp: IncrementalAlterConfigsResponse = self
+            .any()
+            .await?
+            .call(ApiKey::IncrementalAlterConfigs, V_ALTER_CONFIGS, &req)
+            .await?;
         for r in resp.responses {
             if r.error_code != 0 {
-                return Err(ClientError::kafka(format!("alter `{name}`"), r.error_code, r.error_message.as_ref()));
+                return Err(ClientError::kafka(
+                    format!("alter `{name}`"),
+                    r.error_code,
+                    r.error_message.as_ref(),
+                ));
             }
         }
         Ok(())
@@ -460,7 +629,12 @@ impl Client {
     /// Appends records to a partition with `acks = all` and returns the base
     /// offset. Retries after leader changes; a retried batch that had in fact
     /// been committed is stored twice (idempotent producers come later).
-    pub async fn produce(&self, topic: &str, partition: i32, batch: Bytes) -> Result<i64, ClientError> {
+    pub async fn produce(
+        &self,
+        topic: &str,
+        partition: i32,
+        batch: Bytes,
+    ) -> Result<i64, ClientError> {
         self.with_leader(topic, partition, |c| {
             let batch = batch.clone();
             async move { produce_on(&c, topic, partition, batch, -1).await }
@@ -470,15 +644,36 @@ impl Client {
 
     /// Fetches committed records from `offset`, waiting up to `max_wait_ms`
     /// for some; returns the records and the high watermark.
-    pub async fn fetch(&self, topic: &str, partition: i32, offset: i64, max_wait_ms: i32) -> Result<(Vec<Consumed>, i64), ClientError> {
-        self.with_leader(topic, partition, |c| async move { fetch_on(&c, topic, partition, offset, max_wait_ms).await })
-            .await
+    pub async fn fetch(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        max_wait_ms: i32,
+    ) -> Result<(Vec<Consumed>, i64), ClientError> {
+        self.with_leader(topic, partition, |c| async move {
+            fetch_on(&c, topic, partition, offset, max_wait_ms).await
+        })
+        .await
     }
 
-    pub async fn list_offset(&self, topic: &str, partition: i32, timestamp: i64) -> Result<(i64, i64), ClientError> {
+    pub async fn list_offset(
+        &self,
+        topic: &str,
+        partition: i32,
+        timestamp: i64,
+    ) -> Result<(i64, i64), ClientError> {
         self.with_leader(topic, partition, |c| async move {
-            let req = ListOffsetsRequest::default().with_replica_id(BrokerId(-1)).with_topics(vec![ListOffsetsTopic::default().with_name(TopicName(StrBytes::from_string(topic.to_string()))).with_partitions(vec![ListOffsetsPartition::default().with_partition_index(partition).with_current_leader_epoch(-1).with_timestamp(timestamp)])]);
-            let resp: ListOffsetsResponse = c.call(ApiKey::ListOffsets, V_LIST_OFFSETS, &req).await?;
+            let req = ListOffsetsRequest::default()
+                .with_replica_id(BrokerId(-1))
+                .with_topics(vec![ListOffsetsTopic::default()
+                    .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+                    .with_partitions(vec![ListOffsetsPartition::default()
+                        .with_partition_index(partition)
+                        .with_current_leader_epoch(-1)
+                        .with_timestamp(timestamp)])]);
+            let resp: ListOffsetsResponse =
+                c.call(ApiKey::ListOffsets, V_LIST_OFFSETS, &req).await?;
             let p = resp
                 .topics
                 .into_iter()
@@ -486,7 +681,11 @@ impl Client {
                 .next()
                 .ok_or_else(|| ClientError::Protocol("empty ListOffsets response".into()))?;
             if p.error_code != 0 {
-                return Err(ClientError::kafka(format!("{topic}-{partition}"), p.error_code, None));
+                return Err(ClientError::kafka(
+                    format!("{topic}-{partition}"),
+                    p.error_code,
+                    None,
+                ));
             }
             Ok((p.offset, p.timestamp))
         })
@@ -511,7 +710,8 @@ pub fn encode_batch(records: &[(Option<Bytes>, Option<Bytes>)], compression: Com
             producer_epoch: -1,
             timestamp_type: TimestampType::Creation,
             offset: i as i64,
-            sequence: -1,
+            // One batch: offset - sequence constant, base sequence -1.
+            sequence: i as i32 - 1,
             timestamp: now,
             key: k.clone(),
             value: v.clone(),
@@ -519,13 +719,33 @@ pub fn encode_batch(records: &[(Option<Bytes>, Option<Bytes>)], compression: Com
         })
         .collect();
     let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(&mut buf, &recs, &RecordEncodeOptions { version: 2, compression })
-        .expect("encode record batch");
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &recs,
+        &RecordEncodeOptions {
+            version: 2,
+            compression,
+        },
+    )
+    .expect("encode record batch");
     buf.freeze()
 }
 
-pub async fn produce_on(c: &Connection, topic: &str, partition: i32, batch: Bytes, acks: i16) -> Result<i64, ClientError> {
-    let req = ProduceRequest::default().with_acks(acks).with_timeout_ms(30_000).with_topic_data(vec![TopicProduceData::default().with_name(TopicName(StrBytes::from_string(topic.to_string()))).with_partition_data(vec![PartitionProduceData::default().with_index(partition).with_records(Some(batch))])]);
+pub async fn produce_on(
+    c: &Connection,
+    topic: &str,
+    partition: i32,
+    batch: Bytes,
+    acks: i16,
+) -> Result<i64, ClientError> {
+    let req = ProduceRequest::default()
+        .with_acks(acks)
+        .with_timeout_ms(30_000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(partition)
+                .with_records(Some(batch))])]);
     if acks == 0 {
         c.send_only(ApiKey::Produce, V_PRODUCE, &req).await?;
         return Ok(-1);
@@ -538,13 +758,36 @@ pub async fn produce_on(c: &Connection, topic: &str, partition: i32, batch: Byte
         .next()
         .ok_or_else(|| ClientError::Protocol("empty produce response".into()))?;
     if p.error_code != 0 {
-        return Err(ClientError::kafka(format!("produce to {topic}-{partition}"), p.error_code, p.error_message.as_ref()));
+        return Err(ClientError::kafka(
+            format!("produce to {topic}-{partition}"),
+            p.error_code,
+            p.error_message.as_ref(),
+        ));
     }
     Ok(p.base_offset)
 }
 
-pub async fn fetch_on(c: &Connection, topic: &str, partition: i32, offset: i64, max_wait_ms: i32) -> Result<(Vec<Consumed>, i64), ClientError> {
-    let req = FetchRequest::default().with_replica_id(BrokerId(-1)).with_max_wait_ms(max_wait_ms).with_min_bytes(1).with_max_bytes(16 * 1024 * 1024).with_session_epoch(-1).with_topics(vec![FetchTopic::default().with_topic(TopicName(StrBytes::from_string(topic.to_string()))).with_partitions(vec![FetchPartition::default().with_partition(partition).with_current_leader_epoch(-1).with_fetch_offset(offset).with_log_start_offset(-1).with_partition_max_bytes(4 * 1024 * 1024)])]);
+pub async fn fetch_on(
+    c: &Connection,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    max_wait_ms: i32,
+) -> Result<(Vec<Consumed>, i64), ClientError> {
+    let req = FetchRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_max_wait_ms(max_wait_ms)
+        .with_min_bytes(1)
+        .with_max_bytes(16 * 1024 * 1024)
+        .with_session_epoch(-1)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(TopicName(StrBytes::from_string(topic.to_string())))
+            .with_partitions(vec![FetchPartition::default()
+                .with_partition(partition)
+                .with_current_leader_epoch(-1)
+                .with_fetch_offset(offset)
+                .with_log_start_offset(-1)
+                .with_partition_max_bytes(4 * 1024 * 1024)])]);
     let resp: FetchResponse = c.call(ApiKey::Fetch, V_FETCH, &req).await?;
     let p = resp
         .responses
@@ -553,12 +796,17 @@ pub async fn fetch_on(c: &Connection, topic: &str, partition: i32, offset: i64, 
         .next()
         .ok_or_else(|| ClientError::Protocol("empty fetch response".into()))?;
     if p.error_code != 0 {
-        return Err(ClientError::kafka(format!("fetch {topic}-{partition}@{offset}"), p.error_code, None));
+        return Err(ClientError::kafka(
+            format!("fetch {topic}-{partition}@{offset}"),
+            p.error_code,
+            None,
+        ));
     }
     let mut out = Vec::new();
     if let Some(mut bytes) = p.records {
         while bytes.has_remaining() {
-            let set = RecordBatchDecoder::decode(&mut bytes).map_err(|e| ClientError::Protocol(e.to_string()))?;
+            let set = RecordBatchDecoder::decode(&mut bytes)
+                .map_err(|e| ClientError::Protocol(e.to_string()))?;
             for r in set.records {
                 if r.offset < offset {
                     continue; // a batch starts before the requested offset
@@ -568,8 +816,14 @@ pub async fn fetch_on(c: &Connection, topic: &str, partition: i32, offset: i64, 
                 let mut headers = Vec::new();
                 for (k, v) in r.headers {
                     match k.as_str() {
-                        "meridian.origin" => origin = v.map(|b| String::from_utf8_lossy(&b).into_owned()),
-                        "meridian.hlc" => hlc = v.and_then(|b| std::str::from_utf8(&b).ok().and_then(|s| s.parse().ok())),
+                        "meridian.origin" => {
+                            origin = v.map(|b| String::from_utf8_lossy(&b).into_owned())
+                        }
+                        "meridian.hlc" => {
+                            hlc = v.and_then(|b| {
+                                std::str::from_utf8(&b).ok().and_then(|s| s.parse().ok())
+                            })
+                        }
                         _ => headers.push((k.to_string(), v.map(|b| b.to_vec()))),
                     }
                 }

@@ -299,10 +299,7 @@ impl Topology {
                 }
             }
             if rtt.a == rtt.b {
-                p.add(
-                    key.clone(),
-                    "a round trip needs two different regions",
-                );
+                p.add(key.clone(), "a round trip needs two different regions");
             }
             if rtt.ms < 0 || rtt.ms > 60_000 {
                 p.add(
@@ -314,7 +311,10 @@ impl Topology {
             if rtt_ms.insert(pair, rtt.ms.max(0) as u64).is_some() {
                 p.add(
                     key,
-                    format!("the round trip between `{}` and `{}` is given twice", rtt.a, rtt.b),
+                    format!(
+                        "the round trip between `{}` and `{}` is given twice",
+                        rtt.a, rtt.b
+                    ),
                 );
             }
         }
@@ -426,7 +426,7 @@ impl Default for KafkaConfig {
     fn default() -> Self {
         KafkaConfig {
             request_bytes_max: 100 * 1024 * 1024,
-            batch_bytes_max: 8 * 1024 * 1024,
+            batch_bytes_max: 4 * 1024 * 1024,
             connections_max: 1024,
             in_flight_requests_max: 64,
             fetch_wait_ms_max: 30_000,
@@ -458,7 +458,7 @@ impl Default for RaftConfig {
             heartbeat_ms: 100,
             election_timeout_ms_min: 500,
             election_timeout_ms_max: 1000,
-            payload_entries_max: 64,
+            payload_entries_max: 32,
             rebalance_interval_ms: 5_000,
         }
     }
@@ -561,7 +561,11 @@ impl NodeConfig {
         if k.default_partitions == 0 || k.default_partitions > crate::topic::PARTITIONS_MAX {
             p.add(
                 "kafka.default_partitions",
-                format!("{} is out of range (1 to {})", k.default_partitions, crate::topic::PARTITIONS_MAX),
+                format!(
+                    "{} is out of range (1 to {})",
+                    k.default_partitions,
+                    crate::topic::PARTITIONS_MAX
+                ),
             );
         }
         if k.batch_bytes_max > k.request_bytes_max {
@@ -575,11 +579,20 @@ impl NodeConfig {
         }
         for (key, v) in [
             ("kafka.connections_max", k.connections_max as u64),
-            ("kafka.in_flight_requests_max", k.in_flight_requests_max as u64),
+            (
+                "kafka.in_flight_requests_max",
+                k.in_flight_requests_max as u64,
+            ),
             ("kafka.request_bytes_max", k.request_bytes_max as u64),
-            ("transport.frame_bytes_max", f.transport.frame_bytes_max as u64),
+            (
+                "transport.frame_bytes_max",
+                f.transport.frame_bytes_max as u64,
+            ),
             ("transport.rpc_timeout_ms", f.transport.rpc_timeout_ms),
-            ("transport.connect_timeout_ms", f.transport.connect_timeout_ms),
+            (
+                "transport.connect_timeout_ms",
+                f.transport.connect_timeout_ms,
+            ),
             ("transport.streams_max", f.transport.streams_max as u64),
         ] {
             if v == 0 {
@@ -759,7 +772,9 @@ ms = 80
         assert_eq!(e.problems[0].key, "region[1].node[0].id");
         assert!(e.problems[0].reason.contains("duplicate node id 2"));
         assert_eq!(e.problems[1].key, "region[1].node[0].kafka");
-        assert!(e.problems[1].reason.contains("already used by region[0].node[0].kafka"));
+        assert!(e.problems[1]
+            .reason
+            .contains("already used by region[0].node[0].kafka"));
     }
 
     #[test]

@@ -28,7 +28,11 @@ pub enum DevError {
     #[error("node {id} did not become healthy within {secs} s; see its log {log}")]
     NotReady { id: u64, secs: u64, log: PathBuf },
     #[error("node {id} exited during start-up ({status}); see its log {log}")]
-    Exited { id: u64, status: String, log: PathBuf },
+    Exited {
+        id: u64,
+        status: String,
+        log: PathBuf,
+    },
 }
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> DevError + 'a {
@@ -102,7 +106,10 @@ impl DevCluster {
                 let t = tempfile::Builder::new()
                     .prefix("meridian-dev-")
                     .tempdir()
-                    .map_err(io("cannot create a temporary directory in", &std::env::temp_dir()))?;
+                    .map_err(io(
+                        "cannot create a temporary directory in",
+                        &std::env::temp_dir(),
+                    ))?;
                 (t.path().to_path_buf(), Some(t))
             }
         };
@@ -117,13 +124,20 @@ impl DevCluster {
             children: Vec::new(),
             _temp: temp,
         };
-        let mut file = ClusterFile { regions: Vec::new() };
+        let mut file = ClusterFile {
+            regions: Vec::new(),
+        };
         for r in &topology.regions {
             let mut nodes = Vec::new();
             for n in &r.nodes {
                 let config = dir.join(format!("node-{}.toml", n.id));
-                NodeConfig::write_file(&config, n.id, &topo_path, &dir.join(format!("node-{}", n.id)))
-                    .map_err(io("cannot write", &config))?;
+                NodeConfig::write_file(
+                    &config,
+                    n.id,
+                    &topo_path,
+                    &dir.join(format!("node-{}", n.id)),
+                )
+                .map_err(io("cannot write", &config))?;
                 let child = cluster.spawn(exe, n.id, &config)?;
                 nodes.push(ClusterNode {
                     id: n.id,
@@ -186,7 +200,10 @@ impl DevCluster {
                         });
                     }
                 }
-                if matches!(http_get(&admin.to_string(), "/healthz", Duration::from_secs(1)).await, Ok((200, _))) {
+                if matches!(
+                    http_get(&admin.to_string(), "/healthz", Duration::from_secs(1)).await,
+                    Ok((200, _))
+                ) {
                     break;
                 }
                 if started.elapsed() > timeout {
@@ -258,7 +275,10 @@ pub async fn http_get(addr: &str, path: &str, timeout: Duration) -> std::io::Res
             .nth(1)
             .and_then(|c| c.parse().ok())
             .ok_or_else(|| std::io::Error::other("not an HTTP response"))?;
-        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string();
+        let body = text
+            .split_once("\r\n\r\n")
+            .map_or("", |(_, b)| b)
+            .to_string();
         Ok((code, body))
     })
     .await
@@ -291,7 +311,10 @@ admin = "127.0.0.1:6"
         .unwrap();
         let t2 = with_port_base(&t, 20000).unwrap();
         let n2 = t2.node(2).unwrap();
-        assert_eq!((n2.kafka.port(), n2.quic.port(), n2.admin.port()), (20003, 20004, 20005));
+        assert_eq!(
+            (n2.kafka.port(), n2.quic.port(), n2.admin.port()),
+            (20003, 20004, 20005)
+        );
         // The rewritten topology is still valid and round-trips through TOML.
         let again = Topology::parse(Path::new("t2.toml"), &t2.to_toml()).unwrap();
         assert_eq!(again, t2);

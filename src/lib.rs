@@ -7,18 +7,18 @@
 //! ties one process together; [`dev`], [`client`] and [`bench`] serve the CLI.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod kafka;
-pub mod router;
 pub mod raft;
+pub mod router;
 pub mod storage;
 pub mod transport;
-pub mod admin;
 
+pub mod bench;
+pub mod client;
 pub mod config;
+pub mod dev;
 pub mod hlc;
 pub mod metrics;
 pub mod node;
 pub mod topic;
-pub mod client;
-pub mod bench;
-pub mod dev;

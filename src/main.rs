@@ -17,7 +17,11 @@ use meridian::{bench, dev};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "meridian", version, about = "A geo-replicated, Kafka-compatible message broker")]
+#[command(
+    name = "meridian",
+    version,
+    about = "A geo-replicated, Kafka-compatible message broker"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -100,7 +104,12 @@ enum Cmd {
 #[derive(Args, Clone)]
 struct Conn {
     /// Bootstrap brokers, comma-separated.
-    #[arg(short, long, env = "MERIDIAN_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+    #[arg(
+        short,
+        long,
+        env = "MERIDIAN_BOOTSTRAP",
+        default_value = "127.0.0.1:9092"
+    )]
     bootstrap: String,
 }
 
@@ -213,9 +222,15 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
 }
 
 fn init_logging(level: Option<&str>) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level.unwrap_or("info,openraft=warn")));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(level.unwrap_or("info,openraft=error"))
+    });
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .init();
 }
 
 async fn shutdown_signal() {
@@ -257,16 +272,34 @@ async fn run(cli: Cli) -> Result<()> {
             meridian::node::run(config, shutdown).await?;
             Ok(())
         }
-        Cmd::Dev { topology, data_dir, port_base } => run_dev(topology, data_dir, port_base).await,
+        Cmd::Dev {
+            topology,
+            data_dir,
+            port_base,
+        } => run_dev(topology, data_dir, port_base).await,
         Cmd::Topic { cmd } => {
             init_logging(Some("warn"));
             run_topic(cmd).await
         }
-        Cmd::Produce { conn, topic, partition, key, values } => {
+        Cmd::Produce {
+            conn,
+            topic,
+            partition,
+            key,
+            values,
+        } => {
             init_logging(Some("warn"));
             run_produce(conn, topic, partition, key, values).await
         }
-        Cmd::Consume { conn, topic, partition, offset, count, idle_ms, format } => {
+        Cmd::Consume {
+            conn,
+            topic,
+            partition,
+            offset,
+            count,
+            idle_ms,
+            format,
+        } => {
             init_logging(Some("warn"));
             run_consume(conn, topic, partition, offset, count, idle_ms, format).await
         }
@@ -278,18 +311,33 @@ async fn run(cli: Cli) -> Result<()> {
     }
 }
 
-async fn run_produce(conn: Conn, topic: String, partition: i32, key: Option<String>, values: Vec<String>) -> Result<()> {
+async fn run_produce(
+    conn: Conn,
+    topic: String,
+    partition: i32,
+    key: Option<String>,
+    values: Vec<String>,
+) -> Result<()> {
     let client = Client::new(&conn.bootstrap);
-    client.topic(&topic, true).await.with_context(|| format!("topic `{topic}`"))?;
+    client
+        .topic(&topic, true)
+        .await
+        .with_context(|| format!("topic `{topic}`"))?;
     let key = key.map(Bytes::from);
     let batch_of = |vals: Vec<String>| {
-        let batch: Vec<_> = vals.into_iter().map(|v| (key.clone(), Some(Bytes::from(v)))).collect();
+        let batch: Vec<_> = vals
+            .into_iter()
+            .map(|v| (key.clone(), Some(Bytes::from(v))))
+            .collect();
         encode_batch(&batch, Compression::None)
     };
     if !values.is_empty() {
         let n = values.len();
         let base = client.produce(&topic, partition, batch_of(values)).await?;
-        eprintln!("wrote {n} record(s) to {topic}-{partition} at offsets {base}..{}", base + n as i64);
+        eprintln!(
+            "wrote {n} record(s) to {topic}-{partition} at offsets {base}..{}",
+            base + n as i64
+        );
         return Ok(());
     }
     let mut lines = Vec::new();
@@ -298,7 +346,9 @@ async fn run_produce(conn: Conn, topic: String, partition: i32, key: Option<Stri
         lines.push(line?);
         if lines.len() == 500 {
             written += lines.len();
-            client.produce(&topic, partition, batch_of(std::mem::take(&mut lines))).await?;
+            client
+                .produce(&topic, partition, batch_of(std::mem::take(&mut lines)))
+                .await?;
         }
     }
     if !lines.is_empty() {
@@ -341,7 +391,11 @@ async fn run_consume(
             next = r.offset + 1;
             seen += 1;
             match format {
-                Format::Text => writeln!(out, "{}", String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()))?,
+                Format::Text => writeln!(
+                    out,
+                    "{}",
+                    String::from_utf8_lossy(r.value.as_deref().unwrap_or_default())
+                )?,
                 Format::Json => writeln!(
                     out,
                     "{}",
@@ -358,7 +412,11 @@ async fn run_consume(
     Ok(())
 }
 
-async fn run_dev(topology: PathBuf, data_dir: Option<PathBuf>, port_base: Option<u16>) -> Result<()> {
+async fn run_dev(
+    topology: PathBuf,
+    data_dir: Option<PathBuf>,
+    port_base: Option<u16>,
+) -> Result<()> {
     init_logging(Some("info"));
     let topo = match Topology::load(&topology) {
         Ok(t) => t,
@@ -373,17 +431,34 @@ async fn run_dev(topology: PathBuf, data_dir: Option<PathBuf>, port_base: Option
     };
     let exe = std::env::current_exe().context("cannot find the meridian executable")?;
     let nodes: usize = topo.regions.iter().map(|r| r.nodes.len()).sum();
-    eprintln!("starting {} region(s), {nodes} node(s) ...", topo.regions.len());
+    eprintln!(
+        "starting {} region(s), {nodes} node(s) ...",
+        topo.regions.len()
+    );
     let mut cluster = dev::DevCluster::start(&exe, topo, data_dir, Duration::from_secs(60)).await?;
-    println!("Meridian dev cluster is up; data in {}", cluster.dir.display());
+    println!(
+        "Meridian dev cluster is up; data in {}",
+        cluster.dir.display()
+    );
     for r in &cluster.topology.regions {
         let bootstrap: Vec<String> = r.nodes.iter().map(|n| n.kafka.to_string()).collect();
         let admin: Vec<String> = r.nodes.iter().map(|n| n.admin.to_string()).collect();
-        println!("  region {}: bootstrap {}  admin {}", r.name, bootstrap.join(","), admin.join(","));
+        println!(
+            "  region {}: bootstrap {}  admin {}",
+            r.name,
+            bootstrap.join(","),
+            admin.join(",")
+        );
     }
-    println!("  cluster file: {}", cluster.dir.join("cluster.json").display());
+    println!(
+        "  cluster file: {}",
+        cluster.dir.join("cluster.json").display()
+    );
     println!("  node logs:    {}/node-*.log", cluster.dir.display());
-    println!("Try: kcat -b {} -P -t hello   (Ctrl-C stops the cluster)", cluster.topology.regions[0].nodes[0].kafka);
+    println!(
+        "Try: kcat -b {} -P -t hello   (Ctrl-C stops the cluster)",
+        cluster.topology.regions[0].nodes[0].kafka
+    );
     let _ = std::io::stdout().flush();
     let signal = shutdown_signal();
     tokio::pin!(signal);
@@ -404,7 +479,12 @@ async fn run_dev(topology: PathBuf, data_dir: Option<PathBuf>, port_base: Option
 
 async fn run_topic(cmd: TopicCmd) -> Result<()> {
     match cmd {
-        TopicCmd::Create { conn, name, partitions, configs } => {
+        TopicCmd::Create {
+            conn,
+            name,
+            partitions,
+            configs,
+        } => {
             let c = Client::new(&conn.bootstrap);
             let configs: BTreeMap<_, _> = configs.into_iter().collect();
             c.create_topic(&name, partitions, &configs).await?;
@@ -426,7 +506,11 @@ async fn run_topic(cmd: TopicCmd) -> Result<()> {
             let t = c.topic(&name, false).await?;
             println!("topic {name}  id {}  partitions {}", t.id, t.leaders.len());
             for (p, l) in t.leaders.iter().enumerate() {
-                let hw = c.list_offset(&name, p as i32, -1).await.map(|x| x.0).unwrap_or(-1);
+                let hw = c
+                    .list_offset(&name, p as i32, -1)
+                    .await
+                    .map(|x| x.0)
+                    .unwrap_or(-1);
                 println!("  partition {p}  leader {l}  high watermark {hw}");
             }
             println!("configs:");
@@ -434,12 +518,18 @@ async fn run_topic(cmd: TopicCmd) -> Result<()> {
                 println!("  {k} = {v}{}", if set { "" } else { "  (default)" });
             }
         }
-        TopicCmd::Alter { conn, name, set, delete } => {
+        TopicCmd::Alter {
+            conn,
+            name,
+            set,
+            delete,
+        } => {
             if set.is_empty() && delete.is_empty() {
                 bail!("nothing to change: give --set KEY=VALUE or --delete KEY");
             }
             let c = Client::new(&conn.bootstrap);
-            c.alter_configs(&name, &set.into_iter().collect(), &delete).await?;
+            c.alter_configs(&name, &set.into_iter().collect(), &delete)
+                .await?;
             println!("altered topic {name}");
         }
         TopicCmd::Delete { conn, name } => {
@@ -454,8 +544,10 @@ async fn run_topic(cmd: TopicCmd) -> Result<()> {
 async fn run_status(cluster: Option<PathBuf>, admin: Option<String>) -> Result<()> {
     let addrs: Vec<String> = match (cluster, admin) {
         (Some(path), _) => {
-            let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-            let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not JSON", path.display()))?;
             v["regions"]
                 .as_array()
                 .into_iter()
@@ -467,19 +559,22 @@ async fn run_status(cluster: Option<PathBuf>, admin: Option<String>) -> Result<(
         (None, Some(a)) => a.split(',').map(|s| s.trim().to_string()).collect(),
         (None, None) => bail!("give --cluster DIR/cluster.json or --admin HOST:PORT[,...]"),
     };
-    println!("{:<6} {:<10} {:<22} {:>8} {:>8} {:>10}", "node", "region", "kafka", "led", "groups", "meta term");
+    println!(
+        "{:<6} {:<10} {:<22} {:>8} {:>8} {:>10}",
+        "node", "region", "kafka", "led", "groups", "meta term"
+    );
     for a in addrs {
         match dev::http_get(&a, "/status", Duration::from_secs(3)).await {
             Ok((200, body)) => {
                 let s: serde_json::Value = serde_json::from_str(&body)?;
                 println!(
                     "{:<6} {:<10} {:<22} {:>8} {:>8} {:>10}",
-                    s["node"],
+                    s["node"].to_string(),
                     s["region"].as_str().unwrap_or("?"),
                     s["kafka"].as_str().unwrap_or("?"),
-                    s["partitions_led"],
+                    s["partitions_led"].to_string(),
                     s["partitions"].as_array().map_or(0, |p| p.len()),
-                    s["meta"]["term"]
+                    s["meta"]["term"].to_string()
                 );
             }
             Ok((code, _)) => println!("{a}: HTTP {code}"),
@@ -491,7 +586,20 @@ async fn run_status(cluster: Option<PathBuf>, admin: Option<String>) -> Result<(
 
 async fn run_bench(cmd: BenchCmd) -> Result<()> {
     let (report, json) = match cmd {
-        BenchCmd::Produce { conn, topic, partitions, size, count, duration_s, batch, in_flight, keys, rate, compression, json } => {
+        BenchCmd::Produce {
+            conn,
+            topic,
+            partitions,
+            size,
+            count,
+            duration_s,
+            batch,
+            in_flight,
+            keys,
+            rate,
+            compression,
+            json,
+        } => {
             let compression = match compression {
                 Codec::None => Compression::None,
                 Codec::Gzip => Compression::Gzip,
@@ -504,7 +612,11 @@ async fn run_bench(cmd: BenchCmd) -> Result<()> {
                 topic,
                 partitions,
                 size,
-                count: count.or(if duration.is_none() { Some(100_000) } else { None }),
+                count: count.or(if duration.is_none() {
+                    Some(100_000)
+                } else {
+                    None
+                }),
                 duration,
                 batch,
                 in_flight,
@@ -515,7 +627,12 @@ async fn run_bench(cmd: BenchCmd) -> Result<()> {
             let client = Arc::new(Client::new(&conn.bootstrap));
             (bench::produce(client, opts, !json).await?, json)
         }
-        BenchCmd::Consume { conn, topic, count, json } => {
+        BenchCmd::Consume {
+            conn,
+            topic,
+            count,
+            json,
+        } => {
             let client = Arc::new(Client::new(&conn.bootstrap));
             (bench::consume(client, &topic, count, !json).await?, json)
         }

@@ -65,8 +65,16 @@ impl Metrics {
             "Produce requests (per partition)",
             m.produce_requests.clone(),
         );
-        registry.register("produce_records", "Records appended", m.produce_records.clone());
-        registry.register("produce_bytes", "Record batch bytes appended", m.produce_bytes.clone());
+        registry.register(
+            "produce_records",
+            "Records appended",
+            m.produce_records.clone(),
+        );
+        registry.register(
+            "produce_bytes",
+            "Record batch bytes appended",
+            m.produce_bytes.clone(),
+        );
         registry.register(
             "produce_errors",
             "Partition produce requests answered with an error",
@@ -78,7 +86,11 @@ impl Metrics {
             m.produce_latency.clone(),
         );
         registry.register("fetch_requests", "Fetch requests", m.fetch_requests.clone());
-        registry.register("fetch_bytes", "Record bytes returned by fetches", m.fetch_bytes.clone());
+        registry.register(
+            "fetch_bytes",
+            "Record bytes returned by fetches",
+            m.fetch_bytes.clone(),
+        );
         registry.register(
             "fetch_latency_seconds",
             "Time to answer a fetch, long-poll wait included",
@@ -109,7 +121,11 @@ impl Metrics {
             "Raft groups this node leads",
             m.raft_leader_groups.clone(),
         );
-        registry.register("raft_term", "Current Raft term per group", m.raft_term.clone());
+        registry.register(
+            "raft_term",
+            "Current Raft term per group",
+            m.raft_term.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -151,6 +167,9 @@ mod tests {
         let s = m.render();
         assert!(s.contains("meridian_produce_records_total 3"), "{s}");
         assert!(s.contains("meridian_fsync_latency_seconds_count 1"), "{s}");
-        assert!(s.contains("meridian_raft_term{group=\"orders-0\"} 4"), "{s}");
+        assert!(
+            s.contains("meridian_raft_term{group=\"orders-0\"} 4"),
+            "{s}"
+        );
     }
 }

@@ -23,7 +23,10 @@ use crate::transport::{tls::TlsError, TlsMaterial, Transport, TransportError};
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     #[error("cannot create data directory {path}: {source}")]
-    DataDir { path: String, source: std::io::Error },
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("TLS: {0}")]
     Tls(#[from] TlsError),
     #[error(transparent)]
@@ -92,8 +95,16 @@ async fn run_inner(config: NodeConfig, shutdown: CancellationToken) -> Result<()
         kafka: config.kafka.clone(),
         metrics: metrics.clone(),
     });
-    tokio::spawn(crate::kafka::server::serve(kafka_listener, router.clone(), shutdown.clone()));
-    tokio::spawn(admin::serve(admin_listener, router.clone(), shutdown.clone()));
+    tokio::spawn(crate::kafka::server::serve(
+        kafka_listener,
+        router.clone(),
+        shutdown.clone(),
+    ));
+    tokio::spawn(admin::serve(
+        admin_listener,
+        router.clone(),
+        shutdown.clone(),
+    ));
     let g = groups.clone();
     let stop = shutdown.clone();
     tokio::spawn(async move {

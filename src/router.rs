@@ -61,9 +61,11 @@ impl AppendTicket {
     /// Waits for the commit (a Raft majority, fsynced: invariant 1) and
     /// returns the batch's base offset.
     pub async fn wait(self, timeout: Duration) -> Result<u64, PartitionError> {
-        match Groups::wait(self.rx, timeout).await? {
+        match Groups::wait(self.rx, timeout).await?.0 {
             CommandResult::Appended { base_offset, .. } => Ok(base_offset),
-            other => Err(PartitionError::Storage(format!("unexpected apply result {other:?}"))),
+            other => Err(PartitionError::Storage(format!(
+                "unexpected apply result {other:?}"
+            ))),
         }
     }
 }
@@ -95,8 +97,14 @@ impl Router {
         self.groups.meta_state().topics.values().cloned().collect()
     }
 
-    pub fn partition(&self, topic: &str, partition: i32) -> Result<Arc<PartitionGroup>, PartitionError> {
-        let t = self.topic(topic).ok_or(PartitionError::UnknownTopicOrPartition)?;
+    pub fn partition(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Arc<PartitionGroup>, PartitionError> {
+        let t = self
+            .topic(topic)
+            .ok_or(PartitionError::UnknownTopicOrPartition)?;
         if partition < 0 || partition as u32 >= t.partitions {
             return Err(PartitionError::UnknownTopicOrPartition);
         }
@@ -128,7 +136,13 @@ impl Router {
     }
 
     /// Committed batches from `offset`, at most about `max_bytes`.
-    pub fn read(&self, topic: &str, partition: i32, offset: i64, max_bytes: usize) -> Result<ReadResult, PartitionError> {
+    pub fn read(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        max_bytes: usize,
+    ) -> Result<ReadResult, PartitionError> {
         let g = self.partition(topic, partition)?;
         let hw = g.progress.borrow().next_offset;
         let batches = read::batches(self.groups.db(), g.id, offset.max(0) as u64, hw, max_bytes)
@@ -140,11 +154,20 @@ impl Router {
     }
 
     pub fn high_watermark(&self, topic: &str, partition: i32) -> Result<u64, PartitionError> {
-        Ok(self.partition(topic, partition)?.progress.borrow().next_offset)
+        Ok(self
+            .partition(topic, partition)?
+            .progress
+            .borrow()
+            .next_offset)
     }
 
     /// Offset and HLC of the first record whose timestamp is at or after `unix_ms`.
-    pub fn offset_for_time(&self, topic: &str, partition: i32, unix_ms: i64) -> Result<Option<(u64, u64)>, PartitionError> {
+    pub fn offset_for_time(
+        &self,
+        topic: &str,
+        partition: i32,
+        unix_ms: i64,
+    ) -> Result<Option<(u64, u64)>, PartitionError> {
         let g = self.partition(topic, partition)?;
         read::offset_for_hlc(self.groups.db(), g.id, crate::hlc::from_wall_ms(unix_ms))
             .map_err(|e| PartitionError::Storage(e.to_string()))
@@ -153,7 +176,9 @@ impl Router {
     async fn meta(&self, cmd: Command, timeout: Duration) -> Result<(), TopicError> {
         match self.groups.meta_write(cmd, timeout).await {
             Ok(CommandResult::Meta(r)) => Ok(r?),
-            Ok(other) => Err(TopicError::Unavailable(format!("unexpected result {other:?}"))),
+            Ok(other) => Err(TopicError::Unavailable(format!(
+                "unexpected result {other:?}"
+            ))),
             Err(e) => Err(TopicError::Unavailable(e.to_string())),
         }
     }
@@ -175,9 +200,11 @@ impl Router {
             configs,
         };
         self.meta(cmd, timeout).await?;
+        // meta() returns once this node applied the creation; a topic missing
+        // now was deleted by someone else in the meantime.
         let t = self
             .topic(name)
-            .ok_or_else(|| TopicError::Unavailable("topic vanished after creation".into()))?;
+            .ok_or_else(|| MetaError::UnknownTopic(name.to_string()))?;
         self.wait_for_leaders(&t, timeout).await;
         Ok(t)
     }
@@ -189,9 +216,11 @@ impl Router {
             return;
         }
         while tokio::time::Instant::now() < deadline {
-            let all = groups
-                .iter()
-                .all(|g| self.groups.partition(*g).is_some_and(|g| g.leader().is_some()));
+            let all = groups.iter().all(|g| {
+                self.groups
+                    .partition(*g)
+                    .is_some_and(|g| g.leader().is_some())
+            });
             if all {
                 return;
             }
@@ -200,7 +229,13 @@ impl Router {
     }
 
     pub async fn delete_topic(&self, name: &str, timeout: Duration) -> Result<(), TopicError> {
-        self.meta(Command::DeleteTopic { name: name.to_string() }, timeout).await
+        self.meta(
+            Command::DeleteTopic {
+                name: name.to_string(),
+            },
+            timeout,
+        )
+        .await
     }
 
     pub async fn alter_topic(
@@ -223,7 +258,12 @@ impl Router {
 
     /// Brokers of this region, then of every other region.
     pub fn brokers(&self) -> Vec<&NodeSpec> {
-        let mut v: Vec<&NodeSpec> = self.topology.regions.iter().flat_map(|r| r.nodes.iter()).collect();
+        let mut v: Vec<&NodeSpec> = self
+            .topology
+            .regions
+            .iter()
+            .flat_map(|r| r.nodes.iter())
+            .collect();
         v.sort_by_key(|n| (n.region != self.me.region, n.id));
         v
     }

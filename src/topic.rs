@@ -56,7 +56,7 @@ pub const TOPIC_CONFIGS: &[(&str, &str, &str)] = &[
     ),
     (
         "max.message.bytes",
-        "8388608",
+        "4194304",
         "Largest record batch accepted (bytes).",
     ),
     ("cleanup.policy", "delete", "Only `delete` is supported."),
@@ -100,7 +100,9 @@ pub fn validate_config(key: &str, value: &str) -> Result<(), MetaError> {
             if value == "delete" {
                 Ok(())
             } else {
-                Err(bad(format!("`{value}` is not supported; the allowed value is `delete`")))
+                Err(bad(format!(
+                    "`{value}` is not supported; the allowed value is `delete`"
+                )))
             }
         }
         "message.timestamp.type" => {
@@ -228,14 +230,23 @@ mod tests {
         );
         m.apply(&Command::DeleteTopic { name: "a".into() }).unwrap();
         m.apply(&create("a", 3)).unwrap();
-        assert_eq!(m.topics["a"].seq, 3, "a re-created topic never reuses a sequence");
+        assert_eq!(
+            m.topics["a"].seq, 3,
+            "a re-created topic never reuses a sequence"
+        );
     }
 
     #[test]
     fn invalid_names_partitions_and_configs_are_refused() {
         let mut m = MetaState::default();
-        assert!(matches!(m.apply(&create("a b", 1)), Err(MetaError::InvalidName(_))));
-        assert!(matches!(m.apply(&create("a", 0)), Err(MetaError::InvalidPartitions(0))));
+        assert!(matches!(
+            m.apply(&create("a b", 1)),
+            Err(MetaError::InvalidName(_))
+        ));
+        assert!(matches!(
+            m.apply(&create("a", 0)),
+            Err(MetaError::InvalidPartitions(0))
+        ));
         let mut configs = BTreeMap::new();
         configs.insert("cleanup.policy".to_string(), "compact".to_string());
         let e = validate_create("a", 1, &configs).unwrap_err();
@@ -250,7 +261,12 @@ mod tests {
         m.apply(&create("t", 1)).unwrap();
         let mut set = BTreeMap::new();
         set.insert("retention.ms".to_string(), "1000".to_string());
-        m.apply(&Command::AlterTopic { name: "t".into(), set, delete: vec![] }).unwrap();
+        m.apply(&Command::AlterTopic {
+            name: "t".into(),
+            set,
+            delete: vec![],
+        })
+        .unwrap();
         assert_eq!(m.topics["t"].configs["retention.ms"], "1000");
         m.apply(&Command::AlterTopic {
             name: "t".into(),

@@ -49,7 +49,7 @@ async fn topic_lifecycle_produce_consume_and_status() {
     assert!(out.contains("partitions 4"), "{out}");
     assert!(out.contains("retention.ms = 60000\n"), "{out}");
     assert!(
-        out.contains("max.message.bytes = 8388608  (default)"),
+        out.contains("max.message.bytes = 4194304  (default)"),
         "{out}"
     );
     // Leaders are spread over the three nodes.

@@ -32,7 +32,10 @@ async fn killing_the_leader_loses_no_acknowledged_record() {
     let mut c = Cluster::start();
     let mut client = Client::new(&c.bootstrap());
     client.timeout = Duration::from_secs(5);
-    client.create_topic("f", 1, &Default::default()).await.unwrap();
+    client
+        .create_topic("f", 1, &Default::default())
+        .await
+        .unwrap();
 
     let mut acked: BTreeMap<u64, i64> = BTreeMap::new();
     let mut unknown = Vec::new();
@@ -41,8 +44,14 @@ async fn killing_the_leader_loses_no_acknowledged_record() {
     let started = Instant::now();
     let mut seq = 0u64;
     while acked_after_kill < 200 {
-        assert!(started.elapsed() < Duration::from_secs(120), "no progress after the kill");
-        let batch = encode_batch(&[(None, Some(Bytes::from(format!("v-{seq}"))))], Compression::None);
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no progress after the kill"
+        );
+        let batch = encode_batch(
+            &[(None, Some(Bytes::from(format!("v-{seq}"))))],
+            Compression::None,
+        );
         let r = match client.leader("f", 0).await {
             Ok(conn) => produce_on(&conn, "f", 0, batch, -1).await,
             Err(e) => Err(e),
@@ -81,17 +90,25 @@ async fn killing_the_leader_loses_no_acknowledged_record() {
         );
     }
     for s in &unknown {
-        assert!(position.get(s).is_none_or(|v| v.len() == 1), "record {s} stored twice");
+        assert!(
+            position.get(s).is_none_or(|v| v.len() == 1),
+            "record {s} stored twice"
+        );
     }
     assert!(
-        position.keys().all(|s| acked.contains_key(s) || unknown.contains(s)),
+        position
+            .keys()
+            .all(|s| acked.contains_key(s) || unknown.contains(s)),
         "a record nobody wrote"
     );
     let seqs: Vec<u64> = log
         .iter()
         .map(|(_, v)| v.strip_prefix("v-").unwrap().parse().unwrap())
         .collect();
-    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "records keep the producer's order");
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "records keep the producer's order"
+    );
     assert_eq!(
         log.iter().map(|(o, _)| *o).collect::<Vec<_>>(),
         (0..log.len() as i64).collect::<Vec<_>>()
@@ -112,7 +129,10 @@ async fn killing_the_leader_loses_no_acknowledged_record() {
         if caught_up {
             break;
         }
-        assert!(Instant::now() < deadline, "restarted node {killed} did not catch up: {body}");
+        assert!(
+            Instant::now() < deadline,
+            "restarted node {killed} did not catch up: {body}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

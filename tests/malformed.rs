@@ -10,7 +10,8 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use common::Cluster;
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsResponse, FindCoordinatorRequest, FindCoordinatorResponse, RequestHeader, ResponseHeader,
+    ApiKey, ApiVersionsResponse, FindCoordinatorRequest, FindCoordinatorResponse, RequestHeader,
+    ResponseHeader,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use kafka_protocol::records::Compression;
@@ -30,9 +31,13 @@ fn closed(mut s: TcpStream) -> bool {
 
 fn frame(api: ApiKey, version: i16, body: &[u8]) -> Vec<u8> {
     let mut buf = BytesMut::new();
-    RequestHeader::default().with_request_api_key(api as i16).with_request_api_version(version).with_correlation_id(42).with_client_id(Some(StrBytes::from_static_str("malformed-test")))
-    .encode(&mut buf, api.request_header_version(version))
-    .unwrap();
+    RequestHeader::default()
+        .with_request_api_key(api as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(42)
+        .with_client_id(Some(StrBytes::from_static_str("malformed-test")))
+        .encode(&mut buf, api.request_header_version(version))
+        .unwrap();
     buf.put_slice(body);
     let mut out = (buf.len() as i32).to_be_bytes().to_vec();
     out.extend_from_slice(&buf);
@@ -68,7 +73,8 @@ async fn bad_requests_are_refused_and_the_node_keeps_serving() {
     s.write_all(&bad).unwrap();
     assert!(closed(s), "unknown api key");
     let mut s = connect(&addr);
-    s.write_all(&frame(ApiKey::Metadata, 9, &[0xff, 0xff, 0xff, 0x01])).unwrap();
+    s.write_all(&frame(ApiKey::Metadata, 9, &[0xff, 0xff, 0xff, 0x01]))
+        .unwrap();
     assert!(closed(s), "garbage metadata body");
 
     // Truncated: the length promises more than arrives, then the client leaves.
@@ -81,12 +87,15 @@ async fn bad_requests_are_refused_and_the_node_keeps_serving() {
     // An API Meridian does not serve yet gets its error code, not a hang-up.
     let mut s = connect(&addr);
     let mut body = BytesMut::new();
-    FindCoordinatorRequest::default().with_key(StrBytes::from_static_str("g"))
-    .encode(&mut body, 2)
-    .unwrap();
-    s.write_all(&frame(ApiKey::FindCoordinator, 2, &body)).unwrap();
+    FindCoordinatorRequest::default()
+        .with_key(StrBytes::from_static_str("g"))
+        .encode(&mut body, 2)
+        .unwrap();
+    s.write_all(&frame(ApiKey::FindCoordinator, 2, &body))
+        .unwrap();
     let mut r = response(&mut s);
-    let h = ResponseHeader::decode(&mut r, ApiKey::FindCoordinator.response_header_version(2)).unwrap();
+    let h =
+        ResponseHeader::decode(&mut r, ApiKey::FindCoordinator.response_header_version(2)).unwrap();
     assert_eq!(h.correlation_id, 42);
     let fc = FindCoordinatorResponse::decode(&mut r, 2).unwrap();
     assert_eq!(fc.error_code, 35, "UNSUPPORTED_VERSION");
@@ -98,19 +107,35 @@ async fn bad_requests_are_refused_and_the_node_keeps_serving() {
     assert_eq!(r.get_i32(), 42);
     let av = ApiVersionsResponse::decode(&mut r, 0).unwrap();
     assert_eq!(av.error_code, 35);
-    assert!(av.api_keys.iter().any(|k| k.api_key == ApiKey::Produce as i16));
+    assert!(av
+        .api_keys
+        .iter()
+        .any(|k| k.api_key == ApiKey::Produce as i16));
 
     // The node still serves a well-behaved client.
     let client = Client::new(&c.bootstrap());
-    client.create_topic("ok", 1, &Default::default()).await.unwrap();
+    client
+        .create_topic("ok", 1, &Default::default())
+        .await
+        .unwrap();
     let off = client
-        .produce("ok", 0, encode_batch(&[(None, Some(Bytes::from("fine")))], Compression::Gzip))
+        .produce(
+            "ok",
+            0,
+            encode_batch(&[(None, Some(Bytes::from("fine")))], Compression::Gzip),
+        )
         .await
         .unwrap();
     let (recs, _) = client.fetch("ok", 0, off, 1000).await.unwrap();
     assert_eq!(recs[0].value.as_deref(), Some(&b"fine"[..]));
 
     let log = c.log(id);
-    assert!(log.contains("closing connection: request size is outside"), "{log}");
-    assert!(log.contains("closing connection: undecodable request"), "{log}");
+    assert!(
+        log.contains("closing connection: request size is outside"),
+        "{log}"
+    );
+    assert!(
+        log.contains("closing connection: undecodable request"),
+        "{log}"
+    );
 }

@@ -40,7 +40,10 @@ async fn healthz(State(r): State<Arc<Router>>) -> impl IntoResponse {
 
 async fn metrics(State(r): State<Arc<Router>>) -> impl IntoResponse {
     (
-        [("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            "content-type",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         r.metrics.render(),
     )
 }
@@ -116,7 +119,10 @@ pub fn status_of(r: &Router) -> Status {
         node: r.node_id(),
         region: r.me.region.clone(),
         kafka: r.me.kafka.to_string(),
-        partitions_led: partitions.iter().filter(|p| p.state == format!("{:?}", ServerState::Leader)).count(),
+        partitions_led: partitions
+            .iter()
+            .filter(|p| p.state == format!("{:?}", ServerState::Leader))
+            .count(),
         meta,
         partitions,
     }

@@ -21,7 +21,10 @@ pub fn timeout_of(ms: i32) -> Duration {
 /// Problems Kafka's request shape allows but Meridian refuses.
 fn refusal(t: &CreatableTopic, replication: i16) -> Option<(i16, String)> {
     if let Some(c) = t.configs.iter().find(|c| c.value.is_none()) {
-        return Some((ResponseError::InvalidConfig.code(), format!("config `{}` has no value", c.name)));
+        return Some((
+            ResponseError::InvalidConfig.code(),
+            format!("config `{}` has no value", c.name),
+        ));
     }
     if !t.assignments.is_empty() {
         return Some((
@@ -29,7 +32,9 @@ fn refusal(t: &CreatableTopic, replication: i16) -> Option<(i16, String)> {
             "manual replica assignments are not supported: every node of the region replicates every partition".into(),
         ));
     }
-    if t.replication_factor != -1 && (t.replication_factor < 1 || t.replication_factor > replication) {
+    if t.replication_factor != -1
+        && (t.replication_factor < 1 || t.replication_factor > replication)
+    {
         return Some((
             ResponseError::InvalidReplicationFactor.code(),
             format!(

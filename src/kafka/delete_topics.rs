@@ -15,7 +15,11 @@ pub async fn handle(r: &Router, req: DeleteTopicsRequest) -> DeleteTopicsRespons
         .iter()
         .map(|n| (Some(n.0.to_string()), uuid::Uuid::nil()))
         .collect();
-    wanted.extend(req.topics.iter().map(|t| (t.name.as_ref().map(|n| n.0.to_string()), t.topic_id)));
+    wanted.extend(
+        req.topics
+            .iter()
+            .map(|t| (t.name.as_ref().map(|n| n.0.to_string()), t.topic_id)),
+    );
     let mut responses = Vec::new();
     for (name, id) in wanted {
         let name = name.or_else(|| r.groups.meta_state().by_id(id).map(|t| t.name.clone()));
@@ -23,7 +27,10 @@ pub async fn handle(r: &Router, req: DeleteTopicsRequest) -> DeleteTopicsRespons
             .with_name(name.clone().map(|n| TopicName(text(n))))
             .with_topic_id(id);
         let error = match name {
-            None => Some((ResponseError::UnknownTopicId.code(), format!("no topic has id {id}"))),
+            None => Some((
+                ResponseError::UnknownTopicId.code(),
+                format!("no topic has id {id}"),
+            )),
             Some(n) => r
                 .delete_topic(&n, timeout)
                 .await
@@ -31,7 +38,9 @@ pub async fn handle(r: &Router, req: DeleteTopicsRequest) -> DeleteTopicsRespons
                 .map(|e| (topic_error_code(&e), e.to_string())),
         };
         responses.push(match error {
-            Some((code, msg)) => res.with_error_code(code).with_error_message(Some(text(msg))),
+            Some((code, msg)) => res
+                .with_error_code(code)
+                .with_error_message(Some(text(msg))),
             None => res,
         });
     }

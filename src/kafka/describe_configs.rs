@@ -3,7 +3,9 @@
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
-use kafka_protocol::messages::describe_configs_response::{DescribeConfigsResourceResult, DescribeConfigsResult};
+use kafka_protocol::messages::describe_configs_response::{
+    DescribeConfigsResourceResult, DescribeConfigsResult,
+};
 use kafka_protocol::messages::{DescribeConfigsRequest, DescribeConfigsResponse};
 
 use super::text;
@@ -20,7 +22,11 @@ fn describe(r: &Router, res: &DescribeConfigsResource, docs: bool) -> DescribeCo
     let out = DescribeConfigsResult::default()
         .with_resource_type(res.resource_type)
         .with_resource_name(res.resource_name.clone());
-    let fail = |code: i16, msg: String| out.clone().with_error_code(code).with_error_message(Some(text(msg)));
+    let fail = |code: i16, msg: String| {
+        out.clone()
+            .with_error_code(code)
+            .with_error_message(Some(text(msg)))
+    };
     match res.resource_type {
         RESOURCE_BROKER => out,
         RESOURCE_TOPIC => {
@@ -43,7 +49,11 @@ fn describe(r: &Router, res: &DescribeConfigsResource, docs: bool) -> DescribeCo
                     DescribeConfigsResourceResult::default()
                         .with_name(text(*k))
                         .with_value(Some(text(set.map_or(*default, |v| v.as_str()))))
-                        .with_config_source(if set.is_some() { SOURCE_DYNAMIC_TOPIC } else { SOURCE_DEFAULT })
+                        .with_config_source(if set.is_some() {
+                            SOURCE_DYNAMIC_TOPIC
+                        } else {
+                            SOURCE_DEFAULT
+                        })
                         .with_config_type(TYPE_STRING)
                         .with_documentation(docs.then(|| text(*doc)))
                 })

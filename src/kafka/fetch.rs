@@ -16,7 +16,8 @@ use crate::storage::state_machine::Progress;
 
 pub async fn handle(r: &Router, req: FetchRequest) -> FetchResponse {
     let started = Instant::now();
-    let wait = Duration::from_millis((req.max_wait_ms.max(0) as u64).min(r.kafka.fetch_wait_ms_max));
+    let wait =
+        Duration::from_millis((req.max_wait_ms.max(0) as u64).min(r.kafka.fetch_wait_ms_max));
     let deadline = started + wait;
     let max_bytes = if req.max_bytes > 0 {
         (req.max_bytes as usize).min(r.kafka.fetch_bytes_max as usize)
@@ -28,7 +29,11 @@ pub async fn handle(r: &Router, req: FetchRequest) -> FetchResponse {
     let mut watches: Vec<watch::Receiver<Progress>> = req
         .topics
         .iter()
-        .flat_map(|t| t.partitions.iter().map(move |p| (t.topic.0.to_string(), p.partition)))
+        .flat_map(|t| {
+            t.partitions
+                .iter()
+                .map(move |p| (t.topic.0.to_string(), p.partition))
+        })
         .filter_map(|(t, p)| r.partition(&t, p).ok().map(|g| g.progress.clone()))
         .collect();
     loop {
@@ -40,10 +45,13 @@ pub async fn handle(r: &Router, req: FetchRequest) -> FetchResponse {
         if bytes >= min_bytes || errors || now >= deadline || watches.is_empty() {
             r.metrics.fetch_requests.inc();
             r.metrics.fetch_bytes.inc_by(bytes as u64);
-            r.metrics.fetch_latency.observe(started.elapsed().as_secs_f64());
+            r.metrics
+                .fetch_latency
+                .observe(started.elapsed().as_secs_f64());
             return resp;
         }
-        let changed = futures::future::select_all(watches.iter_mut().map(|w| Box::pin(w.changed())));
+        let changed =
+            futures::future::select_all(watches.iter_mut().map(|w| Box::pin(w.changed())));
         // On timeout the next pass answers with what there is.
         let _ = tokio::time::timeout(deadline - now, changed).await;
     }
@@ -87,7 +95,8 @@ fn read_all(r: &Router, req: &FetchRequest, max_bytes: usize) -> (FetchResponse,
             } else if p.fetch_offset < hw && (part_max > 0 || total == 0) {
                 match r.read(&topic, p.partition, p.fetch_offset, part_max.max(1)) {
                     Ok(res) => {
-                        let mut buf = BytesMut::with_capacity(res.batches.iter().map(|b| b.len()).sum());
+                        let mut buf =
+                            BytesMut::with_capacity(res.batches.iter().map(|b| b.len()).sum());
                         for b in &res.batches {
                             buf.extend_from_slice(b);
                         }
@@ -109,5 +118,9 @@ fn read_all(r: &Router, req: &FetchRequest, max_bytes: usize) -> (FetchResponse,
                 .with_partitions(partitions),
         );
     }
-    (FetchResponse::default().with_responses(responses), total, errors)
+    (
+        FetchResponse::default().with_responses(responses),
+        total,
+        errors,
+    )
 }

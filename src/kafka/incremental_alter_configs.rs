@@ -42,11 +42,18 @@ fn changes(res: &AlterConfigsResource) -> Result<(BTreeMap<String, String>, Vec<
     Ok((set, delete))
 }
 
-async fn alter(r: &Router, res: &AlterConfigsResource, validate_only: bool) -> Option<(i16, String)> {
+async fn alter(
+    r: &Router,
+    res: &AlterConfigsResource,
+    validate_only: bool,
+) -> Option<(i16, String)> {
     if res.resource_type != RESOURCE_TOPIC {
         return Some((
             ResponseError::InvalidRequest.code(),
-            format!("resource type {} cannot be altered; only topics (2) can", res.resource_type),
+            format!(
+                "resource type {} cannot be altered; only topics (2) can",
+                res.resource_type
+            ),
         ));
     }
     let (set, delete) = match changes(res) {
@@ -55,7 +62,10 @@ async fn alter(r: &Router, res: &AlterConfigsResource, validate_only: bool) -> O
     };
     let name = res.resource_name.to_string();
     if r.topic(&name).is_none() {
-        return Some((ResponseError::UnknownTopicOrPartition.code(), format!("topic `{name}` does not exist")));
+        return Some((
+            ResponseError::UnknownTopicOrPartition.code(),
+            format!("topic `{name}` does not exist"),
+        ));
     }
     if validate_only {
         return None;
@@ -66,14 +76,19 @@ async fn alter(r: &Router, res: &AlterConfigsResource, validate_only: bool) -> O
         .map(|e| (topic_error_code(&e), e.to_string()))
 }
 
-pub async fn handle(r: &Router, req: IncrementalAlterConfigsRequest) -> IncrementalAlterConfigsResponse {
+pub async fn handle(
+    r: &Router,
+    req: IncrementalAlterConfigsRequest,
+) -> IncrementalAlterConfigsResponse {
     let mut responses = Vec::new();
     for res in &req.resources {
         let out = AlterConfigsResourceResponse::default()
             .with_resource_type(res.resource_type)
             .with_resource_name(res.resource_name.clone());
         responses.push(match alter(r, res, req.validate_only).await {
-            Some((code, msg)) => out.with_error_code(code).with_error_message(Some(text(msg))),
+            Some((code, msg)) => out
+                .with_error_code(code)
+                .with_error_message(Some(text(msg))),
             None => out,
         });
     }

@@ -1,7 +1,9 @@
 //! ListOffsets: earliest (-2), latest (-1), max timestamp (-3), or the first
 //! offset at or after a timestamp, through the HLC index.
 
-use kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse};
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 
 use super::partition_error_code;
@@ -52,7 +54,9 @@ pub fn handle(r: &Router, req: ListOffsetsRequest) -> ListOffsetsResponse {
                     }
                 })
                 .collect();
-            ListOffsetsTopicResponse::default().with_name(t.name).with_partitions(partitions)
+            ListOffsetsTopicResponse::default()
+                .with_name(t.name)
+                .with_partitions(partitions)
         })
         .collect();
     ListOffsetsResponse::default().with_topics(topics)

@@ -34,7 +34,11 @@ pub async fn handle(r: &Router, req: MetadataRequest) -> MetadataResponse {
         Some(wanted) => {
             let mut out = Vec::new();
             for w in wanted {
-                let by_id = r.groups.meta_state().by_id(w.topic_id).map(|t| t.name.clone());
+                let by_id = r
+                    .groups
+                    .meta_state()
+                    .by_id(w.topic_id)
+                    .map(|t| t.name.clone());
                 let name = match (&w.name, by_id) {
                     (Some(n), _) => n.0.to_string(),
                     (None, Some(n)) => n,
@@ -72,7 +76,12 @@ async fn topic(r: &Router, name: &str, allow_create: bool) -> MetadataResponseTo
         return unknown(ResponseError::UnknownTopicOrPartition.code());
     }
     let created = r
-        .create_topic(name, r.kafka.default_partitions as i64, BTreeMap::new(), AUTO_CREATE_TIMEOUT)
+        .create_topic(
+            name,
+            r.kafka.default_partitions as i64,
+            BTreeMap::new(),
+            AUTO_CREATE_TIMEOUT,
+        )
         .await;
     match created {
         Ok(t) => describe(r, &t),
@@ -85,7 +94,11 @@ async fn topic(r: &Router, name: &str, allow_create: bool) -> MetadataResponseTo
 }
 
 fn describe(r: &Router, t: &TopicMeta) -> MetadataResponseTopic {
-    let replicas: Vec<BrokerId> = r.region_nodes().into_iter().map(|n| BrokerId(n as i32)).collect();
+    let replicas: Vec<BrokerId> = r
+        .region_nodes()
+        .into_iter()
+        .map(|n| BrokerId(n as i32))
+        .collect();
     let partitions = (0..t.partitions)
         .map(|p| {
             let (leader, epoch) = match r.groups.partition(t.group(p)) {
@@ -95,7 +108,11 @@ fn describe(r: &Router, t: &TopicMeta) -> MetadataResponseTopic {
                 }
                 None => (None, -1),
             };
-            let code = if leader.is_some() { 0 } else { ResponseError::LeaderNotAvailable.code() };
+            let code = if leader.is_some() {
+                0
+            } else {
+                ResponseError::LeaderNotAvailable.code()
+            };
             MetadataResponsePartition::default()
                 .with_error_code(code)
                 .with_partition_index(p as i32)

@@ -36,9 +36,13 @@ pub(crate) fn partition_error_code(e: &PartitionError) -> i16 {
 pub(crate) fn topic_error_code(e: &TopicError) -> i16 {
     match e {
         TopicError::Meta(MetaError::TopicExists(_)) => ResponseError::TopicAlreadyExists.code(),
-        TopicError::Meta(MetaError::UnknownTopic(_)) => ResponseError::UnknownTopicOrPartition.code(),
+        TopicError::Meta(MetaError::UnknownTopic(_)) => {
+            ResponseError::UnknownTopicOrPartition.code()
+        }
         TopicError::Meta(MetaError::InvalidName(_)) => ResponseError::InvalidTopicException.code(),
-        TopicError::Meta(MetaError::InvalidPartitions(_)) => ResponseError::InvalidPartitions.code(),
+        TopicError::Meta(MetaError::InvalidPartitions(_)) => {
+            ResponseError::InvalidPartitions.code()
+        }
         TopicError::Meta(MetaError::InvalidConfig { .. }) => ResponseError::InvalidConfig.code(),
         TopicError::Unavailable(_) => ResponseError::RequestTimedOut.code(),
     }

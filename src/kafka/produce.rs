@@ -29,12 +29,18 @@ enum Refused {
 
 fn decode(records: Option<Bytes>, max: usize) -> Result<Vec<RecordIn>, Refused> {
     let Some(mut bytes) = records else {
-        return Err(Refused::Code(ResponseError::CorruptMessage.code(), "no records".into()));
+        return Err(Refused::Code(
+            ResponseError::CorruptMessage.code(),
+            "no records".into(),
+        ));
     };
     if bytes.len() > max {
         return Err(Refused::Code(
             ResponseError::MessageTooLarge.code(),
-            format!("batch of {} bytes exceeds kafka.batch_bytes_max ({max})", bytes.len()),
+            format!(
+                "batch of {} bytes exceeds kafka.batch_bytes_max ({max})",
+                bytes.len()
+            ),
         ));
     }
     let sets = RecordBatchDecoder::decode_all(&mut bytes)
@@ -54,7 +60,10 @@ fn decode(records: Option<Bytes>, max: usize) -> Result<Vec<RecordIn>, Refused> 
         })
         .collect();
     if records.is_empty() {
-        return Err(Refused::Code(ResponseError::InvalidRecord.code(), "batch holds no records".into()));
+        return Err(Refused::Code(
+            ResponseError::InvalidRecord.code(),
+            "batch holds no records".into(),
+        ));
     }
     Ok(records)
 }
@@ -69,7 +78,10 @@ struct Part {
 
 /// Proposes every partition's batch now; the returned future waits for the
 /// commits and builds the response (`None` for `acks = 0`).
-pub async fn submit(r: &Arc<Router>, req: ProduceRequest) -> BoxFuture<'static, Option<ProduceResponse>> {
+pub async fn submit(
+    r: &Arc<Router>,
+    req: ProduceRequest,
+) -> BoxFuture<'static, Option<ProduceResponse>> {
     let started = Instant::now();
     let max_ms = r.kafka.produce_timeout_ms_max;
     let timeout = Duration::from_millis(if req.timeout_ms > 0 {
@@ -85,7 +97,10 @@ pub async fn submit(r: &Arc<Router>, req: ProduceRequest) -> BoxFuture<'static, 
             let (ticket, records) = match decode(p.records, r.kafka.batch_bytes_max as usize) {
                 Ok(recs) => {
                     let n = recs.len() as u64;
-                    let t = r.submit_append(&topic, p.index, recs).await.map_err(Refused::Partition);
+                    let t = r
+                        .submit_append(&topic, p.index, recs)
+                        .await
+                        .map_err(Refused::Partition);
                     (t, n)
                 }
                 Err(e) => (Err(e), 0),
@@ -114,8 +129,14 @@ pub async fn submit(r: &Arc<Router>, req: ProduceRequest) -> BoxFuture<'static, 
                     Ok(base) => {
                         r.metrics.produce_records.inc_by(p.records);
                         r.metrics.produce_bytes.inc_by(p.bytes);
-                        r.metrics.produce_latency.observe(started.elapsed().as_secs_f64());
-                        PartitionProduceResponse::default().with_index(p.index).with_base_offset(base as i64).with_log_append_time_ms(-1).with_log_start_offset(0)
+                        r.metrics
+                            .produce_latency
+                            .observe(started.elapsed().as_secs_f64());
+                        PartitionProduceResponse::default()
+                            .with_index(p.index)
+                            .with_base_offset(base as i64)
+                            .with_log_append_time_ms(-1)
+                            .with_log_start_offset(0)
                     }
                     Err(e) => {
                         r.metrics.produce_errors.inc();
@@ -123,7 +144,13 @@ pub async fn submit(r: &Arc<Router>, req: ProduceRequest) -> BoxFuture<'static, 
                             Refused::Partition(e) => (partition_error_code(&e), e.to_string()),
                             Refused::Code(c, m) => (c, m),
                         };
-                        PartitionProduceResponse::default().with_index(p.index).with_error_code(code).with_base_offset(-1).with_log_append_time_ms(-1).with_log_start_offset(-1).with_error_message(Some(text(msg)))
+                        PartitionProduceResponse::default()
+                            .with_index(p.index)
+                            .with_error_code(code)
+                            .with_base_offset(-1)
+                            .with_log_append_time_ms(-1)
+                            .with_log_start_offset(-1)
+                            .with_error_message(Some(text(msg)))
                     }
                 };
                 (p.topic, resp)
@@ -137,9 +164,17 @@ pub async fn submit(r: &Arc<Router>, req: ProduceRequest) -> BoxFuture<'static, 
         for (topic, resp) in results {
             by_topic.entry(topic).or_default().push(resp);
         }
-        Some(ProduceResponse::default().with_responses(by_topic
-                .into_iter()
-                .map(|(name, partition_responses)| TopicProduceResponse::default().with_name(TopicName(text(name))).with_partition_responses(partition_responses))
-                .collect()))
+        Some(
+            ProduceResponse::default().with_responses(
+                by_topic
+                    .into_iter()
+                    .map(|(name, partition_responses)| {
+                        TopicProduceResponse::default()
+                            .with_name(TopicName(text(name)))
+                            .with_partition_responses(partition_responses)
+                    })
+                    .collect(),
+            ),
+        )
     })
 }

@@ -66,7 +66,11 @@ pub async fn serve(listener: TcpListener, router: Arc<Router>, shutdown: Cancell
     }
 }
 
-async fn connection(stream: TcpStream, router: Arc<Router>, shutdown: CancellationToken) -> std::io::Result<()> {
+async fn connection(
+    stream: TcpStream,
+    router: Arc<Router>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<tokio::task::JoinHandle<Option<BytesMut>>>(
@@ -92,7 +96,10 @@ async fn connection(stream: TcpStream, router: Arc<Router>, shutdown: Cancellati
             },
         };
         if len < 0 || len as usize > max {
-            warn!(len, max, "closing connection: request size is outside 0..=kafka.request_bytes_max");
+            warn!(
+                len,
+                max, "closing connection: request size is outside 0..=kafka.request_bytes_max"
+            );
             router.metrics.kafka_bad_requests.inc();
             break;
         }
@@ -105,7 +112,10 @@ async fn connection(stream: TcpStream, router: Arc<Router>, shutdown: Cancellati
                 break;
             }
             Err(_) => {
-                warn!(len, "closing connection: request frame incomplete after 30 s");
+                warn!(
+                    len,
+                    "closing connection: request frame incomplete after 30 s"
+                );
                 router.metrics.kafka_bad_requests.inc();
                 break;
             }
@@ -133,7 +143,12 @@ fn ready(api: ApiKey, header: &RequestHeader, resp: ResponseKind) -> Pending {
     Box::pin(async move { encode(api, version, cid, resp) })
 }
 
-pub fn encode(api: ApiKey, version: i16, correlation_id: i32, resp: ResponseKind) -> Option<BytesMut> {
+pub fn encode(
+    api: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    resp: ResponseKind,
+) -> Option<BytesMut> {
     match codec::encode_response(api, version, correlation_id, &resp) {
         Ok(b) => Some(b),
         Err(e) => {
@@ -164,7 +179,10 @@ async fn dispatch(router: &Arc<Router>, frame: Bytes) -> Result<Pending, DecodeE
     }
     let req = codec::decode_body(api, &header, body)?;
     if !api_versions::supports(api, version) {
-        info!(?api, version, "answering an unsupported API or version with an error");
+        info!(
+            ?api,
+            version, "answering an unsupported API or version with an error"
+        );
         return match unsupported::response(req) {
             Some(resp) => Ok(ready(api, &header, resp)),
             None => Err(not_served(api, &header)),
@@ -174,8 +192,14 @@ async fn dispatch(router: &Arc<Router>, frame: Bytes) -> Result<Pending, DecodeE
     let (v, cid) = (version, header.correlation_id);
     let done = move |resp: ResponseKind| encode(api, v, cid, resp);
     Ok(match req {
-        RequestKind::ApiVersions(_) => ready(api, &header, ResponseKind::ApiVersions(api_versions::response())),
-        RequestKind::Metadata(req) => Box::pin(async move { done(ResponseKind::Metadata(metadata::handle(&r, req).await)) }),
+        RequestKind::ApiVersions(_) => ready(
+            api,
+            &header,
+            ResponseKind::ApiVersions(api_versions::response()),
+        ),
+        RequestKind::Metadata(req) => {
+            Box::pin(async move { done(ResponseKind::Metadata(metadata::handle(&r, req).await)) })
+        }
         RequestKind::Produce(req) => {
             let pending = produce::submit(&r, req).await;
             Box::pin(async move {
@@ -183,15 +207,31 @@ async fn dispatch(router: &Arc<Router>, frame: Bytes) -> Result<Pending, DecodeE
                 done(ResponseKind::Produce(resp))
             })
         }
-        RequestKind::Fetch(req) => Box::pin(async move { done(ResponseKind::Fetch(fetch::handle(&r, req).await)) }),
-        RequestKind::ListOffsets(req) => Box::pin(async move { done(ResponseKind::ListOffsets(list_offsets::handle(&r, req))) }),
-        RequestKind::CreateTopics(req) => Box::pin(async move { done(ResponseKind::CreateTopics(create_topics::handle(&r, req).await)) }),
-        RequestKind::DeleteTopics(req) => Box::pin(async move { done(ResponseKind::DeleteTopics(delete_topics::handle(&r, req).await)) }),
-        RequestKind::DescribeConfigs(req) => {
-            Box::pin(async move { done(ResponseKind::DescribeConfigs(describe_configs::handle(&r, req))) })
+        RequestKind::Fetch(req) => {
+            Box::pin(async move { done(ResponseKind::Fetch(fetch::handle(&r, req).await)) })
         }
+        RequestKind::ListOffsets(req) => {
+            Box::pin(async move { done(ResponseKind::ListOffsets(list_offsets::handle(&r, req))) })
+        }
+        RequestKind::CreateTopics(req) => Box::pin(async move {
+            done(ResponseKind::CreateTopics(
+                create_topics::handle(&r, req).await,
+            ))
+        }),
+        RequestKind::DeleteTopics(req) => Box::pin(async move {
+            done(ResponseKind::DeleteTopics(
+                delete_topics::handle(&r, req).await,
+            ))
+        }),
+        RequestKind::DescribeConfigs(req) => Box::pin(async move {
+            done(ResponseKind::DescribeConfigs(describe_configs::handle(
+                &r, req,
+            )))
+        }),
         RequestKind::IncrementalAlterConfigs(req) => Box::pin(async move {
-            done(ResponseKind::IncrementalAlterConfigs(incremental_alter_configs::handle(&r, req).await))
+            done(ResponseKind::IncrementalAlterConfigs(
+                incremental_alter_configs::handle(&r, req).await,
+            ))
         }),
         other => match unsupported::response(other) {
             Some(resp) => ready(api, &header, resp),

@@ -157,11 +157,21 @@ impl Groups {
     }
 
     pub fn partition(&self, group: GroupId) -> Option<Arc<PartitionGroup>> {
-        self.partitions.read().expect("partitions lock").get(&group).cloned()
+        self.partitions
+            .read()
+            .expect("partitions lock")
+            .get(&group)
+            .cloned()
     }
 
     pub fn partitions(&self) -> Vec<Arc<PartitionGroup>> {
-        let mut v: Vec<_> = self.partitions.read().expect("partitions lock").values().cloned().collect();
+        let mut v: Vec<_> = self
+            .partitions
+            .read()
+            .expect("partitions lock")
+            .values()
+            .cloned()
+            .collect();
         v.sort_by_key(|g| g.id);
         v
     }
@@ -209,7 +219,13 @@ impl Groups {
                 wanted.insert(t.group(p), (t.name.clone(), t.seq, p));
             }
         }
-        let present: Vec<GroupId> = self.partitions.read().expect("partitions lock").keys().copied().collect();
+        let present: Vec<GroupId> = self
+            .partitions
+            .read()
+            .expect("partitions lock")
+            .keys()
+            .copied()
+            .collect();
         for id in present.iter().filter(|id| !wanted.contains_key(id)) {
             let g = self.partitions.write().expect("partitions lock").remove(id);
             if let Some(g) = g {
@@ -252,7 +268,10 @@ impl Groups {
                         raft,
                         progress,
                     });
-                    self.partitions.write().expect("partitions lock").insert(id, g);
+                    self.partitions
+                        .write()
+                        .expect("partitions lock")
+                        .insert(id, g);
                 }
                 Err(e) => warn!(group = id, error = %e, "cannot start partition group"),
             }
@@ -267,7 +286,10 @@ impl Groups {
         cmd: Command,
     ) -> Result<
         tokio::sync::oneshot::Receiver<
-            Result<openraft::raft::ClientWriteResponse<TypeConfig>, ClientWriteError<NodeId, BasicNode>>,
+            Result<
+                openraft::raft::ClientWriteResponse<TypeConfig>,
+                ClientWriteError<NodeId, BasicNode>,
+            >,
         >,
         WriteError,
     > {
@@ -276,30 +298,45 @@ impl Groups {
             .map_err(|e| WriteError::Unavailable(e.to_string()))
     }
 
-    /// Waits for a submitted proposal's result.
+    /// Waits for a submitted proposal's result and its log index.
     pub async fn wait(
         rx: tokio::sync::oneshot::Receiver<
-            Result<openraft::raft::ClientWriteResponse<TypeConfig>, ClientWriteError<NodeId, BasicNode>>,
+            Result<
+                openraft::raft::ClientWriteResponse<TypeConfig>,
+                ClientWriteError<NodeId, BasicNode>,
+            >,
         >,
         timeout: Duration,
-    ) -> Result<CommandResult, WriteError> {
+    ) -> Result<(CommandResult, u64), WriteError> {
         match tokio::time::timeout(timeout, rx).await {
             Err(_) => Err(WriteError::Timeout(timeout.as_millis() as u64)),
             Ok(Err(_)) => Err(WriteError::Unavailable("the group stopped".into())),
-            Ok(Ok(Ok(resp))) => Ok(resp.data),
-            Ok(Ok(Err(ClientWriteError::ForwardToLeader(f)))) => Err(WriteError::NotLeader(f.leader_id)),
+            Ok(Ok(Ok(resp))) => Ok((resp.data, resp.log_id.index)),
+            Ok(Ok(Err(ClientWriteError::ForwardToLeader(f)))) => {
+                Err(WriteError::NotLeader(f.leader_id))
+            }
             Ok(Ok(Err(e))) => Err(WriteError::Unavailable(e.to_string())),
         }
     }
 
-    async fn write_local(raft: &Raft, cmd: Command, timeout: Duration) -> Result<CommandResult, WriteError> {
+    async fn write_local(
+        raft: &Raft,
+        cmd: Command,
+        timeout: Duration,
+    ) -> Result<(CommandResult, u64), WriteError> {
         let rx = Self::submit(raft, cmd).await?;
         Self::wait(rx, timeout).await
     }
 
     /// Commits a meta command through the meta leader, wherever it is,
-    /// retrying with backoff while there is no leader, until `timeout`.
-    pub async fn meta_write(&self, cmd: Command, timeout: Duration) -> Result<CommandResult, WriteError> {
+    /// retrying with backoff while there is no leader, until `timeout`; then
+    /// waits until this node has applied it too, so that whoever asked here
+    /// reads their own write.
+    pub async fn meta_write(
+        &self,
+        cmd: Command,
+        timeout: Duration,
+    ) -> Result<CommandResult, WriteError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut backoff = Duration::from_millis(50);
         loop {
@@ -318,19 +355,33 @@ impl Groups {
                     tokio::time::sleep(backoff.min(left)).await;
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                 }
-                r => return r,
+                Ok((result, index)) => {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    self.meta
+                        .wait(Some(left))
+                        .applied_index_at_least(Some(index), "meta write applied here")
+                        .await
+                        .map_err(|e| WriteError::Unavailable(e.to_string()))?;
+                    return Ok(result);
+                }
+                Err(e) => return Err(e),
             }
         }
     }
 
-    async fn forward_meta_write(&self, leader: NodeId, cmd: &Command, timeout: Duration) -> Result<CommandResult, WriteError> {
+    async fn forward_meta_write(
+        &self,
+        leader: NodeId,
+        cmd: &Command,
+        timeout: Duration,
+    ) -> Result<(CommandResult, u64), WriteError> {
         let payload = bincode::serialize(cmd).expect("serialize command");
         let resp = self
             .transport
             .call(leader, KIND_META_WRITE, META_GROUP, &payload, timeout)
             .await
             .map_err(|e| WriteError::Unavailable(e.to_string()))?;
-        bincode::deserialize::<Result<CommandResult, WriteError>>(&resp)
+        bincode::deserialize::<Result<(CommandResult, u64), WriteError>>(&resp)
             .map_err(|e| WriteError::Unavailable(format!("bad forwarded response: {e}")))?
     }
 
@@ -373,7 +424,10 @@ async fn open_group(
 ) -> Result<Raft, GroupError> {
     let start_err = |reason: String| GroupError::Start { group, reason };
     let mut log = LogStore::new(db.clone(), group);
-    let pristine = log.is_pristine().await.map_err(|e| start_err(e.to_string()))?;
+    let pristine = log
+        .is_pristine()
+        .await
+        .map_err(|e| start_err(e.to_string()))?;
     let sm = StateMachine::open(db.clone(), group, region.to_string(), clock.clone(), notify)
         .map_err(|e| start_err(e.to_string()))?;
     let network = NetworkFactory {
@@ -407,7 +461,12 @@ fn ser<T: Serialize>(v: &T) -> Result<Vec<u8>, String> {
 }
 
 impl Handler for Groups {
-    fn handle(&self, kind: u8, group: GroupId, payload: Vec<u8>) -> BoxFuture<'static, Result<Vec<u8>, String>> {
+    fn handle(
+        &self,
+        kind: u8,
+        group: GroupId,
+        payload: Vec<u8>,
+    ) -> BoxFuture<'static, Result<Vec<u8>, String>> {
         let raft = self.raft_of(group);
         let meta_timeout = self.transport.rpc_timeout();
         Box::pin(async move {

@@ -49,7 +49,12 @@ pub struct Network {
 type RpcErr<E> = RPCError<NodeId, BasicNode, E>;
 
 impl Network {
-    async fn call<Req, Resp, E>(&self, kind: u8, req: &Req, option: &RPCOption) -> Result<Resp, RpcErr<E>>
+    async fn call<Req, Resp, E>(
+        &self,
+        kind: u8,
+        req: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RpcErr<E>>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
@@ -86,7 +91,8 @@ impl RaftNetwork<TypeConfig> for Network {
         &mut self,
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<InstallSnapshotResponse<NodeId>, RpcErr<RaftError<NodeId, InstallSnapshotError>>> {
+    ) -> Result<InstallSnapshotResponse<NodeId>, RpcErr<RaftError<NodeId, InstallSnapshotError>>>
+    {
         self.call(KIND_SNAPSHOT, &rpc, &option).await
     }
 

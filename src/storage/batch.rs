@@ -47,7 +47,11 @@ impl BatchHeader {
 
 /// Encodes the stored form of `records` committed at `header`.
 pub fn encode(header: BatchHeader, origin: &str, records: &[RecordIn]) -> Vec<u8> {
-    assert_eq!(header.count as usize, records.len(), "header matches records");
+    assert_eq!(
+        header.count as usize,
+        records.len(),
+        "header matches records"
+    );
     assert!(!records.is_empty(), "empty batches are never stored");
     let origin = Bytes::copy_from_slice(origin.as_bytes());
     let kafka_records: Vec<Record> = records
@@ -62,7 +66,10 @@ pub fn encode(header: BatchHeader, origin: &str, records: &[RecordIn]) -> Vec<u8
                     v.as_ref().map(|b| Bytes::copy_from_slice(b)),
                 );
             }
-            headers.insert(StrBytes::from_static_str(HEADER_ORIGIN), Some(origin.clone()));
+            headers.insert(
+                StrBytes::from_static_str(HEADER_ORIGIN),
+                Some(origin.clone()),
+            );
             headers.insert(
                 StrBytes::from_static_str(HEADER_HLC),
                 Some(Bytes::from(rec_hlc.to_string())),
@@ -76,7 +83,9 @@ pub fn encode(header: BatchHeader, origin: &str, records: &[RecordIn]) -> Vec<u8
                 producer_epoch: -1,
                 timestamp_type: TimestampType::Creation,
                 offset: (header.base_offset + i as u64) as i64,
-                sequence: -1,
+                // The encoder keeps records in one batch while offset - sequence
+                // is constant; the base sequence stays -1 (not idempotent).
+                sequence: i as i32 - 1,
                 timestamp: hlc::wall_ms(rec_hlc),
                 key: r.key.as_ref().map(|b| Bytes::copy_from_slice(b)),
                 value: r.value.as_ref().map(|b| Bytes::copy_from_slice(b)),
@@ -145,7 +154,10 @@ mod tests {
             RecordIn {
                 key: None,
                 value: Some(ByteBuf::from(b"v2".to_vec())),
-                headers: vec![(HEADER_ORIGIN.into(), Some(ByteBuf::from(b"spoofed".to_vec())))],
+                headers: vec![(
+                    HEADER_ORIGIN.into(),
+                    Some(ByteBuf::from(b"spoofed".to_vec())),
+                )],
             },
         ];
         let first_hlc = hlc::from_wall_ms(1_763_712_000_000) + 5;
@@ -159,15 +171,30 @@ mod tests {
         assert_eq!(h2, h);
         let mut b = Bytes::copy_from_slice(kafka);
         let set = RecordBatchDecoder::decode(&mut b).unwrap();
+        assert!(b.is_empty(), "all records in one Kafka batch");
         assert_eq!(set.records.len(), 2);
+        assert_eq!(set.records[0].sequence, -1, "not an idempotent batch");
         let r1 = &set.records[1];
         assert_eq!(r1.offset, 41);
         assert_eq!(r1.timestamp, 1_763_712_000_000);
         assert_eq!(r1.value.as_deref(), Some(&b"v2"[..]));
-        let origin = r1.headers.get(&StrBytes::from_static_str(HEADER_ORIGIN)).unwrap();
-        assert_eq!(origin.as_deref(), Some(&b"us-east"[..]), "producers cannot spoof the origin");
-        let hlc_h = r1.headers.get(&StrBytes::from_static_str(HEADER_HLC)).unwrap();
-        assert_eq!(hlc_h.as_deref(), Some((first_hlc + 1).to_string().as_bytes()));
+        let origin = r1
+            .headers
+            .get(&StrBytes::from_static_str(HEADER_ORIGIN))
+            .unwrap();
+        assert_eq!(
+            origin.as_deref(),
+            Some(&b"us-east"[..]),
+            "producers cannot spoof the origin"
+        );
+        let hlc_h = r1
+            .headers
+            .get(&StrBytes::from_static_str(HEADER_HLC))
+            .unwrap();
+        assert_eq!(
+            hlc_h.as_deref(),
+            Some((first_hlc + 1).to_string().as_bytes())
+        );
         assert_eq!(set.records[0].headers.len(), 3);
     }
 

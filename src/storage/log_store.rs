@@ -1,5 +1,9 @@
 //! The Raft log of one group, in the node's RocksDB.
 
+// openraft's StorageError is large, and it is the error type its storage
+// traits require; boxing it in our helpers would only move the cost.
+#![allow(clippy::result_large_err)]
+
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
@@ -30,7 +34,10 @@ impl LogStore {
         LogStore { db, group }
     }
 
-    fn get_state<T: serde::de::DeserializeOwned>(&self, tag: u64) -> Result<Option<T>, StorageError> {
+    fn get_state<T: serde::de::DeserializeOwned>(
+        &self,
+        tag: u64,
+    ) -> Result<Option<T>, StorageError> {
         let v = self
             .db
             .get(CF_RAFT_STATE, &key(self.group, tag))
@@ -40,12 +47,21 @@ impl LogStore {
             .map_err(|e| StorageIOError::read(io_err(*e)).into())
     }
 
-    fn put_state<T: serde::Serialize>(&self, tag: u64, v: &T, sync: bool) -> Result<(), StorageError> {
+    fn put_state<T: serde::Serialize>(
+        &self,
+        tag: u64,
+        v: &T,
+        sync: bool,
+    ) -> Result<(), StorageError> {
         // Serializing plain data into memory cannot fail.
         let bytes = bincode::serialize(v).expect("serialize raft state");
         let mut b = WriteBatch::default();
         b.put_cf(self.db.cf(CF_RAFT_STATE), key(self.group, tag), bytes);
-        let r = if sync { self.db.write_sync(b) } else { self.db.write(b) };
+        let r = if sync {
+            self.db.write_sync(b)
+        } else {
+            self.db.write(b)
+        };
         r.map_err(|e| StorageIOError::write(io_err(e)).into())
     }
 
@@ -128,7 +144,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(self.get_state::<Option<LogId>>(TAG_COMMITTED)?.flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,

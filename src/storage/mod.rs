@@ -35,14 +35,22 @@ pub const CF_RAFT_STATE: &str = "raft_state";
 pub const CF_SM_STATE: &str = "sm_state";
 pub const CF_RECORDS: &str = "records";
 pub const CF_HLC_INDEX: &str = "hlc_index";
-const ALL_CFS: [&str; 5] = [CF_RAFT_LOG, CF_RAFT_STATE, CF_SM_STATE, CF_RECORDS, CF_HLC_INDEX];
+const ALL_CFS: [&str; 5] = [
+    CF_RAFT_LOG,
+    CF_RAFT_STATE,
+    CF_SM_STATE,
+    CF_RECORDS,
+    CF_HLC_INDEX,
+];
 
 /// Callbacks waiting for the syncer at most; appenders wait when it is full.
 const SYNC_QUEUE_MAX: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
-    #[error("cannot open the database in {path}: {source}; is another node using this data directory?")]
+    #[error(
+        "cannot open the database in {path}: {source}; is another node using this data directory?"
+    )]
     Open {
         path: String,
         source: rocksdb::Error,
@@ -72,6 +80,9 @@ fn key_group(k: &[u8]) -> GroupId {
     u64::from_be_bytes(b)
 }
 
+/// One stored entry of a group: its number (index or offset) and value.
+pub type Numbered = (u64, Box<[u8]>);
+
 /// A log-flush waiter: called with the fsync's outcome.
 pub type SyncWaiter = Box<dyn FnOnce(Result<(), std::io::Error>) + Send>;
 
@@ -93,12 +104,11 @@ impl Db {
             o.set_compression_type(rocksdb::DBCompressionType::Lz4);
             ColumnFamilyDescriptor::new(*name, o)
         });
-        let db = rocksdb::DB::open_cf_descriptors(&opts, dir, cfs).map_err(|source| {
-            DbError::Open {
+        let db =
+            rocksdb::DB::open_cf_descriptors(&opts, dir, cfs).map_err(|source| DbError::Open {
                 path: dir.display().to_string(),
                 source,
-            }
-        })?;
+            })?;
         let (sync_tx, sync_rx) = mpsc::channel(SYNC_QUEUE_MAX);
         let db = Arc::new(Db { db, sync_tx });
         tokio::spawn(syncer(Arc::downgrade(&db), sync_rx, metrics));
@@ -107,7 +117,9 @@ impl Db {
 
     pub fn cf(&self, name: &'static str) -> &rocksdb::ColumnFamily {
         // All column families are created in open(); a missing one is a bug.
-        self.db.cf_handle(name).expect("column family created at open")
+        self.db
+            .cf_handle(name)
+            .expect("column family created at open")
     }
 
     pub fn get(&self, cf: &'static str, k: &[u8]) -> Result<Option<Vec<u8>>, DbError> {
@@ -143,7 +155,7 @@ impl Db {
         group: GroupId,
         from: u64,
         to: u64,
-    ) -> impl Iterator<Item = Result<(u64, Box<[u8]>), DbError>> + '_ {
+    ) -> impl Iterator<Item = Result<Numbered, DbError>> + '_ {
         let start = key(group, from);
         self.db
             .iterator_cf(self.cf(cf), IteratorMode::From(&start, Direction::Forward))
@@ -161,7 +173,7 @@ impl Db {
         cf: &'static str,
         group: GroupId,
         at: u64,
-    ) -> Result<Option<(u64, Box<[u8]>)>, DbError> {
+    ) -> Result<Option<Numbered>, DbError> {
         let k = key(group, at);
         let mut it = self
             .db
@@ -179,7 +191,7 @@ impl Db {
         cf: &'static str,
         group: GroupId,
         at: u64,
-    ) -> Result<Option<(u64, Box<[u8]>)>, DbError> {
+    ) -> Result<Option<Numbered>, DbError> {
         self.range(cf, group, at, u64::MAX).next().transpose()
     }
 
@@ -258,12 +270,18 @@ mod tests {
             .map(|r| r.unwrap().0)
             .collect();
         assert_eq!(ns, [5, 9]);
-        assert_eq!(db.last_at_or_before(CF_RECORDS, 2, 2).unwrap().unwrap().0, 1);
+        assert_eq!(
+            db.last_at_or_before(CF_RECORDS, 2, 2).unwrap().unwrap().0,
+            1
+        );
         assert!(db.last_at_or_before(CF_RECORDS, 2, 0).unwrap().is_none());
         assert!(db.first_at_or_after(CF_RECORDS, 1, 10).unwrap().is_none());
         db.delete_group(1).unwrap();
         assert!(db.first_at_or_after(CF_RECORDS, 1, 0).unwrap().is_none());
-        assert_eq!(db.first_at_or_after(CF_RECORDS, 2, 0).unwrap().unwrap().0, 1);
+        assert_eq!(
+            db.first_at_or_after(CF_RECORDS, 2, 0).unwrap().unwrap().0,
+            1
+        );
     }
 
     #[tokio::test]

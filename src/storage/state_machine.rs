@@ -3,6 +3,10 @@
 //! increasing HLCs, fixed here so that they hold across leader changes
 //! (invariant 2). For the meta group it keeps the region's topics.
 
+// openraft's StorageError is large, and it is the error type its storage
+// traits require; boxing it in our helpers would only move the cost.
+#![allow(clippy::result_large_err)]
+
 use std::io::Cursor;
 use std::sync::Arc;
 
@@ -72,8 +76,9 @@ impl StateMachine {
             .get(CF_SM_STATE, &key(group, 0))
             .map_err(|e| StorageIOError::read_state_machine(any(e)))?
         {
-            Some(v) => bincode::deserialize(&v)
-                .map_err(|e| StorageIOError::read_state_machine(any(*e)))?,
+            Some(v) => {
+                bincode::deserialize(&v).map_err(|e| StorageIOError::read_state_machine(any(*e)))?
+            }
             None => Applied::default(),
         };
         clock.observe(applied.last_hlc);
@@ -122,9 +127,16 @@ impl StateMachine {
                     count: records.len() as u32,
                     first_hlc: hlc::assign_first(proposed_hlc, self.applied.last_hlc),
                 };
-                assert!(h.first_hlc > self.applied.last_hlc, "HLCs strictly increase");
+                assert!(
+                    h.first_hlc > self.applied.last_hlc,
+                    "HLCs strictly increase"
+                );
                 let stored = batch::encode(h, &self.origin, &records);
-                b.put_cf(self.db.cf(CF_RECORDS), key(self.group, h.base_offset), stored);
+                b.put_cf(
+                    self.db.cf(CF_RECORDS),
+                    key(self.group, h.base_offset),
+                    stored,
+                );
                 b.put_cf(
                     self.db.cf(CF_HLC_INDEX),
                     key(self.group, h.last_hlc()),
@@ -273,7 +285,7 @@ pub mod read {
         }
         let start = match db.last_at_or_before(CF_RECORDS, group, from)? {
             Some((base, v)) => {
-                let (h, _) = batch::decode(&v).map_err(|reason| corrupt(reason))?;
+                let (h, _) = batch::decode(&v).map_err(corrupt)?;
                 if h.end_offset() > from {
                     base
                 } else {

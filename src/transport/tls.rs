@@ -62,7 +62,8 @@ fn read_err(path: &Path, e: impl std::fmt::Display) -> TlsError {
 
 impl TlsMaterial {
     pub fn load(cfg: &TlsConfig) -> Result<Self, TlsError> {
-        let ca = CertificateDer::from_pem_file(&cfg.ca_cert).map_err(|e| read_err(&cfg.ca_cert, e))?;
+        let ca =
+            CertificateDer::from_pem_file(&cfg.ca_cert).map_err(|e| read_err(&cfg.ca_cert, e))?;
         let chain = CertificateDer::pem_file_iter(&cfg.cert)
             .map_err(|e| read_err(&cfg.cert, e))?
             .collect::<Result<Vec<_>, _>>()
@@ -142,10 +143,7 @@ impl TlsMaterial {
 }
 
 pub fn dev_ca_dir(data_dir: &Path) -> PathBuf {
-    data_dir
-        .parent()
-        .unwrap_or(Path::new("."))
-        .join("dev-ca")
+    data_dir.parent().unwrap_or(Path::new(".")).join("dev-ca")
 }
 
 fn ca_params() -> CertificateParams {
