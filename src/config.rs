@@ -447,19 +447,17 @@ pub struct RaftConfig {
     pub election_timeout_ms_max: u64,
     /// Entries per AppendEntries RPC.
     pub payload_entries_max: u64,
-    /// How often a node checks whether it should take back leadership of the
-    /// groups it is the preferred leader of.
-    pub rebalance_interval_ms: u64,
 }
 
 impl Default for RaftConfig {
     fn default() -> Self {
         RaftConfig {
-            heartbeat_ms: 100,
-            election_timeout_ms_min: 500,
-            election_timeout_ms_max: 1000,
-            payload_entries_max: 32,
-            rebalance_interval_ms: 5_000,
+            // openraft 0.9 gives every AppendEntries the heartbeat interval as
+            // its deadline: it must cover a full payload on a busy node.
+            heartbeat_ms: 200,
+            election_timeout_ms_min: 800,
+            election_timeout_ms_max: 1600,
+            payload_entries_max: 16,
         }
     }
 }
@@ -809,7 +807,7 @@ ms = 80
         let path = dir.path().join("node.toml");
         let e = NodeConfig::parse(
             &path,
-            "node_id = 1\ntopology = \"topo.toml\"\ndata_dir = \"d\"\n[raft]\nheartbeat_ms = 300\n",
+            "node_id = 1\ntopology = \"topo.toml\"\ndata_dir = \"d\"\n[raft]\nheartbeat_ms = 500\n",
         )
         .unwrap_err();
         assert_eq!(e.problems[0].key, "raft.election_timeout_ms_min", "{e}");

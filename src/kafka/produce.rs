@@ -15,7 +15,6 @@ use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
 use kafka_protocol::records::RecordBatchDecoder;
-use serde_bytes::ByteBuf;
 
 use super::{partition_error_code, text};
 use crate::raft::types::RecordIn;
@@ -50,12 +49,12 @@ fn decode(records: Option<Bytes>, max: usize) -> Result<Vec<RecordIn>, Refused> 
         .flat_map(|s| s.records)
         .filter(|r| !r.control)
         .map(|r| RecordIn {
-            key: r.key.map(|b| ByteBuf::from(b.to_vec())),
-            value: r.value.map(|b| ByteBuf::from(b.to_vec())),
+            key: r.key,
+            value: r.value,
             headers: r
                 .headers
                 .into_iter()
-                .map(|(k, v)| (k.to_string(), v.map(|b| ByteBuf::from(b.to_vec()))))
+                .map(|(k, v)| (k.to_string(), v))
                 .collect(),
         })
         .collect();

@@ -465,7 +465,7 @@ impl Handler for Groups {
         &self,
         kind: u8,
         group: GroupId,
-        payload: Vec<u8>,
+        payload: bytes::Bytes,
     ) -> BoxFuture<'static, Result<Vec<u8>, String>> {
         let raft = self.raft_of(group);
         let meta_timeout = self.transport.rpc_timeout();

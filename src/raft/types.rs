@@ -38,12 +38,13 @@ pub type Entry = openraft::Entry<TypeConfig>;
 pub type StorageError = openraft::StorageError<NodeId>;
 
 /// One record as a producer sent it. Timestamps are not kept: the record's
-/// timestamp is its HLC, fixed when it is committed.
+/// timestamp is its HLC, fixed when it is committed. `Bytes` lets the
+/// leader refer to the request's buffer instead of copying it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecordIn {
-    pub key: Option<serde_bytes::ByteBuf>,
-    pub value: Option<serde_bytes::ByteBuf>,
-    pub headers: Vec<(String, Option<serde_bytes::ByteBuf>)>,
+    pub key: Option<bytes::Bytes>,
+    pub value: Option<bytes::Bytes>,
+    pub headers: Vec<(String, Option<bytes::Bytes>)>,
 }
 
 /// A Raft log entry's payload.

@@ -61,10 +61,7 @@ pub fn encode(header: BatchHeader, origin: &str, records: &[RecordIn]) -> Vec<u8
             let rec_hlc = header.first_hlc + i as u64;
             let mut headers: IndexMap<StrBytes, Option<Bytes>> = IndexMap::new();
             for (k, v) in &r.headers {
-                headers.insert(
-                    StrBytes::from_string(k.clone()),
-                    v.as_ref().map(|b| Bytes::copy_from_slice(b)),
-                );
+                headers.insert(StrBytes::from_string(k.clone()), v.clone());
             }
             headers.insert(
                 StrBytes::from_static_str(HEADER_ORIGIN),
@@ -87,8 +84,8 @@ pub fn encode(header: BatchHeader, origin: &str, records: &[RecordIn]) -> Vec<u8
                 // is constant; the base sequence stays -1 (not idempotent).
                 sequence: i as i32 - 1,
                 timestamp: hlc::wall_ms(rec_hlc),
-                key: r.key.as_ref().map(|b| Bytes::copy_from_slice(b)),
-                value: r.value.as_ref().map(|b| Bytes::copy_from_slice(b)),
+                key: r.key.clone(),
+                value: r.value.clone(),
                 headers,
             }
         })
@@ -104,7 +101,7 @@ pub fn encode(header: BatchHeader, origin: &str, records: &[RecordIn]) -> Vec<u8
     };
     // Encoding into memory with valid v2 records cannot fail.
     RecordBatchEncoder::encode(&mut buf, &kafka_records, &opts).expect("encode record batch");
-    buf.to_vec()
+    Vec::from(buf)
 }
 
 fn estimate(records: &[RecordIn]) -> usize {
@@ -141,23 +138,19 @@ pub fn decode(value: &[u8]) -> Result<(BatchHeader, &[u8]), String> {
 mod tests {
     use super::*;
     use kafka_protocol::records::RecordBatchDecoder;
-    use serde_bytes::ByteBuf;
 
     #[test]
     fn stored_batch_round_trips_through_a_kafka_decoder() {
         let records = vec![
             RecordIn {
-                key: Some(ByteBuf::from(b"k1".to_vec())),
-                value: Some(ByteBuf::from(b"v1".to_vec())),
-                headers: vec![("h".into(), Some(ByteBuf::from(b"x".to_vec())))],
+                key: Some(Bytes::from_static(b"k1")),
+                value: Some(Bytes::from_static(b"v1")),
+                headers: vec![("h".into(), Some(Bytes::from_static(b"x")))],
             },
             RecordIn {
                 key: None,
-                value: Some(ByteBuf::from(b"v2".to_vec())),
-                headers: vec![(
-                    HEADER_ORIGIN.into(),
-                    Some(ByteBuf::from(b"spoofed".to_vec())),
-                )],
+                value: Some(Bytes::from_static(b"v2")),
+                headers: vec![(HEADER_ORIGIN.into(), Some(Bytes::from_static(b"spoofed")))],
             },
         ];
         let first_hlc = hlc::from_wall_ms(1_763_712_000_000) + 5;

@@ -4,25 +4,114 @@
 // traits require; boxing it in our helpers would only move the cost.
 #![allow(clippy::result_large_err)]
 
+use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
-use openraft::{AnyError, OptionalSend, RaftLogReader, StorageIOError, Vote};
+use openraft::{AnyError, EntryPayload, OptionalSend, RaftLogReader, StorageIOError, Vote};
 use rocksdb::WriteBatch;
 
 use super::{key, Db, CF_RAFT_LOG, CF_RAFT_STATE};
-use crate::raft::types::{Entry, GroupId, LogId, NodeId, StorageError, TypeConfig};
+use crate::raft::types::{Command, Entry, GroupId, LogId, NodeId, StorageError, TypeConfig};
 
 const TAG_VOTE: u64 = 1;
 const TAG_COMMITTED: u64 = 2;
 const TAG_PURGED: u64 = 3;
 
+/// Entries kept in memory per group, at most.
+const RECENT_ENTRIES_MAX: usize = 256;
+/// Record bytes kept in memory per group, at most (always at least one entry).
+const RECENT_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// The most recently appended entries of a group: a contiguous suffix of the
+/// log. Openraft reads every entry back (once per follower to replicate it,
+/// once to apply it); these reads skip RocksDB and deserialization.
+#[derive(Default)]
+struct Recent {
+    entries: VecDeque<Entry>,
+    bytes: usize,
+}
+
+fn entry_bytes(e: &Entry) -> usize {
+    match &e.payload {
+        EntryPayload::Normal(Command::Append { records, .. }) => records
+            .iter()
+            .map(|r| {
+                32 + r.key.as_ref().map_or(0, |k| k.len()) + r.value.as_ref().map_or(0, |v| v.len())
+            })
+            .sum(),
+        _ => 64,
+    }
+}
+
+impl Recent {
+    fn push(&mut self, e: &Entry) {
+        if self
+            .entries
+            .back()
+            .is_some_and(|last| last.log_id.index + 1 != e.log_id.index)
+        {
+            // Not contiguous (cannot happen after truncate); start afresh.
+            self.entries.clear();
+            self.bytes = 0;
+        }
+        self.bytes += entry_bytes(e);
+        self.entries.push_back(e.clone());
+        while self.entries.len() > RECENT_ENTRIES_MAX
+            || (self.bytes > RECENT_BYTES_MAX && self.entries.len() > 1)
+        {
+            let old = self.entries.pop_front().expect("not empty");
+            self.bytes -= entry_bytes(&old);
+        }
+    }
+
+    /// Entries `[from, to)` if the cache holds all of them that exist.
+    fn get(&self, from: u64, to: u64) -> Option<Vec<Entry>> {
+        let first = self.entries.front()?.log_id.index;
+        let last = self.entries.back()?.log_id.index;
+        if from < first || from > last + 1 {
+            return None;
+        }
+        let end = to.min(last + 1);
+        if end <= from {
+            return Some(Vec::new());
+        }
+        Some(
+            self.entries
+                .range((from - first) as usize..(end - first) as usize)
+                .cloned()
+                .collect(),
+        )
+    }
+
+    /// Drops entries at and after `index`.
+    fn truncate(&mut self, index: u64) {
+        while self.entries.back().is_some_and(|e| e.log_id.index >= index) {
+            let e = self.entries.pop_back().expect("not empty");
+            self.bytes -= entry_bytes(&e);
+        }
+    }
+
+    /// Drops entries at and before `index`.
+    fn purge(&mut self, index: u64) {
+        while self
+            .entries
+            .front()
+            .is_some_and(|e| e.log_id.index <= index)
+        {
+            let e = self.entries.pop_front().expect("not empty");
+            self.bytes -= entry_bytes(&e);
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Db>,
     group: GroupId,
+    recent: Arc<Mutex<Recent>>,
 }
 
 fn io_err(e: impl std::error::Error + 'static) -> AnyError {
@@ -31,7 +120,11 @@ fn io_err(e: impl std::error::Error + 'static) -> AnyError {
 
 impl LogStore {
     pub fn new(db: Arc<Db>, group: GroupId) -> Self {
-        LogStore { db, group }
+        LogStore {
+            db,
+            group,
+            recent: Arc::new(Mutex::new(Recent::default())),
+        }
     }
 
     fn get_state<T: serde::de::DeserializeOwned>(
@@ -88,6 +181,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(x) => *x,
             Bound::Unbounded => u64::MAX,
         };
+        if let Some(entries) = self.recent.lock().expect("recent lock").get(from, to) {
+            return Ok(entries);
+        }
         self.db
             .range(CF_RAFT_LOG, self.group, from, to)
             .map(|r| {
@@ -155,9 +251,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let cf = self.db.cf(CF_RAFT_LOG);
         let mut b = WriteBatch::default();
-        for e in entries {
-            let v = bincode::serialize(&e).expect("serialize raft entry");
-            b.put_cf(cf, key(self.group, e.log_id.index), v);
+        {
+            let mut recent = self.recent.lock().expect("recent lock");
+            for e in entries {
+                let v = bincode::serialize(&e).expect("serialize raft entry");
+                b.put_cf(cf, key(self.group, e.log_id.index), v);
+                recent.push(&e);
+            }
         }
         self.db
             .write(b)
@@ -170,6 +270,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.recent
+            .lock()
+            .expect("recent lock")
+            .truncate(log_id.index);
         let mut b = WriteBatch::default();
         b.delete_range_cf(
             self.db.cf(CF_RAFT_LOG),
@@ -182,6 +286,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.recent.lock().expect("recent lock").purge(log_id.index);
         self.put_state(TAG_PURGED, &Some(log_id), false)?;
         let mut b = WriteBatch::default();
         b.delete_range_cf(
@@ -192,5 +297,88 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.db
             .write(b)
             .map_err(|e| StorageIOError::write_logs(io_err(e)).into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::types::RecordIn;
+    use openraft::{CommittedLeaderId, Entry as RaftEntry};
+
+    fn entry(index: u64, value_len: usize) -> Entry {
+        RaftEntry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Command::Append {
+                proposed_hlc: index,
+                records: vec![RecordIn {
+                    key: None,
+                    value: Some(bytes::Bytes::from(vec![0u8; value_len])),
+                    headers: vec![],
+                }],
+            }),
+        }
+    }
+
+    fn indexes(v: Option<Vec<Entry>>) -> Option<Vec<u64>> {
+        v.map(|v| v.iter().map(|e| e.log_id.index).collect())
+    }
+
+    #[test]
+    fn recent_is_a_bounded_contiguous_suffix() {
+        let mut r = Recent::default();
+        for i in 1..=300 {
+            r.push(&entry(i, 10));
+        }
+        assert_eq!(r.entries.len(), RECENT_ENTRIES_MAX);
+        assert_eq!(indexes(r.get(299, u64::MAX)), Some(vec![299, 300]));
+        assert_eq!(indexes(r.get(301, 400)), Some(vec![]));
+        assert_eq!(r.get(10, 20), None, "evicted entries come from RocksDB");
+        r.truncate(299);
+        assert_eq!(indexes(r.get(297, u64::MAX)), Some(vec![297, 298]));
+        r.push(&entry(299, 10));
+        r.purge(297);
+        assert_eq!(indexes(r.get(298, 300)), Some(vec![298, 299]));
+        assert_eq!(r.get(297, 300), None);
+        // Large entries: the byte bound applies, but one entry always stays.
+        let mut r = Recent::default();
+        r.push(&entry(1, RECENT_BYTES_MAX));
+        r.push(&entry(2, RECENT_BYTES_MAX));
+        assert_eq!(indexes(r.get(2, 3)), Some(vec![2]));
+        assert!(r.bytes <= RECENT_BYTES_MAX + 64);
+    }
+
+    #[tokio::test]
+    async fn reads_agree_with_and_without_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), Arc::new(crate::metrics::Metrics::new())).unwrap();
+        let mut store = LogStore::new(db.clone(), 7);
+        let mut b = WriteBatch::default();
+        {
+            let mut recent = store.recent.lock().unwrap();
+            for i in 1..=5 {
+                let e = entry(i, 100);
+                b.put_cf(
+                    db.cf(CF_RAFT_LOG),
+                    key(7, i),
+                    bincode::serialize(&e).unwrap(),
+                );
+                recent.push(&e);
+            }
+        }
+        db.write(b).unwrap();
+        let cached = store.try_get_log_entries(2..5).await.unwrap();
+        let mut cold = LogStore::new(db, 7);
+        let read = cold.try_get_log_entries(2..5).await.unwrap();
+        assert_eq!(cached, read);
+        assert_eq!(
+            cold.get_log_state()
+                .await
+                .unwrap()
+                .last_log_id
+                .unwrap()
+                .index,
+            5
+        );
     }
 }

@@ -98,10 +98,20 @@ impl Db {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_max_background_jobs(2);
+        // State-machine writes skip the WAL (see `write_unlogged`); flushing
+        // every column family together keeps them consistent with each other
+        // after a crash.
+        opts.set_atomic_flush(true);
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
         let cfs = ALL_CFS.iter().map(|name| {
             let mut o = Options::default();
+            // Measured: LZ4 costs less CPU than writing uncompressed SSTs.
             o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            if [CF_RAFT_LOG, CF_RECORDS].contains(name) {
+                // Append-only, keyed by position: universal compaction
+                // rewrites each byte a few times, not once per level.
+                o.set_compaction_style(rocksdb::DBCompactionStyle::Universal);
+            }
             ColumnFamilyDescriptor::new(*name, o)
         });
         let db =
@@ -130,6 +140,17 @@ impl Db {
     pub fn write(&self, batch: WriteBatch) -> Result<(), DbError> {
         let mut wo = WriteOptions::default();
         wo.set_sync(false);
+        Ok(self.db.write_opt(batch, &wo)?)
+    }
+
+    /// Writes without the write-ahead log. For state-machine output only:
+    /// everything in it is derived from the synced Raft log, which replays
+    /// whatever a crash took from the memtables (column families flush
+    /// atomically, so applied state and records never disagree). This halves
+    /// the bytes each node writes per record.
+    pub fn write_unlogged(&self, batch: WriteBatch) -> Result<(), DbError> {
+        let mut wo = WriteOptions::default();
+        wo.disable_wal(true);
         Ok(self.db.write_opt(batch, &wo)?)
     }
 

@@ -161,10 +161,10 @@ impl StateMachine {
     fn persist(&self, mut b: WriteBatch) -> Result<(), StorageError> {
         let v = bincode::serialize(&self.applied).expect("serialize applied state");
         b.put_cf(self.db.cf(CF_SM_STATE), key(self.group, 0), v);
-        // No sync: everything applied is in the Raft log, which is synced;
-        // after a crash the log replays what the WAL did not keep.
+        // Everything applied is in the synced Raft log; after a crash the
+        // log replays what the memtables lost.
         self.db
-            .write(b)
+            .write_unlogged(b)
             .map_err(|e| StorageIOError::write_state_machine(any(e)).into())
     }
 }

@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::future::BoxFuture;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use tokio_util::sync::CancellationToken;
@@ -52,7 +53,7 @@ pub trait Handler: Send + Sync + 'static {
         &self,
         kind: u8,
         group: u64,
-        payload: Vec<u8>,
+        payload: Bytes,
     ) -> BoxFuture<'static, Result<Vec<u8>, String>>;
 }
 
@@ -260,9 +261,8 @@ async fn serve_connection(
             } else {
                 let kind = req[0];
                 let group = u64::from_be_bytes(req[1..HEADER_LEN].try_into().expect("8 bytes"));
-                handler
-                    .handle(kind, group, req[HEADER_LEN..].to_vec())
-                    .await
+                let payload = Bytes::from(req).slice(HEADER_LEN..);
+                handler.handle(kind, group, payload).await
             };
             let (status, body) = match resp {
                 Ok(b) => (STATUS_OK, b),
@@ -285,7 +285,7 @@ mod tests {
             &self,
             kind: u8,
             group: u64,
-            payload: Vec<u8>,
+            payload: Bytes,
         ) -> BoxFuture<'static, Result<Vec<u8>, String>> {
             Box::pin(async move {
                 if kind == 9 {
