@@ -394,6 +394,8 @@ struct NodeFileConfig {
     #[serde(default)]
     transport: TransportConfig,
     #[serde(default)]
+    runtime: RuntimeConfig,
+    #[serde(default)]
     tls: Option<TlsConfig>,
 }
 
@@ -483,6 +485,16 @@ impl Default for TransportConfig {
     }
 }
 
+/// The node's async runtime.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Worker threads; 0 means one per CPU core. Nodes that share a machine
+    /// (as in `meridian dev`) do better with their share of the cores: fewer
+    /// threads, fewer cross-thread wake-ups per request.
+    pub worker_threads: usize,
+}
+
 /// Mutual TLS between nodes. Without this section a development CA is
 /// generated (see `dev_ca_dir`).
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
@@ -505,6 +517,7 @@ pub struct NodeConfig {
     pub kafka: KafkaConfig,
     pub raft: RaftConfig,
     pub transport: TransportConfig,
+    pub runtime: RuntimeConfig,
     pub tls: Option<TlsConfig>,
 }
 
@@ -656,6 +669,7 @@ impl NodeConfig {
             kafka: f.kafka,
             raft: f.raft,
             transport: f.transport,
+            runtime: f.runtime,
             tls: f.tls.map(|t| TlsConfig {
                 ca_cert: resolve(&t.ca_cert),
                 cert: resolve(&t.cert),
@@ -680,6 +694,7 @@ impl NodeConfig {
         node_id: NodeId,
         topology: &Path,
         data_dir: &Path,
+        runtime: RuntimeConfig,
     ) -> std::io::Result<()> {
         let f = NodeFileConfig {
             node_id: node_id as i64,
@@ -689,6 +704,7 @@ impl NodeConfig {
             kafka: KafkaConfig::default(),
             raft: RaftConfig::default(),
             transport: TransportConfig::default(),
+            runtime,
             tls: None,
         };
         let text = toml::to_string_pretty(&f).map_err(std::io::Error::other)?;
@@ -834,9 +850,17 @@ ms = 80
         let topo_path = dir.path().join("topo.toml");
         std::fs::write(&topo_path, GOOD).unwrap();
         let path = dir.path().join("n1.toml");
-        NodeConfig::write_file(&path, 1, &topo_path, &dir.path().join("d1")).unwrap();
+        NodeConfig::write_file(
+            &path,
+            1,
+            &topo_path,
+            &dir.path().join("d1"),
+            RuntimeConfig { worker_threads: 1 },
+        )
+        .unwrap();
         let c = NodeConfig::load(&path).unwrap();
         assert_eq!(c.node_id, 1);
         assert_eq!(c.kafka, KafkaConfig::default());
+        assert_eq!(c.runtime.worker_threads, 1);
     }
 }

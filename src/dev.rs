@@ -8,18 +8,18 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::config::{NodeConfig, Topology};
+use crate::config::{NodeConfig, RuntimeConfig, Topology};
 use crate::transport::tls;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DevError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
-    #[error("{what} {path}: {source}")]
+    #[error("{what} {path}: {cause}")]
     Io {
         what: &'static str,
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("--port-base {0} leaves no room for {1} nodes (three ports each, below 65536)")]
     PortBase(u16, usize),
@@ -36,10 +36,10 @@ pub enum DevError {
 }
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> DevError + 'a {
-    move |source| DevError::Io {
+    move |cause| DevError::Io {
         what,
         path: path.to_path_buf(),
-        source,
+        cause,
     }
 }
 
@@ -124,6 +124,17 @@ impl DevCluster {
             children: Vec::new(),
             _temp: temp,
         };
+        // The nodes share this machine: give each its share of the cores.
+        let nodes = topology
+            .regions
+            .iter()
+            .map(|r| r.nodes.len())
+            .sum::<usize>()
+            .max(1);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let runtime = RuntimeConfig {
+            worker_threads: (cores / nodes).max(1),
+        };
         let mut file = ClusterFile {
             regions: Vec::new(),
         };
@@ -136,6 +147,7 @@ impl DevCluster {
                     n.id,
                     &topo_path,
                     &dir.join(format!("node-{}", n.id)),
+                    runtime.clone(),
                 )
                 .map_err(io("cannot write", &config))?;
                 let child = cluster.spawn(exe, n.id, &config)?;

@@ -242,36 +242,54 @@ async fn shutdown_signal() {
     }
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let cli = Cli::parse();
-    if let Err(e) = run(cli).await {
+    let result = match cli.cmd {
+        Cmd::Node { config } => run_node(config),
+        cmd => runtime(0).and_then(|rt| rt.block_on(run(cmd))),
+    };
+    if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
 }
 
-async fn run(cli: Cli) -> Result<()> {
-    match cli.cmd {
-        Cmd::Node { config } => {
-            // Configuration errors are printed whole, one problem per line.
-            let config = match NodeConfig::load(&config) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprint!("{e}");
-                    std::process::exit(2);
-                }
-            };
-            init_logging(config.log.as_deref());
-            let shutdown = CancellationToken::new();
-            let s = shutdown.clone();
-            tokio::spawn(async move {
-                shutdown_signal().await;
-                s.cancel();
-            });
-            meridian::node::run(config, shutdown).await?;
-            Ok(())
+/// A multi-threaded runtime with `workers` threads (0: one per core).
+fn runtime(workers: usize) -> Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if workers > 0 {
+        b.worker_threads(workers);
+    }
+    b.enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn run_node(config: PathBuf) -> Result<()> {
+    // Configuration errors are printed whole, one problem per line.
+    let config = match NodeConfig::load(&config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprint!("{e}");
+            std::process::exit(2);
         }
+    };
+    init_logging(config.log.as_deref());
+    runtime(config.runtime.worker_threads)?.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let s = shutdown.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            s.cancel();
+        });
+        meridian::node::run(config, shutdown).await?;
+        Ok(())
+    })
+}
+
+async fn run(cmd: Cmd) -> Result<()> {
+    match cmd {
+        Cmd::Node { .. } => unreachable!("nodes run in run_node"),
         Cmd::Dev {
             topology,
             data_dir,

@@ -22,10 +22,10 @@ use crate::transport::{tls::TlsError, TlsMaterial, Transport, TransportError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
-    #[error("cannot create data directory {path}: {source}")]
+    #[error("cannot create data directory {path}: {cause}")]
     DataDir {
         path: String,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("TLS: {0}")]
     Tls(#[from] TlsError),
@@ -33,11 +33,11 @@ pub enum NodeError {
     Storage(#[from] DbError),
     #[error(transparent)]
     Transport(#[from] TransportError),
-    #[error("cannot listen for {what} on {addr}: {source}; is another process using this port?")]
+    #[error("cannot listen for {what} on {addr}: {cause}; is another process using this port?")]
     Listen {
         what: &'static str,
         addr: std::net::SocketAddr,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error(transparent)]
     Raft(#[from] GroupError),
@@ -52,14 +52,14 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
 
 async fn run_inner(config: NodeConfig, shutdown: CancellationToken) -> Result<(), NodeError> {
     let me = config.me().clone();
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| NodeError::DataDir {
+    std::fs::create_dir_all(&config.data_dir).map_err(|cause| NodeError::DataDir {
         path: config.data_dir.display().to_string(),
-        source,
+        cause,
     })?;
     let listen = |what: &'static str, addr| async move {
         TcpListener::bind(addr)
             .await
-            .map_err(|source| NodeError::Listen { what, addr, source })
+            .map_err(|cause| NodeError::Listen { what, addr, cause })
     };
     let kafka_listener = listen("Kafka clients", me.kafka).await?;
     let admin_listener = listen("admin HTTP", me.admin).await?;

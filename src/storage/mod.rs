@@ -49,11 +49,11 @@ const SYNC_QUEUE_MAX: usize = 4096;
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     #[error(
-        "cannot open the database in {path}: {source}; is another node using this data directory?"
+        "cannot open the database in {path}: {cause}; is another node using this data directory?"
     )]
     Open {
         path: String,
-        source: rocksdb::Error,
+        cause: rocksdb::Error,
     },
     #[error("storage error: {0}")]
     Rocks(#[from] rocksdb::Error),
@@ -115,9 +115,9 @@ impl Db {
             ColumnFamilyDescriptor::new(*name, o)
         });
         let db =
-            rocksdb::DB::open_cf_descriptors(&opts, dir, cfs).map_err(|source| DbError::Open {
+            rocksdb::DB::open_cf_descriptors(&opts, dir, cfs).map_err(|cause| DbError::Open {
                 path: dir.display().to_string(),
-                source,
+                cause,
             })?;
         let (sync_tx, sync_rx) = mpsc::channel(SYNC_QUEUE_MAX);
         let db = Arc::new(Db { db, sync_tx });

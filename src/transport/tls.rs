@@ -25,10 +25,10 @@ pub const SERVER_NAME: &str = "meridian-node";
 pub enum TlsError {
     #[error("cannot read {path}: {reason}")]
     Read { path: PathBuf, reason: String },
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}: {cause}")]
     Write {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("cannot generate development certificates: {0}")]
     Generate(#[from] rcgen::Error),
@@ -170,19 +170,19 @@ pub fn ensure_dev_ca(dir: &Path) -> Result<(String, String), TlsError> {
     let key_path = dir.join("ca.key");
     if !cert_path.exists() {
         let parent = dir.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(parent).map_err(|source| TlsError::Write {
+        std::fs::create_dir_all(parent).map_err(|cause| TlsError::Write {
             path: parent.to_path_buf(),
-            source,
+            cause,
         })?;
-        let tmp = tempfile::tempdir_in(parent).map_err(|source| TlsError::Write {
+        let tmp = tempfile::tempdir_in(parent).map_err(|cause| TlsError::Write {
             path: parent.to_path_buf(),
-            source,
+            cause,
         })?;
         let key = KeyPair::generate()?;
         let cert = ca_params().self_signed(&key)?;
         let write = |name: &str, text: &str| {
             let p = tmp.path().join(name);
-            std::fs::write(&p, text).map_err(|source| TlsError::Write { path: p, source })
+            std::fs::write(&p, text).map_err(|cause| TlsError::Write { path: p, cause })
         };
         write("ca.pem", &cert.pem())?;
         write("ca.key", &key.serialize_pem())?;
