@@ -23,10 +23,7 @@ use crate::transport::{tls::TlsError, TlsMaterial, Transport, TransportError};
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     #[error("cannot create data directory {path}: {cause}")]
-    DataDir {
-        path: String,
-        cause: std::io::Error,
-    },
+    DataDir { path: String, cause: std::io::Error },
     #[error("TLS: {0}")]
     Tls(#[from] TlsError),
     #[error(transparent)]

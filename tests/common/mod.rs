@@ -115,6 +115,10 @@ impl Cluster {
         c
     }
 
+    pub fn dev_pid(&self) -> u32 {
+        self.dev.id()
+    }
+
     pub fn cluster_dir(&self) -> PathBuf {
         self.dir.path().join("cluster")
     }
