@@ -43,9 +43,6 @@ const ALL_CFS: [&str; 5] = [
     CF_HLC_INDEX,
 ];
 
-/// Memtable size per column family.
-const WRITE_BUFFER_BYTES: usize = 32 << 20;
-
 /// Callbacks waiting for the syncer at most; appenders wait when it is full.
 const SYNC_QUEUE_MAX: usize = 4096;
 
@@ -54,7 +51,10 @@ pub enum DbError {
     #[error(
         "cannot open the database in {path}: {cause}; is another node using this data directory?"
     )]
-    Open { path: String, cause: rocksdb::Error },
+    Open {
+        path: String,
+        cause: rocksdb::Error,
+    },
     #[error("storage error: {0}")]
     Rocks(#[from] rocksdb::Error),
     #[error("corrupt value in {cf}: {reason}")]
@@ -102,29 +102,11 @@ impl Db {
         // every column family together keeps them consistent with each other
         // after a crash.
         opts.set_atomic_flush(true);
-        // Foreground work (appends, fsyncs, applies) preempts flushes and
-        // compactions, and their writeback is spread out instead of landing
-        // on the next WAL fsync: both cut latency tails.
-        let mut env = rocksdb::Env::new().map_err(|cause| DbError::Open {
-            path: dir.display().to_string(),
-            cause,
-        })?;
-        env.lower_thread_pool_cpu_priority();
-        env.lower_high_priority_thread_pool_cpu_priority();
-        opts.set_env(&env);
-        // WAL appends stay in memory until the syncer's flush_wal(true):
-        // writes never wait on file I/O (or on an fsync in progress), and
-        // nothing is acknowledged before that flush anyway.
-        opts.set_manual_wal_flush(true);
-        opts.set_bytes_per_sync(1 << 20);
-        opts.set_wal_bytes_per_sync(1 << 20);
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
         let cfs = ALL_CFS.iter().map(|name| {
             let mut o = Options::default();
             // Measured: LZ4 costs less CPU than writing uncompressed SSTs.
             o.set_compression_type(rocksdb::DBCompressionType::Lz4);
-            // Smaller memtables: shorter flushes, so shorter stalls.
-            o.set_write_buffer_size(WRITE_BUFFER_BYTES);
             if [CF_RAFT_LOG, CF_RECORDS].contains(name) {
                 // Append-only, keyed by position: universal compaction
                 // rewrites each byte a few times, not once per level.
@@ -172,12 +154,11 @@ impl Db {
         Ok(self.db.write_opt(batch, &wo)?)
     }
 
-    /// Writes, then flushes and fsyncs the WAL before returning (rare
-    /// writes such as votes). With manual WAL flushing, the explicit flush is
-    /// what makes this write, and every write before it, durable.
+    /// Writes and fsyncs before returning (rare writes such as votes).
     pub fn write_sync(&self, batch: WriteBatch) -> Result<(), DbError> {
-        self.db.write_opt(batch, &WriteOptions::default())?;
-        Ok(self.db.flush_wal(true)?)
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        Ok(self.db.write_opt(batch, &wo)?)
     }
 
     /// Queues `waiter` to run after the next WAL fsync.
