@@ -51,10 +51,7 @@ pub enum DbError {
     #[error(
         "cannot open the database in {path}: {cause}; is another node using this data directory?"
     )]
-    Open {
-        path: String,
-        cause: rocksdb::Error,
-    },
+    Open { path: String, cause: rocksdb::Error },
     #[error("storage error: {0}")]
     Rocks(#[from] rocksdb::Error),
     #[error("corrupt value in {cf}: {reason}")]
