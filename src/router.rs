@@ -144,9 +144,16 @@ impl Router {
         max_bytes: usize,
     ) -> Result<ReadResult, PartitionError> {
         let g = self.partition(topic, partition)?;
-        let hw = g.progress.borrow().next_offset;
-        let batches = read::batches(self.groups.db(), g.id, offset.max(0) as u64, hw, max_bytes)
-            .map_err(|e| PartitionError::Storage(e.to_string()))?;
+        let progress = *g.progress.borrow();
+        let hw = progress.next_offset;
+        let batches = read::batches(
+            self.groups.db(),
+            progress.log,
+            offset.max(0) as u64,
+            hw,
+            max_bytes,
+        )
+        .map_err(|e| PartitionError::Storage(e.to_string()))?;
         Ok(ReadResult {
             high_watermark: hw,
             batches,
@@ -169,7 +176,8 @@ impl Router {
         unix_ms: i64,
     ) -> Result<Option<(u64, u64)>, PartitionError> {
         let g = self.partition(topic, partition)?;
-        read::offset_for_hlc(self.groups.db(), g.id, crate::hlc::from_wall_ms(unix_ms))
+        let log = g.progress.borrow().log;
+        read::offset_for_hlc(self.groups.db(), log, crate::hlc::from_wall_ms(unix_ms))
             .map_err(|e| PartitionError::Storage(e.to_string()))
     }
 

@@ -185,7 +185,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
             return Ok(entries);
         }
         self.db
-            .range(CF_RAFT_LOG, self.group, from, to)
+            .range(CF_RAFT_LOG, &self.group.to_be_bytes(), from, to)
             .map(|r| {
                 let (index, v) = r.map_err(|e| StorageIOError::read_logs(io_err(e)))?;
                 bincode::deserialize(&v)
@@ -202,7 +202,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let last_purged: Option<LogId> = self.get_state(TAG_PURGED)?;
         let last = self
             .db
-            .last_at_or_before(CF_RAFT_LOG, self.group, u64::MAX)
+            .last_at_or_before(CF_RAFT_LOG, &self.group.to_be_bytes(), u64::MAX)
             .map_err(|e| StorageIOError::read_logs(io_err(e)))?;
         let last_log_id = match last {
             Some((index, v)) => {

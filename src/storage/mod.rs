@@ -4,8 +4,12 @@
 //! - `raft_log`   `[group][index]` -> Raft entry (bincode)
 //! - `raft_state` `[group][tag]` -> vote, committed, last purged log id
 //! - `sm_state`   `[group]` -> the state machine's applied state
-//! - `records`    `[group][base offset]` -> stored batch (see [`batch`])
-//! - `hlc_index`  `[group][last hlc]` -> base offset of that batch
+//! - `records`    `[group][origin][epoch][base offset]` -> stored batch (see [`batch`])
+//! - `hlc_index`  `[group][origin][epoch][last hlc]` -> base offset of that batch
+//!
+//! `[group][origin][epoch]` names one origin log of a partition ([`LogKey`]):
+//! the records one region committed in one epoch. A record's id is
+//! `(origin, epoch, offset)`.
 //!
 //! Group commit: Raft log appends are written without a sync and their
 //! completion callbacks are handed to one syncer task per node, which fsyncs
@@ -58,6 +62,7 @@ pub enum DbError {
     Corrupt { cf: &'static str, reason: String },
 }
 
+/// Key of entry `n` of a group's Raft tables: `[group][n]`.
 pub fn key(group: GroupId, n: u64) -> [u8; 16] {
     let mut k = [0u8; 16];
     k[..8].copy_from_slice(&group.to_be_bytes());
@@ -65,16 +70,55 @@ pub fn key(group: GroupId, n: u64) -> [u8; 16] {
     k
 }
 
-pub fn key_n(k: &[u8]) -> u64 {
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&k[8..16]);
-    u64::from_be_bytes(b)
+/// Key of entry `n` under any prefix: `[prefix][n]`.
+pub fn key_under(prefix: &[u8], n: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(prefix.len() + 8);
+    k.extend_from_slice(prefix);
+    k.extend_from_slice(&n.to_be_bytes());
+    k
 }
 
-fn key_group(k: &[u8]) -> GroupId {
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&k[..8]);
-    u64::from_be_bytes(b)
+/// The number `n` of a key `[prefix][n]` if the key lies under `prefix`.
+fn n_under(prefix: &[u8], k: &[u8]) -> Option<u64> {
+    if k.len() != prefix.len() + 8 || !k.starts_with(prefix) {
+        return None;
+    }
+    Some(u64::from_be_bytes(
+        k[prefix.len()..].try_into().expect("8 bytes"),
+    ))
+}
+
+/// The stable 32-bit id of a region in keys: FNV-1a of its name.
+pub fn origin_id(region: &str) -> u32 {
+    region.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ b as u32).wrapping_mul(0x0100_0193)
+    })
+}
+
+/// The epoch an origin log starts with; the control plane bumps it when a
+/// region is fenced and rejoins.
+pub const EPOCH_FIRST: u32 = 1;
+
+/// One origin log of a partition: what region `origin` committed in `epoch`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct LogKey {
+    pub group: GroupId,
+    pub origin: u32,
+    pub epoch: u32,
+}
+
+impl LogKey {
+    pub fn prefix(&self) -> [u8; 16] {
+        let mut k = [0u8; 16];
+        k[..8].copy_from_slice(&self.group.to_be_bytes());
+        k[8..12].copy_from_slice(&self.origin.to_be_bytes());
+        k[12..].copy_from_slice(&self.epoch.to_be_bytes());
+        k
+    }
+
+    pub fn key(&self, n: u64) -> Vec<u8> {
+        key_under(&self.prefix(), n)
+    }
 }
 
 /// One stored entry of a group: its number (index or offset) and value.
@@ -166,54 +210,54 @@ impl Db {
         }
     }
 
-    /// Entries `[group][from..to)` of a column family, in key order.
-    pub fn range(
-        &self,
+    /// Entries `[prefix][from..to)` of a column family, in key order.
+    pub fn range<'a>(
+        &'a self,
         cf: &'static str,
-        group: GroupId,
+        prefix: &'a [u8],
         from: u64,
         to: u64,
-    ) -> impl Iterator<Item = Result<Numbered, DbError>> + '_ {
-        let start = key(group, from);
+    ) -> impl Iterator<Item = Result<Numbered, DbError>> + 'a {
+        let start = key_under(prefix, from);
         self.db
             .iterator_cf(self.cf(cf), IteratorMode::From(&start, Direction::Forward))
             .map(|r| r.map_err(DbError::from))
-            .take_while(move |r| match r {
-                Ok((k, _)) => key_group(k) == group && key_n(k) < to,
-                Err(_) => true,
+            .map_while(move |r| match r {
+                Ok((k, v)) => n_under(prefix, &k).filter(|n| *n < to).map(|n| Ok((n, v))),
+                Err(e) => Some(Err(e)),
             })
-            .map(|r| r.map(|(k, v)| (key_n(&k), v)))
     }
 
-    /// The last entry of `[group][..=at]`.
+    /// The last entry of `[prefix][..=at]`.
     pub fn last_at_or_before(
         &self,
         cf: &'static str,
-        group: GroupId,
+        prefix: &[u8],
         at: u64,
     ) -> Result<Option<Numbered>, DbError> {
-        let k = key(group, at);
+        let k = key_under(prefix, at);
         let mut it = self
             .db
             .iterator_cf(self.cf(cf), IteratorMode::From(&k, Direction::Reverse));
         match it.next() {
-            Some(Ok((k, v))) if key_group(&k) == group => Ok(Some((key_n(&k), v))),
+            Some(Ok((k, v))) => Ok(n_under(prefix, &k).map(|n| (n, v))),
             Some(Err(e)) => Err(e.into()),
-            _ => Ok(None),
+            None => Ok(None),
         }
     }
 
-    /// The first entry of `[group][at..]`.
+    /// The first entry of `[prefix][at..]`.
     pub fn first_at_or_after(
         &self,
         cf: &'static str,
-        group: GroupId,
+        prefix: &[u8],
         at: u64,
     ) -> Result<Option<Numbered>, DbError> {
-        self.range(cf, group, at, u64::MAX).next().transpose()
+        self.range(cf, prefix, at, u64::MAX).next().transpose()
     }
 
-    /// Deletes everything a group stored (topic deletion).
+    /// Deletes everything a group stored (topic deletion): every key that
+    /// starts with the group id, whatever follows it.
     pub fn delete_group(&self, group: GroupId) -> Result<(), DbError> {
         let mut b = WriteBatch::default();
         for cf in ALL_CFS {
@@ -270,34 +314,68 @@ mod tests {
     fn keys_sort_by_group_then_number() {
         assert!(key(1, u64::MAX) < key(2, 0));
         assert!(key(1, 255) < key(1, 256));
-        assert_eq!(key_n(&key(7, 42)), 42);
-        assert_eq!(key_group(&key(7, 42)), 7);
+        assert_eq!(n_under(&7u64.to_be_bytes(), &key(7, 42)), Some(42));
+        assert_eq!(n_under(&8u64.to_be_bytes(), &key(7, 42)), None);
+        let log = LogKey {
+            group: 7,
+            origin: origin_id("us-east"),
+            epoch: EPOCH_FIRST,
+        };
+        assert_eq!(n_under(&log.prefix(), &log.key(9)), Some(9));
+        assert_eq!(
+            n_under(&7u64.to_be_bytes(), &log.key(9)),
+            None,
+            "other key shapes do not match"
+        );
+        // Origin logs of a group sort after its group-only keys' start and
+        // before the next group: delete_group covers them.
+        assert!(key(7, 0)[..] < log.key(0)[..] && log.key(u64::MAX)[..] < key(8, 0)[..]);
+        assert_ne!(origin_id("us-east"), origin_id("eu-west"));
+        assert_eq!(origin_id("us-east"), origin_id("us-east"));
     }
 
     #[tokio::test]
-    async fn range_and_neighbours_stay_inside_the_group() {
+    async fn ranges_stay_inside_their_prefix() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(dir.path(), Arc::new(Metrics::new())).unwrap();
+        let a = LogKey {
+            group: 1,
+            origin: 10,
+            epoch: 1,
+        };
+        let b2 = LogKey {
+            group: 1,
+            origin: 10,
+            epoch: 2,
+        };
+        let c = LogKey {
+            group: 2,
+            origin: 10,
+            epoch: 1,
+        };
         let mut b = WriteBatch::default();
-        for (g, n) in [(1u64, 5u64), (1, 9), (2, 1), (2, 3)] {
-            b.put_cf(db.cf(CF_RECORDS), key(g, n), n.to_be_bytes());
+        for (log, n) in [(a, 5u64), (a, 9), (b2, 1), (c, 1), (c, 3)] {
+            b.put_cf(db.cf(CF_RECORDS), log.key(n), n.to_be_bytes());
         }
         db.write(b).unwrap();
+        let (pa, pb, pc) = (a.prefix(), b2.prefix(), c.prefix());
         let ns: Vec<u64> = db
-            .range(CF_RECORDS, 1, 0, u64::MAX)
+            .range(CF_RECORDS, &pa, 0, u64::MAX)
             .map(|r| r.unwrap().0)
             .collect();
-        assert_eq!(ns, [5, 9]);
+        assert_eq!(ns, [5, 9], "epochs are separate logs");
+        assert_eq!(db.range(CF_RECORDS, &pa, 6, 9).count(), 0);
         assert_eq!(
-            db.last_at_or_before(CF_RECORDS, 2, 2).unwrap().unwrap().0,
+            db.last_at_or_before(CF_RECORDS, &pc, 2).unwrap().unwrap().0,
             1
         );
-        assert!(db.last_at_or_before(CF_RECORDS, 2, 0).unwrap().is_none());
-        assert!(db.first_at_or_after(CF_RECORDS, 1, 10).unwrap().is_none());
+        assert!(db.last_at_or_before(CF_RECORDS, &pb, 0).unwrap().is_none());
+        assert!(db.first_at_or_after(CF_RECORDS, &pa, 10).unwrap().is_none());
         db.delete_group(1).unwrap();
-        assert!(db.first_at_or_after(CF_RECORDS, 1, 0).unwrap().is_none());
+        assert!(db.first_at_or_after(CF_RECORDS, &pa, 0).unwrap().is_none());
+        assert!(db.first_at_or_after(CF_RECORDS, &pb, 0).unwrap().is_none());
         assert_eq!(
-            db.first_at_or_after(CF_RECORDS, 2, 0).unwrap().unwrap().0,
+            db.first_at_or_after(CF_RECORDS, &pc, 0).unwrap().unwrap().0,
             1
         );
     }

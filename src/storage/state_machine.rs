@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::batch::{self, BatchHeader};
-use super::{key, Db, CF_HLC_INDEX, CF_RECORDS, CF_SM_STATE};
+use super::{key, origin_id, Db, LogKey, CF_HLC_INDEX, CF_RECORDS, CF_SM_STATE, EPOCH_FIRST};
 use crate::hlc::{self, Clock};
 use crate::raft::types::{
     Command, CommandResult, Entry, GroupId, LogId, NodeId, StorageError, TypeConfig, META_GROUP,
@@ -30,6 +30,8 @@ use crate::topic::MetaState;
 /// How far a partition's origin log has been applied (= committed) here.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Progress {
+    /// The origin log this group writes: this region's, current epoch.
+    pub log: LogKey,
     /// The high watermark: offset of the next record.
     pub next_offset: u64,
     pub last_hlc: u64,
@@ -41,19 +43,36 @@ pub enum Notify {
     Partition(watch::Sender<Progress>),
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Applied {
     last_applied: Option<LogId>,
     membership: StoredMembership<NodeId, BasicNode>,
+    /// Epoch of this region's origin log.
+    epoch: u32,
     next_offset: u64,
     last_hlc: u64,
     meta: Option<MetaState>,
 }
 
+impl Default for Applied {
+    fn default() -> Self {
+        Applied {
+            last_applied: None,
+            membership: StoredMembership::default(),
+            epoch: EPOCH_FIRST,
+            next_offset: 0,
+            last_hlc: 0,
+            meta: None,
+        }
+    }
+}
+
 pub struct StateMachine {
     db: Arc<Db>,
     group: GroupId,
+    /// This region: the origin of every record appended here.
     origin: String,
+    origin_id: u32,
     applied: Applied,
     notify: Notify,
     clock: Arc<Clock>,
@@ -85,6 +104,7 @@ impl StateMachine {
         let sm = StateMachine {
             db,
             group,
+            origin_id: origin_id(&origin),
             origin,
             applied,
             notify,
@@ -102,10 +122,19 @@ impl StateMachine {
             }
             Notify::Partition(tx) => {
                 tx.send_replace(Progress {
+                    log: self.log(),
                     next_offset: self.applied.next_offset,
                     last_hlc: self.applied.last_hlc,
                 });
             }
+        }
+    }
+
+    fn log(&self) -> LogKey {
+        LogKey {
+            group: self.group,
+            origin: self.origin_id,
+            epoch: self.applied.epoch,
         }
     }
 
@@ -132,14 +161,11 @@ impl StateMachine {
                     "HLCs strictly increase"
                 );
                 let stored = batch::encode(h, &self.origin, &records);
-                b.put_cf(
-                    self.db.cf(CF_RECORDS),
-                    key(self.group, h.base_offset),
-                    stored,
-                );
+                let log = self.log();
+                b.put_cf(self.db.cf(CF_RECORDS), log.key(h.base_offset), stored);
                 b.put_cf(
                     self.db.cf(CF_HLC_INDEX),
-                    key(self.group, h.last_hlc()),
+                    log.key(h.last_hlc()),
                     h.base_offset.to_be_bytes(),
                 );
                 self.applied.next_offset = h.end_offset();
@@ -274,7 +300,7 @@ pub mod read {
     /// least one batch, as Kafka does, so a large batch cannot stall a reader).
     pub fn batches(
         db: &Db,
-        group: GroupId,
+        log: LogKey,
         from: u64,
         hw: u64,
         max_bytes: usize,
@@ -283,7 +309,8 @@ pub mod read {
         if from >= hw {
             return Ok(out);
         }
-        let start = match db.last_at_or_before(CF_RECORDS, group, from)? {
+        let prefix = log.prefix();
+        let start = match db.last_at_or_before(CF_RECORDS, &prefix, from)? {
             Some((base, v)) => {
                 let (h, _) = batch::decode(&v).map_err(corrupt)?;
                 if h.end_offset() > from {
@@ -295,7 +322,7 @@ pub mod read {
             None => from,
         };
         let mut size = 0usize;
-        for r in db.range(CF_RECORDS, group, start, hw) {
+        for r in db.range(CF_RECORDS, &prefix, start, hw) {
             let (_, v) = r?;
             let (_, kafka) = batch::decode(&v).map_err(corrupt)?;
             if !out.is_empty() && size + kafka.len() > max_bytes {
@@ -310,10 +337,10 @@ pub mod read {
     /// Offset and HLC of the first record with an HLC at or above `hlc`.
     pub fn offset_for_hlc(
         db: &Db,
-        group: GroupId,
+        log: LogKey,
         hlc: u64,
     ) -> Result<Option<(u64, u64)>, super::super::DbError> {
-        let Some((_, base)) = db.first_at_or_after(CF_HLC_INDEX, group, hlc)? else {
+        let Some((_, base)) = db.first_at_or_after(CF_HLC_INDEX, &log.prefix(), hlc)? else {
             return Ok(None);
         };
         let base = u64::from_be_bytes(
@@ -321,7 +348,7 @@ pub mod read {
                 .try_into()
                 .map_err(|_| corrupt("hlc index value".into()))?,
         );
-        let Some(v) = db.get(CF_RECORDS, &key(group, base))? else {
+        let Some(v) = db.get(CF_RECORDS, &log.key(base))? else {
             return Err(corrupt(format!("hlc index names missing batch {base}")));
         };
         let (h, _) = batch::decode(&v).map_err(corrupt)?;
