@@ -20,7 +20,7 @@ use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProdu
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -701,21 +701,8 @@ pub fn encode_batch(records: &[(Option<Bytes>, Option<Bytes>)], compression: Com
     let recs: Vec<Record> = records
         .iter()
         .enumerate()
-        .map(|(i, (k, v))| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            // One batch: offset - sequence constant, base sequence -1.
-            sequence: i as i32 - 1,
-            timestamp: now,
-            key: k.clone(),
-            value: v.clone(),
-            headers: Default::default(),
+        .map(|(i, (k, v))| {
+            crate::kafka::records::plain(0, i, now, k.clone(), v.clone(), Default::default())
         })
         .collect();
     let mut buf = BytesMut::new();

@@ -83,31 +83,9 @@ fn confluent_kafka_round_trips_every_codec() {
         serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
     assert_eq!(v["errors"].as_array().unwrap().len(), 0, "{}", v["errors"]);
     assert!(v["headers_ok"].as_bool().unwrap());
-    let acked: BTreeSet<(i64, i64, String)> = v["acked"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| {
-            (
-                a[0].as_i64().unwrap(),
-                a[1].as_i64().unwrap(),
-                a[2].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
+    let acked: BTreeSet<(i64, i64, String)> = triples(&v["acked"]).into_iter().collect();
     assert_eq!(acked.len(), 5 * 300);
-    let read: Vec<(i64, i64, String)> = v["read"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| {
-            (
-                a[0].as_i64().unwrap(),
-                a[1].as_i64().unwrap(),
-                a[2].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
+    let read = triples(&v["read"]);
     // Every acknowledged record is read back, once, at the offset its ack named.
     assert_eq!(read.iter().cloned().collect::<BTreeSet<_>>(), acked);
     assert_eq!(read.len(), acked.len(), "no duplicates");
@@ -119,4 +97,19 @@ fn confluent_kafka_round_trips_every_codec() {
     for offsets in per.values() {
         assert_eq!(*offsets, (0..offsets.len() as i64).collect::<Vec<_>>());
     }
+}
+
+/// `[[partition, offset, value], ...]` from the python script's report.
+fn triples(v: &serde_json::Value) -> Vec<(i64, i64, String)> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a[0].as_i64().unwrap(),
+                a[1].as_i64().unwrap(),
+                a[2].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
 }

@@ -2,6 +2,7 @@
 //! per API; handlers know nothing of Raft or RocksDB and call the router.
 
 pub mod codec;
+pub mod records;
 pub mod server;
 
 mod api_versions;

@@ -6,11 +6,10 @@
 use bytes::{Bytes, BytesMut};
 use indexmap::IndexMap;
 use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions};
 
 use crate::hlc;
+use crate::kafka::records;
 use crate::raft::types::RecordIn;
 
 const FORMAT: u8 = 1;
@@ -71,23 +70,14 @@ pub fn encode(header: BatchHeader, origin: &str, records: &[RecordIn]) -> Vec<u8
                 StrBytes::from_static_str(HEADER_HLC),
                 Some(Bytes::from(rec_hlc.to_string())),
             );
-            Record {
-                transactional: false,
-                control: false,
-                delete_horizon: false,
-                partition_leader_epoch: -1,
-                producer_id: -1,
-                producer_epoch: -1,
-                timestamp_type: TimestampType::Creation,
-                offset: (header.base_offset + i as u64) as i64,
-                // The encoder keeps records in one batch while offset - sequence
-                // is constant; the base sequence stays -1 (not idempotent).
-                sequence: i as i32 - 1,
-                timestamp: hlc::wall_ms(rec_hlc),
-                key: r.key.clone(),
-                value: r.value.clone(),
+            records::plain(
+                header.base_offset as i64,
+                i,
+                hlc::wall_ms(rec_hlc),
+                r.key.clone(),
+                r.value.clone(),
                 headers,
-            }
+            )
         })
         .collect();
     let mut buf = BytesMut::with_capacity(HEADER_LEN + estimate(records));

@@ -298,6 +298,22 @@ mod tests {
         }
     }
 
+    /// Two bound transports, nodes 1 and 2, with dev CAs from `dirs`.
+    fn pair(cfg: TransportConfig, dirs: [&std::path::Path; 2]) -> (Arc<Transport>, Arc<Transport>) {
+        let (a_addr, b_addr) = (free_udp(), free_udp());
+        let peers: HashMap<_, _> = [(1, a_addr), (2, b_addr)].into_iter().collect();
+        let bind = |addr, dir: &std::path::Path| {
+            Transport::bind(
+                cfg.clone(),
+                addr,
+                peers.clone(),
+                &TlsMaterial::dev(dir).unwrap(),
+            )
+            .unwrap()
+        };
+        (bind(a_addr, dirs[0]), bind(b_addr, dirs[1]))
+    }
+
     fn free_udp() -> SocketAddr {
         std::net::UdpSocket::bind("127.0.0.1:0")
             .unwrap()
@@ -308,26 +324,11 @@ mod tests {
     #[tokio::test]
     async fn mutual_tls_call_round_trips_and_bounds_frames() {
         let dir = tempfile::tempdir().unwrap();
-        let (a_addr, b_addr) = (free_udp(), free_udp());
-        let peers: HashMap<_, _> = [(1, a_addr), (2, b_addr)].into_iter().collect();
         let cfg = TransportConfig {
             frame_bytes_max: 1024,
             ..TransportConfig::default()
         };
-        let a = Transport::bind(
-            cfg.clone(),
-            a_addr,
-            peers.clone(),
-            &TlsMaterial::dev(&dir.path().join("a")).unwrap(),
-        )
-        .unwrap();
-        let b = Transport::bind(
-            cfg,
-            b_addr,
-            peers,
-            &TlsMaterial::dev(&dir.path().join("b")).unwrap(),
-        )
-        .unwrap();
+        let (a, b) = pair(cfg, [&dir.path().join("a"), &dir.path().join("b")]);
         let stop = CancellationToken::new();
         b.serve(Arc::new(Echo), stop.clone());
         let t = Duration::from_secs(5);
@@ -350,23 +351,10 @@ mod tests {
     async fn a_peer_with_another_ca_is_refused() {
         let d1 = tempfile::tempdir().unwrap();
         let d2 = tempfile::tempdir().unwrap();
-        let (a_addr, b_addr) = (free_udp(), free_udp());
-        let peers: HashMap<_, _> = [(1, a_addr), (2, b_addr)].into_iter().collect();
-        let cfg = TransportConfig::default();
-        let a = Transport::bind(
-            cfg.clone(),
-            a_addr,
-            peers.clone(),
-            &TlsMaterial::dev(&d1.path().join("a")).unwrap(),
-        )
-        .unwrap();
-        let b = Transport::bind(
-            cfg,
-            b_addr,
-            peers,
-            &TlsMaterial::dev(&d2.path().join("b")).unwrap(),
-        )
-        .unwrap();
+        let (a, b) = pair(
+            TransportConfig::default(),
+            [&d1.path().join("a"), &d2.path().join("b")],
+        );
         let stop = CancellationToken::new();
         b.serve(Arc::new(Echo), stop.clone());
         assert!(a.call(2, 1, 0, b"x", Duration::from_secs(3)).await.is_err());
