@@ -4,6 +4,8 @@
 //! hlc-gen's epoch (2024-01-01) above 22 bits of logical counter. Comparing the
 //! raw `u64` values compares timestamps, so the state machine works on `u64`.
 
+use std::sync::Mutex;
+
 use hlc_gen::{HlcGenerator, HlcTimestamp};
 
 const LOGICAL_BITS: u32 = 22;
@@ -32,6 +34,8 @@ pub fn assign_first(proposed: u64, last: u64) -> u64 {
 /// past the HLCs it applies, so a new leader never proposes below them.
 pub struct Clock {
     gen: HlcGenerator,
+    /// Serializes reservations, so that concurrent ones never overlap.
+    reserving: Mutex<()>,
 }
 
 impl Default for Clock {
@@ -46,6 +50,7 @@ impl Clock {
         // the state machine, which never lets them go backwards.
         Clock {
             gen: HlcGenerator::new(0),
+            reserving: Mutex::new(()),
         }
     }
 
@@ -57,6 +62,15 @@ impl Clock {
             // back to one past the last value, which is still strictly larger.
             None => self.gen.timestamp().as_u64() + 1,
         }
+    }
+
+    /// `n` consecutive timestamps: the first is returned, and the clock moves
+    /// past the last, so the next reservation starts after them.
+    pub fn reserve(&self, n: u64) -> u64 {
+        let _one_at_a_time = self.reserving.lock().expect("clock lock");
+        let first = self.now();
+        self.observe(first + n.max(1) - 1);
+        first
     }
 
     /// Advance past an HLC committed elsewhere.
@@ -92,6 +106,8 @@ mod tests {
         assert!((wall_ms(a) - now_ms).abs() < 5_000);
         c.observe(b + (1000 << LOGICAL_BITS));
         assert!(c.now() > b + (1000 << LOGICAL_BITS));
+        let r = c.reserve(50);
+        assert!(c.now() > r + 49, "a reservation is never handed out again");
     }
 
     proptest! {

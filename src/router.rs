@@ -10,6 +10,7 @@ use crate::metrics::Metrics;
 use crate::raft::groups::WriteError;
 use crate::raft::types::{Command, CommandResult, RecordIn};
 use crate::raft::{Groups, PartitionGroup};
+use crate::storage::batch;
 use crate::storage::state_machine::read;
 use crate::topic::{validate_config, validate_create, MetaError, TopicMeta};
 
@@ -127,9 +128,12 @@ impl Router {
             None => return Err(PartitionError::LeaderNotAvailable),
             other => return Err(PartitionError::NotLeader(other)),
         }
+        let count = records.len() as u32;
+        let proposed_hlc = self.groups.clock.reserve(count as u64);
         let cmd = Command::Append {
-            proposed_hlc: self.groups.clock.now(),
-            records,
+            proposed_hlc,
+            count,
+            batch: batch::propose(proposed_hlc, &self.me.region, &records),
         };
         let rx = Groups::submit(&g.raft, cmd).await?;
         Ok(AppendTicket { rx })

@@ -65,11 +65,14 @@ pub enum Command {
         set: BTreeMap<String, String>,
         delete: Vec<String>,
     },
-    /// Partition group: append a producer's batch. `proposed_hlc` is the
-    /// leader's clock; the state machine fixes the final HLCs.
+    /// Partition group: append a producer's batch of `count` records,
+    /// already encoded by the leader as a Kafka batch with offsets from 0 and
+    /// HLCs from `proposed_hlc` (see `storage::batch::propose`). The state
+    /// machine fixes the final offsets and HLCs.
     Append {
         proposed_hlc: u64,
-        records: Vec<RecordIn>,
+        count: u32,
+        batch: bytes::Bytes,
     },
 }
 

@@ -6,7 +6,9 @@
 use bytes::{Bytes, BytesMut};
 use indexmap::IndexMap;
 use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
+};
 
 use crate::hlc;
 use crate::kafka::records;
@@ -44,20 +46,22 @@ impl BatchHeader {
     }
 }
 
-/// Encodes the stored form of `records` committed at `header`.
-pub fn encode(header: BatchHeader, origin: &str, records: &[RecordIn]) -> Vec<u8> {
-    assert_eq!(
-        header.count as usize,
-        records.len(),
-        "header matches records"
-    );
+/// Encodes `records` as one Kafka v2 batch whose records have offsets
+/// `base_offset ..` and HLCs `first_hlc ..`, with the identity headers.
+fn encode_kafka(
+    base_offset: u64,
+    first_hlc: u64,
+    origin: &str,
+    records: &[RecordIn],
+    buf: &mut BytesMut,
+) {
     assert!(!records.is_empty(), "empty batches are never stored");
     let origin = Bytes::copy_from_slice(origin.as_bytes());
     let kafka_records: Vec<Record> = records
         .iter()
         .enumerate()
         .map(|(i, r)| {
-            let rec_hlc = header.first_hlc + i as u64;
+            let rec_hlc = first_hlc + i as u64;
             let mut headers: IndexMap<StrBytes, Option<Bytes>> = IndexMap::new();
             for (k, v) in &r.headers {
                 headers.insert(StrBytes::from_string(k.clone()), v.clone());
@@ -71,7 +75,7 @@ pub fn encode(header: BatchHeader, origin: &str, records: &[RecordIn]) -> Vec<u8
                 Some(Bytes::from(rec_hlc.to_string())),
             );
             records::plain(
-                header.base_offset as i64,
+                base_offset as i64,
                 i,
                 hlc::wall_ms(rec_hlc),
                 r.key.clone(),
@@ -80,18 +84,88 @@ pub fn encode(header: BatchHeader, origin: &str, records: &[RecordIn]) -> Vec<u8
             )
         })
         .collect();
-    let mut buf = BytesMut::with_capacity(HEADER_LEN + estimate(records));
-    buf.extend_from_slice(&[FORMAT]);
-    buf.extend_from_slice(&header.base_offset.to_be_bytes());
-    buf.extend_from_slice(&header.count.to_be_bytes());
-    buf.extend_from_slice(&header.first_hlc.to_be_bytes());
     let opts = RecordEncodeOptions {
         version: 2,
         compression: Compression::None,
     };
     // Encoding into memory with valid v2 records cannot fail.
-    RecordBatchEncoder::encode(&mut buf, &kafka_records, &opts).expect("encode record batch");
+    RecordBatchEncoder::encode(buf, &kafka_records, &opts).expect("encode record batch");
+}
+
+fn header_bytes(h: BatchHeader, batch_len: usize) -> BytesMut {
+    let mut buf = BytesMut::with_capacity(HEADER_LEN + batch_len);
+    buf.extend_from_slice(&[FORMAT]);
+    buf.extend_from_slice(&h.base_offset.to_be_bytes());
+    buf.extend_from_slice(&h.count.to_be_bytes());
+    buf.extend_from_slice(&h.first_hlc.to_be_bytes());
+    buf
+}
+
+/// Encodes the stored form of `records` committed at `header`.
+pub fn encode(header: BatchHeader, origin: &str, records: &[RecordIn]) -> Vec<u8> {
+    assert_eq!(
+        header.count as usize,
+        records.len(),
+        "header matches records"
+    );
+    let mut buf = header_bytes(header, estimate(records));
+    encode_kafka(
+        header.base_offset,
+        header.first_hlc,
+        origin,
+        records,
+        &mut buf,
+    );
     Vec::from(buf)
+}
+
+/// The Kafka batch a leader proposes: offsets from 0, HLCs from
+/// `proposed_hlc`. If the state machine accepts those HLCs, storing it only
+/// patches the base offset (see [`store`]); no replica re-encodes it.
+pub fn propose(proposed_hlc: u64, origin: &str, records: &[RecordIn]) -> Bytes {
+    let mut buf = BytesMut::with_capacity(estimate(records));
+    encode_kafka(0, proposed_hlc, origin, records, &mut buf);
+    buf.freeze()
+}
+
+/// The stored form of a proposed batch committed at `h`, whose HLCs are the
+/// proposed ones. The base offset (the batch's first 8 bytes) is outside the
+/// batch CRC, so patching it keeps the batch valid.
+pub fn store(h: BatchHeader, proposed: &[u8]) -> Vec<u8> {
+    let mut buf = header_bytes(h, proposed.len());
+    buf.extend_from_slice(proposed);
+    buf[HEADER_LEN..HEADER_LEN + 8].copy_from_slice(&h.base_offset.to_be_bytes());
+    Vec::from(buf)
+}
+
+/// The stored form of a proposed batch committed at `h` with HLCs other than
+/// the proposed ones (a new leader proposed at or below the last committed
+/// HLC): decode and encode again, identically on every replica.
+pub fn restamp(h: BatchHeader, origin: &str, proposed: &[u8]) -> Result<Vec<u8>, String> {
+    let mut bytes = Bytes::copy_from_slice(proposed);
+    let sets = RecordBatchDecoder::decode_all(&mut bytes).map_err(|e| e.to_string())?;
+    let records: Vec<RecordIn> = sets
+        .into_iter()
+        .flat_map(|s| s.records)
+        .map(|r| RecordIn {
+            key: r.key,
+            value: r.value,
+            headers: r
+                .headers
+                .into_iter()
+                .filter(|(k, _)| k.as_str() != HEADER_ORIGIN && k.as_str() != HEADER_HLC)
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+        })
+        .collect();
+    if records.len() != h.count as usize {
+        return Err(format!(
+            "proposed batch holds {} records, not {}",
+            records.len(),
+            h.count
+        ));
+    }
+    Ok(encode(h, origin, &records))
 }
 
 fn estimate(records: &[RecordIn]) -> usize {
@@ -127,7 +201,6 @@ pub fn decode(value: &[u8]) -> Result<(BatchHeader, &[u8]), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kafka_protocol::records::RecordBatchDecoder;
 
     #[test]
     fn stored_batch_round_trips_through_a_kafka_decoder() {
@@ -193,5 +266,62 @@ mod tests {
         assert_eq!(h.offset_for_hlc(102), Some(12));
         assert_eq!(h.offset_for_hlc(103), None);
         assert!(decode(&[2u8; 30]).is_err());
+    }
+
+    fn two_records() -> Vec<RecordIn> {
+        vec![
+            RecordIn {
+                key: Some(Bytes::from_static(b"k")),
+                value: Some(Bytes::from_static(b"v1")),
+                headers: vec![("h".into(), Some(Bytes::from_static(b"x")))],
+            },
+            RecordIn {
+                key: None,
+                value: Some(Bytes::from_static(b"v2")),
+                headers: vec![],
+            },
+        ]
+    }
+
+    #[test]
+    fn a_proposal_stored_as_proposed_equals_a_fresh_encoding() {
+        let first_hlc = hlc::from_wall_ms(1_763_712_000_000) + 3;
+        let h = BatchHeader {
+            base_offset: 77,
+            count: 2,
+            first_hlc,
+        };
+        let proposed = propose(first_hlc, "us-east", &two_records());
+        assert_eq!(store(h, &proposed), encode(h, "us-east", &two_records()));
+    }
+
+    #[test]
+    fn a_restamped_proposal_carries_the_committed_hlcs() {
+        let proposed_hlc = hlc::from_wall_ms(1_763_712_000_000);
+        let proposed = propose(proposed_hlc, "us-east", &two_records());
+        let h = BatchHeader {
+            base_offset: 5,
+            count: 2,
+            first_hlc: proposed_hlc + 1000,
+        };
+        let stored = restamp(h, "us-east", &proposed).unwrap();
+        assert_eq!(stored, encode(h, "us-east", &two_records()));
+        let (_, kafka) = decode(&stored).unwrap();
+        let set = RecordBatchDecoder::decode(&mut Bytes::copy_from_slice(kafka)).unwrap();
+        let hlc1 = set.records[1]
+            .headers
+            .get(&StrBytes::from_static_str(HEADER_HLC))
+            .unwrap();
+        assert_eq!(
+            hlc1.as_deref(),
+            Some((proposed_hlc + 1001).to_string().as_bytes())
+        );
+        assert_eq!(
+            set.records[0].headers.len(),
+            3,
+            "no duplicated identity headers"
+        );
+        let wrong = BatchHeader { count: 3, ..h };
+        assert!(restamp(wrong, "us-east", &proposed).is_err());
     }
 }

@@ -36,12 +36,7 @@ struct Recent {
 
 fn entry_bytes(e: &Entry) -> usize {
     match &e.payload {
-        EntryPayload::Normal(Command::Append { records, .. }) => records
-            .iter()
-            .map(|r| {
-                32 + r.key.as_ref().map_or(0, |k| k.len()) + r.value.as_ref().map_or(0, |v| v.len())
-            })
-            .sum(),
+        EntryPayload::Normal(Command::Append { batch, .. }) => batch.len(),
         _ => 64,
     }
 }
@@ -303,7 +298,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::raft::types::RecordIn;
     use openraft::{CommittedLeaderId, Entry as RaftEntry};
 
     fn entry(index: u64, value_len: usize) -> Entry {
@@ -311,11 +305,8 @@ mod tests {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
             payload: EntryPayload::Normal(Command::Append {
                 proposed_hlc: index,
-                records: vec![RecordIn {
-                    key: None,
-                    value: Some(bytes::Bytes::from(vec![0u8; value_len])),
-                    headers: vec![],
-                }],
+                count: 1,
+                batch: bytes::Bytes::from(vec![0u8; value_len]),
             }),
         }
     }

@@ -142,9 +142,10 @@ impl StateMachine {
         match cmd {
             Command::Append {
                 proposed_hlc,
-                records,
+                count,
+                batch: proposed,
             } => {
-                if records.is_empty() {
+                if count == 0 {
                     return CommandResult::Appended {
                         base_offset: self.applied.next_offset,
                         first_hlc: self.applied.last_hlc,
@@ -153,14 +154,20 @@ impl StateMachine {
                 }
                 let h = BatchHeader {
                     base_offset: self.applied.next_offset,
-                    count: records.len() as u32,
+                    count,
                     first_hlc: hlc::assign_first(proposed_hlc, self.applied.last_hlc),
                 };
                 assert!(
                     h.first_hlc > self.applied.last_hlc,
                     "HLCs strictly increase"
                 );
-                let stored = batch::encode(h, &self.origin, &records);
+                let stored = if h.first_hlc == proposed_hlc {
+                    batch::store(h, &proposed)
+                } else {
+                    // The leader encoded this batch from records it had just
+                    // decoded: decoding it again cannot fail.
+                    batch::restamp(h, &self.origin, &proposed).expect("proposed batch decodes")
+                };
                 let log = self.log();
                 b.put_cf(self.db.cf(CF_RECORDS), log.key(h.base_offset), stored);
                 b.put_cf(
