@@ -260,7 +260,6 @@ pub struct Consumed {
 
 #[derive(Debug, Clone)]
 pub struct TopicInfo {
-    pub name: String,
     pub id: uuid::Uuid,
     /// Leader broker id per partition (-1: none yet).
     pub leaders: Vec<i32>,
@@ -383,7 +382,6 @@ impl Client {
             .await
             .insert(name.to_string(), leaders.clone());
         Ok(TopicInfo {
-            name: name.to_string(),
             id: t.topic_id,
             leaders,
         })

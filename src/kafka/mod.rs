@@ -16,8 +16,6 @@ mod metadata;
 mod produce;
 mod unsupported;
 
-pub use api_versions::SUPPORTED;
-
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::protocol::StrBytes;
 
