@@ -48,15 +48,7 @@ fn decode(records: Option<Bytes>, max: usize) -> Result<Vec<RecordIn>, Refused> 
         .into_iter()
         .flat_map(|s| s.records)
         .filter(|r| !r.control)
-        .map(|r| RecordIn {
-            key: r.key,
-            value: r.value,
-            headers: r
-                .headers
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
-                .collect(),
-        })
+        .map(RecordIn::from_kafka)
         .collect();
     if records.is_empty() {
         return Err(Refused::Code(

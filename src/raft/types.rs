@@ -47,6 +47,21 @@ pub struct RecordIn {
     pub headers: Vec<(String, Option<bytes::Bytes>)>,
 }
 
+impl RecordIn {
+    /// The parts of a decoded Kafka record that Meridian keeps.
+    pub fn from_kafka(r: kafka_protocol::records::Record) -> Self {
+        RecordIn {
+            key: r.key,
+            value: r.value,
+            headers: r
+                .headers
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+        }
+    }
+}
+
 /// A Raft log entry's payload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {

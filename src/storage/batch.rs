@@ -140,23 +140,15 @@ pub fn store(h: BatchHeader, proposed: &[u8]) -> Vec<u8> {
 
 /// The stored form of a proposed batch committed at `h` with HLCs other than
 /// the proposed ones (a new leader proposed at or below the last committed
-/// HLC): decode and encode again, identically on every replica.
+/// HLC): decode and encode again, identically on every replica. The old
+/// identity headers are replaced in place by the encoding.
 pub fn restamp(h: BatchHeader, origin: &str, proposed: &[u8]) -> Result<Vec<u8>, String> {
     let mut bytes = Bytes::copy_from_slice(proposed);
     let sets = RecordBatchDecoder::decode_all(&mut bytes).map_err(|e| e.to_string())?;
     let records: Vec<RecordIn> = sets
         .into_iter()
         .flat_map(|s| s.records)
-        .map(|r| RecordIn {
-            key: r.key,
-            value: r.value,
-            headers: r
-                .headers
-                .into_iter()
-                .filter(|(k, _)| k.as_str() != HEADER_ORIGIN && k.as_str() != HEADER_HLC)
-                .map(|(k, v)| (k.to_string(), v))
-                .collect(),
-        })
+        .map(RecordIn::from_kafka)
         .collect();
     if records.len() != h.count as usize {
         return Err(format!(
