@@ -16,7 +16,9 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A base port with `n` free TCP and UDP ports above it.
+/// A base port with `n` free TCP and UDP ports above it, below Linux's
+/// ephemeral range (32768-60999), so outgoing connections cannot take a port
+/// between this check and the node binding it.
 pub fn free_port_base(n: u16) -> u16 {
     let seed = std::process::id() as u64 * 7919
         + std::time::SystemTime::now()
@@ -24,7 +26,7 @@ pub fn free_port_base(n: u16) -> u16 {
             .unwrap()
             .subsec_nanos() as u64;
     for attempt in 0..200u64 {
-        let base = 20_000 + ((seed + attempt * 104_729) % 40_000) as u16;
+        let base = 10_000 + ((seed + attempt * 104_729) % 22_000) as u16;
         let free = (0..n).all(|i| {
             let p = base + i;
             TcpListener::bind(("127.0.0.1", p)).is_ok() && UdpSocket::bind(("127.0.0.1", p)).is_ok()
