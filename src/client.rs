@@ -30,7 +30,10 @@ const RESPONSE_BYTES_MAX: usize = 128 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot connect to {addr}: {reason}")]
+    #[error(
+        "cannot connect to {addr}: {reason}; is a Meridian node listening there? \
+         (give the brokers with --bootstrap or MERIDIAN_BOOTSTRAP)"
+    )]
     Connect { addr: String, reason: String },
     #[error("connection to {addr} failed: {reason}")]
     Io { addr: String, reason: String },

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, Instrument};
+use tracing::{info, warn, Instrument};
 
 use crate::admin;
 use crate::config::NodeConfig;
@@ -19,6 +19,9 @@ use crate::raft::Groups;
 use crate::router::Router;
 use crate::storage::{Db, DbError};
 use crate::transport::{tls::TlsError, TlsMaterial, Transport, TransportError};
+
+/// How long a stopping node waits for its Raft groups to shut down.
+const GROUPS_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -72,7 +75,7 @@ async fn run_inner(config: NodeConfig, shutdown: CancellationToken) -> Result<()
         .collect();
     let transport = Transport::bind(config.transport.clone(), me.quic, peers, &tls)?;
     let clock = Arc::new(Clock::new());
-    let groups = Groups::start(
+    let (groups, groups_stopped) = Groups::start(
         me.id,
         config.region(),
         &config.raft,
@@ -114,7 +117,12 @@ async fn run_inner(config: NodeConfig, shutdown: CancellationToken) -> Result<()
     info!(kafka = %me.kafka, admin = %me.admin, quic = %me.quic, data_dir = %config.data_dir.display(), "node started");
     shutdown.cancelled().await;
     info!("shutting down");
-    // Let the Raft groups stop (the reconcile loop shuts them down).
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The reconcile loop shuts every Raft group down; wait for it, bounded.
+    if tokio::time::timeout(GROUPS_STOP_TIMEOUT, groups_stopped)
+        .await
+        .is_err()
+    {
+        warn!("Raft groups did not stop within {GROUPS_STOP_TIMEOUT:?}; exiting anyway");
+    }
     Ok(())
 }

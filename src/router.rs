@@ -103,14 +103,20 @@ impl Router {
         topic: &str,
         partition: i32,
     ) -> Result<Arc<PartitionGroup>, PartitionError> {
-        let t = self
-            .topic(topic)
-            .ok_or(PartitionError::UnknownTopicOrPartition)?;
-        if partition < 0 || partition as u32 >= t.partitions {
-            return Err(PartitionError::UnknownTopicOrPartition);
-        }
+        // On every produce and fetch: look the topic up without cloning it.
+        let group = {
+            let meta = self.groups.meta_state();
+            let t = meta
+                .topics
+                .get(topic)
+                .ok_or(PartitionError::UnknownTopicOrPartition)?;
+            if partition < 0 || partition as u32 >= t.partitions {
+                return Err(PartitionError::UnknownTopicOrPartition);
+            }
+            t.group(partition as u32)
+        };
         self.groups
-            .partition(t.group(partition as u32))
+            .partition(group)
             .ok_or(PartitionError::LeaderNotAvailable)
     }
 

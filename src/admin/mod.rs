@@ -8,7 +8,6 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Json;
-use openraft::ServerState;
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -121,7 +120,7 @@ pub fn status_of(r: &Router) -> Status {
         kafka: r.me.kafka.to_string(),
         partitions_led: partitions
             .iter()
-            .filter(|p| p.state == format!("{:?}", ServerState::Leader))
+            .filter(|p| p.leader == Some(r.node_id()))
             .count(),
         meta,
         partitions,

@@ -95,7 +95,8 @@ fn raft_config(region: &str, c: &RaftConfig) -> Result<openraft::Config, GroupEr
 
 impl Groups {
     /// Opens the meta group and the partition groups it lists, and keeps the
-    /// partition groups in step with the meta group until `shutdown`.
+    /// partition groups in step with the meta group until `shutdown`. The
+    /// returned task ends once every group has stopped after `shutdown`.
     #[allow(clippy::too_many_arguments)]
     pub async fn start(
         node_id: NodeId,
@@ -106,7 +107,7 @@ impl Groups {
         clock: Arc<Clock>,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
-    ) -> Result<Arc<Groups>, GroupError> {
+    ) -> Result<(Arc<Groups>, tokio::task::JoinHandle<()>), GroupError> {
         let raft_config = Arc::new(raft_config(&region.name, raft)?);
         let members: BTreeMap<NodeId, BasicNode> = region
             .nodes
@@ -144,8 +145,8 @@ impl Groups {
             reconciled: watch::channel(0).0,
         });
         let g = groups.clone();
-        tokio::spawn(async move { g.reconcile_loop(shutdown).await });
-        Ok(groups)
+        let stopped = tokio::spawn(async move { g.reconcile_loop(shutdown).await });
+        Ok((groups, stopped))
     }
 
     pub fn meta_state(&self) -> Arc<MetaState> {
