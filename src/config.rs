@@ -191,7 +191,7 @@ pub struct RegionSpec {
 }
 
 /// The validated topology: regions, their nodes, and simulated round trips.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Topology {
     pub regions: Vec<RegionSpec>,
     /// Simulated round-trip time per unordered region pair, in ms.
@@ -396,6 +396,8 @@ struct NodeFileConfig {
     #[serde(default)]
     runtime: RuntimeConfig,
     #[serde(default)]
+    link: LinkConfig,
+    #[serde(default)]
     tls: Option<TlsConfig>,
 }
 
@@ -485,6 +487,34 @@ impl Default for TransportConfig {
     }
 }
 
+/// The cross-region link.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LinkConfig {
+    /// Largest copy of one origin log sent in one request (at least one
+    /// batch is always sent).
+    pub batch_bytes_max: u32,
+    /// An idle partition's leader publishes a closed timestamp this often,
+    /// so that other origins' records become visible in the global view.
+    pub close_interval_ms: u64,
+    /// Records whose HLC is further ahead of this node's clock are refused
+    /// and reported, never absorbed.
+    pub clock_drift_ms_max: u64,
+    /// Longest wait between retries of a failed copy.
+    pub retry_backoff_ms_max: u64,
+}
+
+impl Default for LinkConfig {
+    fn default() -> Self {
+        LinkConfig {
+            batch_bytes_max: 4 * 1024 * 1024,
+            close_interval_ms: 100,
+            clock_drift_ms_max: 500,
+            retry_backoff_ms_max: 2_000,
+        }
+    }
+}
+
 /// The node's async runtime.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
@@ -518,6 +548,7 @@ pub struct NodeConfig {
     pub raft: RaftConfig,
     pub transport: TransportConfig,
     pub runtime: RuntimeConfig,
+    pub link: LinkConfig,
     pub tls: Option<TlsConfig>,
 }
 
@@ -605,6 +636,10 @@ impl NodeConfig {
                 f.transport.connect_timeout_ms,
             ),
             ("transport.streams_max", f.transport.streams_max as u64),
+            ("link.batch_bytes_max", f.link.batch_bytes_max as u64),
+            ("link.close_interval_ms", f.link.close_interval_ms),
+            ("link.clock_drift_ms_max", f.link.clock_drift_ms_max),
+            ("link.retry_backoff_ms_max", f.link.retry_backoff_ms_max),
         ] {
             if v == 0 {
                 p.add(key, "must be at least 1");
@@ -670,6 +705,7 @@ impl NodeConfig {
             raft: f.raft,
             transport: f.transport,
             runtime: f.runtime,
+            link: f.link,
             tls: f.tls.map(|t| TlsConfig {
                 ca_cert: resolve(&t.ca_cert),
                 cert: resolve(&t.cert),
@@ -705,6 +741,7 @@ impl NodeConfig {
             raft: RaftConfig::default(),
             transport: TransportConfig::default(),
             runtime,
+            link: LinkConfig::default(),
             tls: None,
         };
         let text = toml::to_string_pretty(&f).map_err(std::io::Error::other)?;

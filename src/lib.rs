@@ -9,10 +9,12 @@
 
 pub mod admin;
 pub mod kafka;
+pub mod link;
 pub mod raft;
 pub mod router;
 pub mod storage;
 pub mod transport;
+pub mod view;
 
 pub mod bench;
 pub mod client;

@@ -27,6 +27,19 @@ pub struct Metrics {
     pub kafka_bad_requests: Counter,
     pub raft_leader_groups: Gauge,
     pub raft_term: Family<Labels, Gauge>,
+    /// Per topic, partition and remote region (set by the partition leader).
+    pub link_lag_records: Family<Labels, Gauge>,
+    pub link_lag_bytes: Family<Labels, Gauge>,
+    pub link_lag_ms: Family<Labels, Gauge>,
+    /// Per topic and partition: age of the view's watermark here.
+    pub closed_age_ms: Family<Labels, Gauge>,
+    /// Per topic and partition: acknowledged own records no other region holds.
+    pub rpo_exposure_records: Family<Labels, Gauge>,
+    pub link_batches_sent: Counter,
+    pub link_errors: Counter,
+    pub clock_drift_refusals: Counter,
+    pub sync_ack_timeouts: Counter,
+    pub rpo_waits: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -58,6 +71,16 @@ impl Metrics {
             kafka_bad_requests: Counter::default(),
             raft_leader_groups: Gauge::default(),
             raft_term: Family::default(),
+            link_lag_records: Family::default(),
+            link_lag_bytes: Family::default(),
+            link_lag_ms: Family::default(),
+            closed_age_ms: Family::default(),
+            rpo_exposure_records: Family::default(),
+            link_batches_sent: Counter::default(),
+            link_errors: Counter::default(),
+            clock_drift_refusals: Counter::default(),
+            sync_ack_timeouts: Counter::default(),
+            rpo_waits: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -125,6 +148,56 @@ impl Metrics {
             "raft_term",
             "Current Raft term per group",
             m.raft_term.clone(),
+        );
+        registry.register(
+            "link_lag_records",
+            "Records of this region's origin log a remote region does not hold yet",
+            m.link_lag_records.clone(),
+        );
+        registry.register(
+            "link_lag_bytes",
+            "Stored bytes of this region's origin log a remote region does not hold yet (estimate)",
+            m.link_lag_bytes.clone(),
+        );
+        registry.register(
+            "link_lag_ms",
+            "Age of the oldest own record a remote region does not hold yet",
+            m.link_lag_ms.clone(),
+        );
+        registry.register(
+            "view_watermark_age_ms",
+            "How far the global view's watermark (minimum closed timestamp) is behind now",
+            m.closed_age_ms.clone(),
+        );
+        registry.register(
+            "rpo_exposure_records",
+            "Acknowledged records of this region that no other region holds",
+            m.rpo_exposure_records.clone(),
+        );
+        registry.register(
+            "link_batches_sent",
+            "Copy requests sent to other regions",
+            m.link_batches_sent.clone(),
+        );
+        registry.register(
+            "link_errors",
+            "Copy requests that failed (unreachable, refused, not leader)",
+            m.link_errors.clone(),
+        );
+        registry.register(
+            "clock_drift_refusals",
+            "Copies refused because their HLCs were too far ahead of this node's clock",
+            m.clock_drift_refusals.clone(),
+        );
+        registry.register(
+            "sync_ack_timeouts",
+            "Sync produces that did not reach their region quorum in time",
+            m.sync_ack_timeouts.clone(),
+        );
+        registry.register(
+            "rpo_waits",
+            "Async produce acks held back because the unreplicated window exceeded meridian.rpo.max.ms",
+            m.rpo_waits.clone(),
         );
         Metrics { registry, ..m }
     }

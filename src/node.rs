@@ -13,11 +13,13 @@ use tracing::{info, warn, Instrument};
 use crate::admin;
 use crate::config::NodeConfig;
 use crate::hlc::Clock;
+use crate::link::{Dispatch, Link};
 use crate::metrics::Metrics;
 use crate::raft::groups::GroupError;
 use crate::raft::Groups;
 use crate::router::Router;
 use crate::storage::{Db, DbError};
+use crate::transport::faults::Faults;
 use crate::transport::{tls::TlsError, TlsMaterial, Transport, TransportError};
 
 /// How long a stopping node waits for its Raft groups to shut down.
@@ -67,17 +69,20 @@ async fn run_inner(config: NodeConfig, shutdown: CancellationToken) -> Result<()
     let metrics = Arc::new(Metrics::new());
     let tls = TlsMaterial::load_or_dev(config.tls.as_ref(), &config.data_dir)?;
     let db = Db::open(&config.data_dir.join("db"), metrics.clone())?;
+    // Every node of every region: the meta group spans them, and the link
+    // talks to other regions' nodes.
     let peers: HashMap<_, _> = config
-        .region()
-        .nodes
+        .topology
+        .regions
         .iter()
-        .map(|n| (n.id, n.quic))
+        .flat_map(|r| r.nodes.iter().map(|n| (n.id, n.quic)))
         .collect();
-    let transport = Transport::bind(config.transport.clone(), me.quic, peers, &tls)?;
+    let faults = Faults::new(&config.topology, &me.region);
+    let transport = Transport::bind(config.transport.clone(), me.quic, peers, &tls, faults)?;
     let clock = Arc::new(Clock::new());
     let (groups, groups_stopped) = Groups::start(
         me.id,
-        config.region(),
+        &config.topology,
         &config.raft,
         db,
         transport.clone(),
@@ -86,15 +91,32 @@ async fn run_inner(config: NodeConfig, shutdown: CancellationToken) -> Result<()
         shutdown.clone(),
     )
     .await?;
-    transport.serve(groups.clone(), shutdown.clone());
+    let link = Link::new(
+        groups.clone(),
+        transport.clone(),
+        config.topology.clone(),
+        me.clone(),
+        config.link.clone(),
+        metrics.clone(),
+    );
+    transport.serve(
+        Arc::new(Dispatch {
+            groups: groups.clone(),
+            link: link.clone(),
+        }),
+        shutdown.clone(),
+    );
+    tokio::spawn(link.clone().run(shutdown.clone()));
 
     let router = Arc::new(Router {
         groups: groups.clone(),
+        link: link.clone(),
         topology: config.topology.clone(),
         me: me.clone(),
         kafka: config.kafka.clone(),
         metrics: metrics.clone(),
     });
+    link.set_router(&router);
     tokio::spawn(crate::kafka::server::serve(
         kafka_listener,
         router.clone(),

@@ -6,16 +6,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{KafkaConfig, NodeId, NodeSpec, Topology};
+use crate::link::{Forward, ForwardReply, Link, KIND_LINK_FORWARD};
 use crate::metrics::Metrics;
 use crate::raft::groups::WriteError;
 use crate::raft::types::{Command, CommandResult, RecordIn};
 use crate::raft::{Groups, PartitionGroup};
 use crate::storage::batch;
 use crate::storage::state_machine::read;
-use crate::topic::{validate_config, validate_create, MetaError, TopicMeta};
+use crate::topic::{
+    policy, validate_config, validate_create, validate_policy, MetaError, Policy, TopicMeta,
+    FIXED_AT_CREATION, KEY_REGIONS,
+};
 
 /// Why a partition request failed; each maps to one Kafka error code.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum PartitionError {
     #[error("unknown topic or partition")]
     UnknownTopicOrPartition,
@@ -27,6 +31,10 @@ pub enum PartitionError {
     Timeout,
     #[error("storage error: {0}")]
     Storage(String),
+    #[error("not enough regions hold the write: {0}")]
+    NotEnoughReplicas(String),
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl From<WriteError> for PartitionError {
@@ -48,25 +56,142 @@ pub enum TopicError {
     Unavailable(String),
 }
 
-/// A proposed append, waiting for its commit.
-pub struct AppendTicket {
-    rx: tokio::sync::oneshot::Receiver<
-        Result<
-            openraft::raft::ClientWriteResponse<crate::raft::types::TypeConfig>,
-            openraft::error::ClientWriteError<NodeId, openraft::BasicNode>,
-        >,
+type CommitRx = tokio::sync::oneshot::Receiver<
+    Result<
+        openraft::raft::ClientWriteResponse<crate::raft::types::TypeConfig>,
+        openraft::error::ClientWriteError<NodeId, openraft::BasicNode>,
     >,
+>;
+
+/// A proposed append, waiting for its commit.
+pub enum AppendTicket {
+    Local {
+        rx: CommitRx,
+        group: crate::raft::types::GroupId,
+        policy: Policy,
+        link: Arc<Link>,
+    },
+    /// Sent to the topic's home region, which answers once it committed.
+    Forwarded(futures::future::BoxFuture<'static, Result<i64, PartitionError>>),
 }
 
 impl AppendTicket {
-    /// Waits for the commit (a Raft majority, fsynced: invariant 1) and
-    /// returns the batch's base offset.
-    pub async fn wait(self, timeout: Duration) -> Result<u64, PartitionError> {
-        match Groups::wait(self.rx, timeout).await?.0 {
-            CommandResult::Appended { base_offset, .. } => Ok(base_offset),
-            other => Err(PartitionError::Storage(format!(
-                "unexpected apply result {other:?}"
-            ))),
+    /// Waits for the commit (a Raft majority, fsynced: invariant 1), for a
+    /// `sync` topic also for `sync.quorum - 1` other regions to commit it,
+    /// and for an `async` topic with `rpo.max.ms` until the unreplicated
+    /// window is within the bound. Returns the batch's Kafka offset, or -1
+    /// when it is not known yet (topics with several writer regions: the
+    /// record's position in the view is fixed once every origin closed past
+    /// its HLC).
+    pub async fn wait(self, timeout: Duration) -> Result<i64, PartitionError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let (rx, group, policy, link) = match self {
+            AppendTicket::Forwarded(f) => {
+                return tokio::time::timeout(timeout, f)
+                    .await
+                    .unwrap_or(Err(PartitionError::Timeout))
+            }
+            AppendTicket::Local {
+                rx,
+                group,
+                policy,
+                link,
+            } => (rx, group, policy, link),
+        };
+        let (base, end) = match Groups::wait(rx, timeout).await?.0 {
+            CommandResult::Appended {
+                base_offset,
+                first_hlc,
+                last_hlc,
+            } => (base_offset, base_offset + (last_hlc - first_hlc) + 1),
+            other => {
+                return Err(PartitionError::Storage(format!(
+                    "unexpected apply result {other:?}"
+                )))
+            }
+        };
+        let need = policy.remote_acks();
+        if need > 0 {
+            let mut acks = link.acks(group);
+            let held =
+                |a: &crate::link::RemoteAcks| a.values().filter(|h| h.next_offset >= end).count();
+            let reached = tokio::time::timeout_at(deadline, async {
+                loop {
+                    if held(&acks.borrow_and_update()) >= need {
+                        return true;
+                    }
+                    if acks.changed().await.is_err() {
+                        return false;
+                    }
+                }
+            })
+            .await
+            .unwrap_or(false);
+            if !reached {
+                link.metrics.sync_ack_timeouts.inc();
+                return Err(PartitionError::NotEnoughReplicas(format!(
+                    "committed in this region, but fewer than {need} other region(s) held it within {} ms; not acknowledged",
+                    timeout.as_millis()
+                )));
+            }
+        } else if let Some(bound) = policy.rpo_max_ms.filter(|_| policy.regions.len() > 1) {
+            rpo_backpressure(&link, group, bound, deadline).await?;
+        }
+        Ok(if policy.single_writer() {
+            base as i64
+        } else {
+            -1
+        })
+    }
+}
+
+/// Holds an `async` produce's ack while the oldest record of this region's
+/// origin log that no other region holds is older than `bound_ms`.
+async fn rpo_backpressure(
+    link: &Link,
+    group: crate::raft::types::GroupId,
+    bound_ms: u64,
+    deadline: tokio::time::Instant,
+) -> Result<(), PartitionError> {
+    let Some(g) = link.groups.partition(group) else {
+        return Ok(());
+    };
+    let mut acks = link.acks(group);
+    let mut waited = false;
+    loop {
+        let own = g.progress.borrow().log;
+        let best = acks
+            .borrow_and_update()
+            .values()
+            .map(|h| h.next_offset)
+            .max()
+            .unwrap_or(0);
+        let oldest = read::stored(link.groups.db(), own, best, u64::MAX, 1)
+            .ok()
+            .and_then(|v| {
+                v.first()
+                    .and_then(|b| batch::decode(b).ok().map(|(h, _)| h))
+            })
+            .map(|h| h.first_hlc + best.saturating_sub(h.base_offset));
+        let age = oldest.map_or(0, |hlc| {
+            crate::hlc::wall_ms(link.groups.clock.now()) - crate::hlc::wall_ms(hlc)
+        });
+        if age <= bound_ms as i64 {
+            if waited {
+                link.metrics.rpo_waits.inc();
+            }
+            return Ok(());
+        }
+        waited = true;
+        let tick = tokio::time::sleep(Duration::from_millis(10));
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => {
+                return Err(PartitionError::NotEnoughReplicas(format!(
+                    "the unreplicated window ({age} ms) exceeds meridian.rpo.max.ms ({bound_ms}) and did not shrink in time"
+                )));
+            }
+            _ = acks.changed() => {}
+            _ = tick => {}
         }
     }
 }
@@ -79,6 +204,7 @@ pub struct ReadResult {
 
 pub struct Router {
     pub groups: Arc<Groups>,
+    pub link: Arc<Link>,
     pub topology: Topology,
     pub me: NodeSpec,
     pub kafka: KafkaConfig,
@@ -92,6 +218,20 @@ impl Router {
 
     pub fn topic(&self, name: &str) -> Option<TopicMeta> {
         self.groups.meta_state().topics.get(name).cloned()
+    }
+
+    /// Names of every region in the topology.
+    pub fn region_names(&self) -> Vec<String> {
+        self.topology
+            .regions
+            .iter()
+            .map(|r| r.name.clone())
+            .collect()
+    }
+
+    /// How a topic is replicated between regions.
+    pub fn policy(&self, t: &TopicMeta) -> Policy {
+        policy(&t.configs, &self.region_names())
     }
 
     pub fn topics(&self) -> Vec<TopicMeta> {
@@ -120,14 +260,62 @@ impl Router {
             .ok_or(PartitionError::LeaderNotAvailable)
     }
 
-    /// Proposes a batch to the partition's leader, which must be this node.
-    /// Proposals made by one caller commit in call order.
+    /// Proposes a batch: to this region's partition leader, which must be
+    /// this node, or, for a topic pinned to another home region, over the
+    /// link to the home region. Proposals made by one caller commit in call
+    /// order.
     pub async fn submit_append(
         &self,
         topic: &str,
         partition: i32,
         records: Vec<RecordIn>,
+        timeout: Duration,
     ) -> Result<AppendTicket, PartitionError> {
+        let t = self
+            .topic(topic)
+            .ok_or(PartitionError::UnknownTopicOrPartition)?;
+        let policy = self.policy(&t);
+        if policy.accepts_writes_in(&self.me.region) {
+            return self.submit_local(topic, partition, records).await;
+        }
+        let Some(home) = policy.writer_regions().into_iter().next() else {
+            return Err(PartitionError::Refused(format!(
+                "topic {topic} has no writer region"
+            )));
+        };
+        if partition < 0 || partition as u32 >= t.partitions {
+            return Err(PartitionError::UnknownTopicOrPartition);
+        }
+        let f = Forward {
+            topic: topic.to_string(),
+            partition,
+            records,
+            timeout_ms: timeout.as_millis() as u64,
+        };
+        let link = self.link.clone();
+        let group = t.group(partition as u32);
+        Ok(AppendTicket::Forwarded(Box::pin(async move {
+            forward(link, home, group, f, timeout).await
+        })))
+    }
+
+    /// Proposes a batch to this region's partition leader, which must be this node.
+    pub async fn submit_local(
+        &self,
+        topic: &str,
+        partition: i32,
+        records: Vec<RecordIn>,
+    ) -> Result<AppendTicket, PartitionError> {
+        let t = self
+            .topic(topic)
+            .ok_or(PartitionError::UnknownTopicOrPartition)?;
+        let policy = self.policy(&t);
+        if !policy.accepts_writes_in(&self.me.region) {
+            return Err(PartitionError::Refused(format!(
+                "region {} does not accept writes for topic {topic} (meridian.writers = {:?})",
+                self.me.region, policy.writers
+            )));
+        }
         let g = self.partition(topic, partition)?;
         match g.leader() {
             Some(l) if l == self.node_id() => {}
@@ -142,7 +330,12 @@ impl Router {
             batch: batch::propose(proposed_hlc, &self.me.region, &records),
         };
         let rx = Groups::submit(&g.raft, cmd).await?;
-        Ok(AppendTicket { rx })
+        Ok(AppendTicket::Local {
+            rx,
+            group: g.id,
+            policy,
+            link: self.link.clone(),
+        })
     }
 
     /// Committed batches from `offset`, at most about `max_bytes`.
@@ -154,16 +347,9 @@ impl Router {
         max_bytes: usize,
     ) -> Result<ReadResult, PartitionError> {
         let g = self.partition(topic, partition)?;
-        let progress = *g.progress.borrow();
-        let hw = progress.next_offset;
-        let batches = read::batches(
-            self.groups.db(),
-            progress.log,
-            offset.max(0) as u64,
-            hw,
-            max_bytes,
-        )
-        .map_err(|e| PartitionError::Storage(e.to_string()))?;
+        let hw = g.progress.borrow().view_next;
+        let batches = read::view(self.groups.db(), g.id, offset.max(0) as u64, hw, max_bytes)
+            .map_err(|e| PartitionError::Storage(e.to_string()))?;
         Ok(ReadResult {
             high_watermark: hw,
             batches,
@@ -175,7 +361,7 @@ impl Router {
             .partition(topic, partition)?
             .progress
             .borrow()
-            .next_offset)
+            .view_next)
     }
 
     /// Offset and HLC of the first record whose timestamp is at or after `unix_ms`.
@@ -186,8 +372,9 @@ impl Router {
         unix_ms: i64,
     ) -> Result<Option<(u64, u64)>, PartitionError> {
         let g = self.partition(topic, partition)?;
-        let log = g.progress.borrow().log;
-        read::offset_for_hlc(self.groups.db(), log, crate::hlc::from_wall_ms(unix_ms))
+        let view_next = g.progress.borrow().view_next;
+        let hlc = crate::hlc::from_wall_ms(unix_ms);
+        read::view_offset_for_hlc(self.groups.db(), g.id, hlc, view_next)
             .map_err(|e| PartitionError::Storage(e.to_string()))
     }
 
@@ -210,7 +397,14 @@ impl Router {
         configs: BTreeMap<String, String>,
         timeout: Duration,
     ) -> Result<TopicMeta, TopicError> {
+        let mut configs = configs;
         validate_create(name, partitions, &configs)?;
+        validate_policy(&configs, &self.region_names())?;
+        // The regions are fixed at creation: a later topology change must
+        // not change which regions hold an existing topic.
+        configs
+            .entry(KEY_REGIONS.to_string())
+            .or_insert_with(|| self.region_names().join(","));
         let cmd = Command::CreateTopic {
             name: name.to_string(),
             id: uuid::Uuid::new_v4(),
@@ -263,9 +457,29 @@ impl Router {
         delete: Vec<String>,
         timeout: Duration,
     ) -> Result<(), TopicError> {
+        for k in set.keys().chain(delete.iter()) {
+            if FIXED_AT_CREATION.contains(&k.as_str()) {
+                return Err(MetaError::InvalidConfig {
+                    key: k.clone(),
+                    reason: "fixed at creation: changing it would renumber the topic's offsets; \
+                             create a new topic instead"
+                        .into(),
+                }
+                .into());
+            }
+        }
         for (k, v) in &set {
             validate_config(k, v)?;
         }
+        let t = self
+            .topic(name)
+            .ok_or_else(|| MetaError::UnknownTopic(name.to_string()))?;
+        let mut merged = t.configs.clone();
+        for k in &delete {
+            merged.remove(k);
+        }
+        merged.extend(set.clone());
+        validate_policy(&merged, &self.region_names())?;
         let cmd = Command::AlterTopic {
             name: name.to_string(),
             set,
@@ -292,5 +506,48 @@ impl Router {
             .region(&self.me.region)
             .map(|r| r.nodes.iter().map(|n| n.id).collect())
             .unwrap_or_default()
+    }
+}
+
+/// Sends a produce to the home region's partition leader, following its
+/// leader hints, until `timeout`.
+async fn forward(
+    link: Arc<Link>,
+    home: String,
+    group: crate::raft::types::GroupId,
+    f: Forward,
+    timeout: Duration,
+) -> Result<i64, PartitionError> {
+    let nodes = link.region_nodes(&home);
+    if nodes.is_empty() {
+        return Err(PartitionError::Refused(format!(
+            "home region {home} is not in the topology"
+        )));
+    }
+    let deadline = tokio::time::Instant::now() + timeout;
+    let payload = bincode::serialize(&f).expect("serialize forward");
+    let mut target = nodes[group as usize % nodes.len()];
+    let mut tries = 0usize;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return Err(PartitionError::Timeout);
+        }
+        let r = link
+            .transport
+            .call(target, KIND_LINK_FORWARD, group, &payload, left)
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|b| bincode::deserialize::<ForwardReply>(&b).map_err(|e| e.to_string()));
+        tries += 1;
+        match r {
+            Ok(Err(PartitionError::NotLeader(Some(l)))) if nodes.contains(&l) => target = l,
+            Ok(Err(PartitionError::NotLeader(None) | PartitionError::LeaderNotAvailable))
+            | Err(_) => {
+                target = nodes[(group as usize + tries) % nodes.len()];
+                tokio::time::sleep(Duration::from_millis(50).min(left)).await;
+            }
+            Ok(r) => return r,
+        }
     }
 }

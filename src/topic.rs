@@ -65,7 +65,175 @@ pub const TOPIC_CONFIGS: &[(&str, &str, &str)] = &[
         "LogAppendTime",
         "Record timestamps are the HLC assigned at commit.",
     ),
+    (
+        KEY_REGIONS,
+        "",
+        "Comma-separated regions that hold the topic; empty at creation means every region. Fixed at creation.",
+    ),
+    (
+        KEY_WRITERS,
+        "all",
+        "`all` (every listed region accepts writes) or `home:<region>`. Fixed at creation.",
+    ),
+    (
+        KEY_REPLICATION,
+        "async",
+        "`async`: ack after the local region's commit; `sync`: after meridian.sync.quorum regions.",
+    ),
+    (
+        KEY_SYNC_QUORUM,
+        "2",
+        "Regions, the origin included, that hold a `sync` write before it is acknowledged.",
+    ),
+    (
+        KEY_RPO_MAX_MS,
+        "",
+        "Optional bound (ms) on an `async` topic's unreplicated window; produce acks wait beyond it.",
+    ),
 ];
+
+pub const KEY_REGIONS: &str = "meridian.regions";
+pub const KEY_WRITERS: &str = "meridian.writers";
+pub const KEY_REPLICATION: &str = "meridian.replication";
+pub const KEY_SYNC_QUORUM: &str = "meridian.sync.quorum";
+pub const KEY_RPO_MAX_MS: &str = "meridian.rpo.max.ms";
+/// Keys that shape the global view; changing them would renumber offsets.
+pub const FIXED_AT_CREATION: [&str; 2] = [KEY_REGIONS, KEY_WRITERS];
+
+/// Which regions accept writes for a topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Writers {
+    All,
+    Home(String),
+}
+
+/// How a topic is replicated between regions: its `meridian.*` configs,
+/// parsed, with defaults filled in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub regions: Vec<String>,
+    pub writers: Writers,
+    pub sync: bool,
+    pub sync_quorum: u32,
+    pub rpo_max_ms: Option<u64>,
+}
+
+impl Policy {
+    /// The regions whose origin logs make up the global view.
+    pub fn writer_regions(&self) -> Vec<String> {
+        match &self.writers {
+            Writers::All => self.regions.clone(),
+            Writers::Home(r) => vec![r.clone()],
+        }
+    }
+
+    pub fn accepts_writes_in(&self, region: &str) -> bool {
+        self.writer_regions().iter().any(|r| r == region)
+    }
+
+    /// True when one origin log is the whole view, so an origin offset is
+    /// the Kafka offset and a produce can answer with it.
+    pub fn single_writer(&self) -> bool {
+        self.writer_regions().len() == 1
+    }
+
+    /// Other regions that must hold a write before its ack.
+    pub fn remote_acks(&self) -> usize {
+        if self.sync {
+            self.sync_quorum.saturating_sub(1) as usize
+        } else {
+            0
+        }
+    }
+}
+
+fn split_regions(v: &str) -> Vec<String> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// The replication policy of a topic with `configs`, in a topology whose
+/// regions are `all_regions`. Configs were validated when they were set.
+pub fn policy(configs: &BTreeMap<String, String>, all_regions: &[String]) -> Policy {
+    let regions = configs
+        .get(KEY_REGIONS)
+        .map(|v| split_regions(v))
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| all_regions.to_vec());
+    let writers = match configs
+        .get(KEY_WRITERS)
+        .and_then(|v| v.strip_prefix("home:"))
+    {
+        Some(r) => Writers::Home(r.to_string()),
+        None => Writers::All,
+    };
+    Policy {
+        sync: configs.get(KEY_REPLICATION).is_some_and(|v| v == "sync"),
+        sync_quorum: configs
+            .get(KEY_SYNC_QUORUM)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2)
+            .min(regions.len() as u32),
+        rpo_max_ms: configs.get(KEY_RPO_MAX_MS).and_then(|v| v.parse().ok()),
+        regions,
+        writers,
+    }
+}
+
+/// Checks the `meridian.*` configs of a topic together, against the
+/// topology's regions: every named region exists, the home region holds the
+/// topic, a sync quorum fits in the regions.
+pub fn validate_policy(
+    configs: &BTreeMap<String, String>,
+    all_regions: &[String],
+) -> Result<(), MetaError> {
+    let bad = |key: &str, reason: String| MetaError::InvalidConfig {
+        key: key.to_string(),
+        reason,
+    };
+    if let Some(v) = configs.get(KEY_REGIONS) {
+        for r in split_regions(v) {
+            if !all_regions.contains(&r) {
+                return Err(bad(
+                    KEY_REGIONS,
+                    format!(
+                        "unknown region `{r}`; the topology's regions are {}",
+                        all_regions.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    let p = policy(configs, all_regions);
+    if let Writers::Home(h) = &p.writers {
+        if !p.regions.contains(h) {
+            return Err(bad(
+                KEY_WRITERS,
+                format!(
+                    "home region `{h}` does not hold the topic; its regions are {}",
+                    p.regions.join(", ")
+                ),
+            ));
+        }
+    }
+    if let Some(q) = configs.get(KEY_SYNC_QUORUM) {
+        let n: u32 = q.parse().unwrap_or(0);
+        if n as usize > p.regions.len() {
+            return Err(bad(
+                KEY_SYNC_QUORUM,
+                format!(
+                    "{n} is more than the topic's {} regions ({})",
+                    p.regions.len(),
+                    p.regions.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
 
 pub fn validate_topic_name(name: &str) -> Result<(), MetaError> {
     let ok = !name.is_empty()
@@ -112,6 +280,41 @@ pub fn validate_config(key: &str, value: &str) -> Result<(), MetaError> {
                 Err(bad(format!("`{value}`: allowed values are `LogAppendTime` and `CreateTime` (both mean the commit HLC here)")))
             }
         }
+        KEY_REGIONS => {
+            let names = split_regions(value);
+            if names.is_empty() {
+                return Err(bad("name at least one region, separated by commas".into()));
+            }
+            match names.iter().find(|n| !crate::config::valid_name(n)) {
+                Some(n) => Err(bad(format!("`{n}` is not a region name"))),
+                None => Ok(()),
+            }
+        }
+        KEY_WRITERS => match value.strip_prefix("home:") {
+            _ if value == "all" => Ok(()),
+            Some(r) if crate::config::valid_name(r) => Ok(()),
+            _ => Err(bad(format!(
+                "`{value}`: allowed values are `all` and `home:<region>`"
+            ))),
+        },
+        KEY_REPLICATION => match value {
+            "async" | "sync" => Ok(()),
+            _ => Err(bad(format!(
+                "`{value}`: allowed values are `async` and `sync`"
+            ))),
+        },
+        KEY_SYNC_QUORUM => match value.parse::<u32>() {
+            Ok(n) if (1..=16).contains(&n) => Ok(()),
+            _ => Err(bad(format!(
+                "`{value}`: use a number of regions from 1 to the topic's region count"
+            ))),
+        },
+        KEY_RPO_MAX_MS => match value.parse::<u64>() {
+            Ok(n) if n > 0 => Ok(()),
+            _ => Err(bad(format!(
+                "`{value}` is not a positive number of milliseconds"
+            ))),
+        },
         _ => {
             let known: Vec<&str> = TOPIC_CONFIGS.iter().map(|c| c.0).collect();
             Err(bad(format!(
@@ -188,7 +391,7 @@ impl MetaState {
                     .extend(set.iter().map(|(k, v)| (k.clone(), v.clone())));
                 Ok(())
             }
-            Command::Append { .. } => Ok(()),
+            Command::Append { .. } | Command::Close { .. } | Command::Replicate { .. } => Ok(()),
         }
     }
 
@@ -285,5 +488,60 @@ mod tests {
             *counts.entry(preferred_leader(&nodes, 5, p)).or_insert(0) += 1;
         }
         assert_eq!(counts.values().copied().collect::<Vec<_>>(), vec![4, 4, 4]);
+    }
+
+    #[test]
+    fn replication_policy_defaults_and_checks() {
+        let all: Vec<String> = ["us-east", "eu-west", "ap-south"]
+            .map(String::from)
+            .to_vec();
+        let p = policy(&BTreeMap::new(), &all);
+        assert_eq!(p.regions, all);
+        assert_eq!(
+            (p.writers.clone(), p.sync, p.sync_quorum),
+            (Writers::All, false, 2)
+        );
+        assert_eq!(p.remote_acks(), 0);
+        assert!(!p.single_writer());
+        let c = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let p = policy(
+            &c(&[
+                (KEY_WRITERS, "home:eu-west"),
+                (KEY_REPLICATION, "sync"),
+                (KEY_SYNC_QUORUM, "3"),
+            ]),
+            &all,
+        );
+        assert_eq!(p.writers, Writers::Home("eu-west".into()));
+        assert!(
+            p.single_writer() && p.accepts_writes_in("eu-west") && !p.accepts_writes_in("us-east")
+        );
+        assert_eq!(p.remote_acks(), 2);
+        let e = validate_config(KEY_REPLICATION, "semi").unwrap_err();
+        assert!(e.to_string().contains("`async` and `sync`"), "{e}");
+        let e = validate_config(KEY_WRITERS, "us-east").unwrap_err();
+        assert!(e.to_string().contains("home:<region>"), "{e}");
+        let e = validate_policy(&c(&[(KEY_REGIONS, "us-east,mars")]), &all).unwrap_err();
+        assert!(e.to_string().contains("unknown region `mars`"), "{e}");
+        let e = validate_policy(
+            &c(&[(KEY_REGIONS, "us-east"), (KEY_WRITERS, "home:eu-west")]),
+            &all,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("does not hold the topic"), "{e}");
+        let e = validate_policy(
+            &c(&[(KEY_REGIONS, "us-east,eu-west"), (KEY_SYNC_QUORUM, "3")]),
+            &all,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("more than the topic's 2 regions"),
+            "{e}"
+        );
     }
 }

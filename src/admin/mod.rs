@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use crate::transport::faults::FaultState;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -19,6 +20,7 @@ pub async fn serve(listener: TcpListener, router: Arc<Router>, shutdown: Cancell
         .route("/healthz", get(healthz))
         .route("/status", get(status))
         .route("/metrics", get(metrics))
+        .route("/faults", get(get_faults).post(set_faults))
         .with_state(router);
     let _ = axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
@@ -59,7 +61,30 @@ pub struct GroupStatus {
     pub applied_index: Option<u64>,
     /// Known on the leader only: the highest index a majority has stored.
     pub commit_index: Option<u64>,
+    /// The Kafka high watermark: length of the partition's global view.
     pub high_watermark: Option<u64>,
+    /// Origin logs held here.
+    pub origin_logs: Vec<OriginLogStatus>,
+    /// On the leader: what each other region holds of this region's log.
+    pub links: Vec<LinkStatus>,
+}
+
+#[derive(Serialize)]
+pub struct OriginLogStatus {
+    pub origin: String,
+    pub epoch: u32,
+    pub next_offset: u64,
+    /// Closed timestamp, as wall-clock ms.
+    pub closed_ms: i64,
+    /// Records of it in the global view.
+    pub merged: u64,
+}
+
+#[derive(Serialize)]
+pub struct LinkStatus {
+    pub region: String,
+    pub held: u64,
+    pub lag_records: u64,
 }
 
 #[derive(Serialize)]
@@ -96,12 +121,20 @@ fn group_status(
         applied_index: m.last_applied.map(|l| l.index),
         commit_index,
         high_watermark: None,
+        origin_logs: Vec::new(),
+        links: Vec::new(),
     }
 }
 
 pub fn status_of(r: &Router) -> Status {
     let voters = r.region_nodes().len();
-    let meta = group_status(0, &r.groups.meta.metrics().borrow(), voters);
+    let all_nodes = r.topology.regions.iter().map(|x| x.nodes.len()).sum();
+    let meta = group_status(0, &r.groups.meta.metrics().borrow(), all_nodes);
+    let names: std::collections::HashMap<u32, String> = r
+        .region_names()
+        .into_iter()
+        .map(|n| (crate::storage::origin_id(&n), n))
+        .collect();
     let partitions: Vec<GroupStatus> = r
         .groups
         .partitions()
@@ -110,7 +143,36 @@ pub fn status_of(r: &Router) -> Status {
             let mut s = group_status(g.id, &g.raft.metrics().borrow(), voters);
             s.topic = Some(g.topic.clone());
             s.partition = Some(g.partition);
-            s.high_watermark = Some(g.progress.borrow().next_offset);
+            let p = g.progress.borrow().clone();
+            s.high_watermark = Some(p.view_next);
+            s.origin_logs = p
+                .logs
+                .iter()
+                .map(|(l, st)| OriginLogStatus {
+                    origin: names
+                        .get(&l.origin)
+                        .cloned()
+                        .unwrap_or_else(|| format!("#{}", l.origin)),
+                    epoch: l.epoch,
+                    next_offset: st.next_offset,
+                    closed_ms: crate::hlc::wall_ms(st.closed),
+                    merged: st.merged,
+                })
+                .collect();
+            if s.leader == Some(r.node_id()) {
+                let own = p.logs.get(&p.own()).map_or(0, |x| x.next_offset);
+                s.links = r
+                    .link
+                    .acks(g.id)
+                    .borrow()
+                    .iter()
+                    .map(|(region, h)| LinkStatus {
+                        region: region.clone(),
+                        held: h.next_offset,
+                        lag_records: own.saturating_sub(h.next_offset),
+                    })
+                    .collect();
+            }
             s
         })
         .collect();
@@ -129,4 +191,21 @@ pub fn status_of(r: &Router) -> Status {
 
 async fn status(State(r): State<Arc<Router>>) -> Json<Status> {
     Json(status_of(&r))
+}
+
+async fn get_faults(State(r): State<Arc<Router>>) -> Json<FaultState> {
+    Json(r.link.transport.faults.state())
+}
+
+/// Replaces this node's simulated faults (cuts and extra delay between
+/// regions). Each node applies its own: set the same state on every node.
+async fn set_faults(State(r): State<Arc<Router>>, body: axum::body::Bytes) -> (StatusCode, String) {
+    let s: FaultState = match serde_json::from_slice(&body) {
+        Ok(s) => s,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("bad fault state: {e}\n")),
+    };
+    match r.link.transport.faults.set(s) {
+        Ok(()) => (StatusCode::OK, "ok\n".into()),
+        Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")),
+    }
 }

@@ -21,7 +21,7 @@ fn lookup(r: &Router, topic: &str, partition: i32, ts: i64) -> Result<(i64, i64)
         MAX_TIMESTAMP if hw == 0 => (-1, -1),
         MAX_TIMESTAMP => {
             let g = r.partition(topic, partition)?;
-            let last_hlc = g.progress.borrow().last_hlc;
+            let last_hlc = g.progress.borrow().view_last_hlc;
             (hw - 1, crate::hlc::wall_ms(last_hlc))
         }
         ts if ts < 0 => (-1, -1),

@@ -29,6 +29,8 @@ pub(crate) fn partition_error_code(e: &PartitionError) -> i16 {
         PartitionError::LeaderNotAvailable => ResponseError::LeaderNotAvailable.code(),
         PartitionError::Timeout => ResponseError::RequestTimedOut.code(),
         PartitionError::Storage(_) => ResponseError::KafkaStorageError.code(),
+        PartitionError::NotEnoughReplicas(_) => ResponseError::NotEnoughReplicas.code(),
+        PartitionError::Refused(_) => ResponseError::PolicyViolation.code(),
     }
 }
 

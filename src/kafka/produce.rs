@@ -89,7 +89,7 @@ pub async fn submit(
                 Ok(recs) => {
                     let n = recs.len() as u64;
                     let t = r
-                        .submit_append(&topic, p.index, recs)
+                        .submit_append(&topic, p.index, recs, timeout)
                         .await
                         .map_err(Refused::Partition);
                     (t, n)
@@ -125,7 +125,7 @@ pub async fn submit(
                             .observe(started.elapsed().as_secs_f64());
                         PartitionProduceResponse::default()
                             .with_index(p.index)
-                            .with_base_offset(base as i64)
+                            .with_base_offset(base)
                             .with_log_append_time_ms(-1)
                             .with_log_start_offset(0)
                     }

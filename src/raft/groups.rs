@@ -16,7 +16,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use super::network::{NetworkFactory, KIND_APPEND, KIND_META_WRITE, KIND_SNAPSHOT, KIND_VOTE};
 use super::types::{Command, CommandResult, GroupId, NodeId, Raft, TypeConfig, META_GROUP};
-use crate::config::{RaftConfig, RegionSpec};
+use crate::config::{RaftConfig, Topology};
 use crate::hlc::Clock;
 use crate::metrics::Metrics;
 use crate::storage::state_machine::{Notify, Progress};
@@ -64,6 +64,8 @@ impl PartitionGroup {
 pub struct Groups {
     pub node_id: NodeId,
     pub region: String,
+    region_names: Vec<String>,
+    /// Voters of the region's partition groups.
     members: BTreeMap<NodeId, BasicNode>,
     nodes_sorted: Vec<NodeId>,
     db: Arc<Db>,
@@ -97,10 +99,14 @@ impl Groups {
     /// Opens the meta group and the partition groups it lists, and keeps the
     /// partition groups in step with the meta group until `shutdown`. The
     /// returned task ends once every group has stopped after `shutdown`.
+    ///
+    /// The meta group spans every node of every region, so that all regions
+    /// agree on topics, their partition counts and group ids; its writes are
+    /// rare and never on the produce path. Partition groups are the region's.
     #[allow(clippy::too_many_arguments)]
     pub async fn start(
         node_id: NodeId,
-        region: &RegionSpec,
+        topology: &Topology,
         raft: &RaftConfig,
         db: Arc<Db>,
         transport: Arc<Transport>,
@@ -108,11 +114,19 @@ impl Groups {
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Result<(Arc<Groups>, tokio::task::JoinHandle<()>), GroupError> {
+        let me = topology
+            .node(node_id)
+            .ok_or_else(|| GroupError::Config(format!("node {node_id} is not in the topology")))?;
+        let region = topology.region(&me.region).ok_or_else(|| {
+            GroupError::Config(format!("region {} is not in the topology", me.region))
+        })?;
         let raft_config = Arc::new(raft_config(&region.name, raft)?);
-        let members: BTreeMap<NodeId, BasicNode> = region
-            .nodes
+        let basic = |n: &crate::config::NodeSpec| (n.id, BasicNode::new(n.quic.to_string()));
+        let members: BTreeMap<NodeId, BasicNode> = region.nodes.iter().map(basic).collect();
+        let all_members: BTreeMap<NodeId, BasicNode> = topology
+            .regions
             .iter()
-            .map(|n| (n.id, BasicNode::new(n.quic.to_string())))
+            .flat_map(|r| r.nodes.iter().map(basic))
             .collect();
         let nodes_sorted: Vec<NodeId> = members.keys().copied().collect();
         let (meta_tx, meta_state) = watch::channel(Arc::new(MetaState::default()));
@@ -120,9 +134,10 @@ impl Groups {
             node_id,
             META_GROUP,
             &region.name,
+            Vec::new(),
             Notify::Meta(meta_tx),
-            &members,
-            nodes_sorted.first().copied() == Some(node_id),
+            &all_members,
+            all_members.keys().next().copied() == Some(node_id),
             &db,
             &transport,
             &clock,
@@ -132,6 +147,7 @@ impl Groups {
         let groups = Arc::new(Groups {
             node_id,
             region: region.name.clone(),
+            region_names: topology.regions.iter().map(|r| r.name.clone()).collect(),
             members,
             nodes_sorted,
             db,
@@ -216,8 +232,17 @@ impl Groups {
     async fn reconcile(&self, meta: &MetaState) {
         let mut wanted = HashMap::new();
         for t in meta.topics.values() {
+            let policy = crate::topic::policy(&t.configs, &self.region_names);
+            if !policy.regions.contains(&self.region) {
+                continue; // the topic does not live in this region
+            }
+            let writers: Vec<u32> = policy
+                .writer_regions()
+                .iter()
+                .map(|r| crate::storage::origin_id(r))
+                .collect();
             for p in 0..t.partitions {
-                wanted.insert(t.group(p), (t.name.clone(), t.seq, p));
+                wanted.insert(t.group(p), (t.name.clone(), t.seq, p, writers.clone()));
             }
         }
         let present: Vec<GroupId> = self
@@ -243,13 +268,14 @@ impl Groups {
             .filter(|(id, _)| !present.contains(id))
             .collect();
         to_start.sort_by_key(|(id, _)| *id);
-        for (id, (topic, seq, p)) in to_start {
+        for (id, (topic, seq, p, writers)) in to_start {
             let (tx, progress) = watch::channel(Progress::default());
             let preferred = preferred_leader(&self.nodes_sorted, seq, p) == self.node_id;
             match open_group(
                 self.node_id,
                 id,
                 &self.region,
+                writers,
                 Notify::Partition(tx),
                 &self.members,
                 preferred,
@@ -415,6 +441,7 @@ async fn open_group(
     node_id: NodeId,
     group: GroupId,
     region: &str,
+    view_origins: Vec<u32>,
     notify: Notify,
     members: &BTreeMap<NodeId, BasicNode>,
     preferred: bool,
@@ -429,8 +456,15 @@ async fn open_group(
         .is_pristine()
         .await
         .map_err(|e| start_err(e.to_string()))?;
-    let sm = StateMachine::open(db.clone(), group, region.to_string(), clock.clone(), notify)
-        .map_err(|e| start_err(e.to_string()))?;
+    let sm = StateMachine::open(
+        db.clone(),
+        group,
+        region.to_string(),
+        view_origins,
+        clock.clone(),
+        notify,
+    )
+    .map_err(|e| start_err(e.to_string()))?;
     let network = NetworkFactory {
         transport: transport.clone(),
         group,

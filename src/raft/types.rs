@@ -89,6 +89,21 @@ pub enum Command {
         count: u32,
         batch: bytes::Bytes,
     },
+    /// Partition group: promise that this region's origin log will commit
+    /// no record with an HLC at or below `hlc` (a closed timestamp, proposed
+    /// by the leader while the partition is idle; invariant 5).
+    Close { hlc: u64 },
+    /// Partition group: records of another origin log, copied by the link,
+    /// as the origin stored them (`storage::batch` form, whole batches, in
+    /// offset order), and that log's closed timestamp as of their end.
+    /// Applying it is idempotent: records already held are skipped
+    /// (invariant 3).
+    Replicate {
+        origin: u32,
+        epoch: u32,
+        closed: u64,
+        batches: Vec<bytes::Bytes>,
+    },
 }
 
 /// What applying a command returns to the proposer.
@@ -102,4 +117,10 @@ pub enum CommandResult {
         last_hlc: u64,
     },
     Meta(Result<(), MetaError>),
+    /// After `Close` or `Replicate`: the origin log's high watermark and
+    /// closed timestamp here.
+    LogState {
+        next_offset: u64,
+        closed: u64,
+    },
 }

@@ -169,6 +169,52 @@ fn estimate(records: &[RecordIn]) -> usize {
         .sum::<usize>()
 }
 
+/// The Kafka batch of stored records `from .. to` (origin offsets, inside
+/// the batch `h` of `kafka`) renumbered to start at `new_base`: how the
+/// global view serves part of a batch. Whole batches only get their base
+/// offset patched ([`with_base_offset`]); this decodes and encodes, keeping
+/// every record's timestamp, key, value and headers.
+pub fn reslice(
+    h: BatchHeader,
+    kafka: &[u8],
+    from: u64,
+    to: u64,
+    new_base: u64,
+) -> Result<Bytes, String> {
+    let mut bytes = Bytes::copy_from_slice(kafka);
+    let sets = RecordBatchDecoder::decode_all(&mut bytes).map_err(|e| e.to_string())?;
+    let picked: Vec<Record> = sets
+        .into_iter()
+        .flat_map(|s| s.records)
+        .enumerate()
+        .filter(|(i, _)| (from..to).contains(&(h.base_offset + *i as u64)))
+        .enumerate()
+        .map(|(j, (_, r))| {
+            records::plain(new_base as i64, j, r.timestamp, r.key, r.value, r.headers)
+        })
+        .collect();
+    if picked.len() as u64 != to - from {
+        return Err(format!(
+            "batch at {} holds no records {from}..{to}",
+            h.base_offset
+        ));
+    }
+    let mut buf = BytesMut::new();
+    let opts = RecordEncodeOptions {
+        version: 2,
+        compression: Compression::None,
+    };
+    RecordBatchEncoder::encode(&mut buf, &picked, &opts).map_err(|e| e.to_string())?;
+    Ok(buf.freeze())
+}
+
+/// A stored Kafka batch with another base offset (outside the batch CRC).
+pub fn with_base_offset(kafka: &[u8], base: u64) -> Bytes {
+    let mut buf = BytesMut::from(kafka);
+    buf[..8].copy_from_slice(&base.to_be_bytes());
+    buf.freeze()
+}
+
 /// Splits a stored value into its header and its Kafka record batch bytes.
 pub fn decode(value: &[u8]) -> Result<(BatchHeader, &[u8]), String> {
     if value.len() < HEADER_LEN || value[0] != FORMAT {
@@ -315,5 +361,49 @@ mod tests {
         );
         let wrong = BatchHeader { count: 3, ..h };
         assert!(restamp(wrong, "us-east", &proposed).is_err());
+    }
+
+    #[test]
+    fn a_resliced_batch_keeps_its_records_under_new_offsets() {
+        let records: Vec<RecordIn> = (0..5)
+            .map(|i| RecordIn {
+                key: None,
+                value: Some(Bytes::from(format!("v{i}"))),
+                headers: vec![],
+            })
+            .collect();
+        let h = BatchHeader {
+            base_offset: 10,
+            count: 5,
+            first_hlc: hlc::from_wall_ms(1_763_712_000_000),
+        };
+        let stored = encode(h, "eu-west", &records);
+        let (_, kafka) = decode(&stored).unwrap();
+        let mut out = reslice(h, kafka, 11, 13, 100).unwrap();
+        let set = RecordBatchDecoder::decode(&mut out).unwrap();
+        let got: Vec<(i64, Option<Bytes>)> = set
+            .records
+            .iter()
+            .map(|r| (r.offset, r.value.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (100, Some(Bytes::from("v1"))),
+                (101, Some(Bytes::from("v2")))
+            ]
+        );
+        assert!(set.records[0]
+            .headers
+            .contains_key(&StrBytes::from_static_str(HEADER_HLC)));
+        assert!(
+            reslice(h, kafka, 14, 16, 0).is_err(),
+            "records past the batch"
+        );
+        let mut whole = with_base_offset(kafka, 7);
+        assert_eq!(
+            RecordBatchDecoder::decode(&mut whole).unwrap().records[4].offset,
+            11
+        );
     }
 }

@@ -6,6 +6,8 @@
 //! - `sm_state`   `[group]` -> the state machine's applied state
 //! - `records`    `[group][origin][epoch][base offset]` -> stored batch (see [`batch`])
 //! - `hlc_index`  `[group][origin][epoch][last hlc]` -> base offset of that batch
+//! - `view`       `[group][position]` -> a run of the global view (`view::Run`)
+//! - `view_hlc`   `[group][first hlc of a run]` -> its position
 //!
 //! `[group][origin][epoch]` names one origin log of a partition ([`LogKey`]):
 //! the records one region committed in one epoch. A record's id is
@@ -39,12 +41,16 @@ pub const CF_RAFT_STATE: &str = "raft_state";
 pub const CF_SM_STATE: &str = "sm_state";
 pub const CF_RECORDS: &str = "records";
 pub const CF_HLC_INDEX: &str = "hlc_index";
-const ALL_CFS: [&str; 5] = [
+pub const CF_VIEW: &str = "view";
+pub const CF_VIEW_HLC: &str = "view_hlc";
+const ALL_CFS: [&str; 7] = [
     CF_RAFT_LOG,
     CF_RAFT_STATE,
     CF_SM_STATE,
     CF_RECORDS,
     CF_HLC_INDEX,
+    CF_VIEW,
+    CF_VIEW_HLC,
 ];
 
 /// Callbacks waiting for the syncer at most; appenders wait when it is full.
@@ -148,7 +154,7 @@ impl Db {
             let mut o = Options::default();
             // Measured: LZ4 costs less CPU than writing uncompressed SSTs.
             o.set_compression_type(rocksdb::DBCompressionType::Lz4);
-            if [CF_RAFT_LOG, CF_RECORDS].contains(name) {
+            if [CF_RAFT_LOG, CF_RECORDS, CF_VIEW].contains(name) {
                 // Append-only, keyed by position: universal compaction
                 // rewrites each byte a few times, not once per level.
                 o.set_compaction_style(rocksdb::DBCompactionStyle::Universal);

@@ -7,6 +7,7 @@
 // traits require; boxing it in our helpers would only move the cost.
 #![allow(clippy::result_large_err)]
 
+use std::collections::{BTreeMap, VecDeque};
 use std::io::Cursor;
 use std::sync::Arc;
 
@@ -20,21 +21,52 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::batch::{self, BatchHeader};
-use super::{key, origin_id, Db, LogKey, CF_HLC_INDEX, CF_RECORDS, CF_SM_STATE, EPOCH_FIRST};
+use super::{
+    key, origin_id, Db, LogKey, CF_HLC_INDEX, CF_RECORDS, CF_SM_STATE, CF_VIEW, CF_VIEW_HLC,
+    EPOCH_FIRST,
+};
 use crate::hlc::{self, Clock};
 use crate::raft::types::{
     Command, CommandResult, Entry, GroupId, LogId, NodeId, StorageError, TypeConfig, META_GROUP,
 };
 use crate::topic::MetaState;
+use crate::view::{self, LogRef, Run, Segment};
 
-/// How far a partition's origin log has been applied (= committed) here.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// One origin log of a partition as held here.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogState {
+    /// The log's high watermark here: offset of its next record.
+    pub next_offset: u64,
+    pub last_hlc: u64,
+    /// Closed timestamp: the origin commits no further record at or below
+    /// it (invariant 5). Always at least `last_hlc`.
+    pub closed: u64,
+    /// Records below this offset are in the global view.
+    pub merged: u64,
+}
+
+/// What a partition group has applied (= committed) here.
+#[derive(Debug, Clone, Default)]
 pub struct Progress {
     /// The origin log this group writes: this region's, current epoch.
     pub log: LogKey,
-    /// The high watermark: offset of the next record.
+    /// The own origin log's high watermark: offset of its next record.
     pub next_offset: u64,
     pub last_hlc: u64,
+    /// Length of the global view: the partition's Kafka high watermark.
+    pub view_next: u64,
+    pub view_last_hlc: u64,
+    /// Every origin log held here, own and copied.
+    pub logs: Arc<BTreeMap<LogRef, LogState>>,
+}
+
+impl Progress {
+    pub fn own(&self) -> LogRef {
+        LogRef {
+            origin: self.log.origin,
+            epoch: self.log.epoch,
+        }
+    }
 }
 
 /// Where a state machine publishes what it applied.
@@ -49,8 +81,11 @@ struct Applied {
     membership: StoredMembership<NodeId, BasicNode>,
     /// Epoch of this region's origin log.
     epoch: u32,
-    next_offset: u64,
-    last_hlc: u64,
+    logs: BTreeMap<LogRef, LogState>,
+    /// Positions assigned in the global view.
+    view_next: u64,
+    /// HLC of the view's last record.
+    view_last_hlc: u64,
     meta: Option<MetaState>,
 }
 
@@ -60,8 +95,9 @@ impl Default for Applied {
             last_applied: None,
             membership: StoredMembership::default(),
             epoch: EPOCH_FIRST,
-            next_offset: 0,
-            last_hlc: 0,
+            logs: BTreeMap::new(),
+            view_next: 0,
+            view_last_hlc: 0,
             meta: None,
         }
     }
@@ -73,7 +109,11 @@ pub struct StateMachine {
     /// This region: the origin of every record appended here.
     origin: String,
     origin_id: u32,
+    /// Origins whose logs make up the global view (the topic's writers).
+    view_origins: Vec<u32>,
     applied: Applied,
+    /// Records held but not yet in the view, per origin log.
+    pending: BTreeMap<LogRef, VecDeque<Segment>>,
     notify: Notify,
     clock: Arc<Clock>,
 }
@@ -83,15 +123,18 @@ fn any(e: impl std::error::Error + 'static) -> AnyError {
 }
 
 impl StateMachine {
-    /// Loads the group's applied state and publishes it.
+    /// Loads the group's applied state and publishes it. `view_origins` are
+    /// the origin ids whose logs the global view merges (none for the meta
+    /// group).
     pub fn open(
         db: Arc<Db>,
         group: GroupId,
         origin: String,
+        view_origins: Vec<u32>,
         clock: Arc<Clock>,
         notify: Notify,
     ) -> Result<Self, StorageError> {
-        let applied = match db
+        let applied: Applied = match db
             .get(CF_SM_STATE, &key(group, 0))
             .map_err(|e| StorageIOError::read_state_machine(any(e)))?
         {
@@ -100,18 +143,55 @@ impl StateMachine {
             }
             None => Applied::default(),
         };
-        clock.observe(applied.last_hlc);
-        let sm = StateMachine {
+        let mut sm = StateMachine {
             db,
             group,
             origin_id: origin_id(&origin),
             origin,
+            view_origins,
             applied,
+            pending: BTreeMap::new(),
             notify,
             clock,
         };
+        sm.load_pending()
+            .map_err(|e| StorageIOError::read_state_machine(any(e)))?;
+        sm.clock.observe(sm.own_state().last_hlc);
         sm.publish();
         Ok(sm)
+    }
+
+    /// Rebuilds the records not yet merged into the view from storage.
+    fn load_pending(&mut self) -> Result<(), super::DbError> {
+        for (log, st) in &self.applied.logs {
+            if st.merged >= st.next_offset || !self.view_origins.contains(&log.origin) {
+                continue;
+            }
+            let lk = self.log_key(*log);
+            let prefix = lk.prefix();
+            let start = match self.db.last_at_or_before(CF_RECORDS, &prefix, st.merged)? {
+                Some((base, _)) => base,
+                None => st.merged,
+            };
+            let q = self.pending.entry(*log).or_default();
+            for r in self.db.range(CF_RECORDS, &prefix, start, st.next_offset) {
+                let (_, v) = r?;
+                let (h, _) = batch::decode(&v).map_err(|reason| super::DbError::Corrupt {
+                    cf: CF_RECORDS,
+                    reason,
+                })?;
+                if h.end_offset() <= st.merged {
+                    continue;
+                }
+                let skip = st.merged.saturating_sub(h.base_offset);
+                q.push_back(Segment {
+                    base_offset: h.base_offset + skip,
+                    count: h.count - skip as u32,
+                    first_hlc: h.first_hlc + skip,
+                });
+            }
+        }
+        Ok(())
     }
 
     fn publish(&self) {
@@ -121,20 +201,61 @@ impl StateMachine {
                 tx.send_replace(Arc::new(m));
             }
             Notify::Partition(tx) => {
+                let own = self.own_state();
                 tx.send_replace(Progress {
-                    log: self.log(),
-                    next_offset: self.applied.next_offset,
-                    last_hlc: self.applied.last_hlc,
+                    log: self.log_key(self.own_ref()),
+                    next_offset: own.next_offset,
+                    last_hlc: own.last_hlc,
+                    view_next: self.applied.view_next,
+                    view_last_hlc: self.applied.view_last_hlc,
+                    logs: Arc::new(self.applied.logs.clone()),
                 });
             }
         }
     }
 
-    fn log(&self) -> LogKey {
-        LogKey {
-            group: self.group,
+    fn own_ref(&self) -> LogRef {
+        LogRef {
             origin: self.origin_id,
             epoch: self.applied.epoch,
+        }
+    }
+
+    fn own_state(&self) -> LogState {
+        self.applied
+            .logs
+            .get(&self.own_ref())
+            .copied()
+            .unwrap_or_default()
+    }
+
+    fn log_key(&self, log: LogRef) -> LogKey {
+        LogKey {
+            group: self.group,
+            origin: log.origin,
+            epoch: log.epoch,
+        }
+    }
+
+    /// Stores one batch of `log` at the log's end and queues it for the view.
+    fn put_batch(&mut self, b: &mut WriteBatch, log: LogRef, h: BatchHeader, stored: &[u8]) {
+        let lk = self.log_key(log);
+        b.put_cf(self.db.cf(CF_RECORDS), lk.key(h.base_offset), stored);
+        b.put_cf(
+            self.db.cf(CF_HLC_INDEX),
+            lk.key(h.last_hlc()),
+            h.base_offset.to_be_bytes(),
+        );
+        let st = self.applied.logs.entry(log).or_default();
+        st.next_offset = h.end_offset();
+        st.last_hlc = h.last_hlc();
+        st.closed = st.closed.max(st.last_hlc);
+        if self.view_origins.contains(&log.origin) {
+            self.pending.entry(log).or_default().push_back(Segment {
+                base_offset: h.base_offset,
+                count: h.count,
+                first_hlc: h.first_hlc,
+            });
         }
     }
 
@@ -145,22 +266,22 @@ impl StateMachine {
                 count,
                 batch: proposed,
             } => {
+                let own = self.own_state();
                 if count == 0 {
                     return CommandResult::Appended {
-                        base_offset: self.applied.next_offset,
-                        first_hlc: self.applied.last_hlc,
-                        last_hlc: self.applied.last_hlc,
+                        base_offset: own.next_offset,
+                        first_hlc: own.last_hlc,
+                        last_hlc: own.last_hlc,
                     };
                 }
+                // Above the last record and the closed timestamp: invariants 2 and 5.
+                let floor = own.last_hlc.max(own.closed);
                 let h = BatchHeader {
-                    base_offset: self.applied.next_offset,
+                    base_offset: own.next_offset,
                     count,
-                    first_hlc: hlc::assign_first(proposed_hlc, self.applied.last_hlc),
+                    first_hlc: hlc::assign_first(proposed_hlc, floor),
                 };
-                assert!(
-                    h.first_hlc > self.applied.last_hlc,
-                    "HLCs strictly increase"
-                );
+                assert!(h.first_hlc > floor, "HLCs strictly increase");
                 let stored = if h.first_hlc == proposed_hlc {
                     batch::store(h, &proposed)
                 } else {
@@ -168,25 +289,133 @@ impl StateMachine {
                     // decoded: decoding it again cannot fail.
                     batch::restamp(h, &self.origin, &proposed).expect("proposed batch decodes")
                 };
-                let log = self.log();
-                b.put_cf(self.db.cf(CF_RECORDS), log.key(h.base_offset), stored);
-                b.put_cf(
-                    self.db.cf(CF_HLC_INDEX),
-                    log.key(h.last_hlc()),
-                    h.base_offset.to_be_bytes(),
-                );
-                self.applied.next_offset = h.end_offset();
-                self.applied.last_hlc = h.last_hlc();
+                self.put_batch(b, self.own_ref(), h, &stored);
                 CommandResult::Appended {
                     base_offset: h.base_offset,
                     first_hlc: h.first_hlc,
                     last_hlc: h.last_hlc(),
                 }
             }
+            Command::Close { hlc } => {
+                let own = self.own_ref();
+                let st = self.applied.logs.entry(own).or_default();
+                st.closed = st.closed.max(hlc).max(st.last_hlc);
+                CommandResult::LogState {
+                    next_offset: st.next_offset,
+                    closed: st.closed,
+                }
+            }
+            Command::Replicate {
+                origin,
+                epoch,
+                closed,
+                batches,
+            } => {
+                let log = LogRef { origin, epoch };
+                if log != self.own_ref() {
+                    self.replicate(b, log, closed, &batches);
+                }
+                let st = self.applied.logs.get(&log).copied().unwrap_or_default();
+                CommandResult::LogState {
+                    next_offset: st.next_offset,
+                    closed: st.closed,
+                }
+            }
             meta_cmd => {
                 assert_eq!(self.group, META_GROUP, "meta commands go to the meta group");
                 let meta = self.applied.meta.get_or_insert_with(MetaState::default);
                 CommandResult::Meta(meta.apply(&meta_cmd))
+            }
+        }
+    }
+
+    /// Appends the batches of `log` that are new here. Batches are whole, so
+    /// a log's high watermark is always a batch boundary in every region; a
+    /// batch that would leave a gap stops the copy, and the sender resumes
+    /// from the high watermark it gets back.
+    fn replicate(
+        &mut self,
+        b: &mut WriteBatch,
+        log: LogRef,
+        closed: u64,
+        batches: &[bytes::Bytes],
+    ) {
+        let mut complete = true;
+        for stored in batches {
+            let next = self.applied.logs.get(&log).map_or(0, |s| s.next_offset);
+            let h = match batch::decode(stored) {
+                Ok((h, _)) if h.count > 0 => h,
+                _ => {
+                    tracing::warn!(
+                        group = self.group,
+                        ?log,
+                        "dropping an undecodable replicated batch"
+                    );
+                    complete = false;
+                    break;
+                }
+            };
+            if h.end_offset() <= next {
+                continue; // already held: invariant 3
+            }
+            if h.base_offset != next {
+                complete = false;
+                break;
+            }
+            self.put_batch(b, log, h, stored);
+        }
+        if complete {
+            // `closed` holds for the sender's prefix, which every batch up to
+            // its end (now held here) covers.
+            let st = self.applied.logs.entry(log).or_default();
+            st.closed = st.closed.max(closed);
+        }
+    }
+
+    /// The view's watermark: the smallest closed timestamp among the
+    /// writer origins (an origin's latest epoch counts).
+    fn watermark(&self) -> u64 {
+        self.view_origins
+            .iter()
+            .map(|o| {
+                self.applied
+                    .logs
+                    .iter()
+                    .filter(|(l, _)| l.origin == *o)
+                    .map(|(_, s)| s.closed)
+                    .max()
+                    .unwrap_or(0)
+            })
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// Merges what the watermark allows into the view and stores the runs.
+    fn advance_view(&mut self, b: &mut WriteBatch) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let w = self.watermark();
+        let runs = view::merge(&mut self.pending, w, &mut self.applied.view_next);
+        let mut last_hlc = None;
+        for run in runs {
+            b.put_cf(
+                self.db.cf(CF_VIEW),
+                key(self.group, run.pos),
+                bincode::serialize(&run).expect("serialize run"),
+            );
+            // The view is sorted by HLC; index each run's first HLC once.
+            if last_hlc != Some(run.first_hlc) {
+                b.put_cf(
+                    self.db.cf(CF_VIEW_HLC),
+                    key(self.group, run.first_hlc),
+                    run.pos.to_be_bytes(),
+                );
+                last_hlc = Some(run.first_hlc);
+            }
+            self.applied.view_last_hlc = run.first_hlc + run.count as u64 - 1;
+            if let Some(st) = self.applied.logs.get_mut(&run.log) {
+                st.merged = st.merged.max(run.offset + run.count as u64);
             }
         }
     }
@@ -230,8 +459,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             };
             results.push(r);
         }
+        self.advance_view(&mut b);
         self.persist(b)?;
-        self.clock.observe(self.applied.last_hlc);
+        self.clock.observe(self.own_state().last_hlc);
         self.publish();
         Ok(results)
     }
@@ -254,15 +484,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<(), StorageError> {
         let snap: Applied = bincode::deserialize(snapshot.get_ref())
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), any(*e)))?;
-        if self.group != META_GROUP && snap.next_offset > self.applied.next_offset {
+        if self.group != META_GROUP && snap.logs != self.applied.logs {
             // A partition snapshot carries the state, not the records. Raft
             // logs are never purged, so no leader sends one; if one ever
             // came, taking it would silently skip records. Refuse loudly.
             return Err(StorageIOError::read_snapshot(
                 Some(meta.signature()),
                 AnyError::error(format!(
-                    "group {}: a snapshot would skip records {}..{}; partition snapshots are not supported",
-                    self.group, self.applied.next_offset, snap.next_offset
+                    "group {}: a snapshot would skip records; partition snapshots are not supported",
+                    self.group
                 )),
             )
             .into());
@@ -301,17 +531,19 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 /// Reads committed records of a partition straight from storage.
 pub mod read {
     use super::*;
+    use crate::storage::DbError;
 
-    /// Stored Kafka record batches of `group` from the one holding `from`
-    /// up to the high watermark `hw`, at most about `max_bytes` (but always at
-    /// least one batch, as Kafka does, so a large batch cannot stall a reader).
-    pub fn batches(
+    /// Stored batches (header and Kafka batch, as the origin stored them) of
+    /// `log` from the one holding `from` up to `hw`, at most about
+    /// `max_bytes` but always at least one batch, so a large batch cannot
+    /// stall a reader.
+    pub fn stored(
         db: &Db,
         log: LogKey,
         from: u64,
         hw: u64,
         max_bytes: usize,
-    ) -> Result<Vec<bytes::Bytes>, super::super::DbError> {
+    ) -> Result<Vec<bytes::Bytes>, DbError> {
         let mut out = Vec::new();
         if from >= hw {
             return Ok(out);
@@ -331,40 +563,110 @@ pub mod read {
         let mut size = 0usize;
         for r in db.range(CF_RECORDS, &prefix, start, hw) {
             let (_, v) = r?;
-            let (_, kafka) = batch::decode(&v).map_err(corrupt)?;
-            if !out.is_empty() && size + kafka.len() > max_bytes {
+            if !out.is_empty() && size + v.len() > max_bytes {
                 break;
             }
-            size += kafka.len();
-            out.push(bytes::Bytes::copy_from_slice(kafka));
+            size += v.len();
+            out.push(bytes::Bytes::from(v.into_vec()));
         }
         Ok(out)
     }
 
-    /// Offset and HLC of the first record with an HLC at or above `hlc`.
-    pub fn offset_for_hlc(
+    /// Kafka record batches of the global view of `group` from position
+    /// `from` up to `view_next`, at most about `max_bytes` (at least one
+    /// batch). Offsets in them are view positions. A batch that lies whole
+    /// inside one run of the view keeps its bytes with a new base offset;
+    /// part of a batch is encoded again.
+    pub fn view(
         db: &Db,
-        log: LogKey,
-        hlc: u64,
-    ) -> Result<Option<(u64, u64)>, super::super::DbError> {
-        let Some((_, base)) = db.first_at_or_after(CF_HLC_INDEX, &log.prefix(), hlc)? else {
-            return Ok(None);
-        };
-        let base = u64::from_be_bytes(
-            base.as_ref()
-                .try_into()
-                .map_err(|_| corrupt("hlc index value".into()))?,
-        );
-        let Some(v) = db.get(CF_RECORDS, &log.key(base))? else {
-            return Err(corrupt(format!("hlc index names missing batch {base}")));
-        };
-        let (h, _) = batch::decode(&v).map_err(corrupt)?;
-        Ok(h.offset_for_hlc(hlc)
-            .map(|o| (o, h.first_hlc + (o - h.base_offset))))
+        group: GroupId,
+        from: u64,
+        view_next: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<bytes::Bytes>, DbError> {
+        let mut out = Vec::new();
+        if from >= view_next {
+            return Ok(out);
+        }
+        let prefix = group.to_be_bytes();
+        let start = db
+            .last_at_or_before(CF_VIEW, &prefix, from)?
+            .map_or(from, |(pos, _)| pos);
+        let mut size = 0usize;
+        for r in db.range(CF_VIEW, &prefix, start, view_next) {
+            let (_, v) = r?;
+            let run: Run = bincode::deserialize(&v).map_err(|e| corrupt(e.to_string()))?;
+            let lo = from.max(run.pos);
+            if lo >= run.end() {
+                continue;
+            }
+            // Origin offsets of the run still wanted.
+            let (o_lo, o_hi) = (run.offset + (lo - run.pos), run.offset + run.count as u64);
+            let log = LogKey {
+                group,
+                origin: run.log.origin,
+                epoch: run.log.epoch,
+            };
+            let budget = max_bytes.saturating_sub(size).max(1);
+            let mut reached = o_lo;
+            for stored in stored(db, log, o_lo, o_hi, budget)? {
+                let (h, kafka) = batch::decode(&stored).map_err(corrupt)?;
+                let (a, b) = (h.base_offset.max(o_lo), h.end_offset().min(o_hi));
+                if a >= b {
+                    continue;
+                }
+                let pos = run.pos + (a - run.offset);
+                let piece = if a == h.base_offset && b == h.end_offset() {
+                    batch::with_base_offset(kafka, pos)
+                } else {
+                    batch::reslice(h, kafka, a, b, pos).map_err(corrupt)?
+                };
+                if !out.is_empty() && size + piece.len() > max_bytes {
+                    return Ok(out);
+                }
+                size += piece.len();
+                out.push(piece);
+                reached = b;
+            }
+            if reached < o_hi {
+                break; // out of budget inside this run
+            }
+        }
+        Ok(out)
     }
 
-    fn corrupt(reason: String) -> super::super::DbError {
-        super::super::DbError::Corrupt {
+    /// View position and HLC of the first record of the view with an HLC at
+    /// or above `hlc`, if the view holds one.
+    pub fn view_offset_for_hlc(
+        db: &Db,
+        group: GroupId,
+        hlc: u64,
+        view_next: u64,
+    ) -> Result<Option<(u64, u64)>, DbError> {
+        let prefix = group.to_be_bytes();
+        // The run holding `hlc` starts at or before it; runs are HLC-sorted.
+        let start = match db.last_at_or_before(CF_VIEW_HLC, &prefix, hlc)? {
+            Some((_, pos)) => u64::from_be_bytes(
+                pos.as_ref()
+                    .try_into()
+                    .map_err(|_| corrupt("view hlc index value".into()))?,
+            ),
+            None => 0,
+        };
+        for r in db.range(CF_VIEW, &prefix, start, view_next) {
+            let (_, v) = r?;
+            let run: Run = bincode::deserialize(&v).map_err(|e| corrupt(e.to_string()))?;
+            let last = run.first_hlc + run.count as u64 - 1;
+            if last >= hlc {
+                let i = hlc.saturating_sub(run.first_hlc);
+                return Ok(Some((run.pos + i, run.first_hlc + i)));
+            }
+        }
+        Ok(None)
+    }
+
+    fn corrupt(reason: String) -> DbError {
+        DbError::Corrupt {
             cf: CF_RECORDS,
             reason,
         }

@@ -7,6 +7,7 @@
 //! deadline and every frame a size limit. Nothing above this module imports
 //! quinn.
 
+pub mod faults;
 pub mod tls;
 
 use std::collections::HashMap;
@@ -41,6 +42,8 @@ pub enum TransportError {
     Timeout { peer: NodeId, ms: u64 },
     #[error("stream to node {peer} failed: {reason}")]
     Stream { peer: NodeId, reason: String },
+    #[error("node {peer} is cut off by the fault layer")]
+    Cut { peer: NodeId },
     #[error("node {peer} refused the request: {reason}")]
     Remote { peer: NodeId, reason: String },
     #[error(transparent)]
@@ -62,6 +65,7 @@ pub struct Transport {
     peers: HashMap<NodeId, SocketAddr>,
     conns: Mutex<HashMap<NodeId, quinn::Connection>>,
     cfg: TransportConfig,
+    pub faults: faults::Faults,
 }
 
 fn quic_transport_config(cfg: &TransportConfig) -> Arc<quinn::TransportConfig> {
@@ -91,6 +95,7 @@ impl Transport {
         listen: SocketAddr,
         peers: HashMap<NodeId, SocketAddr>,
         tls: &TlsMaterial,
+        faults: faults::Faults,
     ) -> Result<Arc<Transport>, TransportError> {
         let bind_err = |reason: String| TransportError::Bind {
             addr: listen,
@@ -112,6 +117,7 @@ impl Transport {
             peers,
             conns: Mutex::new(HashMap::new()),
             cfg,
+            faults,
         }))
     }
 
@@ -191,7 +197,21 @@ impl Transport {
         timeout: Duration,
     ) -> Result<Vec<u8>, TransportError> {
         let ms = timeout.as_millis() as u64;
-        tokio::time::timeout(timeout, self.call_inner(peer, kind, group, payload))
+        let call = async {
+            match self.faults.path(peer) {
+                faults::Path::Cut => Err(TransportError::Cut { peer }),
+                faults::Path::Delay(d) if d.is_zero() => {
+                    self.call_inner(peer, kind, group, payload).await
+                }
+                faults::Path::Delay(d) => {
+                    tokio::time::sleep(d).await;
+                    let r = self.call_inner(peer, kind, group, payload).await;
+                    tokio::time::sleep(d).await;
+                    r
+                }
+            }
+        };
+        tokio::time::timeout(timeout, call)
             .await
             .map_err(|_| TransportError::Timeout { peer, ms })?
     }
@@ -308,6 +328,7 @@ mod tests {
                 addr,
                 peers.clone(),
                 &TlsMaterial::dev(dir).unwrap(),
+                faults::Faults::new(&crate::config::Topology::default(), "r"),
             )
             .unwrap()
         };

@@ -40,6 +40,7 @@ pub fn free_port_base(n: u16) -> u16 {
 
 pub struct NodeInfo {
     pub id: u64,
+    pub region: String,
     pub kafka: String,
     pub admin: String,
     pub pid: u32,
@@ -55,9 +56,37 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Starts the one-region dev topology and waits until it is up.
-    pub fn start() -> Cluster {
+    /// Starts the three-region dev topology (simulated round trips) and
+    /// waits until it is up.
+    pub fn start_three() -> Cluster {
         Self::start_with(&repo().join("regions/dev.toml"))
+    }
+
+    /// Bootstrap brokers of one region.
+    pub fn region_bootstrap(&self, region: &str) -> String {
+        self.region_nodes(region)
+            .iter()
+            .map(|n| n.kafka.clone())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn region_nodes(&self, region: &str) -> Vec<&NodeInfo> {
+        self.nodes.iter().filter(|n| n.region == region).collect()
+    }
+
+    /// Sets the fault layer of every node (JSON as admin `/faults` takes).
+    pub fn set_faults(&self, json: &str) {
+        for n in &self.nodes {
+            if let Some((code, body)) = http_post(&n.admin, "/faults", json) {
+                assert_eq!(code, 200, "node {}: {body}", n.id);
+            }
+        }
+    }
+
+    /// Starts the one-region topology and waits until it is up.
+    pub fn start() -> Cluster {
+        Self::start_with(&repo().join("regions/one-region.toml"))
     }
 
     pub fn start_with(topology: &Path) -> Cluster {
@@ -105,9 +134,15 @@ impl Cluster {
             &std::fs::read_to_string(c.cluster_dir().join("cluster.json")).unwrap(),
         )
         .unwrap();
-        for n in json["regions"][0]["nodes"].as_array().unwrap() {
+        for (r, n) in json["regions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r["nodes"].as_array().unwrap().iter().map(move |n| (r, n)))
+        {
             c.nodes.push(NodeInfo {
                 id: n["id"].as_u64().unwrap(),
+                region: r["name"].as_str().unwrap().to_string(),
                 kafka: n["kafka"].as_str().unwrap().to_string(),
                 admin: n["admin"].as_str().unwrap().to_string(),
                 pid: n["pid"].as_u64().unwrap() as u32,
@@ -227,6 +262,26 @@ pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     let mut s = std::net::TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
+    Some((
+        code,
+        buf.split_once("\r\n\r\n").map_or("", |x| x.1).to_string(),
+    ))
+}
+
+/// Blocking HTTP/1.0 POST of a JSON body: status code and body.
+pub fn http_post(addr: &str, path: &str, body: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "POST {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
     let code = buf.split_whitespace().nth(1)?.parse().ok()?;

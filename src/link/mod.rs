@@ -1,0 +1,183 @@
+//! The cross-region link: copies every partition's origin logs between the
+//! regions that hold the topic (invariant 3), carries closed timestamps
+//! (invariant 5), and reports the remote high watermarks that `sync`
+//! produces wait for (invariant 1).
+//!
+//! - [`outbound`]: on each partition leader, one copier per remote region
+//!   ships the origin logs (own and relayed) that the remote lacks, from the
+//!   high watermarks it reports back, and a closer publishes closed
+//!   timestamps while the partition is idle.
+//! - [`inbound`]: proposes copied batches into the local partition group
+//!   (`Command::Replicate`, idempotent) and answers with its high
+//!   watermarks; forwards writes for topics pinned to a home region.
+
+pub mod inbound;
+pub mod outbound;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::config::{LinkConfig, NodeId, NodeSpec, Topology};
+use crate::metrics::Metrics;
+use crate::raft::types::{GroupId, RecordIn};
+use crate::raft::Groups;
+use crate::router::Router;
+use crate::transport::{Handler, Transport};
+use crate::view::LogRef;
+
+/// Copy batches of one origin log into the receiver's partition group.
+pub const KIND_LINK_SHIP: u8 = 16;
+/// Ask for the receiver's high watermarks of a partition.
+pub const KIND_LINK_STATE: u8 = 17;
+/// A produce for a topic pinned to the receiver's region.
+pub const KIND_LINK_FORWARD: u8 = 18;
+
+/// Request kinds the link serves; the rest belong to Raft.
+pub fn is_link_kind(kind: u8) -> bool {
+    (KIND_LINK_SHIP..=KIND_LINK_FORWARD).contains(&kind)
+}
+
+/// A copy of one origin log's batches (stored form), and the log's closed
+/// timestamp as of their end.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Ship {
+    pub from_region: String,
+    pub log: LogRef,
+    pub closed: u64,
+    pub batches: Vec<Bytes>,
+}
+
+/// One origin log as held by a region: high watermark and closed timestamp.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Held {
+    pub next_offset: u64,
+    pub closed: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Reply {
+    /// Every origin log of the partition the receiver holds, after the copy.
+    Logs(BTreeMap<LogRef, Held>),
+    NotLeader(Option<NodeId>),
+    Refused(String),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Forward {
+    pub topic: String,
+    pub partition: i32,
+    pub records: Vec<RecordIn>,
+    pub timeout_ms: u64,
+}
+
+/// What a forwarded produce returns: the Kafka offset, or why not.
+pub type ForwardReply = Result<i64, crate::router::PartitionError>;
+
+/// Remote regions' high watermarks of this region's origin log of one
+/// partition, as the copier last heard them.
+pub type RemoteAcks = BTreeMap<String, Held>;
+
+pub struct Link {
+    pub groups: Arc<Groups>,
+    pub transport: Arc<Transport>,
+    pub topology: Topology,
+    pub me: NodeSpec,
+    pub cfg: LinkConfig,
+    pub metrics: Arc<Metrics>,
+    acks: Mutex<HashMap<GroupId, watch::Sender<RemoteAcks>>>,
+    router: OnceLock<Weak<Router>>,
+}
+
+impl Link {
+    pub fn new(
+        groups: Arc<Groups>,
+        transport: Arc<Transport>,
+        topology: Topology,
+        me: NodeSpec,
+        cfg: LinkConfig,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Link> {
+        Arc::new(Link {
+            groups,
+            transport,
+            topology,
+            me,
+            cfg,
+            metrics,
+            acks: Mutex::new(HashMap::new()),
+            router: OnceLock::new(),
+        })
+    }
+
+    /// The router that forwarded produces go to.
+    pub fn set_router(&self, r: &Arc<Router>) {
+        let _ = self.router.set(Arc::downgrade(r));
+    }
+
+    fn acks_tx(&self, group: GroupId) -> watch::Sender<RemoteAcks> {
+        self.acks
+            .lock()
+            .expect("acks lock")
+            .entry(group)
+            .or_insert_with(|| watch::channel(RemoteAcks::new()).0)
+            .clone()
+    }
+
+    /// Remote high watermarks of this region's origin log of `group`.
+    pub fn acks(&self, group: GroupId) -> watch::Receiver<RemoteAcks> {
+        self.acks_tx(group).subscribe()
+    }
+
+    pub(crate) fn set_acks(&self, group: GroupId, region: &str, held: Held) {
+        self.acks_tx(group).send_if_modified(|m| {
+            let changed = m.get(region) != Some(&held);
+            m.insert(region.to_string(), held);
+            changed
+        });
+    }
+
+    /// Node ids of a region, sorted.
+    pub fn region_nodes(&self, region: &str) -> Vec<NodeId> {
+        self.topology
+            .region(region)
+            .map(|r| r.nodes.iter().map(|n| n.id).collect())
+            .unwrap_or_default()
+    }
+}
+
+impl Handler for Link {
+    fn handle(
+        &self,
+        kind: u8,
+        group: u64,
+        payload: Bytes,
+    ) -> BoxFuture<'static, Result<Vec<u8>, String>> {
+        inbound::handle(self, kind, group, payload)
+    }
+}
+
+/// Serves Raft and link requests on one transport endpoint.
+pub struct Dispatch {
+    pub groups: Arc<Groups>,
+    pub link: Arc<Link>,
+}
+
+impl Handler for Dispatch {
+    fn handle(
+        &self,
+        kind: u8,
+        group: u64,
+        payload: Bytes,
+    ) -> BoxFuture<'static, Result<Vec<u8>, String>> {
+        if is_link_kind(kind) {
+            self.link.handle(kind, group, payload)
+        } else {
+            self.groups.handle(kind, group, payload)
+        }
+    }
+}

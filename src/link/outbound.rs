@@ -1,0 +1,435 @@
+//! The sending side of the link, on every partition leader: one copier per
+//! remote region that holds the topic, and the closer.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn, Instrument};
+
+use super::{Held, Link, Reply, Ship, KIND_LINK_SHIP, KIND_LINK_STATE};
+use crate::hlc;
+use crate::raft::types::{Command, GroupId};
+use crate::raft::{Groups, PartitionGroup};
+use crate::storage::origin_id;
+use crate::storage::state_machine::read;
+use crate::topic::Policy;
+use crate::view::LogRef;
+
+/// What to send a region next: the first origin log it lacks records or a
+/// newer closed timestamp of. Pure, for tests.
+pub fn next_copy(
+    mine: &BTreeMap<LogRef, Held>,
+    theirs: &BTreeMap<LogRef, Held>,
+    copy: impl Fn(&LogRef) -> bool,
+) -> Option<(LogRef, Held, Held)> {
+    let mut closed_only = None;
+    for (l, m) in mine.iter().filter(|(l, _)| copy(l)) {
+        let t = theirs.get(l).copied().unwrap_or_default();
+        if m.next_offset > t.next_offset {
+            return Some((*l, *m, t));
+        }
+        if m.next_offset == t.next_offset && m.closed > t.closed && closed_only.is_none() {
+            closed_only = Some((*l, *m, t));
+        }
+    }
+    closed_only
+}
+
+impl Link {
+    /// Keeps one copier per (led partition, remote region) and closes idle
+    /// partitions, until `shutdown`.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut copiers: HashMap<(GroupId, String), CancellationToken> = HashMap::new();
+        let closing: Arc<std::sync::Mutex<HashSet<GroupId>>> = Default::default();
+        let interval = Duration::from_millis(self.cfg.close_interval_ms);
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let region_names: Vec<String> = self
+            .topology
+            .regions
+            .iter()
+            .map(|r| r.name.clone())
+            .collect();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let meta = self.groups.meta_state();
+            let mut wanted = HashSet::new();
+            for g in self.groups.partitions() {
+                if g.leader() != Some(self.me.id) {
+                    continue;
+                }
+                let Some(t) = meta.topics.get(&g.topic) else {
+                    continue;
+                };
+                let policy = crate::topic::policy(&t.configs, &region_names);
+                for r in policy.regions.iter().filter(|r| **r != self.me.region) {
+                    wanted.insert((g.id, r.clone()));
+                    if let std::collections::hash_map::Entry::Vacant(e) =
+                        copiers.entry((g.id, r.clone()))
+                    {
+                        let stop = shutdown.child_token();
+                        e.insert(stop.clone());
+                        let span = tracing::info_span!("link", region = %self.me.region, node = self.me.id, group = g.id, to = %r);
+                        tokio::spawn(
+                            self.clone()
+                                .copier(g.clone(), r.clone(), stop)
+                                .instrument(span),
+                        );
+                    }
+                }
+                self.close_if_idle(&g, &policy, &closing);
+                self.update_lag(&g, &policy);
+            }
+            copiers.retain(|k, stop| {
+                let keep = wanted.contains(k);
+                if !keep {
+                    stop.cancel();
+                }
+                keep
+            });
+        }
+        for stop in copiers.values() {
+            stop.cancel();
+        }
+    }
+
+    /// Proposes a closed timestamp for a partition this node leads when its
+    /// own origin log has been quiet for a close interval, so that the other
+    /// origins' records can enter the view (invariant 5 makes it a promise).
+    fn close_if_idle(
+        &self,
+        g: &Arc<PartitionGroup>,
+        policy: &Policy,
+        closing: &Arc<std::sync::Mutex<HashSet<GroupId>>>,
+    ) {
+        if policy.single_writer() || !policy.accepts_writes_in(&self.me.region) {
+            return;
+        }
+        let p = g.progress.borrow().clone();
+        let closed = p.logs.get(&p.own()).map_or(0, |s| s.closed);
+        let now = self.groups.clock.now();
+        let age = hlc::wall_ms(now) - hlc::wall_ms(closed);
+        if age < self.cfg.close_interval_ms as i64 {
+            return;
+        }
+        if !closing.lock().expect("closing lock").insert(g.id) {
+            return; // one close in flight per partition
+        }
+        let (raft, id, closing) = (g.raft.clone(), g.id, closing.clone());
+        let timeout = self.transport.rpc_timeout();
+        tokio::spawn(async move {
+            if let Ok(rx) = Groups::submit(&raft, Command::Close { hlc: now }).await {
+                let _ = Groups::wait(rx, timeout).await;
+            }
+            closing.lock().expect("closing lock").remove(&id);
+        });
+    }
+
+    fn update_lag(&self, g: &Arc<PartitionGroup>, policy: &Policy) {
+        let p = g.progress.borrow().clone();
+        let own = p.own();
+        let labels = |region: &str| {
+            vec![
+                ("topic".to_string(), g.topic.clone()),
+                ("partition".to_string(), g.partition.to_string()),
+                ("region".to_string(), region.to_string()),
+            ]
+        };
+        let part_labels = vec![
+            ("topic".to_string(), g.topic.clone()),
+            ("partition".to_string(), g.partition.to_string()),
+        ];
+        let mine = p.logs.get(&own).copied().unwrap_or_default();
+        let acks = self.acks(g.id).borrow().clone();
+        let mut best_remote = 0u64;
+        for r in policy.regions.iter().filter(|r| **r != self.me.region) {
+            let theirs = acks.get(r).map_or(0, |h| h.next_offset);
+            best_remote = best_remote.max(theirs);
+            let lag = mine.next_offset.saturating_sub(theirs);
+            self.metrics
+                .link_lag_records
+                .get_or_create(&labels(r))
+                .set(lag as i64);
+            let (ms, bytes) = if lag == 0 {
+                (0, 0)
+            } else {
+                lag_age_and_bytes(self, g.id, own, theirs, mine.next_offset)
+            };
+            self.metrics.link_lag_ms.get_or_create(&labels(r)).set(ms);
+            self.metrics
+                .link_lag_bytes
+                .get_or_create(&labels(r))
+                .set(bytes);
+        }
+        if policy.regions.len() > 1 {
+            self.metrics
+                .rpo_exposure_records
+                .get_or_create(&part_labels)
+                .set(mine.next_offset.saturating_sub(best_remote) as i64);
+        }
+        let writers: Vec<u32> = policy
+            .writer_regions()
+            .iter()
+            .map(|r| origin_id(r))
+            .collect();
+        let w = writers
+            .iter()
+            .map(|o| {
+                p.logs
+                    .iter()
+                    .filter(|(l, _)| l.origin == *o)
+                    .map(|(_, s)| s.closed)
+                    .max()
+                    .unwrap_or(0)
+            })
+            .min()
+            .unwrap_or(0);
+        let age = if w == 0 {
+            -1
+        } else {
+            hlc::wall_ms(self.groups.clock.now()) - hlc::wall_ms(w)
+        };
+        self.metrics
+            .closed_age_ms
+            .get_or_create(&part_labels)
+            .set(age);
+    }
+
+    /// Ships `g`'s origin logs to `region` until `stop`.
+    async fn copier(
+        self: Arc<Self>,
+        g: Arc<PartitionGroup>,
+        region: String,
+        stop: CancellationToken,
+    ) {
+        let nodes = self.region_nodes(&region);
+        if nodes.is_empty() {
+            return;
+        }
+        let timeout = self.transport.rpc_timeout();
+        let backoff_max = Duration::from_millis(self.cfg.retry_backoff_ms_max);
+        let mut backoff = Duration::from_millis(50);
+        let mut target = nodes[0];
+        let mut rotate = 0usize;
+        let mut theirs: Option<BTreeMap<LogRef, Held>> = None;
+        let mut progress = g.progress.clone();
+        let dest_origin = origin_id(&region);
+        let region_names: Vec<String> = self
+            .topology
+            .regions
+            .iter()
+            .map(|r| r.name.clone())
+            .collect();
+        let mut failing = false;
+        debug!("copier started");
+        while !stop.is_cancelled() {
+            let writers: Vec<u32> = match self.groups.meta_state().topics.get(&g.topic) {
+                Some(t) => crate::topic::policy(&t.configs, &region_names)
+                    .writer_regions()
+                    .iter()
+                    .map(|r| origin_id(r))
+                    .collect(),
+                None => return,
+            };
+            let (kind, ship) = match &theirs {
+                None => (KIND_LINK_STATE, None),
+                Some(t) => {
+                    let p = progress.borrow_and_update().clone();
+                    let mine: BTreeMap<LogRef, Held> = p
+                        .logs
+                        .iter()
+                        .map(|(l, s)| {
+                            (
+                                *l,
+                                Held {
+                                    next_offset: s.next_offset,
+                                    closed: s.closed,
+                                },
+                            )
+                        })
+                        .collect();
+                    match next_copy(&mine, t, |l| {
+                        writers.contains(&l.origin) && l.origin != dest_origin
+                    }) {
+                        None => {
+                            // Nothing to send: wait for a commit, and look
+                            // again now and then (relays move the remote).
+                            tokio::select! {
+                                _ = stop.cancelled() => return,
+                                _ = progress.changed() => {}
+                                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                            }
+                            continue;
+                        }
+                        Some((log, m, t)) => {
+                            let key = crate::storage::LogKey {
+                                group: g.id,
+                                origin: log.origin,
+                                epoch: log.epoch,
+                            };
+                            let batches = if m.next_offset > t.next_offset {
+                                match read::stored(
+                                    self.groups.db(),
+                                    key,
+                                    t.next_offset,
+                                    m.next_offset,
+                                    self.cfg.batch_bytes_max as usize,
+                                ) {
+                                    Ok(b) => b,
+                                    Err(e) => {
+                                        warn!(error = %e, "cannot read the origin log to copy");
+                                        tokio::time::sleep(backoff_max).await;
+                                        continue;
+                                    }
+                                }
+                            } else {
+                                Vec::new()
+                            };
+                            // The closed timestamp holds for the end of what is sent.
+                            let end = batches
+                                .last()
+                                .and_then(|b| crate::storage::batch::decode(b).ok())
+                                .map(|(h, _)| h);
+                            let closed = match end {
+                                Some(h) if h.end_offset() < m.next_offset => h.last_hlc(),
+                                _ => m.closed,
+                            };
+                            let ship = Ship {
+                                from_region: self.me.region.clone(),
+                                log,
+                                closed,
+                                batches,
+                            };
+                            (KIND_LINK_SHIP, Some(ship))
+                        }
+                    }
+                }
+            };
+            let payload = match &ship {
+                Some(s) => bincode::serialize(s).expect("serialize ship"),
+                None => Vec::new(),
+            };
+            if ship.is_some() {
+                self.metrics.link_batches_sent.inc();
+            }
+            let result = self
+                .transport
+                .call(target, kind, g.id, &payload, timeout)
+                .await;
+            let reply = match result {
+                Ok(bytes) => bincode::deserialize::<Reply>(&bytes).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match reply {
+                Ok(Reply::Logs(m)) => {
+                    if failing {
+                        info!(node = target, "link to region restored");
+                        failing = false;
+                    }
+                    backoff = Duration::from_millis(50);
+                    let own = g.progress.borrow().own();
+                    self.set_acks(g.id, &region, m.get(&own).copied().unwrap_or_default());
+                    theirs = Some(m);
+                    continue;
+                }
+                Ok(Reply::NotLeader(Some(l))) if nodes.contains(&l) && l != target => {
+                    target = l;
+                    continue;
+                }
+                Ok(Reply::NotLeader(_)) => {
+                    rotate += 1;
+                    target = nodes[rotate % nodes.len()];
+                }
+                Ok(Reply::Refused(msg)) => {
+                    warn!(node = target, reason = %msg, "region refused a copy");
+                    theirs = None;
+                }
+                Err(e) => {
+                    if !failing {
+                        warn!(node = target, error = %e, "cannot copy to region; retrying");
+                        failing = true;
+                    }
+                    rotate += 1;
+                    target = nodes[rotate % nodes.len()];
+                    theirs = None;
+                }
+            }
+            self.metrics.link_errors.inc();
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(backoff_max);
+        }
+    }
+}
+
+/// Age of the oldest record at `from` of the own log, and the stored bytes
+/// from there to `to` (bounded scan).
+fn lag_age_and_bytes(link: &Link, group: GroupId, own: LogRef, from: u64, to: u64) -> (i64, i64) {
+    let key = crate::storage::LogKey {
+        group,
+        origin: own.origin,
+        epoch: own.epoch,
+    };
+    let Ok(batches) = read::stored(link.groups.db(), key, from, to, 16 * 1024 * 1024) else {
+        return (0, 0);
+    };
+    let bytes: usize = batches.iter().map(|b| b.len()).sum();
+    let age = batches
+        .first()
+        .and_then(|b| crate::storage::batch::decode(b).ok())
+        .map_or(0, |(h, _)| {
+            hlc::wall_ms(link.groups.clock.now()) - hlc::wall_ms(h.first_hlc)
+        });
+    (age.max(0), bytes as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held(n: u64, c: u64) -> Held {
+        Held {
+            next_offset: n,
+            closed: c,
+        }
+    }
+
+    #[test]
+    fn sends_missing_records_first_then_closed_timestamps() {
+        let a = LogRef {
+            origin: 1,
+            epoch: 1,
+        };
+        let b = LogRef {
+            origin: 2,
+            epoch: 1,
+        };
+        let mine: BTreeMap<_, _> = [(a, held(5, 50)), (b, held(3, 90))].into();
+        let theirs: BTreeMap<_, _> = [(a, held(5, 40)), (b, held(1, 20))].into();
+        assert_eq!(next_copy(&mine, &theirs, |_| true).map(|x| x.0), Some(b));
+        let theirs: BTreeMap<_, _> = [(a, held(5, 40)), (b, held(3, 90))].into();
+        assert_eq!(
+            next_copy(&mine, &theirs, |_| true).map(|x| x.0),
+            Some(a),
+            "closed only"
+        );
+        assert_eq!(
+            next_copy(&mine, &theirs, |l| l.origin != 1),
+            None,
+            "not the receiver's own log"
+        );
+        let theirs: BTreeMap<_, _> = [(a, held(7, 70)), (b, held(3, 90))].into();
+        assert_eq!(
+            next_copy(&mine, &theirs, |_| true),
+            None,
+            "they are ahead (relayed)"
+        );
+    }
+}

@@ -1,0 +1,312 @@
+//! Three regions with simulated round trips (regions/dev.toml: 80, 120 and
+//! 30 ms), real clients (python confluent-kafka): the cross-region link, the
+//! global view, sync and async acks, relays and region restarts.
+//! Invariant numbers are those of docs/architecture.md.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+use std::time::Duration;
+
+use common::{meridian, repo, require, run, Cluster};
+
+const REGIONS: [&str; 3] = ["us-east", "eu-west", "ap-south"];
+
+fn geo(args: &[&str], timeout: Duration) -> serde_json::Value {
+    let (ok, out, err) = run(
+        Command::new("python3")
+            .arg(repo().join("tests/clients/geo.py"))
+            .args(args),
+        timeout,
+    );
+    assert!(
+        ok,
+        "geo.py {args:?} failed (is confluent-kafka installed? .ci/install-deps --test-clients)\n{err}"
+    );
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("bad output {out}: {e}"))
+}
+
+struct Produced {
+    acked: Vec<(i64, String)>,
+    errors: Vec<String>,
+    latency_ms: Vec<f64>,
+}
+
+fn produce(bootstrap: &str, topic: &str, prefix: &str, n: usize, timeout_ms: u64) -> Produced {
+    let v = geo(
+        &[
+            "produce",
+            bootstrap,
+            topic,
+            prefix,
+            &n.to_string(),
+            &timeout_ms.to_string(),
+        ],
+        Duration::from_millis(timeout_ms * 3 + 60_000),
+    );
+    Produced {
+        acked: v["acked"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| (a[0].as_i64().unwrap(), a[1].as_str().unwrap().to_string()))
+            .collect(),
+        errors: v["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e.as_str().unwrap().to_string())
+            .collect(),
+        latency_ms: v["latency_ms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l.as_f64().unwrap())
+            .collect(),
+    }
+}
+
+/// Every partition's records as read from one region: partition -> [(offset, value)].
+type View = BTreeMap<String, Vec<(i64, String)>>;
+
+fn consume(bootstrap: &str, topic: &str, partitions: usize, want: usize) -> View {
+    let v = geo(
+        &[
+            "consume",
+            bootstrap,
+            topic,
+            &partitions.to_string(),
+            &want.to_string(),
+            "20000",
+        ],
+        Duration::from_secs(120),
+    );
+    v.as_object()
+        .unwrap()
+        .iter()
+        .map(|(p, recs)| {
+            let recs = recs
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| (r[0].as_i64().unwrap(), r[1].as_str().unwrap().to_string()))
+                .collect();
+            (p.clone(), recs)
+        })
+        .collect()
+}
+
+/// Produces concurrently from each region's bootstrap.
+fn produce_everywhere(c: &Cluster, topic: &str, tag: &str, n: usize) -> Vec<(i64, String)> {
+    let jobs: Vec<_> = REGIONS
+        .iter()
+        .map(|r| {
+            let b = c.region_bootstrap(r);
+            let (topic, prefix) = (topic.to_string(), format!("{tag}-{r}"));
+            std::thread::spawn(move || produce(&b, &topic, &prefix, n, 10_000))
+        })
+        .collect();
+    let mut acked = Vec::new();
+    for j in jobs {
+        let p = j.join().unwrap();
+        assert!(p.errors.is_empty(), "async produce failed: {:?}", p.errors);
+        assert_eq!(p.acked.len(), n);
+        acked.extend(p.acked);
+    }
+    acked
+}
+
+/// Invariants 3 and 4 as a client sees them: every region serves the same
+/// sequence per partition, with offsets 0, 1, 2, ...; it holds every
+/// acknowledged record exactly once; and each producer's records keep their
+/// order.
+fn check_views(views: &[(String, View)], acked: &[(i64, String)]) {
+    let (first_region, first) = &views[0];
+    for (region, v) in views {
+        for (p, recs) in v {
+            let offsets: Vec<i64> = recs.iter().map(|r| r.0).collect();
+            let want: Vec<i64> = (0..recs.len() as i64).collect();
+            assert_eq!(
+                offsets, want,
+                "{region} partition {p}: offsets are positions"
+            );
+            let values: BTreeSet<&String> = recs.iter().map(|r| &r.1).collect();
+            assert_eq!(
+                values.len(),
+                recs.len(),
+                "{region} partition {p}: a record twice"
+            );
+            // Producer order: "tag-region-i" has increasing i per producer.
+            let mut last: BTreeMap<String, i64> = BTreeMap::new();
+            for (_, val) in recs {
+                let (prefix, i) = val.rsplit_once('-').unwrap();
+                let i: i64 = i.parse().unwrap();
+                let prev = last.insert(prefix.to_string(), i);
+                assert!(
+                    prev.is_none_or(|x| x < i),
+                    "{region} partition {p}: {val} out of order"
+                );
+            }
+            assert_eq!(
+                recs, &first[p],
+                "partition {p}: {region} and {first_region} disagree"
+            );
+        }
+        let held: BTreeSet<(i64, &String)> = v
+            .iter()
+            .flat_map(|(p, recs)| recs.iter().map(move |r| (p.parse::<i64>().unwrap(), &r.1)))
+            .collect();
+        for (p, val) in acked {
+            assert!(
+                held.contains(&(*p, val)),
+                "{region} lacks acknowledged {val} (partition {p})"
+            );
+        }
+    }
+}
+
+fn views_of(c: &Cluster, topic: &str, partitions: usize, want: usize) -> Vec<(String, View)> {
+    let jobs: Vec<_> = REGIONS
+        .iter()
+        .map(|r| {
+            let (b, t, r) = (c.region_bootstrap(r), topic.to_string(), r.to_string());
+            std::thread::spawn(move || (r, consume(&b, &t, partitions, want)))
+        })
+        .collect();
+    jobs.into_iter().map(|j| j.join().unwrap()).collect()
+}
+
+fn create(c: &Cluster, topic: &str, partitions: u32, configs: &[&str]) {
+    let mut args = vec!["topic", "create", "-b", &c.nodes[0].kafka];
+    let p = partitions.to_string();
+    args.extend(["-p", &p]);
+    for kv in configs {
+        args.extend(["-c", kv]);
+    }
+    args.push(topic);
+    let (ok, out, err) = meridian(&args);
+    assert!(ok, "create {topic}: {out}{err}");
+}
+
+#[test]
+fn regions_agree_on_one_order_and_relay_around_a_cut_link() {
+    require("python3");
+    let c = Cluster::start_three();
+    create(&c, "geo", 3, &[]);
+    // Active-active: every region writes its own origin log.
+    let mut acked = produce_everywhere(&c, "geo", "a", 150);
+    let views = views_of(&c, "geo", 3, acked.len());
+    check_views(&views, &acked);
+
+    // Cut us-east <-> eu-west: their records reach each other through
+    // ap-south, once (invariant 3).
+    c.set_faults(r#"{"cut": [["us-east", "eu-west"]]}"#);
+    acked.extend(produce_everywhere(&c, "geo", "b", 100));
+    let views = views_of(&c, "geo", 3, acked.len());
+    check_views(&views, &acked);
+    c.set_faults("{}");
+}
+
+#[test]
+fn sync_acks_wait_for_a_region_quorum_and_async_acks_do_not() {
+    require("python3");
+    let c = Cluster::start_three();
+    let east = c.region_bootstrap("us-east");
+    create(
+        &c,
+        "s",
+        1,
+        &["meridian.replication=sync", "meridian.sync.quorum=2"],
+    );
+    create(&c, "a", 1, &["meridian.replication=async"]);
+    create(&c, "home", 1, &["meridian.writers=home:eu-west"]);
+
+    // Invariant 1: a sync ack comes no sooner than the round trip to the
+    // nearest other region (eu-west, 80 ms simulated) ...
+    let p = produce(&east, "s", "s", 20, 10_000);
+    assert!(p.errors.is_empty(), "{:?}", p.errors);
+    let fastest = p.latency_ms.iter().cloned().fold(f64::MAX, f64::min);
+    assert!(
+        fastest >= 80.0,
+        "a sync ack after {fastest} ms: it did not wait for a region"
+    );
+
+    // A topic pinned to eu-west takes writes in us-east: they are forwarded,
+    // and the ack carries the real offset.
+    let p = produce(&east, "home", "h", 5, 10_000);
+    assert!(p.errors.is_empty(), "{:?}", p.errors);
+    let views = views_of(&c, "home", 1, 5);
+    check_views(&views, &p.acked);
+
+    // ... and with every other region cut off, it fails instead.
+    c.set_faults(r#"{"cut": [["us-east", "eu-west"], ["us-east", "ap-south"]]}"#);
+    let p = produce(&east, "s", "cut", 3, 3_000);
+    assert!(
+        p.acked.is_empty(),
+        "sync writes acknowledged without a quorum: {:?}",
+        p.acked
+    );
+    assert_eq!(p.errors.len(), 3, "{:?}", p.errors);
+    // An async write does not wait for other regions.
+    let during = produce(&east, "a", "x", 50, 10_000);
+    assert!(during.errors.is_empty(), "{:?}", during.errors);
+    assert_eq!(during.acked.len(), 50);
+
+    // Healed, the async records reach every region, and the lag the
+    // leader reports returns to zero.
+    c.set_faults("{}");
+    let views = views_of(&c, "a", 1, 50);
+    check_views(&views, &during.acked);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let lagging: Vec<String> = c
+            .region_nodes("us-east")
+            .iter()
+            .filter_map(|n| common::http_get(&n.admin, "/status"))
+            .filter_map(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
+            .flat_map(|s| s["partitions"].as_array().cloned().unwrap_or_default())
+            .filter(|p| p["topic"] == "a")
+            .flat_map(|p| p["links"].as_array().cloned().unwrap_or_default())
+            .filter(|l| l["lag_records"] != 0)
+            .map(|l| l.to_string())
+            .collect();
+        if lagging.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "lag stays: {lagging:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_restarted_region_catches_up_without_duplicates() {
+    require("python3");
+    let mut c = Cluster::start_three();
+    create(&c, "r", 2, &[]);
+    let mut acked = produce_everywhere(&c, "r", "before", 50);
+    let west: Vec<u64> = c.region_nodes("eu-west").iter().map(|n| n.id).collect();
+    for id in &west {
+        c.kill9(*id);
+    }
+    for r in ["us-east", "ap-south"] {
+        let p = produce(
+            &c.region_bootstrap(r),
+            "r",
+            &format!("during-{r}"),
+            50,
+            10_000,
+        );
+        assert!(p.errors.is_empty(), "{:?}", p.errors);
+        acked.extend(p.acked);
+    }
+    for id in &west {
+        c.restart(*id);
+    }
+    c.wait_healthy(Duration::from_secs(60));
+    let views = views_of(&c, "r", 2, acked.len());
+    check_views(&views, &acked);
+}
