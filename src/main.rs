@@ -581,10 +581,26 @@ async fn run_status(cluster: Option<PathBuf>, admin: Option<String>) -> Result<(
         "{:<6} {:<10} {:<22} {:>8} {:>8} {:>10}",
         "node", "region", "kafka", "led", "groups", "meta term"
     );
+    let mut links = Vec::new();
     for a in addrs {
         match dev::http_get(&a, "/status", Duration::from_secs(3)).await {
             Ok((200, body)) => {
                 let s: serde_json::Value = serde_json::from_str(&body)?;
+                let region = s["region"].as_str().unwrap_or("?").to_string();
+                for p in s["partitions"].as_array().into_iter().flatten() {
+                    let part = format!("{}-{}", p["topic"].as_str().unwrap_or("?"), p["partition"]);
+                    for l in p["links"].as_array().into_iter().flatten() {
+                        links.push(format!(
+                            "{:<24} {:<10} {:<10} {:>12} {:>12} {:>10}",
+                            part,
+                            region,
+                            l["region"].as_str().unwrap_or("?"),
+                            p["high_watermark"].to_string(),
+                            l["held"].to_string(),
+                            l["lag_records"].to_string()
+                        ));
+                    }
+                }
                 println!(
                     "{:<6} {:<10} {:<22} {:>8} {:>8} {:>10}",
                     s["node"].to_string(),
@@ -597,6 +613,16 @@ async fn run_status(cluster: Option<PathBuf>, admin: Option<String>) -> Result<(
             }
             Ok((code, _)) => println!("{a}: HTTP {code}"),
             Err(e) => println!("{a}: unreachable ({e})"),
+        }
+    }
+    if !links.is_empty() {
+        println!(
+            "\n{:<24} {:<10} {:<10} {:>12} {:>12} {:>10}",
+            "partition", "from", "to", "view hw", "held there", "lag"
+        );
+        links.sort();
+        for l in links {
+            println!("{l}");
         }
     }
     Ok(())
