@@ -23,20 +23,7 @@ fn ser<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, String> {
 
 /// The origin logs a partition holds here.
 pub fn held(g: &PartitionGroup) -> std::collections::BTreeMap<crate::view::LogRef, Held> {
-    g.progress
-        .borrow()
-        .logs
-        .iter()
-        .map(|(l, s)| {
-            (
-                *l,
-                Held {
-                    next_offset: s.next_offset,
-                    closed: s.closed,
-                },
-            )
-        })
-        .collect()
+    super::held_map(&g.progress.borrow().logs)
 }
 
 /// How far `hlc` is ahead of the wall clock here, if it is beyond `max_ms`.

@@ -78,6 +78,23 @@ pub struct Forward {
 /// What a forwarded produce returns: the Kafka offset, or why not.
 pub type ForwardReply = Result<i64, crate::router::PartitionError>;
 
+/// High watermark and closed timestamp of every origin log in `logs`.
+pub fn held_map(
+    logs: &BTreeMap<LogRef, crate::storage::state_machine::LogState>,
+) -> BTreeMap<LogRef, Held> {
+    logs.iter()
+        .map(|(l, s)| {
+            (
+                *l,
+                Held {
+                    next_offset: s.next_offset,
+                    closed: s.closed,
+                },
+            )
+        })
+        .collect()
+}
+
 /// Remote regions' high watermarks of this region's origin log of one
 /// partition, as the copier last heard them.
 pub type RemoteAcks = BTreeMap<String, Held>;
@@ -139,6 +156,14 @@ impl Link {
             m.insert(region.to_string(), held);
             changed
         });
+    }
+
+    pub fn region_names(&self) -> Vec<String> {
+        self.topology
+            .regions
+            .iter()
+            .map(|r| r.name.clone())
+            .collect()
     }
 
     /// Node ids of a region, sorted.

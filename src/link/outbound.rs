@@ -46,12 +46,7 @@ impl Link {
         let interval = Duration::from_millis(self.cfg.close_interval_ms);
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let region_names: Vec<String> = self
-            .topology
-            .regions
-            .iter()
-            .map(|r| r.name.clone())
-            .collect();
+        let names = self.region_names();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -66,7 +61,7 @@ impl Link {
                 let Some(t) = meta.topics.get(&g.topic) else {
                     continue;
                 };
-                let policy = crate::topic::policy(&t.configs, &region_names);
+                let policy = crate::topic::policy(&t.configs, &names);
                 for r in policy.regions.iter().filter(|r| **r != self.me.region) {
                     wanted.insert((g.id, r.clone()));
                     if let std::collections::hash_map::Entry::Vacant(e) =
@@ -219,17 +214,12 @@ impl Link {
         let mut theirs: Option<BTreeMap<LogRef, Held>> = None;
         let mut progress = g.progress.clone();
         let dest_origin = origin_id(&region);
-        let region_names: Vec<String> = self
-            .topology
-            .regions
-            .iter()
-            .map(|r| r.name.clone())
-            .collect();
         let mut failing = false;
+        let names = self.region_names();
         debug!("copier started");
         while !stop.is_cancelled() {
             let writers: Vec<u32> = match self.groups.meta_state().topics.get(&g.topic) {
-                Some(t) => crate::topic::policy(&t.configs, &region_names)
+                Some(t) => crate::topic::policy(&t.configs, &names)
                     .writer_regions()
                     .iter()
                     .map(|r| origin_id(r))
@@ -240,19 +230,7 @@ impl Link {
                 None => (KIND_LINK_STATE, None),
                 Some(t) => {
                     let p = progress.borrow_and_update().clone();
-                    let mine: BTreeMap<LogRef, Held> = p
-                        .logs
-                        .iter()
-                        .map(|(l, s)| {
-                            (
-                                *l,
-                                Held {
-                                    next_offset: s.next_offset,
-                                    closed: s.closed,
-                                },
-                            )
-                        })
-                        .collect();
+                    let mine = super::held_map(&p.logs);
                     match next_copy(&mine, t, |l| {
                         writers.contains(&l.origin) && l.origin != dest_origin
                     }) {
