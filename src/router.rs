@@ -8,8 +8,8 @@ use std::time::Duration;
 use crate::config::{KafkaConfig, NodeId, NodeSpec, Topology};
 use crate::link::{Forward, ForwardReply, Link, KIND_LINK_FORWARD};
 use crate::metrics::Metrics;
-use crate::raft::groups::WriteError;
-use crate::raft::types::{Command, CommandResult, RecordIn};
+use crate::raft::groups::{CommitRx, WriteError};
+use crate::raft::types::{Command, CommandResult, GroupId, RecordIn};
 use crate::raft::{Groups, PartitionGroup};
 use crate::storage::batch;
 use crate::storage::state_machine::read;
@@ -56,18 +56,11 @@ pub enum TopicError {
     Unavailable(String),
 }
 
-type CommitRx = tokio::sync::oneshot::Receiver<
-    Result<
-        openraft::raft::ClientWriteResponse<crate::raft::types::TypeConfig>,
-        openraft::error::ClientWriteError<NodeId, openraft::BasicNode>,
-    >,
->;
-
 /// A proposed append, waiting for its commit.
 pub enum AppendTicket {
     Local {
         rx: CommitRx,
-        group: crate::raft::types::GroupId,
+        group: GroupId,
         policy: Policy,
         link: Arc<Link>,
     },
@@ -149,7 +142,7 @@ impl AppendTicket {
 /// origin log that no other region holds is older than `bound_ms`.
 async fn rpo_backpressure(
     link: &Link,
-    group: crate::raft::types::GroupId,
+    group: GroupId,
     bound_ms: u64,
     deadline: tokio::time::Instant,
 ) -> Result<(), PartitionError> {
@@ -166,13 +159,10 @@ async fn rpo_backpressure(
             .map(|h| h.next_offset)
             .max()
             .unwrap_or(0);
-        let oldest = read::stored(link.groups.db(), own, best, u64::MAX, 1)
+        let oldest = read::record_at(link.groups.db(), own, best)
             .ok()
-            .and_then(|v| {
-                v.first()
-                    .and_then(|b| batch::decode(b).ok().map(|(h, _)| h))
-            })
-            .map(|h| h.first_hlc + best.saturating_sub(h.base_offset));
+            .flatten()
+            .map(|(_, _, hlc)| hlc);
         let age = oldest.map_or(0, |hlc| {
             crate::hlc::wall_ms(link.groups.clock.now()) - crate::hlc::wall_ms(hlc)
         });
@@ -222,11 +212,7 @@ impl Router {
 
     /// Names of every region in the topology.
     pub fn region_names(&self) -> Vec<String> {
-        self.topology
-            .regions
-            .iter()
-            .map(|r| r.name.clone())
-            .collect()
+        self.link.region_names()
     }
 
     /// How a topic is replicated between regions.
@@ -238,23 +224,32 @@ impl Router {
         self.groups.meta_state().topics.values().cloned().collect()
     }
 
+    /// Looks a topic's partition up in the meta state, without cloning the
+    /// topic (this runs on every produce and fetch), and gives `f` the topic
+    /// and the partition's group.
+    fn with_topic<T>(
+        &self,
+        topic: &str,
+        partition: i32,
+        f: impl FnOnce(&TopicMeta, GroupId) -> T,
+    ) -> Result<T, PartitionError> {
+        let meta = self.groups.meta_state();
+        let t = meta
+            .topics
+            .get(topic)
+            .ok_or(PartitionError::UnknownTopicOrPartition)?;
+        if partition < 0 || partition as u32 >= t.partitions {
+            return Err(PartitionError::UnknownTopicOrPartition);
+        }
+        Ok(f(t, t.group(partition as u32)))
+    }
+
     pub fn partition(
         &self,
         topic: &str,
         partition: i32,
     ) -> Result<Arc<PartitionGroup>, PartitionError> {
-        // On every produce and fetch: look the topic up without cloning it.
-        let group = {
-            let meta = self.groups.meta_state();
-            let t = meta
-                .topics
-                .get(topic)
-                .ok_or(PartitionError::UnknownTopicOrPartition)?;
-            if partition < 0 || partition as u32 >= t.partitions {
-                return Err(PartitionError::UnknownTopicOrPartition);
-            }
-            t.group(partition as u32)
-        };
+        let group = self.with_topic(topic, partition, |_, g| g)?;
         self.groups
             .partition(group)
             .ok_or(PartitionError::LeaderNotAvailable)
@@ -271,21 +266,15 @@ impl Router {
         records: Vec<RecordIn>,
         timeout: Duration,
     ) -> Result<AppendTicket, PartitionError> {
-        let t = self
-            .topic(topic)
-            .ok_or(PartitionError::UnknownTopicOrPartition)?;
-        let policy = self.policy(&t);
+        let (group, policy) = self.with_topic(topic, partition, |t, g| (g, self.policy(t)))?;
         if policy.accepts_writes_in(&self.me.region) {
-            return self.submit_local(topic, partition, records).await;
+            return self.propose(group, policy, records).await;
         }
         let Some(home) = policy.writer_regions().into_iter().next() else {
             return Err(PartitionError::Refused(format!(
                 "topic {topic} has no writer region"
             )));
         };
-        if partition < 0 || partition as u32 >= t.partitions {
-            return Err(PartitionError::UnknownTopicOrPartition);
-        }
         let f = Forward {
             topic: topic.to_string(),
             partition,
@@ -293,30 +282,39 @@ impl Router {
             timeout_ms: timeout.as_millis() as u64,
         };
         let link = self.link.clone();
-        let group = t.group(partition as u32);
         Ok(AppendTicket::Forwarded(Box::pin(async move {
             forward(link, home, group, f, timeout).await
         })))
     }
 
-    /// Proposes a batch to this region's partition leader, which must be this node.
+    /// Proposes a batch forwarded from another region to this region's
+    /// partition leader, which must be this node.
     pub async fn submit_local(
         &self,
         topic: &str,
         partition: i32,
         records: Vec<RecordIn>,
     ) -> Result<AppendTicket, PartitionError> {
-        let t = self
-            .topic(topic)
-            .ok_or(PartitionError::UnknownTopicOrPartition)?;
-        let policy = self.policy(&t);
+        let (group, policy) = self.with_topic(topic, partition, |t, g| (g, self.policy(t)))?;
         if !policy.accepts_writes_in(&self.me.region) {
             return Err(PartitionError::Refused(format!(
                 "region {} does not accept writes for topic {topic} (meridian.writers = {:?})",
                 self.me.region, policy.writers
             )));
         }
-        let g = self.partition(topic, partition)?;
+        self.propose(group, policy, records).await
+    }
+
+    async fn propose(
+        &self,
+        group: GroupId,
+        policy: Policy,
+        records: Vec<RecordIn>,
+    ) -> Result<AppendTicket, PartitionError> {
+        let g = self
+            .groups
+            .partition(group)
+            .ok_or(PartitionError::LeaderNotAvailable)?;
         match g.leader() {
             Some(l) if l == self.node_id() => {}
             None => return Err(PartitionError::LeaderNotAvailable),
@@ -332,7 +330,7 @@ impl Router {
         let rx = Groups::submit(&g.raft, cmd).await?;
         Ok(AppendTicket::Local {
             rx,
-            group: g.id,
+            group,
             policy,
             link: self.link.clone(),
         })
@@ -502,10 +500,7 @@ impl Router {
 
     /// Node ids of this region: the replicas of every partition here.
     pub fn region_nodes(&self) -> Vec<NodeId> {
-        self.topology
-            .region(&self.me.region)
-            .map(|r| r.nodes.iter().map(|n| n.id).collect())
-            .unwrap_or_default()
+        self.link.region_nodes(&self.me.region)
     }
 }
 
@@ -514,7 +509,7 @@ impl Router {
 async fn forward(
     link: Arc<Link>,
     home: String,
-    group: crate::raft::types::GroupId,
+    group: GroupId,
     f: Forward,
     timeout: Duration,
 ) -> Result<i64, PartitionError> {

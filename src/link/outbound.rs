@@ -167,23 +167,7 @@ impl Link {
                 .get_or_create(&part_labels)
                 .set(mine.next_offset.saturating_sub(best_remote) as i64);
         }
-        let writers: Vec<u32> = policy
-            .writer_regions()
-            .iter()
-            .map(|r| origin_id(r))
-            .collect();
-        let w = writers
-            .iter()
-            .map(|o| {
-                p.logs
-                    .iter()
-                    .filter(|(l, _)| l.origin == *o)
-                    .map(|(_, s)| s.closed)
-                    .max()
-                    .unwrap_or(0)
-            })
-            .min()
-            .unwrap_or(0);
+        let w = p.watermark;
         let age = if w == 0 {
             -1
         } else {
@@ -215,17 +199,18 @@ impl Link {
         let mut progress = g.progress.clone();
         let dest_origin = origin_id(&region);
         let mut failing = false;
-        let names = self.region_names();
+        // The writer regions are fixed at the topic's creation; `run` stops
+        // this copier when the partition goes away.
+        let writers: Vec<u32> = match self.groups.meta_state().topics.get(&g.topic) {
+            Some(t) => crate::topic::policy(&t.configs, &self.region_names())
+                .writer_regions()
+                .iter()
+                .map(|r| origin_id(r))
+                .collect(),
+            None => return,
+        };
         debug!("copier started");
         while !stop.is_cancelled() {
-            let writers: Vec<u32> = match self.groups.meta_state().topics.get(&g.topic) {
-                Some(t) => crate::topic::policy(&t.configs, &names)
-                    .writer_regions()
-                    .iter()
-                    .map(|r| origin_id(r))
-                    .collect(),
-                None => return,
-            };
             let (kind, ship) = match &theirs {
                 None => (KIND_LINK_STATE, None),
                 Some(t) => {
@@ -347,24 +332,20 @@ impl Link {
     }
 }
 
-/// Age of the oldest record at `from` of the own log, and the stored bytes
-/// from there to `to` (bounded scan).
+/// Age of the oldest own record at `from` that a remote lacks, and the
+/// stored bytes up to `to`, estimated from that record's batch: one read,
+/// as this runs every close interval.
 fn lag_age_and_bytes(link: &Link, group: GroupId, own: LogRef, from: u64, to: u64) -> (i64, i64) {
     let key = crate::storage::LogKey {
         group,
         origin: own.origin,
         epoch: own.epoch,
     };
-    let Ok(batches) = read::stored(link.groups.db(), key, from, to, 16 * 1024 * 1024) else {
+    let Ok(Some((h, size, hlc))) = read::record_at(link.groups.db(), key, from) else {
         return (0, 0);
     };
-    let bytes: usize = batches.iter().map(|b| b.len()).sum();
-    let age = batches
-        .first()
-        .and_then(|b| crate::storage::batch::decode(b).ok())
-        .map_or(0, |(h, _)| {
-            hlc::wall_ms(link.groups.clock.now()) - hlc::wall_ms(h.first_hlc)
-        });
+    let age = hlc::wall_ms(link.groups.clock.now()) - hlc::wall_ms(hlc);
+    let bytes = (to - from) * size as u64 / h.count as u64;
     (age.max(0), bytes as i64)
 }
 

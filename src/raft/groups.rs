@@ -43,6 +43,11 @@ pub enum WriteError {
     Timeout(u64),
 }
 
+/// Where a proposal's commit (or its failure) arrives.
+pub type CommitRx = tokio::sync::oneshot::Receiver<
+    Result<openraft::raft::ClientWriteResponse<TypeConfig>, ClientWriteError<NodeId, BasicNode>>,
+>;
+
 /// One partition's Raft group on this node.
 pub struct PartitionGroup {
     pub id: GroupId,
@@ -308,33 +313,14 @@ impl Groups {
 
     /// Proposes `cmd` to a group on this node, without waiting for the
     /// commit: proposals of one caller enter the log in call order.
-    pub async fn submit(
-        raft: &Raft,
-        cmd: Command,
-    ) -> Result<
-        tokio::sync::oneshot::Receiver<
-            Result<
-                openraft::raft::ClientWriteResponse<TypeConfig>,
-                ClientWriteError<NodeId, BasicNode>,
-            >,
-        >,
-        WriteError,
-    > {
+    pub async fn submit(raft: &Raft, cmd: Command) -> Result<CommitRx, WriteError> {
         raft.client_write_ff(cmd)
             .await
             .map_err(|e| WriteError::Unavailable(e.to_string()))
     }
 
     /// Waits for a submitted proposal's result and its log index.
-    pub async fn wait(
-        rx: tokio::sync::oneshot::Receiver<
-            Result<
-                openraft::raft::ClientWriteResponse<TypeConfig>,
-                ClientWriteError<NodeId, BasicNode>,
-            >,
-        >,
-        timeout: Duration,
-    ) -> Result<(CommandResult, u64), WriteError> {
+    pub async fn wait(rx: CommitRx, timeout: Duration) -> Result<(CommandResult, u64), WriteError> {
         match tokio::time::timeout(timeout, rx).await {
             Err(_) => Err(WriteError::Timeout(timeout.as_millis() as u64)),
             Ok(Err(_)) => Err(WriteError::Unavailable("the group stopped".into())),

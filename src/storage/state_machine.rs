@@ -56,6 +56,8 @@ pub struct Progress {
     /// Length of the global view: the partition's Kafka high watermark.
     pub view_next: u64,
     pub view_last_hlc: u64,
+    /// The view's watermark: the smallest closed timestamp of the writer origins.
+    pub watermark: u64,
     /// Every origin log held here, own and copied.
     pub logs: Arc<BTreeMap<LogRef, LogState>>,
 }
@@ -208,6 +210,7 @@ impl StateMachine {
                     last_hlc: own.last_hlc,
                     view_next: self.applied.view_next,
                     view_last_hlc: self.applied.view_last_hlc,
+                    watermark: self.watermark(),
                     logs: Arc::new(self.applied.logs.clone()),
                 });
             }
@@ -570,6 +573,21 @@ pub mod read {
             out.push(bytes::Bytes::from(v.into_vec()));
         }
         Ok(out)
+    }
+
+    /// The stored batch of `log` that holds record `offset`: its header,
+    /// its stored size in bytes, and that record's HLC; `None` at or past
+    /// the log's end.
+    pub fn record_at(
+        db: &Db,
+        log: LogKey,
+        offset: u64,
+    ) -> Result<Option<(BatchHeader, usize, u64)>, DbError> {
+        let Some((_, v)) = db.last_at_or_before(CF_RECORDS, &log.prefix(), offset)? else {
+            return Ok(None);
+        };
+        let (h, _) = batch::decode(&v).map_err(corrupt)?;
+        Ok((h.end_offset() > offset).then(|| (h, v.len(), h.first_hlc + (offset - h.base_offset))))
     }
 
     /// Kafka record batches of the global view of `group` from position
