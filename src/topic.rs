@@ -209,6 +209,15 @@ pub fn validate_policy(
     }
     let p = policy(configs, all_regions);
     if let Writers::Home(h) = &p.writers {
+        if !all_regions.contains(h) {
+            return Err(bad(
+                KEY_WRITERS,
+                format!(
+                    "unknown region `{h}`; the topology's regions are {}",
+                    all_regions.join(", ")
+                ),
+            ));
+        }
         if !p.regions.contains(h) {
             return Err(bad(
                 KEY_WRITERS,
@@ -526,6 +535,8 @@ mod tests {
         assert!(e.to_string().contains("`async` and `sync`"), "{e}");
         let e = validate_config(KEY_WRITERS, "us-east").unwrap_err();
         assert!(e.to_string().contains("home:<region>"), "{e}");
+        let e = validate_policy(&c(&[(KEY_WRITERS, "home:mars")]), &all).unwrap_err();
+        assert!(e.to_string().contains("unknown region `mars`"), "{e}");
         let e = validate_policy(&c(&[(KEY_REGIONS, "us-east,mars")]), &all).unwrap_err();
         assert!(e.to_string().contains("unknown region `mars`"), "{e}");
         let e = validate_policy(
