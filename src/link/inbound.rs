@@ -58,7 +58,9 @@ pub fn handle(
                 let Some(router) = router else {
                     return ser::<ForwardReply>(&Err(PartitionError::LeaderNotAvailable));
                 };
-                let t = Duration::from_millis(f.timeout_ms).min(timeout * 6);
+                // The same cap as a produce received here.
+                let max = Duration::from_millis(router.kafka.produce_timeout_ms_max);
+                let t = Duration::from_millis(f.timeout_ms).min(max);
                 let r = async {
                     router
                         .submit_local(&f.topic, f.partition, f.records)

@@ -54,7 +54,13 @@ impl Link {
             }
             let meta = self.groups.meta_state();
             let mut wanted = HashSet::new();
-            for g in self.groups.partitions() {
+            let partitions = self.groups.partitions();
+            // Remote acks of partitions gone from this node are never read again.
+            self.acks
+                .lock()
+                .expect("acks lock")
+                .retain(|id, _| partitions.iter().any(|g| g.id == *id));
+            for g in partitions {
                 if g.leader() != Some(self.me.id) {
                     continue;
                 }
