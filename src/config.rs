@@ -502,6 +502,12 @@ pub struct LinkConfig {
     pub clock_drift_ms_max: u64,
     /// Longest wait between retries of a failed copy.
     pub retry_backoff_ms_max: u64,
+    /// Bytes of copies to one region that may be unacknowledged at once, per
+    /// partition (at least one copy is always in flight): copies are
+    /// pipelined, so a record does not wait for the previous copy's round trip.
+    pub in_flight_bytes_max: u64,
+    /// Copies to one region that may be unacknowledged at once, per partition.
+    pub in_flight_requests_max: u32,
 }
 
 impl Default for LinkConfig {
@@ -511,6 +517,8 @@ impl Default for LinkConfig {
             close_interval_ms: 100,
             clock_drift_ms_max: 500,
             retry_backoff_ms_max: 2_000,
+            in_flight_bytes_max: 16 * 1024 * 1024,
+            in_flight_requests_max: 32,
         }
     }
 }
@@ -640,6 +648,11 @@ impl NodeConfig {
             ("link.close_interval_ms", f.link.close_interval_ms),
             ("link.clock_drift_ms_max", f.link.clock_drift_ms_max),
             ("link.retry_backoff_ms_max", f.link.retry_backoff_ms_max),
+            ("link.in_flight_bytes_max", f.link.in_flight_bytes_max),
+            (
+                "link.in_flight_requests_max",
+                f.link.in_flight_requests_max as u64,
+            ),
         ] {
             if v == 0 {
                 p.add(key, "must be at least 1");

@@ -1,11 +1,13 @@
 //! The receiving side of the link: copies into the local partition group,
 //! high-watermark queries, and forwarded produces.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
+use tokio::sync::watch;
 use tracing::warn;
 
 use super::{Forward, ForwardReply, Held, Link, Reply, Ship};
@@ -16,9 +18,52 @@ use crate::raft::types::{Command, GroupId};
 use crate::raft::{Groups, PartitionGroup};
 use crate::router::PartitionError;
 use crate::storage::batch;
+use crate::view::LogRef;
 
 fn ser<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, String> {
     bincode::serialize(v).map_err(|e| e.to_string())
+}
+
+/// How long a copy that arrived ahead of an earlier one waits for it before
+/// the receiver answers with what it holds (and the sender resends).
+const GAP_WAIT: Duration = Duration::from_millis(500);
+
+/// Keeps pipelined copies of one origin log in order on their way into the
+/// partition's Raft log. Copies travel on separate streams and may arrive
+/// out of order; one that starts past what is held or already proposed
+/// waits (up to [`GAP_WAIT`]) for the copies before it. This is only for
+/// speed: the state machine refuses gaps whatever happens here.
+#[derive(Clone, Default)]
+pub struct Lanes(Arc<Mutex<LaneMap>>);
+
+type LaneMap = HashMap<(GroupId, LogRef), Arc<Lane>>;
+
+pub struct Lane {
+    /// The end of the last copy proposed into Raft.
+    proposed: watch::Sender<u64>,
+    /// Held while proposing, so that proposals enter Raft in offset order.
+    order: tokio::sync::Mutex<()>,
+}
+
+impl Lanes {
+    fn lane(&self, group: GroupId, log: LogRef) -> Arc<Lane> {
+        self.0
+            .lock()
+            .expect("lanes lock")
+            .entry((group, log))
+            .or_insert_with(|| {
+                Arc::new(Lane {
+                    proposed: watch::channel(0).0,
+                    order: tokio::sync::Mutex::new(()),
+                })
+            })
+            .clone()
+    }
+
+    /// Forgets the lanes of partitions no longer on this node.
+    pub fn retain(&self, keep: impl Fn(GroupId) -> bool) {
+        self.0.lock().expect("lanes lock").retain(|k, _| keep(k.0));
+    }
 }
 
 /// The origin logs a partition holds here.
@@ -51,6 +96,7 @@ pub fn handle(
     let metrics = link.metrics.clone();
     let timeout = link.transport.rpc_timeout();
     let router = link.router.get().and_then(|w| w.upgrade());
+    let lanes = link.lanes.clone();
     Box::pin(async move {
         match kind {
             KIND_LINK_FORWARD => {
@@ -82,16 +128,52 @@ pub fn handle(
                     return ser(&Reply::Logs(held(&g)));
                 }
                 let ship: Ship = bincode::deserialize(&payload).map_err(|e| e.to_string())?;
-                ser(&copy(&groups, &g, ship, drift_max, &metrics, timeout).await)
+                let lane = lanes.lane(g.id, ship.log);
+                ser(&copy(&groups, &g, &lane, ship, drift_max, &metrics, timeout).await)
             }
             _ => Err(format!("unknown link request kind {kind}")),
         }
     })
 }
 
+/// What `g` holds of `log` here.
+fn held_of(g: &PartitionGroup, log: LogRef) -> Held {
+    g.progress
+        .borrow()
+        .logs
+        .get(&log)
+        .map(|s| Held {
+            next_offset: s.next_offset,
+            closed: s.closed,
+        })
+        .unwrap_or_default()
+}
+
+/// Waits until the copies before `start` are held or proposed; false if
+/// they do not come within [`GAP_WAIT`].
+async fn wait_turn(g: &PartitionGroup, lane: &Lane, log: LogRef, start: u64) -> bool {
+    let mut proposed = lane.proposed.subscribe();
+    let mut progress = g.progress.clone();
+    let deadline = tokio::time::Instant::now() + GAP_WAIT;
+    loop {
+        let ready = held_of(g, log)
+            .next_offset
+            .max(*proposed.borrow_and_update());
+        if ready >= start {
+            return true;
+        }
+        tokio::select! {
+            r = proposed.changed() => if r.is_err() { return false },
+            r = progress.changed() => if r.is_err() { return false },
+            _ = tokio::time::sleep_until(deadline) => return false,
+        }
+    }
+}
+
 async fn copy(
     groups: &Groups,
     g: &Arc<PartitionGroup>,
+    lane: &Lane,
     ship: Ship,
     drift_max: u64,
     metrics: &crate::metrics::Metrics,
@@ -119,16 +201,38 @@ async fn copy(
     // Causality: what this region commits after reading these records
     // gets larger HLCs.
     groups.clock.observe(newest);
+    let log = ship.log;
+    let end = ship.end;
+    if !wait_turn(g, lane, log, ship.start()).await {
+        // An earlier copy was lost on the way: the sender resends from
+        // what this answer says is held.
+        return Reply::Logs(held(g));
+    }
     let cmd = Command::Replicate {
-        origin: ship.log.origin,
-        epoch: ship.log.epoch,
+        origin: log.origin,
+        epoch: log.epoch,
         closed: ship.closed,
+        closed_at: end,
         batches: ship.batches,
     };
-    let r = match Groups::submit(&g.raft, cmd).await {
+    let submitted = {
+        let _turn = lane.order.lock().await;
+        let r = Groups::submit(&g.raft, cmd).await;
+        if r.is_ok() {
+            lane.proposed.send_modify(|p| *p = (*p).max(end));
+        }
+        r
+    };
+    let r = match submitted {
         Ok(rx) => Groups::wait(rx, timeout).await.map(|_| ()),
         Err(e) => Err(e),
     };
+    // A copy that did not apply (an earlier one failed, or leadership
+    // moved) resets the lane to what is held.
+    let now = held_of(g, log).next_offset;
+    if r.is_err() || now < end {
+        lane.proposed.send_replace(now);
+    }
     match r {
         Ok(()) => Reply::Logs(held(g)),
         Err(WriteError::NotLeader(l)) => Reply::NotLeader(l),

@@ -48,8 +48,23 @@ pub fn is_link_kind(kind: u8) -> bool {
 pub struct Ship {
     pub from_region: String,
     pub log: LogRef,
+    /// Every record of the log from `end` on has a larger HLC than this.
     pub closed: u64,
+    /// The offset after the last record sent (where a copy without
+    /// batches, one that only carries `closed`, starts).
+    pub end: u64,
     pub batches: Vec<Bytes>,
+}
+
+impl Ship {
+    /// The offset the copy starts at: the receiver must hold the log up to
+    /// here for the copy to apply.
+    pub fn start(&self) -> u64 {
+        self.batches
+            .first()
+            .and_then(|b| crate::storage::batch::decode(b).ok())
+            .map_or(self.end, |(h, _)| h.base_offset)
+    }
 }
 
 /// One origin log as held by a region: high watermark and closed timestamp.
@@ -107,6 +122,7 @@ pub struct Link {
     pub cfg: LinkConfig,
     pub metrics: Arc<Metrics>,
     acks: Mutex<HashMap<GroupId, watch::Sender<RemoteAcks>>>,
+    lanes: inbound::Lanes,
     router: OnceLock<Weak<Router>>,
 }
 
@@ -127,6 +143,7 @@ impl Link {
             cfg,
             metrics,
             acks: Mutex::new(HashMap::new()),
+            lanes: inbound::Lanes::default(),
             router: OnceLock::new(),
         })
     }

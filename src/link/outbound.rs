@@ -16,6 +16,7 @@ use crate::storage::origin_id;
 use crate::storage::state_machine::read;
 use crate::topic::Policy;
 use crate::view::LogRef;
+use futures::stream::{FuturesUnordered, StreamExt};
 
 /// What to send a region next: the first origin log it lacks records or a
 /// newer closed timestamp of. Pure, for tests.
@@ -60,6 +61,8 @@ impl Link {
                 .lock()
                 .expect("acks lock")
                 .retain(|id, _| partitions.iter().any(|g| g.id == *id));
+            self.lanes
+                .retain(|id| partitions.iter().any(|g| g.id == id));
             for g in partitions {
                 if g.leader() != Some(self.me.id) {
                     continue;
@@ -185,7 +188,56 @@ impl Link {
             .set(age);
     }
 
-    /// Ships `g`'s origin logs to `region` until `stop`.
+    /// The next copy of `log` for a region that holds it up to `from`:
+    /// whole batches from there, at most `link.batch_bytes_max`, and the
+    /// closed timestamp that holds for their end.
+    fn ship(
+        &self,
+        group: GroupId,
+        log: LogRef,
+        mine: Held,
+        from: Held,
+    ) -> Result<Ship, crate::storage::DbError> {
+        let key = crate::storage::LogKey {
+            group,
+            origin: log.origin,
+            epoch: log.epoch,
+        };
+        let batches = read::stored(
+            self.groups.db(),
+            key,
+            from.next_offset,
+            mine.next_offset,
+            self.cfg.batch_bytes_max as usize,
+        )?;
+        let last = batches
+            .last()
+            .and_then(|b| crate::storage::batch::decode(b).ok())
+            .map(|(h, _)| h);
+        let (end, closed) = match last {
+            // HLCs grow along the log: what follows the copy is newer than
+            // its last record.
+            Some(h) if h.end_offset() < mine.next_offset => (h.end_offset(), h.last_hlc()),
+            Some(h) => (h.end_offset(), mine.closed),
+            None if from.next_offset >= mine.next_offset => (from.next_offset, mine.closed),
+            // Nothing readable where records should be: promise nothing.
+            None => (from.next_offset, from.closed),
+        };
+        Ok(Ship {
+            from_region: self.me.region.clone(),
+            log,
+            closed,
+            end,
+            batches,
+        })
+    }
+
+    /// Ships `g`'s origin logs to `region` until `stop`. Copies are
+    /// pipelined: up to `link.in_flight_requests_max` copies and
+    /// `link.in_flight_bytes_max` bytes may await their answers, so a
+    /// record committed here leaves at once instead of after the previous
+    /// copy's round trip. After any error the copier asks the region what
+    /// it holds and resumes from there.
     async fn copier(
         self: Arc<Self>,
         g: Arc<PartitionGroup>,
@@ -196,12 +248,13 @@ impl Link {
         if nodes.is_empty() {
             return;
         }
-        let timeout = self.transport.rpc_timeout();
         let backoff_max = Duration::from_millis(self.cfg.retry_backoff_ms_max);
+        let max_bytes = self.cfg.in_flight_bytes_max as usize;
+        let max_requests = self.cfg.in_flight_requests_max.max(1) as usize;
         let mut backoff = Duration::from_millis(50);
         let mut target = nodes[0];
         let mut rotate = 0usize;
-        let mut theirs: Option<BTreeMap<LogRef, Held>> = None;
+        let mut pipe = Pipe::default();
         let mut progress = g.progress.clone();
         let dest_origin = origin_id(&region);
         let mut failing = false;
@@ -215,81 +268,67 @@ impl Link {
                 .collect(),
             None => return,
         };
+        let wanted = |l: &LogRef| writers.contains(&l.origin) && l.origin != dest_origin;
         debug!("copier started");
         while !stop.is_cancelled() {
-            let (kind, ship) = match &theirs {
-                None => (KIND_LINK_STATE, None),
-                Some(t) => {
-                    let p = progress.borrow_and_update().clone();
-                    let mine = super::held_map(&p.logs);
-                    match next_copy(&mine, t, |l| {
-                        writers.contains(&l.origin) && l.origin != dest_origin
-                    }) {
-                        None => {
-                            // Nothing to send: wait for a commit, and look
-                            // again now and then (relays move the remote).
-                            tokio::select! {
-                                _ = stop.cancelled() => return,
-                                _ = progress.changed() => {}
-                                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                            }
-                            continue;
-                        }
-                        Some((log, m, t)) => {
-                            let key = crate::storage::LogKey {
-                                group: g.id,
-                                origin: log.origin,
-                                epoch: log.epoch,
-                            };
-                            let batches = if m.next_offset > t.next_offset {
-                                match read::stored(
-                                    self.groups.db(),
-                                    key,
-                                    t.next_offset,
-                                    m.next_offset,
-                                    self.cfg.batch_bytes_max as usize,
-                                ) {
-                                    Ok(b) => b,
-                                    Err(e) => {
-                                        warn!(error = %e, "cannot read the origin log to copy");
-                                        tokio::time::sleep(backoff_max).await;
-                                        continue;
-                                    }
-                                }
-                            } else {
-                                Vec::new()
-                            };
-                            // The closed timestamp holds for the end of what is sent.
-                            let end = batches
-                                .last()
-                                .and_then(|b| crate::storage::batch::decode(b).ok())
-                                .map(|(h, _)| h);
-                            let closed = match end {
-                                Some(h) if h.end_offset() < m.next_offset => h.last_hlc(),
-                                _ => m.closed,
-                            };
-                            let ship = Ship {
-                                from_region: self.me.region.clone(),
-                                log,
-                                closed,
-                                batches,
-                            };
-                            (KIND_LINK_SHIP, Some(ship))
-                        }
-                    }
+            // Fill the pipe.
+            if pipe.theirs.is_none() {
+                if pipe.calls.is_empty() {
+                    pipe.calls
+                        .push(self.send(target, KIND_LINK_STATE, g.id, None, Vec::new()));
                 }
-            };
-            let payload = match &ship {
-                Some(s) => bincode::serialize(s).expect("serialize ship"),
-                None => Vec::new(),
-            };
-            if ship.is_some() {
-                self.metrics.link_batches_sent.inc();
+            } else {
+                let p = progress.borrow_and_update().clone();
+                let mine = super::held_map(&p.logs);
+                while pipe.calls.len() < max_requests
+                    && (pipe.calls.is_empty() || pipe.bytes < max_bytes)
+                {
+                    let Some((log, m, from)) = next_copy(&mine, &pipe.sent, wanted) else {
+                        break;
+                    };
+                    let ship = match self.ship(g.id, log, m, from) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            warn!(error = %e, "cannot read the origin log to copy");
+                            break;
+                        }
+                    };
+                    let payload = bincode::serialize(&ship).expect("serialize ship");
+                    let sent = Sent {
+                        log,
+                        held: Held {
+                            next_offset: ship.end,
+                            closed: ship.closed,
+                        },
+                        bytes: payload.len(),
+                    };
+                    pipe.sent.insert(log, sent.held);
+                    pipe.bytes += sent.bytes;
+                    self.metrics.link_batches_sent.inc();
+                    pipe.calls
+                        .push(self.send(target, KIND_LINK_SHIP, g.id, Some(sent), payload));
+                }
             }
-            let result = self
-                .transport
-                .call(target, kind, g.id, &payload, timeout)
-                .await;
+            // Wait for an answer, or for something new to send.
+            let room = pipe.theirs.is_some()
+                && pipe.calls.len() < max_requests
+                && (pipe.calls.is_empty() || pipe.bytes < max_bytes);
+            let idle = pipe.calls.is_empty();
+            let (sent, result) = tokio::select! {
+                _ = stop.cancelled() => return,
+                Some(done) = pipe.calls.next(), if !idle => done,
+                r = progress.changed(), if room => {
+                    if r.is_err() {
+                        return; // the partition is gone
+                    }
+                    continue;
+                }
+                // Relays move what the region holds; look again now and then.
+                _ = tokio::time::sleep(Duration::from_secs(1)), if idle => continue,
+            };
+            if let Some(s) = &sent {
+                pipe.bytes -= s.bytes;
+            }
             let reply = match result {
                 Ok(bytes) => bincode::deserialize::<Reply>(&bytes).map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
@@ -301,13 +340,15 @@ impl Link {
                         failing = false;
                     }
                     backoff = Duration::from_millis(50);
+                    pipe.answered(&m, sent.as_ref());
                     let own = g.progress.borrow().own();
-                    self.set_acks(g.id, &region, m.get(&own).copied().unwrap_or_default());
-                    theirs = Some(m);
+                    let acked = pipe.theirs.as_ref().and_then(|t| t.get(&own)).copied();
+                    self.set_acks(g.id, &region, acked.unwrap_or_default());
                     continue;
                 }
                 Ok(Reply::NotLeader(Some(l))) if nodes.contains(&l) && l != target => {
                     target = l;
+                    pipe = Pipe::default();
                     continue;
                 }
                 Ok(Reply::NotLeader(_)) => {
@@ -316,7 +357,6 @@ impl Link {
                 }
                 Ok(Reply::Refused(msg)) => {
                     warn!(node = target, reason = %msg, "region refused a copy");
-                    theirs = None;
                 }
                 Err(e) => {
                     if !failing {
@@ -325,9 +365,10 @@ impl Link {
                     }
                     rotate += 1;
                     target = nodes[rotate % nodes.len()];
-                    theirs = None;
                 }
             }
+            // Start over from what the region says it holds.
+            pipe = Pipe::default();
             self.metrics.link_errors.inc();
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -335,6 +376,78 @@ impl Link {
             }
             backoff = (backoff * 2).min(backoff_max);
         }
+    }
+
+    fn send(
+        &self,
+        target: crate::config::NodeId,
+        kind: u8,
+        group: GroupId,
+        sent: Option<Sent>,
+        payload: Vec<u8>,
+    ) -> futures::future::BoxFuture<'static, Answer> {
+        let transport = self.transport.clone();
+        let timeout = transport.rpc_timeout();
+        Box::pin(async move {
+            let r = transport
+                .call(target, kind, group, &payload, timeout)
+                .await
+                .map_err(|e| e.to_string());
+            (sent, r)
+        })
+    }
+}
+
+/// A copy awaiting its answer: the log, what the region holds of it once
+/// the copy applies, and its size.
+#[derive(Debug, Clone, Copy)]
+struct Sent {
+    log: LogRef,
+    held: Held,
+    bytes: usize,
+}
+
+type Answer = (Option<Sent>, Result<Vec<u8>, String>);
+
+/// A copier's view of one remote region.
+#[derive(Default)]
+struct Pipe {
+    /// What the region said it holds (the newest answer per log); `None`
+    /// until it has answered since the last error.
+    theirs: Option<BTreeMap<LogRef, Held>>,
+    /// What it will hold once the copies in flight apply: where the next
+    /// copy of each log starts.
+    sent: BTreeMap<LogRef, Held>,
+    calls: FuturesUnordered<futures::future::BoxFuture<'static, Answer>>,
+    bytes: usize,
+}
+
+impl Pipe {
+    /// Takes in an answer to `sent` (or to a state query): answers can
+    /// come out of order, so each log keeps the furthest state heard; a copy
+    /// that did not apply (the region missed one before it) moves the
+    /// cursor back to what the region holds, and the gap is sent again.
+    fn answered(&mut self, m: &BTreeMap<LogRef, Held>, sent: Option<&Sent>) {
+        let theirs = self.theirs.get_or_insert_with(BTreeMap::new);
+        for (l, h) in m {
+            let t = theirs.entry(*l).or_default();
+            *t = furthest(*t, *h);
+            let s = self.sent.entry(*l).or_default();
+            *s = furthest(*s, *h);
+        }
+        if let Some(s) = sent {
+            let t = theirs.get(&s.log).copied().unwrap_or_default();
+            if t.next_offset < s.held.next_offset || t.closed < s.held.closed {
+                self.sent.insert(s.log, t);
+            }
+        }
+    }
+}
+
+fn furthest(a: Held, b: Held) -> Held {
+    Held {
+        next_offset: a.next_offset.max(b.next_offset),
+        closed: a.closed.max(b.closed),
     }
 }
 
@@ -364,6 +477,38 @@ mod tests {
             next_offset: n,
             closed: c,
         }
+    }
+
+    #[test]
+    fn answers_out_of_order_keep_the_furthest_state_and_gaps_are_resent() {
+        let a = LogRef {
+            origin: 1,
+            epoch: 1,
+        };
+        let sent = |n, c| Sent {
+            log: a,
+            held: held(n, c),
+            bytes: 10,
+        };
+        let mut p = Pipe::default();
+        p.answered(&[(a, held(10, 100))].into(), None);
+        // Three copies in flight: 10..20, 20..30, 30..40.
+        p.sent.insert(a, held(40, 400));
+        // The second copy's answer comes first and shows it applied.
+        p.answered(&[(a, held(30, 300))].into(), Some(&sent(30, 300)));
+        assert_eq!(p.sent[&a], held(40, 400), "nothing to resend");
+        // The first copy's answer is older: it does not move anything back.
+        p.answered(&[(a, held(20, 200))].into(), Some(&sent(20, 200)));
+        assert_eq!(p.theirs.as_ref().unwrap()[&a], held(30, 300));
+        assert_eq!(p.sent[&a], held(40, 400));
+        // The third copy did not apply (the region missed something):
+        // resend from what the region holds.
+        p.answered(&[(a, held(30, 300))].into(), Some(&sent(40, 400)));
+        assert_eq!(p.sent[&a], held(30, 300));
+        // A closed timestamp that did not apply is sent again too.
+        p.sent.insert(a, held(30, 350));
+        p.answered(&[(a, held(30, 300))].into(), Some(&sent(30, 350)));
+        assert_eq!(p.sent[&a], held(30, 300));
     }
 
     #[test]

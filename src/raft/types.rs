@@ -101,7 +101,10 @@ pub enum Command {
     Replicate {
         origin: u32,
         epoch: u32,
+        /// The closed timestamp holds once the log reaches `closed_at`:
+        /// every record from that offset on has a larger HLC.
         closed: u64,
+        closed_at: u64,
         batches: Vec<bytes::Bytes>,
     },
 }

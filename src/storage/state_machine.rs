@@ -312,11 +312,12 @@ impl StateMachine {
                 origin,
                 epoch,
                 closed,
+                closed_at,
                 batches,
             } => {
                 let log = LogRef { origin, epoch };
                 if log != self.own_ref() {
-                    self.replicate(b, log, closed, &batches);
+                    self.replicate(b, log, closed, closed_at, &batches);
                 }
                 let st = self.applied.logs.get(&log).copied().unwrap_or_default();
                 CommandResult::LogState {
@@ -341,6 +342,7 @@ impl StateMachine {
         b: &mut WriteBatch,
         log: LogRef,
         closed: u64,
+        closed_at: u64,
         batches: &[bytes::Bytes],
     ) {
         let mut complete = true;
@@ -367,9 +369,12 @@ impl StateMachine {
             }
             self.put_batch(b, log, h, stored);
         }
-        if complete {
-            // `closed` holds for the sender's prefix, which every batch up to
-            // its end (now held here) covers.
+        // `closed` holds for the sender's prefix up to `closed_at`: only
+        // once that prefix is held here may the view rely on it. (Copies are
+        // pipelined, so a closed timestamp can arrive before the records it
+        // covers; those copies fail the test and are sent again.)
+        let held = self.applied.logs.get(&log).map_or(0, |s| s.next_offset);
+        if complete && held >= closed_at {
             let st = self.applied.logs.entry(log).or_default();
             st.closed = st.closed.max(closed);
         }
@@ -688,5 +693,89 @@ pub mod read {
             cf: CF_RECORDS,
             reason,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::types::RecordIn;
+
+    fn machine(dir: &std::path::Path) -> StateMachine {
+        let db = Db::open(dir, Arc::new(crate::metrics::Metrics::new())).unwrap();
+        let view = vec![origin_id("us-east"), origin_id("eu-west")];
+        let (tx, _) = watch::channel(Progress::default());
+        StateMachine::open(
+            db,
+            5,
+            "us-east".into(),
+            view,
+            Arc::new(Clock::new()),
+            Notify::Partition(tx),
+        )
+        .unwrap()
+    }
+
+    fn stored(base_offset: u64, count: u32, first_hlc: u64) -> bytes::Bytes {
+        let records = vec![
+            RecordIn {
+                key: None,
+                value: Some(bytes::Bytes::from_static(b"v")),
+                headers: vec![],
+            };
+            count as usize
+        ];
+        let h = BatchHeader {
+            base_offset,
+            count,
+            first_hlc,
+        };
+        batch::encode(h, "eu-west", &records).into()
+    }
+
+    fn replicate(closed: u64, closed_at: u64, batches: Vec<bytes::Bytes>) -> Command {
+        Command::Replicate {
+            origin: origin_id("eu-west"),
+            epoch: EPOCH_FIRST,
+            closed,
+            closed_at,
+            batches,
+        }
+    }
+
+    /// Pipelined copies can carry a closed timestamp ahead of the records
+    /// it covers; it must wait for them, or the view would pass records
+    /// that are still on their way (invariant 5).
+    #[tokio::test]
+    async fn a_closed_timestamp_applies_only_with_the_records_it_covers() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = machine(dir.path());
+        let log = LogRef {
+            origin: origin_id("eu-west"),
+            epoch: EPOCH_FIRST,
+        };
+        let state = |sm: &StateMachine| sm.applied.logs.get(&log).copied().unwrap_or_default();
+        let mut b = WriteBatch::default();
+        sm.apply_one(&mut b, replicate(1_000, 2, vec![stored(0, 2, 900)]));
+        assert_eq!((state(&sm).next_offset, state(&sm).closed), (2, 1_000));
+        // A copy that only closes, sent while 2..4 is still in flight.
+        sm.apply_one(&mut b, replicate(3_000, 4, vec![]));
+        assert_eq!(state(&sm).closed, 1_000, "closed ahead of its records");
+        // A copy past a gap: neither its records nor its closed timestamp.
+        sm.apply_one(&mut b, replicate(5_000, 6, vec![stored(4, 2, 4_000)]));
+        assert_eq!((state(&sm).next_offset, state(&sm).closed), (2, 1_000));
+        // The records in flight arrive, then the resent ones.
+        sm.apply_one(&mut b, replicate(2_500, 4, vec![stored(2, 2, 2_000)]));
+        assert_eq!((state(&sm).next_offset, state(&sm).closed), (4, 2_500));
+        // Overlapping copies skip what is held (invariant 3).
+        sm.apply_one(
+            &mut b,
+            replicate(5_000, 6, vec![stored(2, 2, 2_000), stored(4, 2, 4_000)]),
+        );
+        assert_eq!((state(&sm).next_offset, state(&sm).closed), (6, 5_000));
+        // A late closed-only copy for an earlier end still counts (it is
+        // lower, so nothing changes).
+        sm.apply_one(&mut b, replicate(3_000, 4, vec![]));
+        assert_eq!(state(&sm).closed, 5_000);
     }
 }
