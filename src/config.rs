@@ -497,6 +497,10 @@ pub struct LinkConfig {
     /// An idle partition's leader publishes a closed timestamp this often,
     /// so that other origins' records become visible in the global view.
     pub close_interval_ms: u64,
+    /// ... and this often while no origin has written to it for this long
+    /// and no record waits for the view (each close is a Raft commit and a
+    /// copy to every other region).
+    pub idle_close_interval_ms: u64,
     /// Records whose HLC is further ahead of this node's clock are refused
     /// and reported, never absorbed.
     pub clock_drift_ms_max: u64,
@@ -513,11 +517,12 @@ pub struct LinkConfig {
 impl Default for LinkConfig {
     fn default() -> Self {
         LinkConfig {
-            batch_bytes_max: 4 * 1024 * 1024,
+            batch_bytes_max: 1024 * 1024,
             close_interval_ms: 100,
+            idle_close_interval_ms: 1_000,
             clock_drift_ms_max: 500,
             retry_backoff_ms_max: 2_000,
-            in_flight_bytes_max: 16 * 1024 * 1024,
+            in_flight_bytes_max: 8 * 1024 * 1024,
             in_flight_requests_max: 32,
         }
     }
@@ -646,6 +651,7 @@ impl NodeConfig {
             ("transport.streams_max", f.transport.streams_max as u64),
             ("link.batch_bytes_max", f.link.batch_bytes_max as u64),
             ("link.close_interval_ms", f.link.close_interval_ms),
+            ("link.idle_close_interval_ms", f.link.idle_close_interval_ms),
             ("link.clock_drift_ms_max", f.link.clock_drift_ms_max),
             ("link.retry_backoff_ms_max", f.link.retry_backoff_ms_max),
             ("link.in_flight_bytes_max", f.link.in_flight_bytes_max),

@@ -149,6 +149,15 @@ fn held_of(g: &PartitionGroup, log: LogRef) -> Held {
         .unwrap_or_default()
 }
 
+/// The batches that end past `proposed`: the others are held here or
+/// already in the Raft log.
+fn trim_proposed(batches: Vec<Bytes>, proposed: u64) -> Vec<Bytes> {
+    batches
+        .into_iter()
+        .filter(|b| batch::decode(b).map_or(true, |(h, _)| h.end_offset() > proposed))
+        .collect()
+}
+
 /// Waits until the copies before `start` are held or proposed; false if
 /// they do not come within [`GAP_WAIT`].
 async fn wait_turn(g: &PartitionGroup, lane: &Lane, log: LogRef, start: u64) -> bool {
@@ -208,15 +217,20 @@ async fn copy(
         // what this answer says is held.
         return Reply::Logs(held(g));
     }
-    let cmd = Command::Replicate {
-        origin: log.origin,
-        epoch: log.epoch,
-        closed: ship.closed,
-        closed_at: end,
-        batches: ship.batches,
-    };
     let submitted = {
         let _turn = lane.order.lock().await;
+        // A resend (after a timeout) of batches still on their way through
+        // Raft is not proposed twice: only the closed timestamp, which
+        // applies once they are held.
+        let proposed = *lane.proposed.borrow();
+        let batches = trim_proposed(ship.batches, proposed);
+        let cmd = Command::Replicate {
+            origin: log.origin,
+            epoch: log.epoch,
+            closed: ship.closed,
+            closed_at: end,
+            batches,
+        };
         let r = Groups::submit(&g.raft, cmd).await;
         if r.is_ok() {
             lane.proposed.send_modify(|p| *p = (*p).max(end));
@@ -243,6 +257,31 @@ async fn copy(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resent_batches_already_proposed_are_not_proposed_again() {
+        let b = |base: u64| -> Bytes {
+            let h = batch::BatchHeader {
+                base_offset: base,
+                count: 2,
+                first_hlc: 1,
+            };
+            let r = crate::raft::types::RecordIn {
+                key: None,
+                value: Some(Bytes::from_static(b"v")),
+                headers: vec![],
+            };
+            batch::encode(h, "eu-west", &[r.clone(), r]).into()
+        };
+        let base = |v: &[Bytes]| -> Vec<u64> {
+            v.iter()
+                .map(|x| batch::decode(x).unwrap().0.base_offset)
+                .collect()
+        };
+        assert_eq!(base(&trim_proposed(vec![b(0), b(2), b(4)], 4)), vec![4]);
+        assert_eq!(base(&trim_proposed(vec![b(0), b(2)], 0)), vec![0, 2]);
+        assert!(trim_proposed(vec![b(0), b(2)], 9).is_empty());
+    }
 
     #[test]
     fn drift_is_measured_against_the_wall_clock() {

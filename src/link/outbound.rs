@@ -38,14 +38,54 @@ pub fn next_copy(
     closed_only
 }
 
+/// How often a partition's leader closes its origin log: every
+/// `link.close_interval_ms` while records of some origin are waiting for
+/// the view here or were written lately; every
+/// `link.idle_close_interval_ms` otherwise, as an idle partition's closed
+/// timestamps only show in its closed-timestamp age. Each close is a Raft
+/// commit here and a copy to every other region, so idle partitions would
+/// otherwise cost the most. Pure, for tests.
+pub fn close_interval(
+    logs: &BTreeMap<LogRef, crate::storage::state_machine::LogState>,
+    now_ms: i64,
+    cfg: &crate::config::LinkConfig,
+) -> u64 {
+    let busy = logs.values().any(|s| {
+        s.merged < s.next_offset
+            || now_ms - hlc::wall_ms(s.last_hlc) < cfg.idle_close_interval_ms as i64
+    });
+    if busy {
+        cfg.close_interval_ms
+    } else {
+        cfg.idle_close_interval_ms.max(cfg.close_interval_ms)
+    }
+}
+
+/// Whether records of another origin wait for the view here behind `own`'s
+/// closed timestamp: then closing at once (rather than at the next
+/// interval) makes them visible sooner, here and wherever the close is
+/// copied. Pure, for tests.
+pub fn waits_on(
+    logs: &BTreeMap<LogRef, crate::storage::state_machine::LogState>,
+    own: LogRef,
+) -> bool {
+    let closed = logs.get(&own).map_or(0, |s| s.closed);
+    logs.iter()
+        .any(|(l, s)| *l != own && s.merged < s.next_offset && s.last_hlc > closed)
+}
+
 impl Link {
     /// Keeps one copier per (led partition, remote region) and closes idle
     /// partitions, until `shutdown`.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let mut copiers: HashMap<(GroupId, String), CancellationToken> = HashMap::new();
         let closing: Arc<std::sync::Mutex<HashSet<GroupId>>> = Default::default();
-        let interval = Duration::from_millis(self.cfg.close_interval_ms);
+        // Closes are checked four times per close interval, so that a
+        // record waiting on this region's closed timestamp waits little;
+        // lag figures are updated once per interval.
+        let interval = Duration::from_millis((self.cfg.close_interval_ms / 4).max(5));
         let mut tick = tokio::time::interval(interval);
+        let mut ticks = 0u64;
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let names = self.region_names();
         loop {
@@ -53,6 +93,8 @@ impl Link {
                 _ = shutdown.cancelled() => break,
                 _ = tick.tick() => {}
             }
+            ticks += 1;
+            let lag_due = ticks % 4 == 1;
             let meta = self.groups.meta_state();
             let mut wanted = HashSet::new();
             let partitions = self.groups.partitions();
@@ -87,7 +129,9 @@ impl Link {
                     }
                 }
                 self.close_if_idle(&g, &policy, &closing);
-                self.update_lag(&g, &policy);
+                if lag_due {
+                    self.update_lag(&g, &policy);
+                }
             }
             copiers.retain(|k, stop| {
                 let keep = wanted.contains(k);
@@ -118,7 +162,9 @@ impl Link {
         let closed = p.logs.get(&p.own()).map_or(0, |s| s.closed);
         let now = self.groups.clock.now();
         let age = hlc::wall_ms(now) - hlc::wall_ms(closed);
-        if age < self.cfg.close_interval_ms as i64 {
+        let due = age >= close_interval(&p.logs, hlc::wall_ms(now), &self.cfg) as i64
+            || waits_on(&p.logs, p.own());
+        if !due {
             return;
         }
         if !closing.lock().expect("closing lock").insert(g.id) {
@@ -477,6 +523,52 @@ mod tests {
             next_offset: n,
             closed: c,
         }
+    }
+
+    #[test]
+    fn idle_partitions_close_less_often() {
+        use crate::storage::state_machine::LogState;
+        let cfg = crate::config::LinkConfig::default();
+        let now = 1_763_712_000_000i64;
+        let log = |origin, next, merged, written_ms: i64| {
+            (
+                LogRef { origin, epoch: 1 },
+                LogState {
+                    next_offset: next,
+                    last_hlc: hlc::from_wall_ms(written_ms),
+                    closed: hlc::from_wall_ms(written_ms),
+                    merged,
+                },
+            )
+        };
+        let quiet: BTreeMap<_, _> = [log(1, 5, 5, now - 60_000), log(2, 3, 3, now - 60_000)].into();
+        assert_eq!(
+            close_interval(&quiet, now, &cfg),
+            cfg.idle_close_interval_ms
+        );
+        let written: BTreeMap<_, _> = [log(1, 5, 5, now - 60_000), log(2, 3, 3, now - 20)].into();
+        assert_eq!(close_interval(&written, now, &cfg), cfg.close_interval_ms);
+        let waiting: BTreeMap<_, _> =
+            [log(1, 5, 5, now - 60_000), log(2, 3, 2, now - 60_000)].into();
+        assert_eq!(
+            close_interval(&waiting, now, &cfg),
+            cfg.close_interval_ms,
+            "a record waits for the view"
+        );
+        assert_eq!(
+            close_interval(&BTreeMap::new(), now, &cfg),
+            cfg.idle_close_interval_ms
+        );
+        // Another origin's record above our closed timestamp waits on us.
+        let own = LogRef {
+            origin: 1,
+            epoch: 1,
+        };
+        let newer: BTreeMap<_, _> = [log(1, 5, 5, now - 60_000), log(2, 3, 2, now - 50_000)].into();
+        assert!(waits_on(&newer, own));
+        assert!(!waits_on(&written, own), "all merged");
+        let behind: BTreeMap<_, _> = [log(1, 5, 5, now), log(2, 3, 2, now - 60_000)].into();
+        assert!(!waits_on(&behind, own), "our closed timestamp is past it");
     }
 
     #[test]

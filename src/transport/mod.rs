@@ -282,7 +282,16 @@ async fn serve_connection(
                 let kind = req[0];
                 let group = u64::from_be_bytes(req[1..HEADER_LEN].try_into().expect("8 bytes"));
                 let payload = Bytes::from(req).slice(HEADER_LEN..);
-                handler.handle(kind, group, payload).await
+                // A caller that gave up (its deadline passed) stops the
+                // stream: stop working for it too, so that retries after
+                // timeouts do not pile up work on a busy node.
+                tokio::select! {
+                    r = handler.handle(kind, group, payload) => r,
+                    _ = send.stopped() => {
+                        debug!(kind, group, "caller gave up; request dropped");
+                        return;
+                    }
+                }
             };
             let (status, body) = match resp {
                 Ok(b) => (STATUS_OK, b),
@@ -365,6 +374,48 @@ mod tests {
             a.call(3, 1, 0, b"", t).await,
             Err(TransportError::UnknownPeer(3))
         ));
+        stop.cancel();
+    }
+
+    /// Counts handler runs that started and that finished.
+    struct Slow(
+        Arc<std::sync::atomic::AtomicU32>,
+        Arc<std::sync::atomic::AtomicU32>,
+    );
+    impl Handler for Slow {
+        fn handle(&self, _: u8, _: u64, _: Bytes) -> BoxFuture<'static, Result<Vec<u8>, String>> {
+            let (started, finished) = (self.0.clone(), self.1.clone());
+            Box::pin(async move {
+                started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(600)).await;
+                finished.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Ok(Vec::new())
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn work_stops_when_the_caller_gives_up() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = pair(
+            TransportConfig::default(),
+            [&dir.path().join("a"), &dir.path().join("b")],
+        );
+        let stop = CancellationToken::new();
+        let (started, finished) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+        b.serve(
+            Arc::new(Slow(started.clone(), finished.clone())),
+            stop.clone(),
+        );
+        let e = a.call(2, 1, 0, b"x", Duration::from_millis(200)).await;
+        assert!(matches!(e, Err(TransportError::Timeout { .. })), "{e:?}");
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert_eq!(started.load(Ordering::SeqCst), 1);
+        assert_eq!(finished.load(Ordering::SeqCst), 0, "the handler ran on");
+        // A caller that waits gets its answer.
+        a.call(2, 1, 0, b"x", Duration::from_secs(3)).await.unwrap();
+        assert_eq!(finished.load(Ordering::SeqCst), 1);
         stop.cancel();
     }
 
