@@ -199,7 +199,49 @@ enum BenchCmd {
         rate: Option<u64>,
         #[arg(long, value_enum, default_value_t = Codec::None)]
         compression: Codec,
+        /// Topic config if the topic must be created, KEY=VALUE; repeatable
+        /// (e.g. -c meridian.replication=sync).
+        #[arg(short, long = "config", value_parser = parse_kv)]
+        configs: Vec<(String, String)>,
         /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cross-region: produce at a fixed rate in one region, read in another,
+    /// and report the time from each acknowledgement to the record's
+    /// arrival there (replication lag, or visibility in the global view for
+    /// topics with several writer regions).
+    Link {
+        /// Bootstrap of the region to produce in.
+        #[arg(long)]
+        from: String,
+        /// Bootstrap of the region to read in.
+        #[arg(long)]
+        to: String,
+        #[arg(short, long, default_value = "bench-link")]
+        topic: String,
+        /// Partitions if the topic must be created.
+        #[arg(long, default_value_t = 6)]
+        partitions: i32,
+        /// Record value size in bytes (at least 8: the sequence number).
+        #[arg(long, default_value_t = 1024)]
+        size: usize,
+        /// Records per second, one record per produce request.
+        #[arg(long, default_value_t = 1000)]
+        rate: u64,
+        /// Measured load, after the warm-up.
+        #[arg(long, default_value_t = 20)]
+        duration_s: u64,
+        /// Load before the measured part (leaders of new partitions settle).
+        #[arg(long, default_value_t = 3)]
+        warmup_s: u64,
+        /// Produce requests in flight at once.
+        #[arg(long, default_value_t = 256)]
+        in_flight: usize,
+        /// Topic config if the topic must be created, KEY=VALUE; repeatable
+        /// (e.g. -c meridian.writers=home:us-east).
+        #[arg(short, long = "config", value_parser = parse_kv)]
+        configs: Vec<(String, String)>,
         #[arg(long)]
         json: bool,
     },
@@ -629,7 +671,7 @@ async fn run_status(cluster: Option<PathBuf>, admin: Option<String>) -> Result<(
 }
 
 async fn run_bench(cmd: BenchCmd) -> Result<()> {
-    let (report, json) = match cmd {
+    match cmd {
         BenchCmd::Produce {
             conn,
             topic,
@@ -642,6 +684,7 @@ async fn run_bench(cmd: BenchCmd) -> Result<()> {
             keys,
             rate,
             compression,
+            configs,
             json,
         } => {
             let compression = match compression {
@@ -667,9 +710,43 @@ async fn run_bench(cmd: BenchCmd) -> Result<()> {
                 keys,
                 rate,
                 compression,
+                configs: configs.into_iter().collect(),
             };
             let client = Arc::new(Client::new(&conn.bootstrap));
-            (bench::produce(client, opts, !json).await?, json)
+            show(bench::produce(client, opts, !json).await?, json)
+        }
+        BenchCmd::Link {
+            from,
+            to,
+            topic,
+            partitions,
+            size,
+            rate,
+            duration_s,
+            warmup_s,
+            in_flight,
+            configs,
+            json,
+        } => {
+            if rate == 0 || duration_s == 0 {
+                bail!("--rate and --duration-s must be at least 1");
+            }
+            if rate.saturating_mul(duration_s + warmup_s) > 50_000_000 {
+                bail!("--rate x --duration-s is over 50,000,000 records; the benchmark keeps two timestamps per record");
+            }
+            let opts = bench::LinkOpts {
+                topic,
+                partitions,
+                size,
+                rate,
+                duration: Duration::from_secs(duration_s),
+                in_flight,
+                configs: configs.into_iter().collect(),
+                drain: Duration::from_secs(30),
+                warmup: Duration::from_secs(warmup_s),
+            };
+            let (from, to) = (Arc::new(Client::new(&from)), Arc::new(Client::new(&to)));
+            show(bench::link(from, to, opts, !json).await?, json)
         }
         BenchCmd::Consume {
             conn,
@@ -678,9 +755,12 @@ async fn run_bench(cmd: BenchCmd) -> Result<()> {
             json,
         } => {
             let client = Arc::new(Client::new(&conn.bootstrap));
-            (bench::consume(client, &topic, count, !json).await?, json)
+            show(bench::consume(client, &topic, count, !json).await?, json)
         }
-    };
+    }
+}
+
+fn show<R: serde::Serialize + std::fmt::Display>(report: R, json: bool) -> Result<()> {
     if json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
