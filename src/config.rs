@@ -397,6 +397,9 @@ struct NodeFileConfig {
     runtime: RuntimeConfig,
     #[serde(default)]
     link: LinkConfig,
+    /// Topics to create at start (docs/replication.md#topics-file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    topics: Option<PathBuf>,
     #[serde(default)]
     tls: Option<TlsConfig>,
 }
@@ -562,6 +565,9 @@ pub struct NodeConfig {
     pub transport: TransportConfig,
     pub runtime: RuntimeConfig,
     pub link: LinkConfig,
+    /// Topics this node creates at start unless they exist.
+    pub topics: Vec<TopicDecl>,
+    pub topics_path: Option<PathBuf>,
     pub tls: Option<TlsConfig>,
 }
 
@@ -711,6 +717,26 @@ impl NodeConfig {
                 );
             }
         }
+        let topics_path = f.topics.as_deref().map(resolve);
+        let mut topics = Vec::new();
+        if let (Some(tp), Some(t)) = (&topics_path, &topology) {
+            let names: Vec<String> = t.regions.iter().map(|r| r.name.clone()).collect();
+            match TopicDecl::load(tp, &names) {
+                Ok(list) => topics = list,
+                Err(e) => p.add(
+                    "topics",
+                    format!(
+                        "cannot use topics file {}:\n    {}",
+                        tp.display(),
+                        e.problems
+                            .iter()
+                            .map(|x| x.to_string())
+                            .collect::<Vec<_>>()
+                            .join("\n    ")
+                    ),
+                ),
+            }
+        }
         p.finish()?;
         Ok(NodeConfig {
             path: path.to_path_buf(),
@@ -725,6 +751,8 @@ impl NodeConfig {
             transport: f.transport,
             runtime: f.runtime,
             link: f.link,
+            topics,
+            topics_path,
             tls: f.tls.map(|t| TlsConfig {
                 ca_cert: resolve(&t.ca_cert),
                 cert: resolve(&t.cert),
@@ -750,6 +778,7 @@ impl NodeConfig {
         topology: &Path,
         data_dir: &Path,
         runtime: RuntimeConfig,
+        topics: Option<&Path>,
     ) -> std::io::Result<()> {
         let f = NodeFileConfig {
             node_id: node_id as i64,
@@ -761,10 +790,104 @@ impl NodeConfig {
             transport: TransportConfig::default(),
             runtime,
             link: LinkConfig::default(),
+            topics: topics.map(Path::to_path_buf),
             tls: None,
         };
         let text = toml::to_string_pretty(&f).map_err(std::io::Error::other)?;
         std::fs::write(path, text)
+    }
+}
+
+/// A topic declared in a topics file, as `[[topic]]`: created at start
+/// unless it exists. The `meridian.*` keys have short names here; other
+/// topic configs go in `configs`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TopicDecl {
+    pub name: String,
+    pub partitions: u32,
+    /// Regions that hold the topic (default: every region).
+    #[serde(default)]
+    pub regions: Option<Vec<String>>,
+    /// `all` or `home:<region>`.
+    #[serde(default)]
+    pub writers: Option<String>,
+    /// `async` or `sync`.
+    #[serde(default)]
+    pub replication: Option<String>,
+    #[serde(default)]
+    pub sync_quorum: Option<u32>,
+    #[serde(default)]
+    pub rpo_max_ms: Option<u64>,
+    /// Any other topic config, by its Kafka name.
+    #[serde(default)]
+    pub configs: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TopicsFile {
+    #[serde(default)]
+    topic: Vec<TopicDecl>,
+}
+
+impl TopicDecl {
+    /// The topic configs this declaration stands for.
+    pub fn configs(&self) -> std::collections::BTreeMap<String, String> {
+        use crate::topic::{
+            KEY_REGIONS, KEY_REPLICATION, KEY_RPO_MAX_MS, KEY_SYNC_QUORUM, KEY_WRITERS,
+        };
+        let mut c = self.configs.clone();
+        if let Some(r) = &self.regions {
+            c.insert(KEY_REGIONS.into(), r.join(","));
+        }
+        let mut put = |k: &str, v: Option<String>| {
+            if let Some(v) = v {
+                c.insert(k.into(), v);
+            }
+        };
+        put(KEY_WRITERS, self.writers.clone());
+        put(KEY_REPLICATION, self.replication.clone());
+        put(KEY_SYNC_QUORUM, self.sync_quorum.map(|q| q.to_string()));
+        put(KEY_RPO_MAX_MS, self.rpo_max_ms.map(|m| m.to_string()));
+        c
+    }
+
+    /// Reads and checks a topics file against the topology's regions, with
+    /// every problem named by topic and key.
+    pub fn load(path: &Path, regions: &[String]) -> Result<Vec<TopicDecl>, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::one(
+                path,
+                "",
+                format!("cannot read the file: {e}; check the path and its permissions"),
+            )
+        })?;
+        Self::parse(path, &text, regions)
+    }
+
+    pub fn parse(
+        path: &Path,
+        text: &str,
+        regions: &[String],
+    ) -> Result<Vec<TopicDecl>, ConfigError> {
+        let file: TopicsFile = parse_toml(path, text)?;
+        let mut p = Problems::new(path);
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, t) in file.topic.iter().enumerate() {
+            let at = format!("topic[{i}] ({})", t.name);
+            if !seen.insert(t.name.clone()) {
+                p.add(at.clone(), "declared twice; keep one [[topic]] per name");
+            }
+            let configs = t.configs();
+            let checked = crate::topic::validate_create(&t.name, t.partitions as i64, &configs)
+                .and_then(|_| crate::topic::validate_policy(&configs, regions));
+            if let Err(e) = checked {
+                p.add(at, e.to_string());
+            }
+        }
+        p.finish()?;
+        Ok(file.topic)
     }
 }
 
@@ -858,6 +981,36 @@ ms = 80
     }
 
     #[test]
+    fn topics_file_maps_short_keys_to_topic_configs() {
+        let regions = ["us-east".to_string(), "eu-west".to_string()];
+        let text = r#"
+[[topic]]
+name = "orders"
+partitions = 6
+regions = ["us-east", "eu-west"]
+writers = "home:eu-west"
+replication = "sync"
+sync_quorum = 2
+rpo_max_ms = 500
+configs = { "retention.ms" = "1000" }
+"#;
+        let t = TopicDecl::parse(Path::new("t.toml"), text, &regions).unwrap();
+        let c = t[0].configs();
+        assert_eq!(c["meridian.regions"], "us-east,eu-west");
+        assert_eq!(c["meridian.writers"], "home:eu-west");
+        assert_eq!(c["meridian.replication"], "sync");
+        assert_eq!(c["meridian.sync.quorum"], "2");
+        assert_eq!(c["meridian.rpo.max.ms"], "500");
+        assert_eq!(c["retention.ms"], "1000");
+        let quorum = text.replace("sync_quorum = 2", "sync_quorum = 3");
+        let e = TopicDecl::parse(Path::new("t.toml"), &quorum, &regions).unwrap_err();
+        assert!(e.to_string().contains("meridian.sync.quorum"), "{e}");
+        let minimal = "[[topic]]\nname = \"a\"\npartitions = 1\n";
+        let t = TopicDecl::parse(Path::new("t.toml"), minimal, &regions).unwrap();
+        assert!(t[0].configs().is_empty(), "defaults come from the broker");
+    }
+
+    #[test]
     fn node_config_reports_node_in_no_region() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("topo.toml"), GOOD).unwrap();
@@ -912,6 +1065,7 @@ ms = 80
             &topo_path,
             &dir.path().join("d1"),
             RuntimeConfig { worker_threads: 1 },
+            None,
         )
         .unwrap();
         let c = NodeConfig::load(&path).unwrap();

@@ -98,6 +98,7 @@ impl DevCluster {
         exe: &Path,
         topology: Topology,
         data_dir: Option<PathBuf>,
+        topics: Option<&Path>,
         ready_timeout: Duration,
     ) -> Result<DevCluster, DevError> {
         let (dir, temp) = match data_dir {
@@ -148,6 +149,7 @@ impl DevCluster {
                     &topo_path,
                     &dir.join(format!("node-{}", n.id)),
                     runtime.clone(),
+                    topics,
                 )
                 .map_err(io("cannot write", &config))?;
                 let child = cluster.spawn(exe, n.id, &config)?;

@@ -46,6 +46,9 @@ enum Cmd {
         /// Renumber ports from here: node i gets base+3i (Kafka), +1 (QUIC), +2 (admin).
         #[arg(long)]
         port_base: Option<u16>,
+        /// Topics file ([[topic]] tables) the nodes create at start.
+        #[arg(long)]
+        topics: Option<PathBuf>,
     },
     /// Create, list, describe, alter and delete topics.
     Topic {
@@ -336,7 +339,8 @@ async fn run(cmd: Cmd) -> Result<()> {
             topology,
             data_dir,
             port_base,
-        } => run_dev(topology, data_dir, port_base).await,
+            topics,
+        } => run_dev(topology, data_dir, port_base, topics).await,
         Cmd::Topic { cmd } => {
             init_logging(Some("warn"));
             run_topic(cmd).await
@@ -476,6 +480,7 @@ async fn run_dev(
     topology: PathBuf,
     data_dir: Option<PathBuf>,
     port_base: Option<u16>,
+    topics: Option<PathBuf>,
 ) -> Result<()> {
     init_logging(Some("info"));
     let topo = match Topology::load(&topology) {
@@ -484,6 +489,21 @@ async fn run_dev(
             eprint!("{e}");
             std::process::exit(2);
         }
+    };
+    // Check the topics file here, once, rather than in nine node logs.
+    let topics = topics.map(|t| meridian::config::absolute(&t));
+    let declared = match &topics {
+        Some(path) => {
+            let names: Vec<String> = topo.regions.iter().map(|r| r.name.clone()).collect();
+            match meridian::config::TopicDecl::load(path, &names) {
+                Ok(list) => list.into_iter().map(|t| t.name).collect(),
+                Err(e) => {
+                    eprint!("{e}");
+                    std::process::exit(2);
+                }
+            }
+        }
+        None => Vec::new(),
     };
     let topo = match port_base {
         Some(b) => dev::with_port_base(&topo, b)?,
@@ -495,7 +515,14 @@ async fn run_dev(
         "starting {} region(s), {nodes} node(s) ...",
         topo.regions.len()
     );
-    let mut cluster = dev::DevCluster::start(&exe, topo, data_dir, Duration::from_secs(60)).await?;
+    let mut cluster = dev::DevCluster::start(
+        &exe,
+        topo,
+        data_dir,
+        topics.as_deref(),
+        Duration::from_secs(60),
+    )
+    .await?;
     println!(
         "Meridian dev cluster is up; data in {}",
         cluster.dir.display()
@@ -509,6 +536,9 @@ async fn run_dev(
             bootstrap.join(","),
             admin.join(",")
         );
+    }
+    if !declared.is_empty() {
+        println!("  topics from the topics file: {}", declared.join(", "));
     }
     println!(
         "  cluster file: {}",

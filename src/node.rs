@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn, Instrument};
+use tracing::{debug, info, warn, Instrument};
 
 use crate::admin;
 use crate::config::NodeConfig;
@@ -117,6 +117,13 @@ async fn run_inner(config: NodeConfig, shutdown: CancellationToken) -> Result<()
         metrics: metrics.clone(),
     });
     link.set_router(&router);
+    if !config.topics.is_empty() {
+        tokio::spawn(ensure_topics(
+            router.clone(),
+            config.topics.clone(),
+            shutdown.clone(),
+        ));
+    }
     tokio::spawn(crate::kafka::server::serve(
         kafka_listener,
         router.clone(),
@@ -147,4 +154,77 @@ async fn run_inner(config: NodeConfig, shutdown: CancellationToken) -> Result<()
         warn!("Raft groups did not stop within {GROUPS_STOP_TIMEOUT:?}; exiting anyway");
     }
     Ok(())
+}
+
+/// Creates the topics of the topics file that do not exist, retrying while
+/// the metadata group has no leader (every node does this at start; the
+/// first creation wins). An existing topic is left as it is, since its
+/// configs may have been changed at run time; differences from the file
+/// are logged.
+async fn ensure_topics(
+    router: Arc<Router>,
+    topics: Vec<crate::config::TopicDecl>,
+    shutdown: CancellationToken,
+) {
+    use crate::router::TopicError;
+    use crate::topic::MetaError;
+    for t in topics {
+        let want = t.configs();
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            if let Some(have) = router.topic(&t.name) {
+                let differs: Vec<String> = want
+                    .iter()
+                    .filter(|(k, v)| have.configs.get(*k) != Some(*v))
+                    .map(|(k, v)| {
+                        let now = have.configs.get(k).map_or("(unset)", |s| s.as_str());
+                        format!("{k}: file {v}, topic {now}")
+                    })
+                    .chain((have.partitions != t.partitions).then(|| {
+                        format!(
+                            "partitions: file {}, topic {}",
+                            t.partitions, have.partitions
+                        )
+                    }))
+                    .collect();
+                if !differs.is_empty() {
+                    warn!(topic = %t.name, differences = %differs.join("; "),
+                        "topic exists with other settings than the topics file; left as it is (change it with `meridian topic alter`)");
+                }
+                break;
+            }
+            match router
+                .create_topic(
+                    &t.name,
+                    t.partitions as i64,
+                    want.clone(),
+                    Duration::from_secs(10),
+                )
+                .await
+            {
+                Ok(_) => {
+                    info!(topic = %t.name, partitions = t.partitions, "created from the topics file");
+                    break;
+                }
+                Err(TopicError::Meta(MetaError::TopicExists(_))) => continue,
+                Err(TopicError::Meta(e)) => {
+                    // Checked when the config loaded; only a topology
+                    // change since then gets here.
+                    warn!(topic = %t.name, error = %e, "cannot create a topic of the topics file");
+                    break;
+                }
+                Err(e) => {
+                    debug!(topic = %t.name, error = %e, "metadata group not ready; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
 }

@@ -116,3 +116,44 @@ fn dev_reports_a_bad_topology() {
         "{err}"
     );
 }
+
+#[test]
+fn dev_reports_a_bad_topics_file() {
+    let d = tempfile::tempdir().unwrap();
+    let t = d.path().join("topics.toml");
+    std::fs::write(
+        &t,
+        "[[topic]]\nname = \"a\"\npartitions = 2\nwriters = \"home:mars\"\n\
+         [[topic]]\nname = \"a\"\npartitions = 1\nreplication = \"fast\"\n\
+         [[topic]]\nname = \"c\"\npartitions = 1\nreplicaton = \"sync\"\n",
+    )
+    .unwrap();
+    let (ok, _, err) = run(
+        Command::new(EXE).arg("dev").arg("--topics").arg(&t),
+        Duration::from_secs(30),
+    );
+    assert!(!ok);
+    for want in ["topics.toml", "unknown field `replicaton`"] {
+        assert!(err.contains(want), "expected `{want}` in:\n{err}");
+    }
+    // Without the typo, every remaining problem is listed, by topic and key.
+    std::fs::write(
+        &t,
+        "[[topic]]\nname = \"a\"\npartitions = 2\nwriters = \"home:mars\"\n\
+         [[topic]]\nname = \"a\"\npartitions = 1\nreplication = \"fast\"\n",
+    )
+    .unwrap();
+    let (ok, _, err) = run(
+        Command::new(EXE).arg("dev").arg("--topics").arg(&t),
+        Duration::from_secs(30),
+    );
+    assert!(!ok);
+    for want in [
+        "topic[0] (a): invalid config `meridian.writers`: unknown region `mars`",
+        "topic[1] (a): declared twice",
+        "`meridian.replication`: `fast`: allowed values are `async` and `sync`",
+    ] {
+        assert!(err.contains(want), "expected `{want}` in:\n{err}");
+    }
+    assert!(!err.contains("panicked"), "{err}");
+}

@@ -310,3 +310,124 @@ fn a_restarted_region_catches_up_without_duplicates() {
     let views = views_of(&c, "r", 2, acked.len());
     check_views(&views, &acked);
 }
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Waits until every node of `region` describes `topic` with `key = value`,
+/// so that the next produce, whichever node leads, is under the new setting.
+fn wait_config(c: &Cluster, region: &str, topic: &str, key: &str, value: &str) {
+    let want = format!("{key} = {value}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    for n in c.region_nodes(region) {
+        loop {
+            let (ok, out, _) = meridian(&["topic", "describe", topic, "-b", &n.kafka]);
+            if ok && out.lines().any(|l| l.trim().starts_with(&want)) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "node {} never showed `{want}` for {topic}:\n{out}",
+                n.id
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// Topics declared in a topics file exist once the cluster is up, with
+/// their settings; `meridian topic alter` switches a topic between async
+/// and sync at run time, and the acknowledgement latency follows.
+#[test]
+fn topics_file_and_run_time_switch_between_async_and_sync() {
+    require("python3");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("topics.toml");
+    std::fs::write(
+        &file,
+        r#"
+[[topic]]
+name = "declared"
+partitions = 2
+regions = ["us-east", "eu-west"]
+writers = "home:us-east"
+
+[[topic]]
+name = "flip"
+partitions = 1
+replication = "async"
+"#,
+    )
+    .unwrap();
+    let c = Cluster::start_with_args(
+        &repo().join("regions/dev.toml"),
+        &["--topics".as_ref(), file.as_os_str()],
+    );
+    // Created at start, seen from another region, with the file's settings.
+    wait_config(
+        &c,
+        "eu-west",
+        "declared",
+        "meridian.writers",
+        "home:us-east",
+    );
+    let (ok, out, err) = meridian(&[
+        "topic",
+        "describe",
+        "declared",
+        "-b",
+        &c.region_bootstrap("eu-west"),
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("partitions 2"), "{out}");
+    assert!(out.contains("meridian.regions = us-east,eu-west"), "{out}");
+    wait_config(&c, "us-east", "flip", "meridian.replication", "async");
+
+    let east = c.region_bootstrap("us-east");
+    let rtt = 80.0; // us-east to eu-west, the nearest other region
+    let p = produce(&east, "flip", "a1", 20, 10_000);
+    assert!(p.errors.is_empty(), "{:?}", p.errors);
+    let async_ms = median(&p.latency_ms);
+    assert!(
+        async_ms < rtt,
+        "async acks took {async_ms} ms (median): they waited for a region"
+    );
+
+    let (ok, _, err) = meridian(&[
+        "topic",
+        "alter",
+        "flip",
+        "--set",
+        "meridian.replication=sync",
+        "-b",
+        &east,
+    ]);
+    assert!(ok, "{err}");
+    wait_config(&c, "us-east", "flip", "meridian.replication", "sync");
+    let p = produce(&east, "flip", "s", 20, 10_000);
+    assert!(p.errors.is_empty(), "{:?}", p.errors);
+    let fastest = p.latency_ms.iter().cloned().fold(f64::MAX, f64::min);
+    assert!(
+        fastest >= rtt,
+        "a sync ack after {fastest} ms, less than the round trip to any other region"
+    );
+
+    let (ok, _, err) = meridian(&[
+        "topic",
+        "alter",
+        "flip",
+        "--set",
+        "meridian.replication=async",
+        "-b",
+        &east,
+    ]);
+    assert!(ok, "{err}");
+    wait_config(&c, "us-east", "flip", "meridian.replication", "async");
+    let p = produce(&east, "flip", "a2", 20, 10_000);
+    assert!(p.errors.is_empty(), "{:?}", p.errors);
+    let back_ms = median(&p.latency_ms);
+    assert!(back_ms < rtt, "async again, yet acks took {back_ms} ms");
+}

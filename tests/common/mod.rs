@@ -90,6 +90,11 @@ impl Cluster {
     }
 
     pub fn start_with(topology: &Path) -> Cluster {
+        Self::start_with_args(topology, &[])
+    }
+
+    /// Starts `meridian dev` on `topology` with more arguments.
+    pub fn start_with_args(topology: &Path, args: &[&std::ffi::OsStr]) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("meridian-test-")
             .tempdir()
@@ -104,6 +109,7 @@ impl Cluster {
             .arg(dir.path().join("cluster"))
             .arg("--port-base")
             .arg(base.to_string())
+            .args(args)
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
