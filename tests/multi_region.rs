@@ -430,4 +430,33 @@ replication = "async"
     assert!(p.errors.is_empty(), "{:?}", p.errors);
     let back_ms = median(&p.latency_ms);
     assert!(back_ms < rtt, "async again, yet acks took {back_ms} ms");
+
+    // Lag series go with the topic: no node reports a deleted topic.
+    let series = |c: &Cluster| -> Vec<String> {
+        c.nodes
+            .iter()
+            .filter_map(|n| common::http_get(&n.admin, "/metrics"))
+            .flat_map(|(_, body)| {
+                body.lines()
+                    .filter(|l| l.contains("topic=\"flip\"") && l.contains("link_lag"))
+                    .map(String::from)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    assert!(!series(&c).is_empty(), "lag of flip is reported");
+    let (ok, _, err) = meridian(&["topic", "delete", "flip", "-b", &east]);
+    assert!(ok, "{err}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = series(&c);
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "lag of a deleted topic still reported: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
 }

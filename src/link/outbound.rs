@@ -86,6 +86,10 @@ impl Link {
         let interval = Duration::from_millis((self.cfg.close_interval_ms / 4).max(5));
         let mut tick = tokio::time::interval(interval);
         let mut ticks = 0u64;
+        // Partitions whose lag this node reports, to drop their series when
+        // it stops leading them (or they are deleted): stale figures from a
+        // former leader would show lag that is not there.
+        let mut reported: HashMap<GroupId, (String, u32, Vec<String>)> = HashMap::new();
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let names = self.region_names();
         loop {
@@ -97,14 +101,18 @@ impl Link {
             let lag_due = ticks % 4 == 1;
             let meta = self.groups.meta_state();
             let mut wanted = HashSet::new();
+            let mut led = HashSet::new();
             let partitions = self.groups.partitions();
-            // Remote acks of partitions gone from this node are never read again.
-            self.acks
-                .lock()
-                .expect("acks lock")
-                .retain(|id, _| partitions.iter().any(|g| g.id == *id));
-            self.lanes
-                .retain(|id| partitions.iter().any(|g| g.id == id));
+            if lag_due {
+                // Remote acks and lanes of partitions gone from this node
+                // are never used again.
+                let here: HashSet<GroupId> = partitions.iter().map(|g| g.id).collect();
+                self.acks
+                    .lock()
+                    .expect("acks lock")
+                    .retain(|id, _| here.contains(id));
+                self.lanes.retain(|id| here.contains(&id));
+            }
             for g in partitions {
                 if g.leader() != Some(self.me.id) {
                     continue;
@@ -113,6 +121,7 @@ impl Link {
                     continue;
                 };
                 let policy = crate::topic::policy(&t.configs, &names);
+                led.insert(g.id);
                 for r in policy.regions.iter().filter(|r| **r != self.me.region) {
                     wanted.insert((g.id, r.clone()));
                     if let std::collections::hash_map::Entry::Vacant(e) =
@@ -131,7 +140,23 @@ impl Link {
                 self.close_if_idle(&g, &policy, &closing);
                 if lag_due {
                     self.update_lag(&g, &policy);
+                    let remotes = policy
+                        .regions
+                        .iter()
+                        .filter(|r| **r != self.me.region)
+                        .cloned()
+                        .collect();
+                    reported.insert(g.id, (g.topic.clone(), g.partition, remotes));
                 }
+            }
+            if lag_due {
+                reported.retain(|g, (topic, partition, remotes)| {
+                    let keep = led.contains(g);
+                    if !keep {
+                        self.forget_lag(topic, *partition, remotes);
+                    }
+                    keep
+                });
             }
             copiers.retain(|k, stop| {
                 let keep = wanted.contains(k);
@@ -178,6 +203,23 @@ impl Link {
             }
             closing.lock().expect("closing lock").remove(&id);
         });
+    }
+
+    /// Removes a partition's lag series.
+    fn forget_lag(&self, topic: &str, partition: u32, remotes: &[String]) {
+        let part = vec![
+            ("topic".to_string(), topic.to_string()),
+            ("partition".to_string(), partition.to_string()),
+        ];
+        for r in remotes {
+            let mut l = part.clone();
+            l.push(("region".to_string(), r.clone()));
+            self.metrics.link_lag_records.remove(&l);
+            self.metrics.link_lag_bytes.remove(&l);
+            self.metrics.link_lag_ms.remove(&l);
+        }
+        self.metrics.rpo_exposure_records.remove(&part);
+        self.metrics.closed_age_ms.remove(&part);
     }
 
     fn update_lag(&self, g: &Arc<PartitionGroup>, policy: &Policy) {
