@@ -717,6 +717,26 @@ impl NodeConfig {
                 );
             }
         }
+        // The metadata group spans the regions, and openraft 0.9 gives each
+        // AppendEntries the heartbeat interval as its deadline: a round trip
+        // at or above it would keep the group from ever replicating.
+        if let Some(t) = &topology {
+            if let Some(((a, b), ms)) = t.rtt_ms.iter().max_by_key(|(_, ms)| **ms) {
+                if *ms + 50 > r.heartbeat_ms {
+                    p.add(
+                        "raft.heartbeat_ms",
+                        format!(
+                            "{} is too short for the {ms} ms round trip between {a} and {b} in {}: \
+                             the metadata group spans regions and each AppendEntries must finish \
+                             within a heartbeat; use at least {}",
+                            r.heartbeat_ms,
+                            topology_path.display(),
+                            ms + 50
+                        ),
+                    );
+                }
+            }
+        }
         let topics_path = f.topics.as_deref().map(resolve);
         let mut topics = Vec::new();
         if let (Some(tp), Some(t)) = (&topics_path, &topology) {
@@ -1036,6 +1056,19 @@ configs = { "retention.ms" = "1000" }
         )
         .unwrap_err();
         assert_eq!(e.problems[0].key, "raft.election_timeout_ms_min", "{e}");
+        // A heartbeat the simulated round trips do not fit in.
+        std::fs::write(
+            dir.path().join("topo.toml"),
+            GOOD.replace("ms = 80", "ms = 400"),
+        )
+        .unwrap();
+        let e = NodeConfig::parse(
+            &path,
+            "node_id = 1\ntopology = \"topo.toml\"\ndata_dir = \"d\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.problems[0].key, "raft.heartbeat_ms", "{e}");
+        assert!(e.to_string().contains("use at least 450"), "{e}");
     }
 
     #[test]
