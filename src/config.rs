@@ -397,6 +397,8 @@ struct NodeFileConfig {
     runtime: RuntimeConfig,
     #[serde(default)]
     link: LinkConfig,
+    #[serde(default)]
+    control: ControlConfig,
     /// Topics to create at start (docs/replication.md#topics-file).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     topics: Option<PathBuf>,
@@ -531,6 +533,27 @@ impl Default for LinkConfig {
     }
 }
 
+/// The cross-region control plane: region write leases (invariant 6).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    /// A region may accept writes for this long after a renewal commits
+    /// (less `link.clock_drift_ms_max`, the clock margin). A region cut off
+    /// from the others stops accepting writes within this time.
+    pub lease_ms: u64,
+    /// A region renews its lease this often.
+    pub renew_ms: u64,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            lease_ms: 4_000,
+            renew_ms: 1_000,
+        }
+    }
+}
+
 /// The node's async runtime.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
@@ -565,6 +588,7 @@ pub struct NodeConfig {
     pub transport: TransportConfig,
     pub runtime: RuntimeConfig,
     pub link: LinkConfig,
+    pub control: ControlConfig,
     /// Topics this node creates at start unless they exist.
     pub topics: Vec<TopicDecl>,
     pub topics_path: Option<PathBuf>,
@@ -737,6 +761,20 @@ impl NodeConfig {
                 }
             }
         }
+        let c = &f.control;
+        let margin = f.link.clock_drift_ms_max;
+        if c.renew_ms == 0 {
+            p.add("control.renew_ms", "must be at least 1");
+        } else if c.lease_ms < 2 * c.renew_ms + margin {
+            p.add(
+                "control.lease_ms",
+                format!(
+                    "{} leaves no room to renew: it must be at least twice control.renew_ms ({}) \
+                     plus the clock margin link.clock_drift_ms_max ({margin})",
+                    c.lease_ms, c.renew_ms
+                ),
+            );
+        }
         let topics_path = f.topics.as_deref().map(resolve);
         let mut topics = Vec::new();
         if let (Some(tp), Some(t)) = (&topics_path, &topology) {
@@ -771,6 +809,7 @@ impl NodeConfig {
             transport: f.transport,
             runtime: f.runtime,
             link: f.link,
+            control: f.control,
             topics,
             topics_path,
             tls: f.tls.map(|t| TlsConfig {
@@ -810,6 +849,7 @@ impl NodeConfig {
             transport: TransportConfig::default(),
             runtime,
             link: LinkConfig::default(),
+            control: ControlConfig::default(),
             topics: topics.map(Path::to_path_buf),
             tls: None,
         };

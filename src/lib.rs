@@ -3,11 +3,14 @@
 //! Modules follow the data flow of docs/architecture.md: a Kafka request is
 //! decoded in [`kafka`], routed by [`router`] to a partition's Raft group in
 //! [`raft`], committed through [`storage`] on a majority of the region's
-//! nodes, which talk over [`transport`]. [`admin`] serves operators; [`node`]
+//! nodes, which talk over [`transport`]; [`link`] copies origin logs between
+//! regions, [`view`] merges them, and [`control`] keeps the regions' write
+//! leases. [`admin`] serves operators; [`node`]
 //! ties one process together; [`dev`], [`client`] and [`bench`] serve the CLI.
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod control;
 pub mod kafka;
 pub mod link;
 pub mod raft;

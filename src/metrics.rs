@@ -40,6 +40,11 @@ pub struct Metrics {
     pub clock_drift_refusals: Counter,
     pub sync_ack_timeouts: Counter,
     pub rpo_waits: Counter,
+    /// Per region: milliseconds of writing its lease has left, as this node
+    /// sees it (0: fenced or expired).
+    pub lease_remaining_ms: Family<Labels, Gauge>,
+    pub lease_renewals: Counter,
+    pub fenced_produces: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -81,6 +86,9 @@ impl Metrics {
             clock_drift_refusals: Counter::default(),
             sync_ack_timeouts: Counter::default(),
             rpo_waits: Counter::default(),
+            lease_remaining_ms: Family::default(),
+            lease_renewals: Counter::default(),
+            fenced_produces: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -198,6 +206,21 @@ impl Metrics {
             "rpo_waits",
             "Async produce acks held back because the unreplicated window exceeded meridian.rpo.max.ms",
             m.rpo_waits.clone(),
+        );
+        registry.register(
+            "lease_remaining_ms",
+            "Milliseconds of writing a region's lease has left, as this node sees it (0: fenced)",
+            m.lease_remaining_ms.clone(),
+        );
+        registry.register(
+            "lease_renewals",
+            "Lease renewals this node committed for its region",
+            m.lease_renewals.clone(),
+        );
+        registry.register(
+            "fenced_produces",
+            "Produces refused because this region held no write lease",
+            m.fenced_produces.clone(),
         );
         Metrics { registry, ..m }
     }

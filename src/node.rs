@@ -108,6 +108,12 @@ async fn run_inner(config: NodeConfig, shutdown: CancellationToken) -> Result<()
     );
     tokio::spawn(link.clone().run(shutdown.clone()));
 
+    let fence = crate::control::Fence::new(
+        groups.clone(),
+        &config.topology,
+        &me.region,
+        config.link.clock_drift_ms_max,
+    );
     let router = Arc::new(Router {
         groups: groups.clone(),
         link: link.clone(),
@@ -115,7 +121,17 @@ async fn run_inner(config: NodeConfig, shutdown: CancellationToken) -> Result<()
         me: me.clone(),
         kafka: config.kafka.clone(),
         metrics: metrics.clone(),
+        fence: fence.clone(),
     });
+    tokio::spawn(crate::control::run_leases(
+        groups.clone(),
+        config.topology.clone(),
+        me.clone(),
+        config.control.clone(),
+        fence,
+        metrics.clone(),
+        shutdown.clone(),
+    ));
     link.set_router(&router);
     if !config.topics.is_empty() {
         tokio::spawn(ensure_topics(

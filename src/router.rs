@@ -35,6 +35,10 @@ pub enum PartitionError {
     NotEnoughReplicas(String),
     #[error("{0}")]
     Refused(String),
+    /// The region holds no write lease (invariant 6): retriable, and
+    /// metadata points to other regions.
+    #[error("region {0} holds no write lease (cut off from the other regions?); write to another region")]
+    Fenced(String),
 }
 
 impl From<WriteError> for PartitionError {
@@ -199,6 +203,7 @@ pub struct Router {
     pub me: NodeSpec,
     pub kafka: KafkaConfig,
     pub metrics: Arc<Metrics>,
+    pub fence: crate::control::Fence,
 }
 
 impl Router {
@@ -311,6 +316,11 @@ impl Router {
         policy: Policy,
         records: Vec<RecordIn>,
     ) -> Result<AppendTicket, PartitionError> {
+        // Invariant 6: every write of this region goes through here.
+        if !self.fence.may_write(&policy.regions) {
+            self.metrics.fenced_produces.inc();
+            return Err(PartitionError::Fenced(self.me.region.clone()));
+        }
         let g = self
             .groups
             .partition(group)

@@ -44,6 +44,9 @@ impl TopicMeta {
 pub struct MetaState {
     pub topics: BTreeMap<String, TopicMeta>,
     pub next_seq: u32,
+    /// Each region's write lease: until when (Unix ms) it may accept writes
+    /// (`control::lease`, invariant 6).
+    pub leases: crate::control::lease::Leases,
 }
 
 /// Topic configs this broker understands, with their defaults. Kafka clients
@@ -398,6 +401,12 @@ impl MetaState {
                 }
                 t.configs
                     .extend(set.iter().map(|(k, v)| (k.clone(), v.clone())));
+                Ok(())
+            }
+            Command::RenewLease { region, until_ms } => {
+                // Renewals may commit out of order: a lease only grows.
+                let l = self.leases.entry(region.clone()).or_insert(*until_ms);
+                *l = (*l).max(*until_ms);
                 Ok(())
             }
             Command::Append { .. } | Command::Close { .. } | Command::Replicate { .. } => Ok(()),

@@ -27,15 +27,25 @@ pub async fn serve(listener: TcpListener, router: Arc<Router>, shutdown: Cancell
         .await;
 }
 
-/// 200 once the region's meta group has a leader (the node can serve
-/// metadata and create topics), 503 before.
+/// 200 when the node can take writes: with several regions, while its
+/// region holds its write lease (renewals commit in the meta group, so
+/// that is up too); with one region, once the meta group has a leader.
+/// 503 otherwise, with the reason.
 async fn healthz(State(r): State<Arc<Router>>) -> impl IntoResponse {
-    match r.groups.meta_leader() {
-        Some(_) => (StatusCode::OK, "ok\n".to_string()),
-        None => (
+    match r.fence.remaining_ms() {
+        Some(0) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            "no leader for the region's meta group yet\n".to_string(),
+            format!(
+                "region {} holds no write lease (not yet, or cut off from the other regions)\n",
+                r.fence.region()
+            ),
         ),
+        Some(_) => (StatusCode::OK, "ok\n".to_string()),
+        None if r.groups.meta_leader().is_none() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no leader for the meta group yet\n".to_string(),
+        ),
+        None => (StatusCode::OK, "ok\n".to_string()),
     }
 }
 

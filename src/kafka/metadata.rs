@@ -1,5 +1,6 @@
 //! Metadata: brokers (this region's first, every region's listed, rack =
-//! region), topics and partition leaders. Unknown topics are created when
+//! region), topics and partition leaders; a region without its write lease
+//! names another region's brokers as leaders, so clients move there. Unknown topics are created when
 //! the client allows it and `kafka.auto_create_topics` is on.
 
 use std::collections::BTreeMap;
@@ -93,7 +94,46 @@ async fn topic(r: &Router, name: &str, allow_create: bool) -> MetadataResponseTo
     }
 }
 
+/// Where a fenced region sends its clients: the first other region that
+/// holds the topic, by topology order, with the brokers its placement makes
+/// partition leaders. A region cut off from the others cannot know their
+/// current leaders; a broker that is not the leader answers
+/// NOT_LEADER_OR_FOLLOWER, and the client asks that region for metadata.
+fn elsewhere(r: &Router, t: &TopicMeta) -> Option<Vec<u64>> {
+    let policy = r.policy(t);
+    if r.fence.may_write(&policy.regions) {
+        return None;
+    }
+    let other = r
+        .topology
+        .regions
+        .iter()
+        .find(|reg| reg.name != r.me.region && policy.regions.contains(&reg.name))?;
+    let mut ids: Vec<u64> = other.nodes.iter().map(|n| n.id).collect();
+    ids.sort_unstable();
+    Some(ids)
+}
+
 fn describe(r: &Router, t: &TopicMeta) -> MetadataResponseTopic {
+    if let Some(ids) = elsewhere(r, t) {
+        let replicas: Vec<BrokerId> = ids.iter().map(|n| BrokerId(*n as i32)).collect();
+        let partitions = (0..t.partitions)
+            .map(|p| {
+                let leader = crate::topic::preferred_leader(&ids, t.seq, p);
+                MetadataResponsePartition::default()
+                    .with_partition_index(p as i32)
+                    .with_leader_id(BrokerId(leader as i32))
+                    .with_leader_epoch(-1)
+                    .with_replica_nodes(replicas.clone())
+                    .with_isr_nodes(replicas.clone())
+            })
+            .collect();
+        return MetadataResponseTopic::default()
+            .with_name(Some(TopicName(text(t.name.clone()))))
+            .with_topic_id(t.id)
+            .with_partitions(partitions)
+            .with_topic_authorized_operations(i32::MIN);
+    }
     let replicas: Vec<BrokerId> = r
         .region_nodes()
         .into_iter()

@@ -31,6 +31,8 @@ pub(crate) fn partition_error_code(e: &PartitionError) -> i16 {
         PartitionError::Storage(_) => ResponseError::KafkaStorageError.code(),
         PartitionError::NotEnoughReplicas(_) => ResponseError::NotEnoughReplicas.code(),
         PartitionError::Refused(_) => ResponseError::PolicyViolation.code(),
+        // Retriable: the client refreshes metadata, which points elsewhere.
+        PartitionError::Fenced(_) => ResponseError::NotLeaderOrFollower.code(),
     }
 }
 

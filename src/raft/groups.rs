@@ -14,7 +14,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
-use super::network::{NetworkFactory, KIND_APPEND, KIND_META_WRITE, KIND_SNAPSHOT, KIND_VOTE};
+use super::network::{
+    NetworkFactory, KIND_APPEND, KIND_META_RELAY, KIND_META_WRITE, KIND_SNAPSHOT, KIND_VOTE,
+};
 use super::types::{Command, CommandResult, GroupId, NodeId, Raft, TypeConfig, META_GROUP};
 use crate::config::{RaftConfig, Topology};
 use crate::hlc::Clock;
@@ -382,6 +384,44 @@ impl Groups {
         }
     }
 
+    /// Commits a meta command through the meta leader, without waiting for
+    /// this node to apply it: for a node that may be cut off from the
+    /// leader (then it is relayed by a third region), and that acts on the
+    /// commit itself (a region lease). Retries until `timeout`.
+    pub async fn meta_commit(
+        &self,
+        cmd: Command,
+        timeout: Duration,
+    ) -> Result<CommandResult, WriteError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Err(WriteError::Timeout(timeout.as_millis() as u64));
+            }
+            let r = match self.meta_leader() {
+                Some(l) if l == self.node_id => {
+                    Self::write_local(&self.meta, cmd.clone(), left).await
+                }
+                Some(l) => self.forward_meta_write(l, &cmd, left).await,
+                // Cut off from the leader, a follower loses track of it:
+                // another region knows.
+                None => self.relay_meta_write("", &cmd, left).await,
+            };
+            match r {
+                Ok((result, _)) => return Ok(result),
+                Err(WriteError::NotLeader(_)) | Err(WriteError::Unavailable(_)) => {
+                    tokio::time::sleep(backoff.min(left)).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(400));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Sends a meta command to the leader; if the leader cannot be reached
+    /// (a cut between two regions), through a node of a third region.
     async fn forward_meta_write(
         &self,
         leader: NodeId,
@@ -389,13 +429,43 @@ impl Groups {
         timeout: Duration,
     ) -> Result<(CommandResult, u64), WriteError> {
         let payload = bincode::serialize(cmd).expect("serialize command");
-        let resp = self
+        let direct = self
             .transport
             .call(leader, KIND_META_WRITE, META_GROUP, &payload, timeout)
-            .await
-            .map_err(|e| WriteError::Unavailable(e.to_string()))?;
-        bincode::deserialize::<Result<(CommandResult, u64), WriteError>>(&resp)
-            .map_err(|e| WriteError::Unavailable(format!("bad forwarded response: {e}")))?
+            .await;
+        match direct {
+            Ok(resp) => decode_forwarded(&resp),
+            Err(_) => {
+                let region = self.transport.faults.region_of(leader).unwrap_or("");
+                self.relay_meta_write(region, cmd, timeout).await
+            }
+        }
+    }
+
+    /// Has a node of a region other than this node's and `not` pass a meta
+    /// command to the leader it knows; the first that answers wins.
+    async fn relay_meta_write(
+        &self,
+        not: &str,
+        cmd: &Command,
+        timeout: Duration,
+    ) -> Result<(CommandResult, u64), WriteError> {
+        let payload = bincode::serialize(cmd).expect("serialize command");
+        let mut last = WriteError::NotLeader(None);
+        for relay in self.transport.faults.relays_around(not) {
+            match self
+                .transport
+                .call(relay, KIND_META_RELAY, META_GROUP, &payload, timeout)
+                .await
+            {
+                Ok(resp) => match decode_forwarded(&resp) {
+                    Ok(r) => return Ok(r),
+                    Err(e) => last = e,
+                },
+                Err(e) => last = WriteError::Unavailable(e.to_string()),
+            }
+        }
+        Err(last)
     }
 
     fn raft_of(&self, group: GroupId) -> Option<Raft> {
@@ -490,6 +560,8 @@ impl Handler for Groups {
     ) -> BoxFuture<'static, Result<Vec<u8>, String>> {
         let raft = self.raft_of(group);
         let meta_timeout = self.transport.rpc_timeout();
+        let transport = self.transport.clone();
+        let me = self.node_id;
         Box::pin(async move {
             let raft = raft.ok_or_else(|| format!("group {group} is not running on this node"))?;
             match kind {
@@ -510,8 +582,28 @@ impl Handler for Groups {
                     // Forwarded once only: a node that is no longer leader answers NotLeader.
                     ser(&Groups::write_local(&raft, cmd, meta_timeout).await)
                 }
+                KIND_META_RELAY if group == META_GROUP => {
+                    // One hop only: to the leader this node knows.
+                    let cmd: Command = de(&payload)?;
+                    let leader = raft.metrics().borrow().current_leader;
+                    match leader {
+                        Some(l) if l == me => {
+                            ser(&Groups::write_local(&raft, cmd, meta_timeout).await)
+                        }
+                        Some(l) => transport
+                            .call(l, KIND_META_WRITE, META_GROUP, &payload, meta_timeout)
+                            .await
+                            .map_err(|e| e.to_string()),
+                        None => ser(&Err::<(CommandResult, u64), _>(WriteError::NotLeader(None))),
+                    }
+                }
                 _ => Err(format!("unknown request kind {kind} for group {group}")),
             }
         })
     }
+}
+
+fn decode_forwarded(resp: &[u8]) -> Result<(CommandResult, u64), WriteError> {
+    bincode::deserialize::<Result<(CommandResult, u64), WriteError>>(resp)
+        .map_err(|e| WriteError::Unavailable(format!("bad forwarded response: {e}")))?
 }

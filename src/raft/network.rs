@@ -22,6 +22,9 @@ pub const KIND_VOTE: u8 = 2;
 pub const KIND_SNAPSHOT: u8 = 3;
 /// A meta-group write forwarded to the meta leader.
 pub const KIND_META_WRITE: u8 = 4;
+/// A meta write for the meta leader, relayed by a node of a third region
+/// when the leader cannot be reached directly (partial partitions).
+pub const KIND_META_RELAY: u8 = 5;
 
 pub struct NetworkFactory {
     pub transport: Arc<Transport>,

@@ -74,6 +74,9 @@ pub enum Command {
     },
     /// Meta group: delete a topic and its partitions' data.
     DeleteTopic { name: String },
+    /// Meta group: `region` may accept writes until `until_ms` (Unix ms;
+    /// see `control::lease`).
+    RenewLease { region: String, until_ms: i64 },
     /// Meta group: change topic configs.
     AlterTopic {
         name: String,

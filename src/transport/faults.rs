@@ -53,6 +53,26 @@ pub struct Faults {
     state: RwLock<FaultState>,
 }
 
+impl Faults {
+    /// The region of a node, from the topology.
+    pub fn region_of(&self, node: NodeId) -> Option<&str> {
+        self.region_of.get(&node).map(String::as_str)
+    }
+
+    /// Nodes of regions other than this node's and `not`'s, by id: the
+    /// relays to try when a node of region `not` cannot be reached directly.
+    pub fn relays_around(&self, not: &str) -> Vec<NodeId> {
+        let mut v: Vec<NodeId> = self
+            .region_of
+            .iter()
+            .filter(|(_, r)| **r != self.region && r.as_str() != not)
+            .map(|(n, _)| *n)
+            .collect();
+        v.sort_unstable();
+        v
+    }
+}
+
 /// What the fault layer does to one call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Path {

@@ -4,6 +4,10 @@
       Produces COUNT records "PREFIX-i" (keyless, one partition chosen by the
       client), acks=all, no retries; prints JSON: acknowledged records
       [partition, value], errors, and each record's ack latency in ms.
+  geo.py steady BOOTSTRAP TOPIC PREFIX COUNT RATE [TIMEOUT_MS]
+      Produces COUNT records at RATE per second with the client's default
+      retries (as an application would), acks=all; prints the same JSON as
+      produce.
   geo.py consume BOOTSTRAP TOPIC PARTITIONS WANT [IDLE_MS]
       Reads every partition from offset 0 until WANT records arrived or none
       arrived for IDLE_MS; prints JSON {partition: [[offset, value], ...]}.
@@ -43,6 +47,37 @@ def produce(bootstrap, topic, prefix, count, timeout_ms=10000):
     print(json.dumps({"acked": acked, "errors": errors, "latency_ms": lat}))
 
 
+def steady(bootstrap, topic, prefix, count, rate, timeout_ms=20000):
+    p = Producer({
+        "bootstrap.servers": bootstrap,
+        "acks": "all",
+        "linger.ms": 0,
+        "enable.idempotence": False,
+        "message.timeout.ms": timeout_ms,
+        "retry.backoff.ms": 100,
+    })
+    acked, errors, lat = [], [], []
+
+    def done(sent):
+        def cb(err, msg):
+            if err is not None:
+                errors.append(str(err))
+            else:
+                acked.append([msg.partition(), msg.value().decode()])
+                lat.append((time.time() - sent) * 1000)
+        return cb
+
+    start = time.time()
+    for i in range(count):
+        due = start + i / rate
+        while time.time() < due:
+            p.poll(min(0.01, max(0, due - time.time())))
+        p.produce(topic, value=f"{prefix}-{i}".encode(), on_delivery=done(time.time()))
+        p.poll(0)
+    p.flush(timeout_ms / 1000 + 10)
+    print(json.dumps({"acked": acked, "errors": errors, "latency_ms": lat}))
+
+
 def consume(bootstrap, topic, partitions, want, idle_ms=15000):
     c = Consumer({
         "bootstrap.servers": bootstrap,
@@ -68,5 +103,7 @@ if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "produce":
         produce(args[0], args[1], args[2], int(args[3]), *(int(a) for a in args[4:]))
+    elif cmd == "steady":
+        steady(args[0], args[1], args[2], int(args[3]), float(args[4]), *(int(a) for a in args[5:]))
     else:
         consume(args[0], args[1], int(args[2]), int(args[3]), *(int(a) for a in args[4:]))
