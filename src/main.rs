@@ -650,8 +650,8 @@ async fn run_status(cluster: Option<PathBuf>, admin: Option<String>) -> Result<(
         (None, None) => bail!("give --cluster DIR/cluster.json or --admin HOST:PORT[,...]"),
     };
     println!(
-        "{:<6} {:<10} {:<22} {:>8} {:>8} {:>10}",
-        "node", "region", "kafka", "led", "groups", "meta term"
+        "{:<6} {:<10} {:<22} {:>8} {:>8} {:>10} {:>10}",
+        "node", "region", "kafka", "led", "groups", "meta term", "lease ms"
     );
     let mut links = Vec::new();
     for a in addrs {
@@ -673,14 +673,21 @@ async fn run_status(cluster: Option<PathBuf>, admin: Option<String>) -> Result<(
                         ));
                     }
                 }
+                // The write lease this node acts on; 0: fenced.
+                let lease = match s["lease_ms"].as_i64() {
+                    Some(0) => "FENCED".to_string(),
+                    Some(ms) => ms.to_string(),
+                    None => "-".to_string(),
+                };
                 println!(
-                    "{:<6} {:<10} {:<22} {:>8} {:>8} {:>10}",
+                    "{:<6} {:<10} {:<22} {:>8} {:>8} {:>10} {:>10}",
                     s["node"].to_string(),
                     s["region"].as_str().unwrap_or("?"),
                     s["kafka"].as_str().unwrap_or("?"),
                     s["partitions_led"].to_string(),
                     s["partitions"].as_array().map_or(0, |p| p.len()),
-                    s["meta"]["term"].to_string()
+                    s["meta"]["term"].to_string(),
+                    lease
                 );
             }
             Ok((code, _)) => println!("{a}: HTTP {code}"),

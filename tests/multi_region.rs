@@ -580,6 +580,16 @@ fn an_isolated_region_is_fenced_and_its_clients_move_elsewhere() {
         assert_eq!(code, 503, "node {}: {body}", n.id);
         assert!(body.contains("holds no write lease"), "{body}");
     }
+    let admins: Vec<&str> = c.nodes.iter().map(|n| n.admin.as_str()).collect();
+    let (ok, out, err) = meridian(&["status", "--admin", &admins.join(",")]);
+    assert!(ok, "{err}");
+    let fenced: Vec<&str> = out.lines().filter(|l| l.ends_with("FENCED")).collect();
+    assert_eq!(
+        fenced.len(),
+        3,
+        "the three us-east nodes, and no other:\n{out}"
+    );
+    assert!(fenced.iter().all(|l| l.contains("us-east")), "{out}");
     acked.extend(p.acked);
     c.set_faults("{}");
     let views = views_of(&c, "fo", 2, acked.len());

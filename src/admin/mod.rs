@@ -103,6 +103,11 @@ pub struct Status {
     pub region: String,
     pub kafka: String,
     pub partitions_led: usize,
+    /// Milliseconds of writing this node's region lease has left, as this
+    /// node acts on it; absent with one region (no lease needed).
+    pub lease_ms: Option<i64>,
+    /// Every region's lease as the applied metadata says: ms of writing left.
+    pub leases: std::collections::BTreeMap<String, i64>,
     pub meta: GroupStatus,
     pub partitions: Vec<GroupStatus>,
 }
@@ -194,6 +199,20 @@ pub fn status_of(r: &Router) -> Status {
             .iter()
             .filter(|p| p.leader == Some(r.node_id()))
             .count(),
+        lease_ms: r.fence.remaining_ms(),
+        leases: {
+            let meta = r.groups.meta_state();
+            let now = crate::control::now_ms();
+            let margin = r.link.cfg.clock_drift_ms_max;
+            meta.leases
+                .keys()
+                .map(|region| {
+                    let left =
+                        crate::control::lease::remaining_ms(&meta.leases, region, now, margin);
+                    (region.clone(), left)
+                })
+                .collect()
+        },
         meta,
         partitions,
     }
