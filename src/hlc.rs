@@ -4,6 +4,7 @@
 //! hlc-gen's epoch (2024-01-01) above 22 bits of logical counter. Comparing the
 //! raw `u64` values compares timestamps, so the state machine works on `u64`.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Mutex;
 
 use hlc_gen::{HlcGenerator, HlcTimestamp};
@@ -36,6 +37,8 @@ pub struct Clock {
     gen: HlcGenerator,
     /// Serializes reservations, so that concurrent ones never overlap.
     reserving: Mutex<()>,
+    /// Simulated offset of this node's clock (fault layer), in ms.
+    skew_ms: AtomicI64,
 }
 
 impl Default for Clock {
@@ -51,11 +54,31 @@ impl Clock {
         Clock {
             gen: HlcGenerator::new(0),
             reserving: Mutex::new(()),
+            skew_ms: AtomicI64::new(0),
         }
+    }
+
+    /// Sets the simulated offset of this node's clock (chaos, tests).
+    pub fn set_skew_ms(&self, ms: i64) {
+        self.skew_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// This node's wall clock in Unix ms, with its simulated skew: what
+    /// leases and drift checks read.
+    pub fn wall_now_ms(&self) -> i64 {
+        let real = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        real + self.skew_ms.load(Ordering::Relaxed)
     }
 
     /// A fresh timestamp, larger than every one this clock gave or observed.
     pub fn now(&self) -> u64 {
+        let skew = self.skew_ms.load(Ordering::Relaxed);
+        if skew > 0 {
+            // A clock ahead: the HLC follows the skewed wall clock.
+            self.observe(from_wall_ms(self.wall_now_ms()));
+        }
         match self.gen.next_timestamp() {
             Some(t) => t.as_u64(),
             // The logical counter overflowed within one millisecond: fall
@@ -108,6 +131,22 @@ mod tests {
         assert!(c.now() > b + (1000 << LOGICAL_BITS));
         let r = c.reserve(50);
         assert!(c.now() > r + 49, "a reservation is never handed out again");
+    }
+
+    #[test]
+    fn a_skewed_clock_runs_ahead() {
+        let c = Clock::new();
+        let real = c.wall_now_ms();
+        c.set_skew_ms(3_000);
+        assert!(c.wall_now_ms() >= real + 3_000);
+        assert!(
+            wall_ms(c.now()) >= real + 3_000,
+            "HLCs follow the clock ahead"
+        );
+        c.set_skew_ms(-3_000);
+        assert!(c.wall_now_ms() < real);
+        let a = c.now();
+        assert!(c.now() > a, "behind, the HLC still only grows");
     }
 
     proptest! {

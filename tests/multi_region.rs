@@ -595,3 +595,56 @@ fn an_isolated_region_is_fenced_and_its_clients_move_elsewhere() {
     let views = views_of(&c, "fo", 2, acked.len());
     check_views(&views, &acked);
 }
+
+/// Invariant 2 across regions: a region whose clock runs ahead of the
+/// others by more than `link.clock_drift_ms_max` gets its copies refused and
+/// reported (`meridian_clock_drift_refusals_total`), never absorbed into
+/// the other regions' clocks; once its clock is back, its records arrive.
+#[test]
+fn copies_from_a_clock_too_far_ahead_are_refused_until_it_is_fixed() {
+    require("python3");
+    let c = Cluster::start_three();
+    create(&c, "skew", 1, &["meridian.writers=home:eu-west"]);
+    for r in REGIONS {
+        wait_config(&c, r, "skew", "meridian.writers", "home:eu-west");
+    }
+    let set_skew = |ms: i64| {
+        for n in c.region_nodes("eu-west") {
+            let body = format!(r#"{{"skew_ms": {ms}}}"#);
+            let (code, out) = common::http_post(&n.admin, "/faults", &body).expect("faults");
+            assert_eq!(code, 200, "{out}");
+        }
+    };
+    set_skew(8_000);
+    let west = c.region_bootstrap("eu-west");
+    let p = produce(&west, "skew", "ahead", 5, 10_000);
+    assert!(p.errors.is_empty(), "{:?}", p.errors);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while metric_sum(&c, "us-east", "meridian_clock_drift_refusals_total") == 0.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "us-east never refused copies from a clock 8 s ahead"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let early = geo(
+        &[
+            "consume",
+            &c.region_bootstrap("us-east"),
+            "skew",
+            "1",
+            "5",
+            "1500",
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(
+        early["0"].as_array().map(|v| v.len()),
+        Some(0),
+        "records from a clock 8 s ahead were absorbed: {early}"
+    );
+    // Clock fixed: once real time passes the HLCs it gave, copies go through.
+    set_skew(0);
+    let views = views_of(&c, "skew", 1, 5);
+    check_views(&views, &p.acked);
+}

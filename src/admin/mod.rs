@@ -202,7 +202,7 @@ pub fn status_of(r: &Router) -> Status {
         lease_ms: r.fence.remaining_ms(),
         leases: {
             let meta = r.groups.meta_state();
-            let now = crate::control::now_ms();
+            let now = r.groups.clock.wall_now_ms();
             let margin = r.link.cfg.clock_drift_ms_max;
             meta.leases
                 .keys()
@@ -233,8 +233,12 @@ async fn set_faults(State(r): State<Arc<Router>>, body: axum::body::Bytes) -> (S
         Ok(s) => s,
         Err(e) => return (StatusCode::BAD_REQUEST, format!("bad fault state: {e}\n")),
     };
+    let skew = s.skew_ms;
     match r.link.transport.faults.set(s) {
-        Ok(()) => (StatusCode::OK, "ok\n".into()),
+        Ok(()) => {
+            r.groups.clock.set_skew_ms(skew);
+            (StatusCode::OK, "ok\n".into())
+        }
         Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")),
     }
 }

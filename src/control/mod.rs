@@ -22,14 +22,6 @@ use crate::raft::types::Command;
 use crate::raft::Groups;
 use lease::Timing;
 
-/// Wall-clock milliseconds (not the HLC: a lease is about real time, and
-/// the HLC may run ahead after observing a remote clock).
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 /// Whether this node's region may accept writes now.
 #[derive(Clone)]
 pub struct Fence {
@@ -80,7 +72,9 @@ impl Fence {
         Some(lease::remaining_ms(
             &leases,
             &self.region,
-            now_ms(),
+            // The wall clock, not the HLC: a lease is about real time, and
+            // the HLC may run ahead after observing a remote clock.
+            self.groups.clock.wall_now_ms(),
             self.margin_ms,
         ))
     }
@@ -130,7 +124,7 @@ pub async fn run_leases(
             _ = tick.tick() => {}
         }
         let meta = groups.meta_state();
-        let now = now_ms();
+        let now = groups.clock.wall_now_ms();
         for r in &topology.regions {
             // Its own region's lease as this node acts on it.
             let left = match fence.remaining_ms() {

@@ -77,12 +77,6 @@ pub fn drift_beyond(hlc: u64, now_ms: i64, max_ms: u64) -> Option<i64> {
     (ahead > max_ms as i64).then_some(ahead)
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 pub fn handle(
     link: &Link,
     kind: u8,
@@ -197,7 +191,7 @@ async fn copy(
             _ => return Reply::Refused("undecodable batch".into()),
         }
     }
-    if let Some(ahead) = drift_beyond(newest, now_ms(), drift_max) {
+    if let Some(ahead) = drift_beyond(newest, groups.clock.wall_now_ms(), drift_max) {
         metrics.clock_drift_refusals.inc();
         let msg = format!(
             "records from region {} carry HLCs {ahead} ms ahead of this node's clock \

@@ -4,8 +4,9 @@
 //! the response; a cut pair fails at once, as an unreachable network would.
 //! Traffic inside a region is never touched.
 //!
-//! The round trips come from the topology's `[[rtt]]` entries; cuts and
-//! extra delay are set at run time through the admin endpoint `/faults`.
+//! The round trips come from the topology's `[[rtt]]` entries; cuts, extra
+//! delay, message loss and this node's clock skew are set at run time
+//! through the admin endpoint `/faults`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -28,6 +29,24 @@ pub struct FaultState {
     /// Round-trip time added to the topology's.
     #[serde(default)]
     pub delay: Vec<ExtraDelay>,
+    /// Share of requests between two regions that are lost: the caller
+    /// hears nothing and times out, as with a dropped message.
+    #[serde(default)]
+    pub loss: Vec<Loss>,
+    /// This node's clock runs this far ahead (or behind, if negative) of
+    /// the machine's: its HLCs, lease times and drift checks use it.
+    /// (A clock behind still never gives HLCs below ones it has seen.)
+    #[serde(default)]
+    pub skew_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Loss {
+    pub a: String,
+    pub b: String,
+    /// 0 to 100.
+    pub percent: u8,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,6 +98,8 @@ pub enum Path {
     /// Wait this long each way.
     Delay(Duration),
     Cut,
+    /// The request is dropped: the caller waits out its deadline.
+    Lost,
 }
 
 impl Faults {
@@ -121,6 +142,27 @@ impl Faults {
             let (a, b) = pair(&d.a, &d.b);
             norm.delay.push(ExtraDelay { a, b, ms: d.ms });
         }
+        for l in &s.loss {
+            if !known(&l.a) || !known(&l.b) || l.a == l.b {
+                return Err(format!(
+                    "loss {}-{}: name two different regions of the topology",
+                    l.a, l.b
+                ));
+            }
+            if l.percent > 100 {
+                return Err(format!(
+                    "loss {}-{}: percent {} is over 100",
+                    l.a, l.b, l.percent
+                ));
+            }
+            let (a, b) = pair(&l.a, &l.b);
+            norm.loss.push(Loss {
+                a,
+                b,
+                percent: l.percent,
+            });
+        }
+        norm.skew_ms = s.skew_ms;
         *self.state.write().expect("faults lock") = norm;
         Ok(())
     }
@@ -137,6 +179,15 @@ impl Faults {
         let s = self.state.read().expect("faults lock");
         if s.cut.contains(&p) {
             return Path::Cut;
+        }
+        let loss: u32 = s
+            .loss
+            .iter()
+            .filter(|l| l.a == p.0 && l.b == p.1)
+            .map(|l| l.percent as u32)
+            .sum();
+        if loss > 0 && rand::random::<u32>() % 100 < loss {
+            return Path::Lost;
         }
         let extra: u64 = s
             .delay
@@ -195,6 +246,24 @@ mod tests {
             Path::Delay(Duration::ZERO),
             "never inside a region"
         );
+        // Loss: all or nothing is deterministic.
+        let lossy = |percent| FaultState {
+            loss: vec![Loss {
+                a: "b".into(),
+                b: "a".into(),
+                percent,
+            }],
+            ..FaultState::default()
+        };
+        f.set(lossy(100)).unwrap();
+        assert_eq!(f.path(2), Path::Lost);
+        assert_eq!(f.path(1), Path::Delay(Duration::ZERO));
+        f.set(lossy(0)).unwrap();
+        assert_eq!(f.path(2), Path::Delay(Duration::from_millis(40)));
+        f.set(lossy(50)).unwrap();
+        let lost = (0..1000).filter(|_| f.path(2) == Path::Lost).count();
+        assert!((350..650).contains(&lost), "{lost} of 1000 lost at 50%");
+        assert!(f.set(lossy(101)).unwrap_err().contains("over 100"));
         let mut bad = FaultState::default();
         bad.cut.insert(("a".into(), "mars".into()));
         assert!(f.set(bad).unwrap_err().contains("regions of the topology"));

@@ -200,6 +200,11 @@ impl Transport {
         let call = async {
             match self.faults.path(peer) {
                 faults::Path::Cut => Err(TransportError::Cut { peer }),
+                faults::Path::Lost => {
+                    // The outer timeout ends the wait.
+                    std::future::pending::<()>().await;
+                    unreachable!("pending never completes")
+                }
                 faults::Path::Delay(d) if d.is_zero() => {
                     self.call_inner(peer, kind, group, payload).await
                 }
