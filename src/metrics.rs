@@ -268,4 +268,59 @@ mod tests {
             "{s}"
         );
     }
+
+    /// The Grafana dashboard names only metrics that exist, with the
+    /// labels they have (the scrape adds `region`, `instance` and `le`).
+    #[test]
+    fn the_dashboard_queries_existing_metrics_and_labels() {
+        let m = Metrics::new();
+        let lag = vec![
+            ("topic".to_string(), "t".to_string()),
+            ("partition".to_string(), "0".to_string()),
+            ("remote_region".to_string(), "r".to_string()),
+        ];
+        m.link_lag_ms.get_or_create(&lag).set(1);
+        m.link_lag_records.get_or_create(&lag).set(1);
+        let part = lag[..2].to_vec();
+        m.rpo_exposure_records.get_or_create(&part).set(1);
+        m.closed_age_ms.get_or_create(&part).set(1);
+        m.lease_remaining_ms
+            .get_or_create(&vec![("lease_region".to_string(), "r".to_string())])
+            .set(1);
+        let text = m.render();
+        let dash: serde_json::Value =
+            serde_json::from_str(include_str!("../docs/operations/grafana-dashboard.json"))
+                .expect("dashboard is JSON");
+        let exprs: Vec<String> = dash["panels"]
+            .as_array()
+            .expect("panels")
+            .iter()
+            .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+            .map(|t| t["expr"].as_str().expect("expr").to_string())
+            .collect();
+        assert!(exprs.len() >= 10);
+        for e in &exprs {
+            for name in e
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("meridian_"))
+            {
+                let family = name.trim_end_matches("_bucket");
+                assert!(
+                    text.lines().any(|l| l.starts_with(family)),
+                    "dashboard query `{e}` names {name}, which /metrics lacks"
+                );
+            }
+            // Labels grouped by: the metric's own, or added by the scrape.
+            for by in e.split("by (").skip(1) {
+                let labels = by.split(')').next().unwrap_or("");
+                for l in labels.split(',').map(str::trim) {
+                    let scrape = ["region", "instance", "le"].contains(&l);
+                    assert!(
+                        scrape || text.contains(&format!("{l}=\"")),
+                        "dashboard query `{e}` groups by `{l}`, which no metric has"
+                    );
+                }
+            }
+        }
+    }
 }

@@ -133,7 +133,7 @@ pub async fn run_leases(
             };
             metrics
                 .lease_remaining_ms
-                .get_or_create(&vec![("region".to_string(), r.name.clone())])
+                .get_or_create(&vec![("lease_region".to_string(), r.name.clone())])
                 .set(left);
         }
         let ok = fence.remaining_ms().is_none_or(|ms| ms > 0);

@@ -213,7 +213,7 @@ impl Link {
         ];
         for r in remotes {
             let mut l = part.clone();
-            l.push(("region".to_string(), r.clone()));
+            l.push(("remote_region".to_string(), r.clone()));
             self.metrics.link_lag_records.remove(&l);
             self.metrics.link_lag_bytes.remove(&l);
             self.metrics.link_lag_ms.remove(&l);
@@ -229,7 +229,7 @@ impl Link {
             vec![
                 ("topic".to_string(), g.topic.clone()),
                 ("partition".to_string(), g.partition.to_string()),
-                ("region".to_string(), region.to_string()),
+                ("remote_region".to_string(), region.to_string()),
             ]
         };
         let part_labels = vec![
