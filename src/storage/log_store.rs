@@ -194,7 +194,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let last_purged: Option<LogId> = self.get_state(TAG_PURGED)?;
+        // Stored as an Option (see `purge`), like the committed id.
+        let last_purged: Option<LogId> = self.get_state::<Option<LogId>>(TAG_PURGED)?.flatten();
         let last = self
             .db
             .last_at_or_before(CF_RAFT_LOG, &self.group.to_be_bytes(), u64::MAX)
@@ -371,5 +372,14 @@ mod tests {
                 .index,
             5
         );
+        // Purging (the meta group, behind its snapshots) is remembered
+        // exactly, also by a store opened afresh.
+        let purged = entry(3, 100).log_id;
+        cold.purge(purged).await.unwrap();
+        let mut reopened = LogStore::new(cold.db.clone(), 7);
+        let st = reopened.get_log_state().await.unwrap();
+        assert_eq!(st.last_purged_log_id, Some(purged));
+        assert_eq!(st.last_log_id.unwrap().index, 5);
+        assert!(reopened.try_get_log_entries(4..6).await.unwrap().len() == 2);
     }
 }
