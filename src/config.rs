@@ -456,6 +456,9 @@ pub struct RaftConfig {
     pub election_timeout_ms_max: u64,
     /// Entries per AppendEntries RPC.
     pub payload_entries_max: u64,
+    /// The metadata group snapshots its state and purges its log every this
+    /// many entries (lease renewals add about one per node and second).
+    pub meta_snapshot_entries: u64,
 }
 
 impl Default for RaftConfig {
@@ -467,6 +470,7 @@ impl Default for RaftConfig {
             election_timeout_ms_min: 800,
             election_timeout_ms_max: 1600,
             payload_entries_max: 16,
+            meta_snapshot_entries: 10_000,
         }
     }
 }
@@ -637,6 +641,12 @@ impl NodeConfig {
                     "{} must be larger than raft.election_timeout_ms_min ({})",
                     r.election_timeout_ms_max, r.election_timeout_ms_min
                 ),
+            );
+        }
+        if r.meta_snapshot_entries < 10 {
+            p.add(
+                "raft.meta_snapshot_entries",
+                format!("{} is below 10", r.meta_snapshot_entries),
             );
         }
         if r.payload_entries_max == 0 {

@@ -102,6 +102,26 @@ fn raft_config(region: &str, c: &RaftConfig) -> Result<openraft::Config, GroupEr
     .map_err(|e| GroupError::Config(e.to_string()))
 }
 
+/// The meta group's config: its state is small and its log grows with every
+/// lease renewal, so it takes a snapshot every `meta_snapshot_entries`
+/// entries and purges the log before it (keeping the last 1,000 for
+/// followers that are briefly behind; further behind, they get the
+/// snapshot).
+fn meta_raft_config(c: &RaftConfig) -> Result<openraft::Config, GroupError> {
+    openraft::Config {
+        cluster_name: "meridian-meta".to_string(),
+        heartbeat_interval: c.heartbeat_ms,
+        election_timeout_min: c.election_timeout_ms_min,
+        election_timeout_max: c.election_timeout_ms_max,
+        max_payload_entries: c.payload_entries_max,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(c.meta_snapshot_entries),
+        max_in_snapshot_log_to_keep: 1_000.min(c.meta_snapshot_entries),
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| GroupError::Config(e.to_string()))
+}
+
 impl Groups {
     /// Opens the meta group and the partition groups it lists, and keeps the
     /// partition groups in step with the meta group until `shutdown`. The
@@ -137,6 +157,7 @@ impl Groups {
             .collect();
         let nodes_sorted: Vec<NodeId> = members.keys().copied().collect();
         let (meta_tx, meta_state) = watch::channel(Arc::new(MetaState::default()));
+        let meta_config = Arc::new(meta_raft_config(raft)?);
         let meta = open_group(
             node_id,
             META_GROUP,
@@ -148,7 +169,7 @@ impl Groups {
             &db,
             &transport,
             &clock,
-            &raft_config,
+            &meta_config,
         )
         .await?;
         let groups = Arc::new(Groups {

@@ -145,6 +145,16 @@ impl StateMachine {
             }
             None => Applied::default(),
         };
+        // The applied state skips the WAL; after a crash it can be older
+        // than the latest snapshot, whose log prefix may be purged: start
+        // from the snapshot then.
+        let applied = match load_snapshot(&db, group)? {
+            Some((meta, data)) if meta.last_log_id > applied.last_applied => {
+                bincode::deserialize(&data)
+                    .map_err(|e| StorageIOError::read_snapshot(None, any(*e)))?
+            }
+            _ => applied,
+        };
         let mut sm = StateMachine {
             db,
             group,
@@ -476,6 +486,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         SnapshotBuilder {
+            db: self.db.clone(),
             group: self.group,
             applied: self.applied.clone(),
         }
@@ -505,6 +516,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             )
             .into());
         }
+        store_snapshot(&self.db, self.group, meta, snapshot.get_ref())?;
         self.applied = snap;
         self.persist(WriteBatch::default())?;
         self.publish();
@@ -512,25 +524,69 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        Ok(None)
+        Ok(
+            load_snapshot(&self.db, self.group)?.map(|(meta, data)| Snapshot {
+                meta,
+                snapshot: Box::new(Cursor::new(data)),
+            }),
+        )
     }
 }
 
 pub struct SnapshotBuilder {
+    db: Arc<Db>,
     group: GroupId,
     applied: Applied,
+}
+
+/// Where a group's latest snapshot is kept (only the meta group takes
+/// snapshots: its state is small, and lease renewals would otherwise grow
+/// its log without end).
+fn snapshot_key(group: GroupId) -> [u8; 16] {
+    key(group, 1)
+}
+
+/// Stores a snapshot durably (fsynced): the log before it may be purged
+/// right after, and the state machine's own writes skip the WAL.
+fn store_snapshot(
+    db: &Db,
+    group: GroupId,
+    meta: &SnapshotMeta<NodeId, BasicNode>,
+    data: &[u8],
+) -> Result<(), StorageError> {
+    let v = bincode::serialize(&(meta, data)).expect("serialize snapshot");
+    let mut b = WriteBatch::default();
+    b.put_cf(db.cf(CF_SM_STATE), snapshot_key(group), v);
+    db.write_sync(b)
+        .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), any(e)).into())
+}
+
+type StoredSnapshot = (SnapshotMeta<NodeId, BasicNode>, Vec<u8>);
+
+fn load_snapshot(db: &Db, group: GroupId) -> Result<Option<StoredSnapshot>, StorageError> {
+    let Some(v) = db
+        .get(CF_SM_STATE, &snapshot_key(group))
+        .map_err(|e| StorageIOError::read_snapshot(None, any(e)))?
+    else {
+        return Ok(None);
+    };
+    let snap: StoredSnapshot =
+        bincode::deserialize(&v).map_err(|e| StorageIOError::read_snapshot(None, any(*e)))?;
+    Ok(Some(snap))
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let data = bincode::serialize(&self.applied).expect("serialize snapshot");
         let index = self.applied.last_applied.map_or(0, |l| l.index);
+        let meta = SnapshotMeta {
+            last_log_id: self.applied.last_applied,
+            last_membership: self.applied.membership.clone(),
+            snapshot_id: format!("{}-{}", self.group, index),
+        };
+        store_snapshot(&self.db, self.group, &meta, &data)?;
         Ok(Snapshot {
-            meta: SnapshotMeta {
-                last_log_id: self.applied.last_applied,
-                last_membership: self.applied.membership.clone(),
-                snapshot_id: format!("{}-{}", self.group, index),
-            },
+            meta,
             snapshot: Box::new(Cursor::new(data)),
         })
     }
@@ -741,6 +797,100 @@ mod tests {
             closed_at,
             batches,
         }
+    }
+
+    fn meta_machine(dir: &std::path::Path) -> StateMachine {
+        let db = Db::open(dir, Arc::new(crate::metrics::Metrics::new())).unwrap();
+        let (tx, _) = watch::channel(Arc::new(MetaState::default()));
+        StateMachine::open(
+            db,
+            META_GROUP,
+            "us-east".into(),
+            vec![],
+            Arc::new(Clock::new()),
+            Notify::Meta(tx),
+        )
+        .unwrap()
+    }
+
+    fn entry(index: u64, cmd: Command) -> Entry {
+        Entry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(cmd),
+        }
+    }
+
+    /// The meta group's log is purged behind snapshots (lease renewals
+    /// would grow it without end): a snapshot must carry the whole state,
+    /// survive a restart, and be what a node starts from when its applied
+    /// state (written without the WAL) is older than it.
+    #[tokio::test]
+    async fn meta_snapshots_carry_the_state_and_survive_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = meta_machine(&dir.path().join("a"));
+        let create = Command::CreateTopic {
+            name: "orders".into(),
+            id: uuid::Uuid::new_v4(),
+            partitions: 3,
+            configs: Default::default(),
+        };
+        let renew = |until_ms| Command::RenewLease {
+            region: "us-east".into(),
+            until_ms,
+        };
+        sm.apply(vec![entry(1, create), entry(2, renew(5_000))])
+            .await
+            .unwrap();
+        let snap = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        assert_eq!(snap.meta.last_log_id.unwrap().index, 2);
+        let state = sm.applied.meta.clone().unwrap();
+        assert_eq!(state.leases["us-east"], 5_000);
+
+        // Another node takes the snapshot.
+        let mut other = meta_machine(&dir.path().join("b"));
+        other
+            .install_snapshot(
+                &snap.meta,
+                Box::new(Cursor::new(snap.snapshot.get_ref().clone())),
+            )
+            .await
+            .unwrap();
+        assert_eq!(other.applied.meta.as_ref(), Some(&state));
+        let current = other.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(current.meta, snap.meta);
+
+        // Later entries apply on top; a restart whose applied state is
+        // older than the snapshot starts from the snapshot.
+        sm.apply(vec![entry(3, renew(9_000))]).await.unwrap();
+        let snap = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let stale = Applied {
+            last_applied: Some(LogId::new(openraft::CommittedLeaderId::new(1, 1), 1)),
+            ..Applied::default()
+        };
+        let mut b = WriteBatch::default();
+        b.put_cf(
+            sm.db.cf(CF_SM_STATE),
+            key(META_GROUP, 0),
+            bincode::serialize(&stale).unwrap(),
+        );
+        sm.db.write_sync(b).unwrap();
+        drop(sm);
+        let reopened = meta_machine(&dir.path().join("a"));
+        assert_eq!(reopened.applied.last_applied, snap.meta.last_log_id);
+        assert_eq!(
+            reopened.applied.meta.as_ref().unwrap().leases["us-east"],
+            9_000
+        );
     }
 
     /// Pipelined copies can carry a closed timestamp ahead of the records

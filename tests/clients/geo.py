@@ -10,7 +10,8 @@
       produce.
   geo.py consume BOOTSTRAP TOPIC PARTITIONS WANT [IDLE_MS]
       Reads every partition from offset 0 until WANT records arrived or none
-      arrived for IDLE_MS; prints JSON {partition: [[offset, value], ...]}.
+      arrived for IDLE_MS; prints JSON {partition: [[offset, value, origin
+      region], ...]}.
 """
 import json
 import sys
@@ -92,7 +93,8 @@ def consume(bootstrap, topic, partitions, want, idle_ms=15000):
         m = c.poll(0.2)
         if m is None or m.error():
             continue
-        got[str(m.partition())].append([m.offset(), m.value().decode()])
+        origin = dict(m.headers() or []).get("meridian.origin", b"").decode()
+        got[str(m.partition())].append([m.offset(), m.value().decode(), origin])
         n += 1
         last = time.time()
     c.close()
