@@ -30,7 +30,7 @@ fn geo(args: &[&str], timeout: Duration) -> serde_json::Value {
 /// Produces at a steady rate with the client's default retries, as an
 /// application would.
 fn steady(bootstrap: &str, topic: &str, prefix: &str, n: usize, rate: f64) -> Produced {
-    let v = geo(
+    produced(geo(
         &[
             "steady",
             bootstrap,
@@ -41,27 +41,7 @@ fn steady(bootstrap: &str, topic: &str, prefix: &str, n: usize, rate: f64) -> Pr
             "30000",
         ],
         Duration::from_secs(120),
-    );
-    Produced {
-        acked: v["acked"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|a| (a[0].as_i64().unwrap(), a[1].as_str().unwrap().to_string()))
-            .collect(),
-        errors: v["errors"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e.as_str().unwrap().to_string())
-            .collect(),
-        latency_ms: v["latency_ms"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|l| l.as_f64().unwrap())
-            .collect(),
-    }
+    ))
 }
 
 struct Produced {
@@ -71,7 +51,7 @@ struct Produced {
 }
 
 fn produce(bootstrap: &str, topic: &str, prefix: &str, n: usize, timeout_ms: u64) -> Produced {
-    let v = geo(
+    produced(geo(
         &[
             "produce",
             bootstrap,
@@ -81,23 +61,22 @@ fn produce(bootstrap: &str, topic: &str, prefix: &str, n: usize, timeout_ms: u64
             &timeout_ms.to_string(),
         ],
         Duration::from_millis(timeout_ms * 3 + 60_000),
-    );
+    ))
+}
+
+/// geo.py's produce report.
+fn produced(v: serde_json::Value) -> Produced {
+    let list = |k: &str| -> Vec<serde_json::Value> { v[k].as_array().unwrap().clone() };
     Produced {
-        acked: v["acked"]
-            .as_array()
-            .unwrap()
+        acked: list("acked")
             .iter()
             .map(|a| (a[0].as_i64().unwrap(), a[1].as_str().unwrap().to_string()))
             .collect(),
-        errors: v["errors"]
-            .as_array()
-            .unwrap()
+        errors: list("errors")
             .iter()
             .map(|e| e.as_str().unwrap().to_string())
             .collect(),
-        latency_ms: v["latency_ms"]
-            .as_array()
-            .unwrap()
+        latency_ms: list("latency_ms")
             .iter()
             .map(|l| l.as_f64().unwrap())
             .collect(),

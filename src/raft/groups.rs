@@ -374,46 +374,36 @@ impl Groups {
         timeout: Duration,
     ) -> Result<CommandResult, WriteError> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if left.is_zero() {
-                return Err(WriteError::Timeout(timeout.as_millis() as u64));
-            }
-            let r = match Self::write_local(&self.meta, cmd.clone(), left).await {
-                Err(WriteError::NotLeader(Some(l))) if l != self.node_id => {
-                    self.forward_meta_write(l, &cmd, left).await
-                }
-                r => r,
-            };
-            match r {
-                Err(WriteError::NotLeader(_)) | Err(WriteError::Unavailable(_)) => {
-                    tokio::time::sleep(backoff.min(left)).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                }
-                Ok((result, index)) => {
-                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                    self.meta
-                        .wait(Some(left))
-                        .applied_index_at_least(Some(index), "meta write applied here")
-                        .await
-                        .map_err(|e| WriteError::Unavailable(e.to_string()))?;
-                    return Ok(result);
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        let (result, index) = self.commit_meta(cmd, timeout).await?;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.meta
+            .wait(Some(left))
+            .applied_index_at_least(Some(index), "meta write applied here")
+            .await
+            .map_err(|e| WriteError::Unavailable(e.to_string()))?;
+        Ok(result)
     }
 
     /// Commits a meta command through the meta leader, without waiting for
     /// this node to apply it: for a node that may be cut off from the
-    /// leader (then it is relayed by a third region), and that acts on the
-    /// commit itself (a region lease). Retries until `timeout`.
+    /// leader, and that acts on the commit itself (a region lease).
     pub async fn meta_commit(
         &self,
         cmd: Command,
         timeout: Duration,
     ) -> Result<CommandResult, WriteError> {
+        Ok(self.commit_meta(cmd, timeout).await?.0)
+    }
+
+    /// Commits a meta command through the leader, wherever it is (through a
+    /// node of a third region when this node cannot reach it), retrying
+    /// with backoff while there is no leader, until `timeout`; returns the
+    /// result and the entry's index.
+    async fn commit_meta(
+        &self,
+        cmd: Command,
+        timeout: Duration,
+    ) -> Result<(CommandResult, u64), WriteError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut backoff = Duration::from_millis(50);
         loop {
@@ -431,12 +421,11 @@ impl Groups {
                 None => self.relay_meta_write("", &cmd, left).await,
             };
             match r {
-                Ok((result, _)) => return Ok(result),
                 Err(WriteError::NotLeader(_)) | Err(WriteError::Unavailable(_)) => {
                     tokio::time::sleep(backoff.min(left)).await;
-                    backoff = (backoff * 2).min(Duration::from_millis(400));
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
                 }
-                Err(e) => return Err(e),
+                r => return r,
             }
         }
     }

@@ -20,6 +20,19 @@ import time
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 
+def recorder(acked, errors, lat):
+    """A delivery callback factory: records each outcome and its latency."""
+    def done(sent):
+        def cb(err, msg):
+            if err is not None:
+                errors.append(str(err))
+            else:
+                acked.append([msg.partition(), msg.value().decode()])
+                lat.append((time.time() - sent) * 1000)
+        return cb
+    return done
+
+
 def produce(bootstrap, topic, prefix, count, timeout_ms=10000):
     p = Producer({
         "bootstrap.servers": bootstrap,
@@ -31,15 +44,7 @@ def produce(bootstrap, topic, prefix, count, timeout_ms=10000):
         "message.timeout.ms": timeout_ms + 2000,
     })
     acked, errors, lat = [], [], []
-
-    def done(sent):
-        def cb(err, msg):
-            if err is not None:
-                errors.append(str(err))
-            else:
-                acked.append([msg.partition(), msg.value().decode()])
-                lat.append((time.time() - sent) * 1000)
-        return cb
+    done = recorder(acked, errors, lat)
 
     for i in range(count):
         p.produce(topic, value=f"{prefix}-{i}".encode(), on_delivery=done(time.time()))
@@ -58,15 +63,7 @@ def steady(bootstrap, topic, prefix, count, rate, timeout_ms=20000):
         "retry.backoff.ms": 100,
     })
     acked, errors, lat = [], [], []
-
-    def done(sent):
-        def cb(err, msg):
-            if err is not None:
-                errors.append(str(err))
-            else:
-                acked.append([msg.partition(), msg.value().decode()])
-                lat.append((time.time() - sent) * 1000)
-        return cb
+    done = recorder(acked, errors, lat)
 
     start = time.time()
     for i in range(count):
