@@ -23,6 +23,8 @@ pub enum DevError {
     },
     #[error("--port-base {0} leaves no room for {1} nodes (three ports each, below 65536)")]
     PortBase(u16, usize),
+    #[error("--set {0}: {1}")]
+    Set(String, String),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
     #[error("node {id} did not become healthy within {secs} s; see its log {log}")]
@@ -83,6 +85,40 @@ pub fn with_port_base(t: &Topology, base: u16) -> Result<Topology, DevError> {
     Ok(t)
 }
 
+/// Sets `section.key = value` pairs (values parsed as TOML, else taken as
+/// strings) in a node config file, then checks the file as the node will.
+fn apply_settings(path: &Path, settings: &[(String, String)]) -> Result<(), DevError> {
+    let text = std::fs::read_to_string(path).map_err(io("cannot read", path))?;
+    let mut doc: toml::Table = toml::from_str(&text)
+        .map_err(|e| DevError::Set(path.display().to_string(), e.to_string()))?;
+    for (key, value) in settings {
+        let bad = |why: &str| DevError::Set(format!("{key}={value}"), why.to_string());
+        let parts: Vec<&str> = key.split('.').collect();
+        if parts.iter().any(|p| p.is_empty()) {
+            return Err(bad("use SECTION.KEY=VALUE, e.g. raft.heartbeat_ms=300"));
+        }
+        let v: toml::Value = toml::from_str::<toml::Table>(&format!("v = {value}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(value.clone()));
+        let mut table = &mut doc;
+        for p in &parts[..parts.len() - 1] {
+            table = table
+                .entry(p.to_string())
+                .or_insert_with(|| toml::Value::Table(Default::default()))
+                .as_table_mut()
+                .ok_or_else(|| bad(&format!("`{p}` is not a section")))?;
+        }
+        table.insert(parts[parts.len() - 1].to_string(), v);
+    }
+    let text = toml::to_string_pretty(&doc)
+        .map_err(|e| DevError::Set(path.display().to_string(), e.to_string()))?;
+    std::fs::write(path, text).map_err(io("cannot write", path))?;
+    // Unknown keys and bad values are named here, before any node starts.
+    crate::config::NodeConfig::load(path)?;
+    Ok(())
+}
+
 /// A running dev cluster. Dropping it stops every node.
 pub struct DevCluster {
     pub dir: PathBuf,
@@ -99,6 +135,7 @@ impl DevCluster {
         topology: Topology,
         data_dir: Option<PathBuf>,
         topics: Option<&Path>,
+        settings: &[(String, String)],
         ready_timeout: Duration,
     ) -> Result<DevCluster, DevError> {
         let (dir, temp) = match data_dir {
@@ -152,6 +189,9 @@ impl DevCluster {
                     topics,
                 )
                 .map_err(io("cannot write", &config))?;
+                if !settings.is_empty() {
+                    apply_settings(&config, settings)?;
+                }
                 let child = cluster.spawn(exe, n.id, &config)?;
                 nodes.push(ClusterNode {
                     id: n.id,

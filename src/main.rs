@@ -49,6 +49,10 @@ enum Cmd {
         /// Topics file ([[topic]] tables) the nodes create at start.
         #[arg(long)]
         topics: Option<PathBuf>,
+        /// A node setting for every node, SECTION.KEY=VALUE (keys of
+        /// config/node.example.toml); repeatable, e.g. --set control.lease_ms=8000.
+        #[arg(long = "set", value_parser = parse_kv)]
+        settings: Vec<(String, String)>,
     },
     /// Create, list, describe, alter and delete topics.
     Topic {
@@ -340,7 +344,8 @@ async fn run(cmd: Cmd) -> Result<()> {
             data_dir,
             port_base,
             topics,
-        } => run_dev(topology, data_dir, port_base, topics).await,
+            settings,
+        } => run_dev(topology, data_dir, port_base, topics, settings).await,
         Cmd::Topic { cmd } => {
             init_logging(Some("warn"));
             run_topic(cmd).await
@@ -481,6 +486,7 @@ async fn run_dev(
     data_dir: Option<PathBuf>,
     port_base: Option<u16>,
     topics: Option<PathBuf>,
+    settings: Vec<(String, String)>,
 ) -> Result<()> {
     init_logging(Some("info"));
     let topo = match Topology::load(&topology) {
@@ -520,6 +526,7 @@ async fn run_dev(
         topo,
         data_dir,
         topics.as_deref(),
+        &settings,
         Duration::from_secs(60),
     )
     .await?;

@@ -73,6 +73,10 @@ pub struct GroupStatus {
     pub commit_index: Option<u64>,
     /// The Kafka high watermark: length of the partition's global view.
     pub high_watermark: Option<u64>,
+    /// Last entry of the latest snapshot, and the last entry purged from
+    /// the log (the meta group only; partition logs are kept whole).
+    pub snapshot_index: Option<u64>,
+    pub purged_index: Option<u64>,
     /// Origin logs held here.
     pub origin_logs: Vec<OriginLogStatus>,
     /// On the leader: what each other region holds of this region's log.
@@ -136,6 +140,8 @@ fn group_status(
         applied_index: m.last_applied.map(|l| l.index),
         commit_index,
         high_watermark: None,
+        snapshot_index: m.snapshot.map(|l| l.index),
+        purged_index: m.purged.map(|l| l.index),
         origin_logs: Vec::new(),
         links: Vec::new(),
     }

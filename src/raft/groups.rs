@@ -116,6 +116,7 @@ fn meta_raft_config(c: &RaftConfig) -> Result<openraft::Config, GroupError> {
         max_payload_entries: c.payload_entries_max,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(c.meta_snapshot_entries),
         max_in_snapshot_log_to_keep: 1_000.min(c.meta_snapshot_entries),
+        purge_batch_size: 256.min(c.meta_snapshot_entries / 2).max(1),
         ..Default::default()
     }
     .validate()
