@@ -95,6 +95,24 @@ fn report(
     }
 }
 
+/// One produce to the partition's cached leader; a failure drops the
+/// cached leaders, so the next request asks for metadata again.
+async fn produce_cached(
+    c: &Client,
+    topic: &str,
+    part: i32,
+    payload: Bytes,
+) -> Result<i64, ClientError> {
+    let r = match c.leader_cached(topic, part).await {
+        Ok(conn) => produce_on(&conn, topic, part, payload, -1).await,
+        Err(err) => Err(err),
+    };
+    if r.is_err() {
+        c.forget_leaders(topic).await;
+    }
+    r
+}
+
 fn histogram() -> Histogram<u64> {
     // 1 µs to 60 s, 3 significant digits: valid bounds, cannot fail.
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
@@ -162,13 +180,7 @@ pub async fn produce(
         );
         tasks.push(tokio::spawn(async move {
             let t0 = Instant::now();
-            let r = match c.leader_cached(&topic, part).await {
-                Ok(conn) => produce_on(&conn, &topic, part, payload, -1).await,
-                Err(err) => Err(err),
-            };
-            if r.is_err() {
-                c.forget_leaders(&topic).await;
-            }
+            let r = produce_cached(&c, &topic, part, payload).await;
             let us = t0.elapsed().as_micros() as u64;
             match r {
                 Ok(_) => {
@@ -450,10 +462,7 @@ pub async fn link(
         );
         tasks.push(tokio::spawn(async move {
             let t0 = Instant::now();
-            let r = match c.leader_cached(&topic, part).await {
-                Ok(conn) => produce_on(&conn, &topic, part, payload, -1).await,
-                Err(err) => Err(err),
-            };
+            let r = produce_cached(&c, &topic, part, payload).await;
             let now = Instant::now();
             match r {
                 Ok(_) => {
@@ -468,7 +477,6 @@ pub async fn link(
                     }
                 }
                 Err(err) => {
-                    c.forget_leaders(&topic).await;
                     tracing::debug!(error = %err, "produce failed");
                     e.fetch_add(1, Ordering::Relaxed);
                 }

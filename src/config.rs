@@ -719,18 +719,7 @@ impl NodeConfig {
         let topology = match Topology::load(&topology_path) {
             Ok(t) => Some(t),
             Err(e) => {
-                p.add(
-                    "topology",
-                    format!(
-                        "cannot use topology file {}:\n    {}",
-                        topology_path.display(),
-                        e.problems
-                            .iter()
-                            .map(|x| x.to_string())
-                            .collect::<Vec<_>>()
-                            .join("\n    ")
-                    ),
-                );
+                p.add("topology", cannot_use("topology", &topology_path, &e));
                 None
             }
         };
@@ -791,18 +780,7 @@ impl NodeConfig {
             let names: Vec<String> = t.regions.iter().map(|r| r.name.clone()).collect();
             match TopicDecl::load(tp, &names) {
                 Ok(list) => topics = list,
-                Err(e) => p.add(
-                    "topics",
-                    format!(
-                        "cannot use topics file {}:\n    {}",
-                        tp.display(),
-                        e.problems
-                            .iter()
-                            .map(|x| x.to_string())
-                            .collect::<Vec<_>>()
-                            .join("\n    ")
-                    ),
-                ),
+                Err(e) => p.add("topics", cannot_use("topics", tp, &e)),
             }
         }
         p.finish()?;
@@ -959,6 +937,16 @@ impl TopicDecl {
         p.finish()?;
         Ok(file.topic)
     }
+}
+
+/// A node config problem that is another file's problems, one per line.
+fn cannot_use(what: &str, path: &Path, e: &ConfigError) -> String {
+    let lines: Vec<String> = e.problems.iter().map(|x| x.to_string()).collect();
+    format!(
+        "cannot use {what} file {}:\n    {}",
+        path.display(),
+        lines.join("\n    ")
+    )
 }
 
 pub fn absolute(p: &Path) -> PathBuf {

@@ -439,6 +439,7 @@ impl Groups {
         cmd: &Command,
         timeout: Duration,
     ) -> Result<(CommandResult, u64), WriteError> {
+        let deadline = tokio::time::Instant::now() + timeout;
         let payload = bincode::serialize(cmd).expect("serialize command");
         let direct = self
             .transport
@@ -447,8 +448,10 @@ impl Groups {
         match direct {
             Ok(resp) => decode_forwarded(&resp),
             Err(_) => {
+                // The relays share what is left of the caller's deadline.
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                 let region = self.transport.faults.region_of(leader).unwrap_or("");
-                self.relay_meta_write(region, cmd, timeout).await
+                self.relay_meta_write(region, cmd, left).await
             }
         }
     }
@@ -461,12 +464,18 @@ impl Groups {
         cmd: &Command,
         timeout: Duration,
     ) -> Result<(CommandResult, u64), WriteError> {
+        let deadline = tokio::time::Instant::now() + timeout;
         let payload = bincode::serialize(cmd).expect("serialize command");
         let mut last = WriteError::NotLeader(None);
         for relay in self.transport.faults.relays_around(not) {
+            // All relays together stay within the caller's deadline.
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Err(WriteError::Timeout(timeout.as_millis() as u64));
+            }
             match self
                 .transport
-                .call(relay, KIND_META_RELAY, META_GROUP, &payload, timeout)
+                .call(relay, KIND_META_RELAY, META_GROUP, &payload, left)
                 .await
             {
                 Ok(resp) => match decode_forwarded(&resp) {

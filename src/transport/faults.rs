@@ -122,40 +122,32 @@ impl Faults {
 
     /// Replaces the run-time faults; pairs must name regions of the topology.
     pub fn set(&self, s: FaultState) -> Result<(), String> {
-        let known = |r: &String| self.region_of.values().any(|x| x == r);
-        let mut norm = FaultState::default();
-        for (a, b) in &s.cut {
+        // A pair in canonical order, or what is wrong with it.
+        let checked = |what: &str, a: &String, b: &String| {
+            let known = |r: &String| self.region_of.values().any(|x| x == r);
             if !known(a) || !known(b) || a == b {
                 return Err(format!(
-                    "cut [{a}, {b}]: name two different regions of the topology"
+                    "{what} [{a}, {b}]: name two different regions of the topology"
                 ));
             }
-            norm.cut.insert(pair(a, b));
+            Ok(pair(a, b))
+        };
+        let mut norm = FaultState::default();
+        for (a, b) in &s.cut {
+            norm.cut.insert(checked("cut", a, b)?);
         }
         for d in &s.delay {
-            if !known(&d.a) || !known(&d.b) || d.a == d.b {
-                return Err(format!(
-                    "delay {}-{}: name two different regions of the topology",
-                    d.a, d.b
-                ));
-            }
-            let (a, b) = pair(&d.a, &d.b);
+            let (a, b) = checked("delay", &d.a, &d.b)?;
             norm.delay.push(ExtraDelay { a, b, ms: d.ms });
         }
         for l in &s.loss {
-            if !known(&l.a) || !known(&l.b) || l.a == l.b {
-                return Err(format!(
-                    "loss {}-{}: name two different regions of the topology",
-                    l.a, l.b
-                ));
-            }
+            let (a, b) = checked("loss", &l.a, &l.b)?;
             if l.percent > 100 {
                 return Err(format!(
                     "loss {}-{}: percent {} is over 100",
                     l.a, l.b, l.percent
                 ));
             }
-            let (a, b) = pair(&l.a, &l.b);
             norm.loss.push(Loss {
                 a,
                 b,
