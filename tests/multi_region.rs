@@ -242,10 +242,10 @@ fn sync_acks_wait_for_a_region_quorum_and_async_acks_do_not() {
     // nearest other region (eu-west, 80 ms simulated) ...
     let p = produce(&east, "s", "s", 20, 10_000);
     assert!(p.errors.is_empty(), "{:?}", p.errors);
-    let fastest = p.latency_ms.iter().cloned().fold(f64::MAX, f64::min);
+    let quickest = fastest(&p.latency_ms);
     assert!(
-        fastest >= 80.0,
-        "a sync ack after {fastest} ms: it did not wait for a region"
+        quickest >= 80.0,
+        "a sync ack after {quickest} ms: it did not wait for a region"
     );
 
     // A topic pinned to eu-west takes writes in us-east: they are forwarded,
@@ -353,10 +353,8 @@ fn a_restarted_region_catches_up_without_duplicates() {
     check_views(&views, &acked);
 }
 
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+fn fastest(v: &[f64]) -> f64 {
+    v.iter().cloned().fold(f64::MAX, f64::min)
 }
 
 /// Waits until every node of `region` describes `topic` with `key = value`,
@@ -432,10 +430,13 @@ replication = "async"
     let rtt = 80.0; // us-east to eu-west, the nearest other region
     let p = produce(&east, "flip", "a1", 20, 10_000);
     assert!(p.errors.is_empty(), "{:?}", p.errors);
-    let async_ms = median(&p.latency_ms);
+    // If async acks waited for another region, every one would take at
+    // least the round trip; the fastest one shows they do not (a median
+    // would also measure how busy the machine is).
+    let async_ms = fastest(&p.latency_ms);
     assert!(
         async_ms < rtt,
-        "async acks took {async_ms} ms (median): they waited for a region"
+        "every async ack took {async_ms} ms or more: they waited for a region"
     );
 
     let (ok, _, err) = meridian(&[
@@ -451,10 +452,10 @@ replication = "async"
     wait_config(&c, "us-east", "flip", "meridian.replication", "sync");
     let p = produce(&east, "flip", "s", 20, 10_000);
     assert!(p.errors.is_empty(), "{:?}", p.errors);
-    let fastest = p.latency_ms.iter().cloned().fold(f64::MAX, f64::min);
+    let sync_ms = fastest(&p.latency_ms);
     assert!(
-        fastest >= rtt,
-        "a sync ack after {fastest} ms, less than the round trip to any other region"
+        sync_ms >= rtt,
+        "a sync ack after {sync_ms} ms, less than the round trip to any other region"
     );
 
     let (ok, _, err) = meridian(&[
@@ -470,8 +471,11 @@ replication = "async"
     wait_config(&c, "us-east", "flip", "meridian.replication", "async");
     let p = produce(&east, "flip", "a2", 20, 10_000);
     assert!(p.errors.is_empty(), "{:?}", p.errors);
-    let back_ms = median(&p.latency_ms);
-    assert!(back_ms < rtt, "async again, yet acks took {back_ms} ms");
+    let back_ms = fastest(&p.latency_ms);
+    assert!(
+        back_ms < rtt,
+        "async again, yet every ack took {back_ms} ms or more"
+    );
 
     // Lag series go with the topic: no node reports a deleted topic.
     let series = |c: &Cluster| -> Vec<String> {
