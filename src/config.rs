@@ -547,6 +547,11 @@ pub struct ControlConfig {
     pub lease_ms: u64,
     /// A region renews its lease this often.
     pub renew_ms: u64,
+    /// Fail a region over once its lease has expired: seal its origin logs
+    /// so the global view goes on without it (docs/disaster-recovery.md).
+    /// With `false` a lost region's topics wait for it (writers = all: their
+    /// view stalls) until it returns.
+    pub failover: bool,
 }
 
 impl Default for ControlConfig {
@@ -554,6 +559,7 @@ impl Default for ControlConfig {
         ControlConfig {
             lease_ms: 4_000,
             renew_ms: 1_000,
+            failover: true,
         }
     }
 }

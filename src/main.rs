@@ -661,11 +661,16 @@ async fn run_status(cluster: Option<PathBuf>, admin: Option<String>) -> Result<(
         "node", "region", "kafka", "led", "groups", "meta term", "lease ms"
     );
     let mut links = Vec::new();
+    let mut seals: Option<serde_json::Value> = None;
     for a in addrs {
         match dev::http_get(&a, "/status", Duration::from_secs(3)).await {
             Ok((200, body)) => {
                 let s: serde_json::Value = serde_json::from_str(&body)?;
                 let region = s["region"].as_str().unwrap_or("?").to_string();
+                // Failed-over regions, as the first node that answers knows them.
+                if seals.is_none() {
+                    seals = Some(s["seals"].clone());
+                }
                 for p in s["partitions"].as_array().into_iter().flatten() {
                     let part = format!("{}-{}", p["topic"].as_str().unwrap_or("?"), p["partition"]);
                     for l in p["links"].as_array().into_iter().flatten() {
@@ -682,6 +687,7 @@ async fn run_status(cluster: Option<PathBuf>, admin: Option<String>) -> Result<(
                 }
                 // The write lease this node acts on; 0: fenced.
                 let lease = match s["lease_ms"].as_i64() {
+                    Some(0) if s["sealed"] == true => "SEALED".to_string(),
                     Some(0) => "FENCED".to_string(),
                     Some(ms) => ms.to_string(),
                     None => "-".to_string(),
@@ -699,6 +705,25 @@ async fn run_status(cluster: Option<PathBuf>, admin: Option<String>) -> Result<(
             }
             Ok((code, _)) => println!("{a}: HTTP {code}"),
             Err(e) => println!("{a}: unreachable ({e})"),
+        }
+    }
+    let seals: Vec<serde_json::Value> = seals
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default();
+    if !seals.is_empty() {
+        println!(
+            "\n{:<10} {:>12} {:>10} {:>12} {:>14}",
+            "failed over", "sealed epoch", "partitions", "records kept", "decided at ms"
+        );
+        for s in seals {
+            println!(
+                "{:<10} {:>12} {:>10} {:>12} {:>14}",
+                s["region"].as_str().unwrap_or("?"),
+                s["epoch"].to_string(),
+                s["partitions"].to_string(),
+                s["records"].to_string(),
+                s["decided_at_ms"].to_string()
+            );
         }
     }
     if !links.is_empty() {

@@ -45,6 +45,13 @@ pub struct Metrics {
     pub lease_remaining_ms: Family<Labels, Gauge>,
     pub lease_renewals: Counter,
     pub fenced_produces: Counter,
+    /// Failovers this node committed as the metadata leader.
+    pub failovers: Counter,
+    /// Per region: 1 once failed over (its epoch sealed), as this node
+    /// applied it.
+    pub region_sealed: Family<Labels, Gauge>,
+    /// Per region: its current epoch (bumped by a failover).
+    pub region_epoch: Family<Labels, Gauge>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -89,6 +96,9 @@ impl Metrics {
             lease_remaining_ms: Family::default(),
             lease_renewals: Counter::default(),
             fenced_produces: Counter::default(),
+            failovers: Counter::default(),
+            region_sealed: Family::default(),
+            region_epoch: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -222,6 +232,21 @@ impl Metrics {
             "Produces refused because this region held no write lease",
             m.fenced_produces.clone(),
         );
+        registry.register(
+            "failovers",
+            "Regions this node failed over as the metadata leader (sealed their origin logs)",
+            m.failovers.clone(),
+        );
+        registry.register(
+            "region_sealed",
+            "1 when a region was failed over and its epoch sealed, else 0",
+            m.region_sealed.clone(),
+        );
+        registry.register(
+            "region_epoch",
+            "A region's current epoch (bumped when it is failed over)",
+            m.region_epoch.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -287,6 +312,12 @@ mod tests {
         m.lease_remaining_ms
             .get_or_create(&vec![("lease_region".to_string(), "r".to_string())])
             .set(1);
+        m.region_sealed
+            .get_or_create(&vec![("sealed_region".to_string(), "r".to_string())])
+            .set(1);
+        m.region_epoch
+            .get_or_create(&vec![("epoch_region".to_string(), "r".to_string())])
+            .set(2);
         let text = m.render();
         let dash: serde_json::Value =
             serde_json::from_str(include_str!("../docs/operations/grafana-dashboard.json"))

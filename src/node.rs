@@ -123,6 +123,18 @@ async fn run_inner(config: NodeConfig, shutdown: CancellationToken) -> Result<()
         metrics: metrics.clone(),
         fence: fence.clone(),
     });
+    tokio::spawn(
+        crate::control::failover::Failover {
+            groups: groups.clone(),
+            transport: transport.clone(),
+            topology: config.topology.clone(),
+            me: me.clone(),
+            cfg: config.control.clone(),
+            margin_ms: config.link.clock_drift_ms_max,
+            metrics: metrics.clone(),
+        }
+        .run(shutdown.clone()),
+    );
     tokio::spawn(crate::control::run_leases(
         groups.clone(),
         config.topology.clone(),

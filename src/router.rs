@@ -95,12 +95,17 @@ impl AppendTicket {
                 link,
             } => (rx, group, policy, link),
         };
-        let (base, end) = match Groups::wait(rx, timeout).await?.0 {
+        let (view_offset, end) = match Groups::wait(rx, timeout).await?.0 {
             CommandResult::Appended {
                 base_offset,
                 first_hlc,
                 last_hlc,
-            } => (base_offset, base_offset + (last_hlc - first_hlc) + 1),
+                view_offset,
+            } => (view_offset, base_offset + (last_hlc - first_hlc) + 1),
+            CommandResult::NotWriter => return Err(PartitionError::NotLeader(None)),
+            CommandResult::Sealed => {
+                return Err(PartitionError::Fenced(link.groups.region.clone()))
+            }
             other => {
                 return Err(PartitionError::Storage(format!(
                     "unexpected apply result {other:?}"
@@ -134,11 +139,7 @@ impl AppendTicket {
         } else if let Some(bound) = policy.rpo_max_ms.filter(|_| policy.regions.len() > 1) {
             rpo_backpressure(&link, group, bound, deadline).await?;
         }
-        Ok(if policy.single_writer() {
-            base as i64
-        } else {
-            -1
-        })
+        Ok(view_offset.map_or(-1, |o| o as i64))
     }
 }
 

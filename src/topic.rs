@@ -21,6 +21,10 @@ pub enum MetaError {
     InvalidPartitions(i64),
     #[error("invalid config `{key}`: {reason}")]
     InvalidConfig { key: String, reason: String },
+    #[error("region {0} was failed over (its origin logs are sealed); it takes writes again only after failback")]
+    RegionSealed(String),
+    #[error("seal refused: {0}")]
+    SealRefused(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,6 +51,15 @@ pub struct MetaState {
     /// Each region's write lease: until when (Unix ms) it may accept writes
     /// (`control::lease`, invariant 6).
     pub leases: crate::control::lease::Leases,
+    /// Seals of failed-over regions' epochs (invariant 7).
+    pub seals: Vec<crate::control::seal::Seal>,
+}
+
+impl MetaState {
+    /// The seal of `region`'s current epoch, if it was failed over.
+    pub fn seal_of(&self, region: &str) -> Option<&crate::control::seal::Seal> {
+        self.seals.iter().find(|s| s.region == region)
+    }
 }
 
 /// Topic configs this broker understands, with their defaults. Kafka clients
@@ -404,12 +417,33 @@ impl MetaState {
                 Ok(())
             }
             Command::RenewLease { region, until_ms } => {
+                // A sealed region must not write its sealed epoch again.
+                if self.seal_of(region).is_some() {
+                    return Err(MetaError::RegionSealed(region.clone()));
+                }
                 // Renewals may commit out of order: a lease only grows.
                 let l = self.leases.entry(region.clone()).or_insert(*until_ms);
                 *l = (*l).max(*until_ms);
                 Ok(())
             }
-            Command::Append { .. } | Command::Close { .. } | Command::Replicate { .. } => Ok(()),
+            Command::SealRegion(seal) => {
+                crate::control::seal::still_valid(&self.leases, &self.seals, seal)
+                    .map_err(MetaError::SealRefused)?;
+                // Pinned topics move to their new home (chosen by the
+                // leader among the regions still up).
+                for (topic, home) in &seal.homes {
+                    if let Some(t) = self.topics.get_mut(topic) {
+                        t.configs
+                            .insert(KEY_WRITERS.to_string(), format!("home:{home}"));
+                    }
+                }
+                self.seals.push(seal.clone());
+                Ok(())
+            }
+            Command::Append { .. }
+            | Command::Close { .. }
+            | Command::Replicate { .. }
+            | Command::SealLog { .. } => Ok(()),
         }
     }
 

@@ -46,6 +46,8 @@ fn steady(bootstrap: &str, topic: &str, prefix: &str, n: usize, rate: f64) -> Pr
 
 struct Produced {
     acked: Vec<(i64, String)>,
+    /// The Kafka offset each acknowledged record got (-1: not known at ack).
+    offsets: Vec<i64>,
     errors: Vec<String>,
     latency_ms: Vec<f64>,
 }
@@ -71,6 +73,10 @@ fn produced(v: serde_json::Value) -> Produced {
         acked: list("acked")
             .iter()
             .map(|a| (a[0].as_i64().unwrap(), a[1].as_str().unwrap().to_string()))
+            .collect(),
+        offsets: list("acked")
+            .iter()
+            .map(|a| a[2].as_i64().unwrap_or(-1))
             .collect(),
         errors: list("errors")
             .iter()
@@ -327,7 +333,9 @@ fn sync_acks_wait_for_a_region_quorum_and_async_acks_do_not() {
 #[test]
 fn a_restarted_region_catches_up_without_duplicates() {
     require("python3");
-    let mut c = Cluster::start_three();
+    // Down for longer than a lease, the region would be failed over
+    // (tested below); this is a restart the others wait for.
+    let mut c = without_failover();
     create(&c, "r", 2, &[]);
     let mut acked = produce_everywhere(&c, "r", "before", 50);
     let west: Vec<u64> = c.region_nodes("eu-west").iter().map(|n| n.id).collect();
@@ -351,6 +359,13 @@ fn a_restarted_region_catches_up_without_duplicates() {
     c.wait_healthy(Duration::from_secs(60));
     let views = views_of(&c, "r", 2, acked.len());
     check_views(&views, &acked);
+}
+
+fn without_failover() -> Cluster {
+    Cluster::start_with_args(
+        &repo().join("regions/dev.toml"),
+        &["--set".as_ref(), "control.failover=false".as_ref()],
+    )
 }
 
 fn fastest(v: &[f64]) -> f64 {
@@ -529,7 +544,9 @@ fn metric_sum(c: &Cluster, region: &str, name: &str) -> f64 {
 #[test]
 fn an_isolated_region_is_fenced_and_its_clients_move_elsewhere() {
     require("python3");
-    let c = Cluster::start_three();
+    // Fencing alone: with failover, us-east would be sealed while cut off
+    // (tested below).
+    let c = without_failover();
     create(&c, "fo", 2, &[]);
     // Every region knows the topic before the cut: a region cut off from
     // the metadata leader learns of no metadata change until healed.
@@ -731,4 +748,155 @@ fn a_node_away_past_the_purged_metadata_log_catches_up_from_a_snapshot() {
         std::thread::sleep(Duration::from_millis(300));
     }
     c.wait_healthy(Duration::from_secs(30));
+}
+
+/// A region's view of every partition: all it serves, once it serves at
+/// least `want` records (reads until 3 s pass without a new one).
+fn full_view(c: &Cluster, region: &str, topic: &str, partitions: usize, want: usize) -> View {
+    consume(&c.region_bootstrap(region), topic, partitions, want);
+    let v = geo(
+        &[
+            "consume",
+            &c.region_bootstrap(region),
+            topic,
+            &partitions.to_string(),
+            "1000000",
+            "3000",
+        ],
+        Duration::from_secs(120),
+    );
+    v.as_object()
+        .unwrap()
+        .iter()
+        .map(|(p, recs)| {
+            let recs = recs
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| (r[0].as_i64().unwrap(), r[1].as_str().unwrap().to_string()))
+                .collect();
+            (p.clone(), recs)
+        })
+        .collect()
+}
+
+/// Invariants 6 and 7: when every node of a region dies, the metadata
+/// leader waits out its lease, seals its origin logs at the furthest point
+/// a survivor holds, and the global view goes on without it: every record
+/// acknowledged as `sync` anywhere, the lost region's included, is in the
+/// view, identical in both surviving regions, once each.
+#[test]
+fn a_lost_region_is_failed_over_and_the_view_goes_on_without_it() {
+    require("python3");
+    let mut c = Cluster::start_three();
+    create(&c, "dr", 2, &["meridian.replication=sync"]);
+    for r in REGIONS {
+        wait_config(&c, r, "dr", "meridian.replication", "sync");
+    }
+    // A topic pinned to us-east: its home moves to eu-west, the first of
+    // its regions still up.
+    create(&c, "pin", 1, &["meridian.writers=home:us-east"]);
+    for r in REGIONS {
+        wait_config(&c, r, "pin", "meridian.writers", "home:us-east");
+    }
+    let mut acked = produce_everywhere(&c, "dr", "before", 40);
+    let pinned = produce(&c.region_bootstrap("ap-south"), "pin", "p0", 20, 10_000);
+    assert!(pinned.errors.is_empty(), "{:?}", pinned.errors);
+    let east: Vec<u64> = c.region_nodes("us-east").iter().map(|n| n.id).collect();
+    for id in &east {
+        c.kill9(*id);
+    }
+    let lost_at = std::time::Instant::now();
+    // The survivors take sync writes at once (each is the other's quorum);
+    // they enter the view once us-east is sealed.
+    for r in ["eu-west", "ap-south"] {
+        let p = produce(
+            &c.region_bootstrap(r),
+            "dr",
+            &format!("after-{r}"),
+            20,
+            10_000,
+        );
+        assert!(p.errors.is_empty(), "{r}: {:?}", p.errors);
+        acked.extend(p.acked);
+    }
+    let west = c.region_nodes("eu-west")[0].admin.clone();
+    let seal = loop {
+        let s = common::http_get(&west, "/status")
+            .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok());
+        if let Some(seal) = s.as_ref().and_then(|s| s["seals"].get(0)) {
+            break seal.clone();
+        }
+        assert!(
+            lost_at.elapsed() < Duration::from_secs(60),
+            "us-east was never failed over"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    eprintln!("us-east sealed {:?} after its loss", lost_at.elapsed());
+    assert_eq!(seal["region"], "us-east", "{seal}");
+    let before_east = acked.iter().filter(|a| a.1.contains("us-east")).count() as u64;
+    assert!(
+        seal["records"].as_u64().unwrap() >= before_east,
+        "the seal keeps every sync-acknowledged us-east record: {seal}"
+    );
+    let views: Vec<(String, View)> = ["eu-west", "ap-south"]
+        .iter()
+        .map(|r| (r.to_string(), full_view(&c, r, "dr", 2, acked.len())))
+        .collect();
+    check_views(&views, &acked);
+
+    // The pinned topic takes writes again, at its new home, with real
+    // offsets that follow the sealed log's records.
+    wait_config(&c, "eu-west", "pin", "meridian.writers", "home:eu-west");
+    let mut pin_acked = pinned.acked.clone();
+    let mut pin_offsets = pinned.offsets.clone();
+    for r in ["eu-west", "ap-south"] {
+        let p = produce(
+            &c.region_bootstrap(r),
+            "pin",
+            &format!("p1-{r}"),
+            20,
+            10_000,
+        );
+        assert!(p.errors.is_empty(), "{r}: {:?}", p.errors);
+        pin_acked.extend(p.acked);
+        pin_offsets.extend(p.offsets);
+    }
+    let pin_views: Vec<(String, View)> = ["eu-west", "ap-south"]
+        .iter()
+        .map(|r| (r.to_string(), full_view(&c, r, "pin", 1, pin_acked.len())))
+        .collect();
+    check_views(&pin_views, &pin_acked);
+    let view = &pin_views[0].1["0"];
+    for ((_, val), off) in pin_acked.iter().zip(&pin_offsets) {
+        assert!(*off >= 0, "{val}: a pinned topic's ack carries its offset");
+        assert_eq!(
+            view.get(*off as usize).map(|r| &r.1),
+            Some(val),
+            "{val} acknowledged at offset {off}"
+        );
+    }
+    assert_eq!(
+        metric_sum(
+            &c,
+            "eu-west",
+            "meridian_region_sealed{sealed_region=\"us-east\"}"
+        ),
+        3.0,
+        "every eu-west node shows us-east sealed"
+    );
+    let admins: Vec<&str> = c
+        .nodes
+        .iter()
+        .filter(|n| n.region != "us-east")
+        .map(|n| n.admin.as_str())
+        .collect();
+    let (ok, out, err) = meridian(&["status", "--admin", &admins.join(",")]);
+    assert!(ok, "{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("us-east") && l.split_whitespace().nth(1) == Some("1")),
+        "status lists us-east as failed over in epoch 1:\n{out}"
+    );
 }

@@ -33,6 +33,13 @@ pub async fn serve(listener: TcpListener, router: Arc<Router>, shutdown: Cancell
 /// 503 otherwise, with the reason.
 async fn healthz(State(r): State<Arc<Router>>) -> impl IntoResponse {
     match r.fence.remaining_ms() {
+        Some(0) if r.fence.sealed() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "region {} was failed over (its origin logs are sealed); it takes writes again after failback\n",
+                r.fence.region()
+            ),
+        ),
         Some(0) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
@@ -101,6 +108,19 @@ pub struct LinkStatus {
     pub lag_records: u64,
 }
 
+/// One failed-over region.
+#[derive(Serialize)]
+pub struct SealStatus {
+    pub region: String,
+    /// The sealed epoch; the region's next one is `epoch + 1`.
+    pub epoch: u32,
+    /// When the metadata leader decided the failover (Unix ms).
+    pub decided_at_ms: i64,
+    pub partitions: usize,
+    /// Records of the region kept in the global view, summed over partitions.
+    pub records: u64,
+}
+
 #[derive(Serialize)]
 pub struct Status {
     pub node: u64,
@@ -112,6 +132,10 @@ pub struct Status {
     pub lease_ms: Option<i64>,
     /// Every region's lease as the applied metadata says: ms of writing left.
     pub leases: std::collections::BTreeMap<String, i64>,
+    /// Whether this node's region was failed over.
+    pub sealed: bool,
+    /// Failed-over regions, as the applied metadata says.
+    pub seals: Vec<SealStatus>,
     pub meta: GroupStatus,
     pub partitions: Vec<GroupStatus>,
 }
@@ -219,6 +243,20 @@ pub fn status_of(r: &Router) -> Status {
                 })
                 .collect()
         },
+        sealed: r.fence.sealed(),
+        seals: r
+            .groups
+            .meta_state()
+            .seals
+            .iter()
+            .map(|s| SealStatus {
+                region: s.region.clone(),
+                epoch: s.epoch,
+                decided_at_ms: s.decided_at_ms,
+                partitions: s.ends.len(),
+                records: s.ends.values().map(|e| e.end).sum(),
+            })
+            .collect(),
         meta,
         partitions,
     }

@@ -7,7 +7,9 @@
 //! [`run_leases`] renews this node's region lease in the background; the
 //! router refuses writes while the region holds none ([`Fence`]).
 
+pub mod failover;
 pub mod lease;
+pub mod seal;
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -18,7 +20,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::{ControlConfig, NodeSpec, Topology};
 use crate::metrics::Metrics;
-use crate::raft::types::Command;
+use crate::raft::types::{Command, CommandResult};
 use crate::raft::Groups;
 use lease::Timing;
 
@@ -59,10 +61,14 @@ impl Fence {
             .max()
     }
 
-    /// Milliseconds of writing left, `None` when no lease is needed.
+    /// Milliseconds of writing left, `None` when no lease is needed; 0
+    /// once the region was failed over (its epoch is sealed).
     pub fn remaining_ms(&self) -> Option<i64> {
         if self.single_region {
             return None;
+        }
+        if self.sealed() {
+            return Some(0);
         }
         let leases: lease::Leases = self
             .lease_until()
@@ -91,6 +97,11 @@ impl Fence {
 
     pub fn region(&self) -> &str {
         &self.region
+    }
+
+    /// Whether this region was failed over, as far as this node has heard.
+    pub fn sealed(&self) -> bool {
+        self.groups.meta_state().seal_of(&self.region).is_some()
     }
 }
 
@@ -160,6 +171,9 @@ pub async fn run_leases(
             .meta_commit(cmd, Duration::from_millis(cfg.renew_ms))
             .await
         {
+            Ok(CommandResult::Meta(Err(e))) => {
+                debug!(error = %e, "lease renewal refused");
+            }
             Ok(_) => {
                 fence.confirmed.fetch_max(until, Ordering::Relaxed);
                 metrics.lease_renewals.inc();

@@ -48,6 +48,10 @@ pub(crate) fn topic_error_code(e: &TopicError) -> i16 {
         }
         TopicError::Meta(MetaError::InvalidConfig { .. }) => ResponseError::InvalidConfig.code(),
         TopicError::Unavailable(_) => ResponseError::RequestTimedOut.code(),
+        // Lease and seal commands never come from a topic request.
+        TopicError::Meta(MetaError::RegionSealed(_) | MetaError::SealRefused(_)) => {
+            ResponseError::UnknownServerError.code()
+        }
     }
 }
 

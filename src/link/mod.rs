@@ -93,7 +93,9 @@ pub struct Forward {
 /// What a forwarded produce returns: the Kafka offset, or why not.
 pub type ForwardReply = Result<i64, crate::router::PartitionError>;
 
-/// High watermark and closed timestamp of every origin log in `logs`.
+/// High watermark and closed timestamp of every origin log in `logs`. A
+/// sealed log counts as held up to its seal at most: what a replica holds
+/// past it (a copy that raced the seal) is neither copied nor reported.
 pub fn held_map(
     logs: &BTreeMap<LogRef, crate::storage::state_machine::LogState>,
 ) -> BTreeMap<LogRef, Held> {
@@ -102,7 +104,7 @@ pub fn held_map(
             (
                 *l,
                 Held {
-                    next_offset: s.next_offset,
+                    next_offset: s.sealed.map_or(s.next_offset, |e| e.min(s.next_offset)),
                     closed: s.closed,
                 },
             )

@@ -265,7 +265,8 @@ impl Link {
                 .set(mine.next_offset.saturating_sub(best_remote) as i64);
         }
         let w = p.watermark;
-        let age = if w == 0 {
+        // 0: nothing closed yet; MAX: every writer origin is sealed.
+        let age = if w == 0 || w == u64::MAX {
             -1
         } else {
             hlc::wall_ms(self.groups.clock.now()) - hlc::wall_ms(w)
@@ -346,17 +347,11 @@ impl Link {
         let mut progress = g.progress.clone();
         let dest_origin = origin_id(&region);
         let mut failing = false;
-        // The writer regions are fixed at the topic's creation; `run` stops
-        // this copier when the partition goes away.
-        let writers: Vec<u32> = match self.groups.meta_state().topics.get(&g.topic) {
-            Some(t) => crate::topic::policy(&t.configs, &self.region_names())
-                .writer_regions()
-                .iter()
-                .map(|r| origin_id(r))
-                .collect(),
-            None => return,
-        };
-        let wanted = |l: &LogRef| writers.contains(&l.origin) && l.origin != dest_origin;
+        // Every origin log held here, but the destination's own: only
+        // writer regions have logs (a pinned topic's home changes when its
+        // region fails over), and `run` stops this copier when the
+        // partition goes away.
+        let wanted = |l: &LogRef| l.origin != dest_origin;
         debug!("copier started");
         while !stop.is_cancelled() {
             // Fill the pipe.
@@ -580,6 +575,7 @@ mod tests {
                     last_hlc: hlc::from_wall_ms(written_ms),
                     closed: hlc::from_wall_ms(written_ms),
                     merged,
+                    sealed: None,
                 },
             )
         };

@@ -15,7 +15,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
 use super::network::{
-    NetworkFactory, KIND_APPEND, KIND_META_RELAY, KIND_META_WRITE, KIND_SNAPSHOT, KIND_VOTE,
+    NetworkFactory, KIND_APPEND, KIND_HELD, KIND_META_RELAY, KIND_META_WRITE, KIND_SNAPSHOT,
+    KIND_VOTE,
 };
 use super::types::{Command, CommandResult, GroupId, NodeId, Raft, TypeConfig, META_GROUP};
 use crate::config::{RaftConfig, Topology};
@@ -356,6 +357,16 @@ impl Groups {
         }
     }
 
+    /// Commits `cmd` in partition group `g`, whose leader must be this node.
+    pub async fn write_to(
+        &self,
+        g: &PartitionGroup,
+        cmd: Command,
+        timeout: Duration,
+    ) -> Result<CommandResult, WriteError> {
+        Ok(Self::write_local(&g.raft, cmd, timeout).await?.0)
+    }
+
     async fn write_local(
         raft: &Raft,
         cmd: Command,
@@ -571,6 +582,36 @@ fn ser<T: Serialize>(v: &T) -> Result<Vec<u8>, String> {
     bincode::serialize(v).map_err(|e| e.to_string())
 }
 
+/// Asks a node how much of origin log `(origin, epoch)` it holds, per group.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeldQuery {
+    pub origin: u32,
+    pub epoch: u32,
+    pub groups: Vec<GroupId>,
+}
+
+impl Groups {
+    /// What this node has applied of `q`'s log, for the groups it runs.
+    pub fn held(&self, q: &HeldQuery) -> Vec<crate::control::seal::Held> {
+        let log = crate::view::LogRef {
+            origin: q.origin,
+            epoch: q.epoch,
+        };
+        q.groups
+            .iter()
+            .filter_map(|id| {
+                let g = self.partition(*id)?;
+                let st = g.progress.borrow().logs.get(&log).copied()?;
+                Some(crate::control::seal::Held {
+                    group: *id,
+                    next_offset: st.next_offset,
+                    last_hlc: st.last_hlc,
+                })
+            })
+            .collect()
+    }
+}
+
 impl Handler for Groups {
     fn handle(
         &self,
@@ -578,6 +619,10 @@ impl Handler for Groups {
         group: GroupId,
         payload: bytes::Bytes,
     ) -> BoxFuture<'static, Result<Vec<u8>, String>> {
+        if kind == KIND_HELD {
+            let r = de::<HeldQuery>(&payload).and_then(|q| ser(&self.held(&q)));
+            return Box::pin(async move { r });
+        }
         let raft = self.raft_of(group);
         let meta_timeout = self.transport.rpc_timeout();
         let transport = self.transport.clone();

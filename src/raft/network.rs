@@ -25,6 +25,9 @@ pub const KIND_META_WRITE: u8 = 4;
 /// A meta write for the meta leader, relayed by a node of a third region
 /// when the leader cannot be reached directly (partial partitions).
 pub const KIND_META_RELAY: u8 = 5;
+/// How much of a lost region's origin logs this node holds
+/// (`control::seal::Held`), asked by the metadata leader before a seal.
+pub const KIND_HELD: u8 = 6;
 
 pub struct NetworkFactory {
     pub transport: Arc<Transport>,

@@ -77,6 +77,9 @@ pub enum Command {
     /// Meta group: `region` may accept writes until `until_ms` (Unix ms;
     /// see `control::lease`).
     RenewLease { region: String, until_ms: i64 },
+    /// Meta group: fail a region over: seal its epoch's origin logs
+    /// (`control::seal`, invariant 7).
+    SealRegion(crate::control::seal::Seal),
     /// Meta group: change topic configs.
     AlterTopic {
         name: String,
@@ -110,6 +113,19 @@ pub enum Command {
         closed_at: u64,
         batches: Vec<bytes::Bytes>,
     },
+    /// Partition group: origin log `(origin, epoch)` ends at `end` (its last
+    /// record has HLC `last_hlc`), as the metadata group's seal says: copies
+    /// past it are dropped, and once it is held up to `end` it no longer
+    /// holds the view back.
+    SealLog {
+        origin: u32,
+        epoch: u32,
+        end: u64,
+        last_hlc: u64,
+        /// For a topic pinned to the sealed region: the origin id of its new
+        /// home, whose log joins the view after the sealed one.
+        successor: Option<u32>,
+    },
 }
 
 /// What applying a command returns to the proposer.
@@ -121,7 +137,14 @@ pub enum CommandResult {
         base_offset: u64,
         first_hlc: u64,
         last_hlc: u64,
+        /// The batch's position in the global view, when it is known at
+        /// commit: the log is the view's only live one (a pinned topic).
+        view_offset: Option<u64>,
     },
+    /// An append in a region that is not (yet) a writer of the partition's
+    /// view: a pinned topic's new home before its group applied the seal
+    /// that makes it one. Retriable.
+    NotWriter,
     Meta(Result<(), MetaError>),
     /// After `Close` or `Replicate`: the origin log's high watermark and
     /// closed timestamp here.
@@ -129,4 +152,7 @@ pub enum CommandResult {
         next_offset: u64,
         closed: u64,
     },
+    /// An append to this region's own origin log after it was sealed:
+    /// refused, whatever the proposer believed about its lease.
+    Sealed,
 }

@@ -25,6 +25,7 @@ use super::{
     key, origin_id, Db, LogKey, CF_HLC_INDEX, CF_RECORDS, CF_SM_STATE, CF_VIEW, CF_VIEW_HLC,
     EPOCH_FIRST,
 };
+use crate::control::seal::{origin_closed, LogClose};
 use crate::hlc::{self, Clock};
 use crate::raft::types::{
     Command, CommandResult, Entry, GroupId, LogId, NodeId, StorageError, TypeConfig, META_GROUP,
@@ -43,6 +44,9 @@ pub struct LogState {
     pub closed: u64,
     /// Records below this offset are in the global view.
     pub merged: u64,
+    /// Where the control plane sealed this log (invariant 7): nothing at
+    /// or past it is ever added.
+    pub sealed: Option<u64>,
 }
 
 /// What a partition group has applied (= committed) here.
@@ -89,6 +93,12 @@ struct Applied {
     /// HLC of the view's last record.
     view_last_hlc: u64,
     meta: Option<MetaState>,
+    /// Origins that joined the view as a pinned topic's new home.
+    successors: Vec<u32>,
+    /// Set once this region became the view's only live writer as a new
+    /// home: the view positions its sealed predecessors fill, before this
+    /// region's own records.
+    successor_base: Option<u64>,
 }
 
 impl Default for Applied {
@@ -101,6 +111,8 @@ impl Default for Applied {
             view_next: 0,
             view_last_hlc: 0,
             meta: None,
+            successors: Vec::new(),
+            successor_base: None,
         }
     }
 }
@@ -155,6 +167,12 @@ impl StateMachine {
             }
             _ => applied,
         };
+        let mut view_origins = view_origins;
+        for o in &applied.successors {
+            if !view_origins.contains(o) {
+                view_origins.push(*o);
+            }
+        }
         let mut sm = StateMachine {
             db,
             group,
@@ -175,34 +193,46 @@ impl StateMachine {
 
     /// Rebuilds the records not yet merged into the view from storage.
     fn load_pending(&mut self) -> Result<(), super::DbError> {
-        for (log, st) in &self.applied.logs {
-            if st.merged >= st.next_offset || !self.view_origins.contains(&log.origin) {
+        let logs: Vec<LogRef> = self.applied.logs.keys().copied().collect();
+        for log in logs {
+            self.load_pending_of(log)?;
+        }
+        Ok(())
+    }
+
+    /// Queues the records of `log` held but not yet in the view.
+    fn load_pending_of(&mut self, log: LogRef) -> Result<(), super::DbError> {
+        let Some(st) = self.applied.logs.get(&log).copied() else {
+            return Ok(());
+        };
+        // Records past a seal never enter the view.
+        let end = st.sealed.map_or(st.next_offset, |e| e.min(st.next_offset));
+        if st.merged >= end || !self.view_origins.contains(&log.origin) {
+            return Ok(());
+        }
+        let prefix = self.log_key(log).prefix();
+        let start = match self.db.last_at_or_before(CF_RECORDS, &prefix, st.merged)? {
+            Some((base, _)) => base,
+            None => st.merged,
+        };
+        let mut segs = Vec::new();
+        for r in self.db.range(CF_RECORDS, &prefix, start, end) {
+            let (_, v) = r?;
+            let (h, _) = batch::decode(&v).map_err(|reason| super::DbError::Corrupt {
+                cf: CF_RECORDS,
+                reason,
+            })?;
+            if h.end_offset() <= st.merged {
                 continue;
             }
-            let lk = self.log_key(*log);
-            let prefix = lk.prefix();
-            let start = match self.db.last_at_or_before(CF_RECORDS, &prefix, st.merged)? {
-                Some((base, _)) => base,
-                None => st.merged,
-            };
-            let q = self.pending.entry(*log).or_default();
-            for r in self.db.range(CF_RECORDS, &prefix, start, st.next_offset) {
-                let (_, v) = r?;
-                let (h, _) = batch::decode(&v).map_err(|reason| super::DbError::Corrupt {
-                    cf: CF_RECORDS,
-                    reason,
-                })?;
-                if h.end_offset() <= st.merged {
-                    continue;
-                }
-                let skip = st.merged.saturating_sub(h.base_offset);
-                q.push_back(Segment {
-                    base_offset: h.base_offset + skip,
-                    count: h.count - skip as u32,
-                    first_hlc: h.first_hlc + skip,
-                });
-            }
+            let skip = st.merged.saturating_sub(h.base_offset);
+            segs.push(Segment {
+                base_offset: h.base_offset + skip,
+                count: h.count - skip as u32,
+                first_hlc: h.first_hlc + skip,
+            });
         }
+        self.pending.entry(log).or_default().extend(segs);
         Ok(())
     }
 
@@ -280,11 +310,20 @@ impl StateMachine {
                 batch: proposed,
             } => {
                 let own = self.own_state();
+                if own.sealed.is_some() {
+                    // Invariant 6, checked where it cannot be raced: the
+                    // fence should have refused this write already.
+                    return CommandResult::Sealed;
+                }
+                if !self.view_origins.contains(&self.origin_id) {
+                    return CommandResult::NotWriter;
+                }
                 if count == 0 {
                     return CommandResult::Appended {
                         base_offset: own.next_offset,
                         first_hlc: own.last_hlc,
                         last_hlc: own.last_hlc,
+                        view_offset: self.view_offset(own.next_offset),
                     };
                 }
                 // Above the last record and the closed timestamp: invariants 2 and 5.
@@ -307,12 +346,15 @@ impl StateMachine {
                     base_offset: h.base_offset,
                     first_hlc: h.first_hlc,
                     last_hlc: h.last_hlc(),
+                    view_offset: self.view_offset(h.base_offset),
                 }
             }
             Command::Close { hlc } => {
                 let own = self.own_ref();
                 let st = self.applied.logs.entry(own).or_default();
-                st.closed = st.closed.max(hlc).max(st.last_hlc);
+                if st.sealed.is_none() {
+                    st.closed = st.closed.max(hlc).max(st.last_hlc);
+                }
                 CommandResult::LogState {
                     next_offset: st.next_offset,
                     closed: st.closed,
@@ -335,12 +377,102 @@ impl StateMachine {
                     closed: st.closed,
                 }
             }
+            Command::SealLog {
+                origin,
+                epoch,
+                end,
+                last_hlc,
+                successor,
+            } => {
+                let log = LogRef { origin, epoch };
+                self.seal(log, end, last_hlc, successor);
+                let st = self.applied.logs.get(&log).copied().unwrap_or_default();
+                CommandResult::LogState {
+                    next_offset: st.next_offset,
+                    closed: st.closed,
+                }
+            }
             meta_cmd => {
                 assert_eq!(self.group, META_GROUP, "meta commands go to the meta group");
                 let meta = self.applied.meta.get_or_insert_with(MetaState::default);
                 CommandResult::Meta(meta.apply(&meta_cmd))
             }
         }
+    }
+
+    /// Seals `log` at `end`. Records this replica holds at or past `end`
+    /// (a copy that raced the seal) stay stored but never enter the view;
+    /// the sealed region re-injects them at failback.
+    ///
+    /// With a `successor` (a pinned topic's new home), that origin's log
+    /// joins the view after the sealed one: its records get HLCs above
+    /// `last_hlc`, so they follow every sealed record in the view.
+    fn seal(&mut self, log: LogRef, end: u64, last_hlc: u64, successor: Option<u32>) {
+        let st = self.applied.logs.entry(log).or_default();
+        if st.sealed.is_some() {
+            return; // proposed again by a new leader: the first one counts
+        }
+        st.sealed = Some(end);
+        if let Some(q) = self.pending.get_mut(&log) {
+            q.retain_mut(|seg| {
+                let keep = end.saturating_sub(seg.base_offset).min(seg.count as u64);
+                seg.count = keep as u32;
+                keep > 0
+            });
+        }
+        // Records written here after the seal sort after the sealed ones.
+        self.clock.observe(last_hlc);
+        let Some(next) = successor else { return };
+        if next == self.origin_id {
+            let own = self.own_ref();
+            let st = self.applied.logs.entry(own).or_default();
+            st.closed = st.closed.max(last_hlc);
+            // Every other log of the view is sealed: their records fill
+            // the view's first positions, this region's follow.
+            let others_sealed = self
+                .applied
+                .logs
+                .iter()
+                .filter(|(l, _)| **l != own && self.view_origins.contains(&l.origin))
+                .all(|(_, s)| s.sealed.is_some());
+            if others_sealed {
+                self.applied.successor_base = Some(
+                    self.applied
+                        .logs
+                        .iter()
+                        .filter(|(l, _)| **l != own && self.view_origins.contains(&l.origin))
+                        .filter_map(|(_, s)| s.sealed)
+                        .sum(),
+                );
+            }
+        }
+        if !self.view_origins.contains(&next) {
+            self.view_origins.push(next);
+            self.applied.successors.push(next);
+            let logs: Vec<LogRef> = self
+                .applied
+                .logs
+                .keys()
+                .filter(|l| l.origin == next)
+                .copied()
+                .collect();
+            for l in logs {
+                if let Err(e) = self.load_pending_of(l) {
+                    // The records stay stored; a restart loads them again.
+                    tracing::error!(group = self.group, error = %e, "cannot read a new home's records");
+                }
+            }
+        }
+    }
+
+    /// Where a batch at `base_offset` of this region's log lands in the
+    /// view, when that is known at commit: this log alone makes up the view
+    /// (a pinned topic's home), after any sealed predecessors.
+    fn view_offset(&self, base_offset: u64) -> Option<u64> {
+        if self.view_origins == [self.origin_id] {
+            return Some(base_offset);
+        }
+        self.applied.successor_base.map(|b| b + base_offset)
     }
 
     /// Appends the batches of `log` that are new here. Batches are whole, so
@@ -373,6 +505,10 @@ impl StateMachine {
             if h.end_offset() <= next {
                 continue; // already held: invariant 3
             }
+            let sealed = self.applied.logs.get(&log).and_then(|s| s.sealed);
+            if sealed.is_some_and(|end| h.end_offset() > end) {
+                break; // past the seal: stays with its origin until failback
+            }
             if h.base_offset != next {
                 complete = false;
                 break;
@@ -391,18 +527,23 @@ impl StateMachine {
     }
 
     /// The view's watermark: the smallest closed timestamp among the
-    /// writer origins (an origin's latest epoch counts).
+    /// writer origins, where a sealed log held up to its seal no longer
+    /// counts (`control::seal::origin_closed`).
     fn watermark(&self) -> u64 {
         self.view_origins
             .iter()
             .map(|o| {
-                self.applied
-                    .logs
-                    .iter()
-                    .filter(|(l, _)| l.origin == *o)
-                    .map(|(_, s)| s.closed)
-                    .max()
-                    .unwrap_or(0)
+                origin_closed(
+                    self.applied
+                        .logs
+                        .iter()
+                        .filter(|(l, _)| l.origin == *o)
+                        .map(|(_, s)| LogClose {
+                            next_offset: s.next_offset,
+                            closed: s.closed,
+                            sealed_end: s.sealed,
+                        }),
+                )
             })
             .min()
             .unwrap_or(0)
@@ -758,8 +899,13 @@ mod tests {
     use crate::raft::types::RecordIn;
 
     fn machine(dir: &std::path::Path) -> StateMachine {
+        machine_with(dir, &["us-east", "eu-west"])
+    }
+
+    /// A partition group of region us-east whose view merges `writers`.
+    fn machine_with(dir: &std::path::Path, writers: &[&str]) -> StateMachine {
         let db = Db::open(dir, Arc::new(crate::metrics::Metrics::new())).unwrap();
-        let view = vec![origin_id("us-east"), origin_id("eu-west")];
+        let view = writers.iter().map(|w| origin_id(w)).collect();
         let (tx, _) = watch::channel(Progress::default());
         StateMachine::open(
             db,
@@ -927,5 +1073,159 @@ mod tests {
         // lower, so nothing changes).
         sm.apply_one(&mut b, replicate(3_000, 4, vec![]));
         assert_eq!(state(&sm).closed, 5_000);
+    }
+
+    fn seal(region: &str, end: u64, last_hlc: u64) -> Command {
+        Command::SealLog {
+            origin: origin_id(region),
+            epoch: EPOCH_FIRST,
+            end,
+            last_hlc,
+            successor: None,
+        }
+    }
+
+    /// Invariant 7 in one partition: a sealed origin log holds the view
+    /// back until it is held up to its seal, then no longer (the view goes
+    /// on without the lost region); nothing past the seal enters the view,
+    /// whether it arrives after the seal or was held before it.
+    #[tokio::test]
+    async fn a_sealed_log_ends_at_its_seal_and_then_stops_holding_the_view() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = machine(dir.path());
+        let west = LogRef {
+            origin: origin_id("eu-west"),
+            epoch: EPOCH_FIRST,
+        };
+        let mut b = WriteBatch::default();
+        let mut step = |sm: &mut StateMachine, cmd: Command| {
+            let r = sm.apply_one(&mut b, cmd);
+            sm.advance_view(&mut b);
+            r
+        };
+        step(&mut sm, Command::Close { hlc: 50_000 });
+        step(&mut sm, replicate(1_000, 2, vec![stored(0, 2, 900)]));
+        step(&mut sm, replicate(2_500, 4, vec![stored(2, 2, 2_000)]));
+        assert_eq!(sm.applied.view_next, 4);
+        // eu-west is lost; the seal says its log ends at 6, of which this
+        // region holds 4: the view waits for 4..6 (relayed by a survivor).
+        step(&mut sm, seal("eu-west", 6, 4_001));
+        assert_eq!(sm.watermark(), 2_500);
+        step(&mut sm, replicate(4_001, 6, vec![stored(4, 2, 4_000)]));
+        assert_eq!(sm.watermark(), 50_000, "eu-west no longer holds the view");
+        assert_eq!(sm.applied.view_next, 6);
+        // A copy past the seal is not stored.
+        step(&mut sm, replicate(9_001, 8, vec![stored(6, 2, 9_000)]));
+        assert_eq!(sm.applied.logs[&west].next_offset, 6);
+        assert_eq!(sm.applied.view_next, 6);
+        // Sealing again changes nothing.
+        step(&mut sm, seal("eu-west", 8, 9_001));
+        assert_eq!(sm.applied.logs[&west].sealed, Some(6));
+        // This region's own log, sealed, refuses appends (invariant 6).
+        step(&mut sm, seal("us-east", 0, 0));
+        let append = Command::Append {
+            proposed_hlc: 60_000,
+            count: 1,
+            batch: stored(0, 1, 60_000),
+        };
+        assert_eq!(step(&mut sm, append), CommandResult::Sealed);
+    }
+
+    /// A topic pinned to eu-west moves home to us-east when eu-west is
+    /// sealed: us-east's records follow every sealed record in the view,
+    /// and their Kafka offsets are known at commit; before the seal, us-east
+    /// is no writer and its appends are refused (retriable).
+    #[tokio::test]
+    async fn a_new_home_continues_the_view_after_the_sealed_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = machine_with(dir.path(), &["eu-west"]);
+        let mut b = WriteBatch::default();
+        let mut step = |sm: &mut StateMachine, cmd: Command| {
+            let r = sm.apply_one(&mut b, cmd);
+            sm.advance_view(&mut b);
+            r
+        };
+        let append = |hlc| {
+            let r = RecordIn {
+                key: None,
+                value: Some(bytes::Bytes::from_static(b"v")),
+                headers: vec![],
+            };
+            Command::Append {
+                proposed_hlc: hlc,
+                count: 2,
+                batch: batch::propose(hlc, "us-east", &[r.clone(), r]),
+            }
+        };
+        assert_eq!(step(&mut sm, append(500)), CommandResult::NotWriter);
+        step(&mut sm, replicate(1_000, 3, vec![stored(0, 3, 900)]));
+        assert_eq!(sm.applied.view_next, 3);
+        // The seal says eu-west's log ends at 5 (two records still on
+        // their way here), last HLC 7_000, and us-east is the new home.
+        step(
+            &mut sm,
+            Command::SealLog {
+                origin: origin_id("eu-west"),
+                epoch: EPOCH_FIRST,
+                end: 5,
+                last_hlc: 7_000,
+                successor: Some(origin_id("us-east")),
+            },
+        );
+        let r = step(&mut sm, append(500));
+        let CommandResult::Appended {
+            first_hlc,
+            view_offset,
+            ..
+        } = r
+        else {
+            panic!("{r:?}")
+        };
+        assert!(first_hlc > 7_000, "after every sealed record");
+        assert_eq!(view_offset, Some(5), "after eu-west's five records");
+        assert_eq!(sm.applied.view_next, 3, "waits for eu-west's last two");
+        step(&mut sm, replicate(7_000, 5, vec![stored(3, 2, 6_999)]));
+        assert_eq!(sm.applied.view_next, 7);
+        let r = step(&mut sm, append(500));
+        assert!(
+            matches!(
+                r,
+                CommandResult::Appended {
+                    view_offset: Some(7),
+                    ..
+                }
+            ),
+            "{r:?}"
+        );
+        // A restart keeps us-east in the view.
+        sm.persist(b).unwrap();
+        drop(sm);
+        let sm = machine_with(dir.path(), &["eu-west"]);
+        assert!(sm.view_origins.contains(&origin_id("us-east")));
+        assert_eq!(sm.view_offset(9), Some(14));
+    }
+
+    /// A copy that raced the seal leaves records past it on this replica:
+    /// they stay stored but never enter the view, here or after a restart.
+    #[tokio::test]
+    async fn records_held_past_a_seal_never_enter_the_view() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = machine(dir.path());
+        let mut b = WriteBatch::default();
+        sm.apply_one(&mut b, Command::Close { hlc: 50_000 });
+        sm.apply_one(
+            &mut b,
+            replicate(1_000, 4, vec![stored(0, 2, 900), stored(2, 2, 950)]),
+        );
+        sm.apply_one(&mut b, seal("eu-west", 2, 901));
+        sm.advance_view(&mut b);
+        assert_eq!(sm.applied.view_next, 2);
+        sm.persist(b).unwrap();
+        drop(sm);
+        let mut sm = machine(dir.path());
+        let mut b = WriteBatch::default();
+        sm.advance_view(&mut b);
+        assert_eq!(sm.applied.view_next, 2);
+        assert!(sm.pending.values().all(|q| q.is_empty()));
     }
 }

@@ -3,7 +3,8 @@
   geo.py produce BOOTSTRAP TOPIC PREFIX COUNT [TIMEOUT_MS]
       Produces COUNT records "PREFIX-i" (keyless, one partition chosen by the
       client), acks=all, no retries; prints JSON: acknowledged records
-      [partition, value], errors, and each record's ack latency in ms.
+      [partition, value, offset] (offset -1 when the broker does not know it
+      at ack time), errors, and each record's ack latency in ms.
   geo.py steady BOOTSTRAP TOPIC PREFIX COUNT RATE [TIMEOUT_MS]
       Produces COUNT records at RATE per second with the client's default
       retries (as an application would), acks=all; prints the same JSON as
@@ -27,7 +28,7 @@ def recorder(acked, errors, lat):
             if err is not None:
                 errors.append(str(err))
             else:
-                acked.append([msg.partition(), msg.value().decode()])
+                acked.append([msg.partition(), msg.value().decode(), msg.offset() if msg.offset() is not None and msg.offset() >= 0 else -1])
                 lat.append((time.time() - sent) * 1000)
         return cb
     return done
