@@ -47,6 +47,9 @@ pub struct Metrics {
     pub fenced_produces: Counter,
     /// Failovers this node committed as the metadata leader.
     pub failovers: Counter,
+    /// Records this node re-injected at failback (records of its region's
+    /// sealed logs that lay past the seal).
+    pub reinjected_records: Counter,
     /// Per region: 1 once failed over (its epoch sealed), as this node
     /// applied it.
     pub region_sealed: Family<Labels, Gauge>,
@@ -97,6 +100,7 @@ impl Metrics {
             lease_renewals: Counter::default(),
             fenced_produces: Counter::default(),
             failovers: Counter::default(),
+            reinjected_records: Counter::default(),
             region_sealed: Family::default(),
             region_epoch: Family::default(),
             registry: Registry::default(),
@@ -236,6 +240,11 @@ impl Metrics {
             "failovers",
             "Regions this node failed over as the metadata leader (sealed their origin logs)",
             m.failovers.clone(),
+        );
+        registry.register(
+            "reinjected_records",
+            "Records past a seal this node re-injected at failback (they keep their id and HLC in headers)",
+            m.reinjected_records.clone(),
         );
         registry.register(
             "region_sealed",

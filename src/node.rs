@@ -124,15 +124,17 @@ async fn run_inner(config: NodeConfig, shutdown: CancellationToken) -> Result<()
         fence: fence.clone(),
     });
     tokio::spawn(
-        crate::control::failover::Failover {
+        Arc::new(crate::control::failover::Failover {
             groups: groups.clone(),
+            link: link.clone(),
             transport: transport.clone(),
             topology: config.topology.clone(),
             me: me.clone(),
             cfg: config.control.clone(),
             margin_ms: config.link.clock_drift_ms_max,
             metrics: metrics.clone(),
-        }
+            failing_back: Default::default(),
+        })
         .run(shutdown.clone()),
     );
     tokio::spawn(crate::control::run_leases(

@@ -322,14 +322,13 @@ impl Router {
             self.metrics.fenced_produces.inc();
             return Err(PartitionError::Fenced(self.me.region.clone()));
         }
-        let g = self
-            .groups
-            .partition(group)
-            .ok_or(PartitionError::LeaderNotAvailable)?;
-        match g.leader() {
-            Some(l) if l == self.node_id() => {}
-            None => return Err(PartitionError::LeaderNotAvailable),
-            other => return Err(PartitionError::NotLeader(other)),
+        let g = self.led_partition(group)?;
+        // After a failover, this region writes again only once the
+        // partition moved to the region's new epoch (failback).
+        let epoch = self.groups.meta_state().epoch_of(&self.me.region);
+        if g.progress.borrow().log.epoch < epoch {
+            self.metrics.fenced_produces.inc();
+            return Err(PartitionError::Fenced(self.me.region.clone()));
         }
         let count = records.len() as u32;
         let proposed_hlc = self.groups.clock.reserve(count as u64);
@@ -345,6 +344,64 @@ impl Router {
             policy,
             link: self.link.clone(),
         })
+    }
+
+    /// The partition group `group`, which this node must lead.
+    fn led_partition(&self, group: GroupId) -> Result<Arc<PartitionGroup>, PartitionError> {
+        let g = self
+            .groups
+            .partition(group)
+            .ok_or(PartitionError::LeaderNotAvailable)?;
+        match g.leader() {
+            Some(l) if l == self.node_id() => Ok(g),
+            None => Err(PartitionError::LeaderNotAvailable),
+            other => Err(PartitionError::NotLeader(other)),
+        }
+    }
+
+    /// Re-injects records of sealed log `from`, starting at its offset
+    /// `offset`, as new records of this region's log (failback, invariant
+    /// 7); they keep their original id and HLC in headers. Returns how far
+    /// `from` is re-injected here now (the caller resumes there).
+    pub async fn reinject(
+        &self,
+        group: GroupId,
+        from: crate::view::LogRef,
+        offset: u64,
+        records: Vec<RecordIn>,
+        timeout: Duration,
+    ) -> Result<u64, PartitionError> {
+        let g = self.led_partition(group)?;
+        let policy = {
+            let meta = self.groups.meta_state();
+            let t = meta
+                .topics
+                .values()
+                .find(|t| t.name == g.topic)
+                .ok_or(PartitionError::UnknownTopicOrPartition)?;
+            self.policy(t)
+        };
+        if !self.fence.may_write(&policy.regions) {
+            return Err(PartitionError::Fenced(self.me.region.clone()));
+        }
+        let count = records.len() as u32;
+        let proposed_hlc = self.groups.clock.reserve(count as u64);
+        let cmd = Command::Reinject {
+            from,
+            offset,
+            proposed_hlc,
+            count,
+            batch: batch::propose(proposed_hlc, &self.me.region, &records),
+        };
+        let rx = Groups::submit(&g.raft, cmd).await?;
+        match Groups::wait(rx, timeout).await?.0 {
+            CommandResult::Reinjected { upto } => Ok(upto),
+            CommandResult::Sealed => Err(PartitionError::Fenced(self.me.region.clone())),
+            CommandResult::NotWriter => Err(PartitionError::NotLeader(None)),
+            other => Err(PartitionError::Storage(format!(
+                "unexpected re-injection result {other:?}"
+            ))),
+        }
     }
 
     /// Committed batches from `offset`, at most about `max_bytes`.

@@ -51,14 +51,31 @@ pub struct MetaState {
     /// Each region's write lease: until when (Unix ms) it may accept writes
     /// (`control::lease`, invariant 6).
     pub leases: crate::control::lease::Leases,
-    /// Seals of failed-over regions' epochs (invariant 7).
+    /// Seals of failed-over regions' epochs (invariant 7), oldest first.
     pub seals: Vec<crate::control::seal::Seal>,
+    /// Each region's current epoch; absent: the first.
+    pub epochs: BTreeMap<String, u32>,
 }
 
 impl MetaState {
-    /// The seal of `region`'s current epoch, if it was failed over.
+    /// `region`'s current epoch: its origin logs are written in this one.
+    pub fn epoch_of(&self, region: &str) -> u32 {
+        self.epochs
+            .get(region)
+            .copied()
+            .unwrap_or(crate::storage::EPOCH_FIRST)
+    }
+
+    /// The last seal of `region`, if it was ever failed over.
+    pub fn last_seal(&self, region: &str) -> Option<&crate::control::seal::Seal> {
+        self.seals.iter().rev().find(|s| s.region == region)
+    }
+
+    /// The seal of a region that was failed over and has not renewed its
+    /// lease since: it is away, or back but not yet heard from.
     pub fn seal_of(&self, region: &str) -> Option<&crate::control::seal::Seal> {
-        self.seals.iter().find(|s| s.region == region)
+        self.last_seal(region)
+            .filter(|s| !crate::control::seal::renewed_since(&self.leases, s))
     }
 }
 
@@ -417,10 +434,10 @@ impl MetaState {
                 Ok(())
             }
             Command::RenewLease { region, until_ms } => {
-                // A sealed region must not write its sealed epoch again.
-                if self.seal_of(region).is_some() {
-                    return Err(MetaError::RegionSealed(region.clone()));
-                }
+                // A failed-over region takes its lease again when it
+                // returns; its partitions write only once they moved to the
+                // new epoch (failback), which the router and the partition
+                // state machines check.
                 // Renewals may commit out of order: a lease only grows.
                 let l = self.leases.entry(region.clone()).or_insert(*until_ms);
                 *l = (*l).max(*until_ms);
@@ -429,6 +446,14 @@ impl MetaState {
             Command::SealRegion(seal) => {
                 crate::control::seal::still_valid(&self.leases, &self.seals, seal)
                     .map_err(MetaError::SealRefused)?;
+                let current = self.epoch_of(&seal.region);
+                if seal.epoch != current {
+                    return Err(MetaError::SealRefused(format!(
+                        "region {} is in epoch {current}, not {}",
+                        seal.region, seal.epoch
+                    )));
+                }
+                self.epochs.insert(seal.region.clone(), current + 1);
                 // Pinned topics move to their new home (chosen by the
                 // leader among the regions still up).
                 for (topic, home) in &seal.homes {
@@ -443,7 +468,11 @@ impl MetaState {
             Command::Append { .. }
             | Command::Close { .. }
             | Command::Replicate { .. }
-            | Command::SealLog { .. } => Ok(()),
+            | Command::SealLog { .. }
+            | Command::Reinject { .. }
+            | Command::Admit { .. }
+            | Command::RemoteHeld { .. }
+            | Command::BeginEpoch { .. } => Ok(()),
         }
     }
 

@@ -795,10 +795,16 @@ fn a_lost_region_is_failed_over_and_the_view_goes_on_without_it() {
     }
     // A topic pinned to us-east: its home moves to eu-west, the first of
     // its regions still up.
-    create(&c, "pin", 1, &["meridian.writers=home:us-east"]);
+    create(
+        &c,
+        "pin",
+        1,
+        &["meridian.writers=home:us-east", "meridian.replication=sync"],
+    );
     for r in REGIONS {
         wait_config(&c, r, "pin", "meridian.writers", "home:us-east");
     }
+    wait_config(&c, "us-east", "pin", "meridian.replication", "sync");
     let mut acked = produce_everywhere(&c, "dr", "before", 40);
     let pinned = produce(&c.region_bootstrap("ap-south"), "pin", "p0", 20, 10_000);
     assert!(pinned.errors.is_empty(), "{:?}", pinned.errors);
@@ -835,7 +841,8 @@ fn a_lost_region_is_failed_over_and_the_view_goes_on_without_it() {
     };
     eprintln!("us-east sealed {:?} after its loss", lost_at.elapsed());
     assert_eq!(seal["region"], "us-east", "{seal}");
-    let before_east = acked.iter().filter(|a| a.1.contains("us-east")).count() as u64;
+    let before_east =
+        acked.iter().filter(|a| a.1.contains("us-east")).count() as u64 + pinned.acked.len() as u64;
     assert!(
         seal["records"].as_u64().unwrap() >= before_east,
         "the seal keeps every sync-acknowledged us-east record: {seal}"
@@ -898,5 +905,128 @@ fn a_lost_region_is_failed_over_and_the_view_goes_on_without_it() {
         out.lines()
             .any(|l| l.starts_with("us-east") && l.split_whitespace().nth(1) == Some("1")),
         "status lists us-east as failed over in epoch 1:\n{out}"
+    );
+}
+
+/// Waits until a node of eu-west lists a seal of `region` in `/status`.
+fn wait_sealed(c: &Cluster, region: &str, since: std::time::Instant) -> serde_json::Value {
+    let west = c.region_nodes("eu-west")[0].admin.clone();
+    loop {
+        let s = common::http_get(&west, "/status")
+            .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok());
+        let seal = s.as_ref().and_then(|s| {
+            s["seals"]
+                .as_array()?
+                .iter()
+                .find(|x| x["region"] == region)
+                .cloned()
+        });
+        if let Some(seal) = seal {
+            return seal;
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(60),
+            "{region} was never failed over"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Invariant 7, failback: records a region acknowledged but copied nowhere
+/// before it was cut off lie past its seal. When it returns it re-injects
+/// them as new records, flagged with their original id, so every region
+/// ends up serving the same view with every acknowledged record once; then
+/// the region takes writes again in its new epoch.
+#[test]
+fn a_failed_over_region_fails_back_and_reinjects_what_only_it_held() {
+    require("python3");
+    let c = Cluster::start_three();
+    create(&c, "fb", 1, &[]);
+    for r in REGIONS {
+        wait_config(&c, r, "fb", "meridian.writers", "all");
+    }
+    let mut acked = produce_everywhere(&c, "fb", "before", 20);
+    // Cut off, us-east still takes async writes until its lease runs out;
+    // they reach no other region.
+    c.set_faults(r#"{"cut": [["us-east", "eu-west"], ["us-east", "ap-south"]]}"#);
+    let cut_at = std::time::Instant::now();
+    let stranded = produce(&c.region_bootstrap("us-east"), "fb", "stranded", 10, 1_500);
+    assert!(
+        !stranded.acked.is_empty(),
+        "us-east took no write before its fence: {:?}",
+        stranded.errors
+    );
+    acked.extend(stranded.acked.clone());
+    let seal = wait_sealed(&c, "us-east", cut_at);
+    eprintln!(
+        "us-east sealed {:?} after the cut: {seal}",
+        cut_at.elapsed()
+    );
+    let p = produce(&c.region_bootstrap("eu-west"), "fb", "after", 10, 10_000);
+    assert!(p.errors.is_empty(), "{:?}", p.errors);
+    acked.extend(p.acked);
+
+    // us-east returns, fails back, and takes writes again.
+    c.set_faults("{}");
+    let back_at = std::time::Instant::now();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let p = produce(
+            &c.region_bootstrap("us-east"),
+            "fb",
+            &format!("back{attempt}"),
+            5,
+            3_000,
+        );
+        acked.extend(p.acked.clone());
+        if p.errors.is_empty() {
+            break;
+        }
+        assert!(
+            back_at.elapsed() < Duration::from_secs(60),
+            "us-east never took writes again: {:?}",
+            p.errors
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    eprintln!(
+        "us-east writes again {:?} after the heal",
+        back_at.elapsed()
+    );
+
+    let views: Vec<(String, View)> = REGIONS
+        .iter()
+        .map(|r| (r.to_string(), full_view(&c, r, "fb", 1, acked.len())))
+        .collect();
+    check_views(&views, &acked);
+    // The stranded records came back through re-injection, flagged.
+    let raw = geo(
+        &[
+            "consume",
+            &c.region_bootstrap("ap-south"),
+            "fb",
+            "1",
+            "1000000",
+            "3000",
+        ],
+        Duration::from_secs(60),
+    );
+    let recs = raw["0"].as_array().unwrap();
+    for (_, val) in &stranded.acked {
+        let r = recs
+            .iter()
+            .find(|r| r[1] == val.as_str())
+            .unwrap_or_else(|| panic!("{val} missing"));
+        let from = r[3].as_str().unwrap();
+        assert!(
+            from.starts_with("us-east/1/"),
+            "{val} carries its original id: {r}"
+        );
+        assert_ne!(r[2], "us-east", "{val} was re-injected by another region");
+    }
+    assert!(
+        metric_sum(&c, "us-east", "meridian_reinjected_records_total")
+            >= stranded.acked.len() as f64
     );
 }

@@ -5,19 +5,21 @@
 //! 1. The metadata leader sees a region's lease expired for certain
 //!    (`seal::due`: its own clock past the lease plus the clock margin; the
 //!    region itself stopped writing a margin before the lease ran out).
-//! 2. It asks every node of every other region how far it holds the lost
-//!    region's log of each partition (`KIND_HELD`), until two rounds agree,
-//!    and takes the furthest (`seal::seal_points`). Every other region must
-//!    answer: one that does not may hold records acknowledged as `sync`, so
-//!    while a second region is unreachable no region is failed over.
+//! 2. It asks the partition leaders of every other region how far they
+//!    hold the lost region's log of each partition (`KIND_HELD`, answered
+//!    after a linearizable read, so it covers all they committed), until two
+//!    rounds agree, and takes the furthest (`seal::seal_points`). Every
+//!    partition of every other region must answer: one that does not may
+//!    hold records acknowledged as `sync`, so while a second region is
+//!    unreachable no region is failed over.
 //! 3. It commits `SealRegion`, which the metadata group refuses if the
 //!    region renewed its lease since the decision.
 //! 4. Each region's partition leaders propose `SealLog` into their groups.
 //!    Survivors that hold less than the seal get the rest from the others
 //!    over the link; once held, the sealed log stops holding the view back.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
@@ -25,12 +27,15 @@ use tracing::{debug, info, warn};
 
 use super::seal::{self, Held, Seal, SealEnd};
 use crate::config::{ControlConfig, NodeSpec, Topology};
+use crate::link::{FailbackReq, Link};
 use crate::metrics::Metrics;
 use crate::raft::groups::HeldQuery;
 use crate::raft::network::KIND_HELD;
 use crate::raft::types::{Command, CommandResult, GroupId, META_GROUP};
-use crate::raft::Groups;
-use crate::storage::{origin_id, EPOCH_FIRST};
+use crate::raft::{Groups, PartitionGroup};
+use crate::storage::batch;
+use crate::storage::origin_id;
+use crate::storage::state_machine::read;
 use crate::topic::MetaState;
 use crate::transport::Transport;
 use crate::view::LogRef;
@@ -43,19 +48,22 @@ const ROUND_GAP: Duration = Duration::from_millis(300);
 /// Everything the failover loop needs.
 pub struct Failover {
     pub groups: Arc<Groups>,
+    pub link: Arc<Link>,
     pub transport: Arc<Transport>,
     pub topology: Topology,
     pub me: NodeSpec,
     pub cfg: ControlConfig,
     pub margin_ms: u64,
     pub metrics: Arc<Metrics>,
+    /// Partitions whose failback runs now.
+    pub failing_back: Mutex<HashSet<GroupId>>,
 }
 
 impl Failover {
     /// Until `shutdown`: fails regions over when this node leads the
     /// metadata group, and applies committed seals to the partition groups
     /// this node leads. Publishes seals and epochs in metrics.
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         if self.topology.regions.len() < 2 {
             return;
         }
@@ -79,7 +87,213 @@ impl Failover {
                 }
             }
             self.seal_led_groups(&meta).await;
+            self.fail_back_led_groups(&meta, &shutdown);
         }
+    }
+
+    /// Starts failback for the partitions this node leads whose own log is
+    /// still in an epoch the region left (it was failed over and is back:
+    /// it renewed its lease since the seal).
+    fn fail_back_led_groups(self: &Arc<Self>, meta: &MetaState, shutdown: &CancellationToken) {
+        let region = &self.me.region;
+        let epoch = meta.epoch_of(region);
+        if meta.last_seal(region).is_none() || meta.seal_of(region).is_some() {
+            return; // never failed over, or not back yet
+        }
+        for g in self.groups.partitions() {
+            if g.leader() != Some(self.me.id) {
+                continue;
+            }
+            let (own, sealed) = {
+                let p = g.progress.borrow();
+                let own = p.own();
+                (own, p.logs.get(&own).is_some_and(|s| s.sealed.is_some()))
+            };
+            if own.epoch >= epoch {
+                continue;
+            }
+            // A log the seal covers is sealed here first (seal_led_groups).
+            let covered = meta
+                .seals
+                .iter()
+                .any(|s| s.region == *region && s.epoch == own.epoch && s.ends.contains_key(&g.id));
+            if covered && !sealed {
+                continue;
+            }
+            if !self.failing_back.lock().expect("failing_back").insert(g.id) {
+                continue;
+            }
+            let this = self.clone();
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                let id = g.id;
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    r = this.fail_back(&g, epoch) => {
+                        if let Err(e) = r {
+                            debug!(group = id, error = %e, "failback paused; retried");
+                        }
+                    }
+                }
+                this.failing_back.lock().expect("failing_back").remove(&id);
+            });
+        }
+    }
+
+    /// Fails one partition back (invariant 7): re-injects the records of
+    /// its own sealed log past the seal as new records of another region,
+    /// has every other region admit its new log, and begins `epoch`.
+    async fn fail_back(&self, g: &Arc<PartitionGroup>, epoch: u32) -> Result<(), String> {
+        let started = Instant::now();
+        let meta = self.groups.meta_state();
+        let t = meta
+            .topics
+            .values()
+            .find(|t| t.name == g.topic)
+            .ok_or("topic deleted")?;
+        let policy = crate::topic::policy(&t.configs, &self.link.region_names());
+        let region = self.me.region.clone();
+        let timeout = self.transport.rpc_timeout() * 4;
+        let leading = || g.leader() == Some(self.me.id);
+        let (own, st) = {
+            let p = g.progress.borrow();
+            (p.own(), p.logs.get(&p.own()).copied().unwrap_or_default())
+        };
+        let end = st.sealed.unwrap_or(st.next_offset);
+        let mut reinjected = 0u64;
+        if st.next_offset > end {
+            // Writers = all: another region's log takes them; pinned: the
+            // topic's (new) home.
+            let target = if policy.accepts_writes_in(&region) {
+                policy.regions.iter().find(|r| **r != region).cloned()
+            } else {
+                policy.writer_regions().into_iter().next()
+            }
+            .ok_or("no region to re-inject into")?;
+            info!(group = g.id, topic = %g.topic, partition = g.partition, from = end,
+                  to = st.next_offset, %target, "re-injecting records past the seal");
+            let key = crate::storage::LogKey {
+                group: g.id,
+                origin: own.origin,
+                epoch: own.epoch,
+            };
+            let mut pos = end;
+            while pos < st.next_offset {
+                if !leading() {
+                    return Err("no longer the partition leader".into());
+                }
+                let req = self.reinjection(key, pos, st.next_offset)?;
+                match self.link.failback_call(&target, g.id, &req, timeout).await {
+                    Ok(upto) => {
+                        reinjected += upto.saturating_sub(pos);
+                        self.metrics
+                            .reinjected_records
+                            .inc_by(upto.saturating_sub(pos));
+                        pos = upto;
+                    }
+                    Err(e) => {
+                        warn!(group = g.id, %target, error = %e, "re-injection not accepted yet; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        }
+        // The new log joins every other region's view before it is written.
+        let new_log = LogRef {
+            origin: own.origin,
+            epoch,
+        };
+        let floor = if policy.accepts_writes_in(&region) {
+            let mut floor = 0u64;
+            for r in policy.regions.iter().filter(|r| **r != region) {
+                loop {
+                    if !leading() {
+                        return Err("no longer the partition leader".into());
+                    }
+                    let req = FailbackReq::Admit { log: new_log };
+                    match self.link.failback_call(r, g.id, &req, timeout).await {
+                        Ok(closed) => {
+                            floor = floor.max(closed);
+                            break;
+                        }
+                        Err(e) => {
+                            warn!(group = g.id, region = %r, error = %e, "region cannot admit the new epoch yet; retrying");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                }
+            }
+            Some(floor)
+        } else {
+            None
+        };
+        self.groups
+            .write_to(g, Command::BeginEpoch { epoch, floor }, timeout)
+            .await
+            .map_err(|e| e.to_string())?;
+        info!(
+            group = g.id,
+            topic = %g.topic,
+            partition = g.partition,
+            epoch,
+            reinjected,
+            took_ms = started.elapsed().as_millis() as u64,
+            "partition failed back"
+        );
+        Ok(())
+    }
+
+    /// The next re-injection request: whole stored batches of `key` from
+    /// `from` (before `to`), their records flagged with their original id
+    /// and HLC.
+    fn reinjection(
+        &self,
+        key: crate::storage::LogKey,
+        from: u64,
+        to: u64,
+    ) -> Result<FailbackReq, String> {
+        let batches = read::stored(
+            self.groups.db(),
+            key,
+            from,
+            to,
+            self.link.cfg.batch_bytes_max as usize,
+        )
+        .map_err(|e| e.to_string())?;
+        let mut records = Vec::new();
+        let mut offset = None;
+        for b in &batches {
+            let (h, recs) = batch::records_of(b)?;
+            offset.get_or_insert(h.base_offset);
+            for (i, mut r) in recs.into_iter().enumerate() {
+                r.headers
+                    .retain(|(k, _)| k != batch::HEADER_ORIGIN && k != batch::HEADER_HLC);
+                let id = format!(
+                    "{}/{}/{}",
+                    self.me.region,
+                    key.epoch,
+                    h.base_offset + i as u64
+                );
+                let hlc = h.first_hlc + i as u64;
+                r.headers
+                    .push((batch::HEADER_REINJECTED_FROM.to_string(), Some(id.into())));
+                r.headers.push((
+                    batch::HEADER_REINJECTED_HLC.to_string(),
+                    Some(hlc.to_string().into()),
+                ));
+                records.push(r);
+            }
+        }
+        let offset = offset.ok_or_else(|| format!("no stored records at offset {from}"))?;
+        Ok(FailbackReq::Reinject {
+            from: LogRef {
+                origin: key.origin,
+                epoch: key.epoch,
+            },
+            offset,
+            records,
+            timeout_ms: self.transport.rpc_timeout().as_millis() as u64 * 4,
+        })
     }
 
     fn publish(&self, meta: &MetaState) {
@@ -94,7 +308,7 @@ impl Failover {
             self.metrics
                 .region_epoch
                 .get_or_create(&labels)
-                .set(sealed.map_or(EPOCH_FIRST, |s| s.epoch + 1) as i64);
+                .set(meta.epoch_of(&r.name) as i64);
         }
     }
 
@@ -110,10 +324,10 @@ impl Failover {
             .topics
             .values()
             .filter(|t| {
-                crate::topic::policy(&t.configs, &names)
-                    .writer_regions()
-                    .iter()
-                    .any(|w| w == region)
+                let p = crate::topic::policy(&t.configs, &names);
+                // A topic no other region holds is left to wait for it.
+                p.regions.iter().any(|r| r != region)
+                    && p.writer_regions().iter().any(|w| w == region)
             })
             .flat_map(|t| (0..t.partitions).map(|p| t.group(p)))
             .collect();
@@ -123,7 +337,7 @@ impl Failover {
 
     async fn fail_over(&self, region: &str, decided_at_ms: i64, meta: &MetaState) {
         let started = Instant::now();
-        let epoch = EPOCH_FIRST;
+        let epoch = meta.epoch_of(region);
         let groups = self.groups_written_by(region, meta);
         warn!(
             region,
@@ -148,15 +362,23 @@ impl Failover {
         let payload = bincode::serialize(&query).expect("serialize query");
         let mut last: Option<BTreeMap<GroupId, SealEnd>> = None;
         for round in 0..ROUNDS_MAX {
-            let (answers, silent) = self.ask(&survivors, &payload).await;
-            if !silent.is_empty() {
+            let answers = self.ask(&survivors, &payload).await;
+            // Every partition leader of every other region must answer.
+            let missing: Vec<(String, GroupId)> = survivors
+                .iter()
+                .flat_map(|r| groups.iter().map(move |g| (r.name.clone(), *g)))
+                .filter(|(r, g)| !answers.iter().any(|(ar, h)| ar == r && h.group == *g))
+                .collect();
+            if !missing.is_empty() {
                 warn!(
                     region,
-                    ?silent,
-                    "surviving regions did not answer; failover retried later"
+                    missing = missing.len(),
+                    first = ?missing[0],
+                    "partition leaders of other regions did not answer; failover retried later"
                 );
                 return;
             }
+            let answers: Vec<Held> = answers.into_iter().map(|(_, h)| h).collect();
             let ends = seal::seal_points(&groups, &answers);
             if last.as_ref() == Some(&ends) {
                 break;
@@ -232,19 +454,19 @@ impl Failover {
         homes
     }
 
-    /// Asks every node of `regions` what it holds; returns the answers and
-    /// the regions none of whose nodes answered.
+    /// Asks every node of `regions` what it holds of the lost log, for the
+    /// groups it leads; returns the answers with their regions.
     async fn ask(
         &self,
         regions: &[&crate::config::RegionSpec],
         payload: &[u8],
-    ) -> (Vec<Held>, Vec<String>) {
+    ) -> Vec<(String, Held)> {
         let timeout = self.transport.rpc_timeout();
         let calls = regions.iter().flat_map(|r| {
             r.nodes.iter().map(move |n| async move {
-                let r2 = if n.id == self.me.id {
+                let held = if n.id == self.me.id {
                     let q: HeldQuery = bincode::deserialize(payload).expect("own query");
-                    Ok(self.groups.held(&q))
+                    Ok(self.groups.held(&q, timeout / 2).await)
                 } else {
                     self.transport
                         .call(n.id, KIND_HELD, META_GROUP, payload, timeout)
@@ -254,27 +476,20 @@ impl Failover {
                             bincode::deserialize::<Vec<Held>>(&b).map_err(|e| e.to_string())
                         })
                 };
-                (r.name.clone(), r2)
+                match held {
+                    Ok(h) => h.into_iter().map(|h| (r.name.clone(), h)).collect(),
+                    Err(e) => {
+                        debug!(node = n.id, error = %e, "no answer to a seal query");
+                        Vec::new()
+                    }
+                }
             })
         });
-        let results = futures::future::join_all(calls).await;
-        let mut answered = BTreeSet::new();
-        let mut held = Vec::new();
-        for (region, r) in results {
-            match r {
-                Ok(h) => {
-                    answered.insert(region);
-                    held.extend(h);
-                }
-                Err(e) => debug!(%region, error = %e, "no answer to a seal query"),
-            }
-        }
-        let silent = regions
-            .iter()
-            .filter(|r| !answered.contains(&r.name))
-            .map(|r| r.name.clone())
-            .collect();
-        (held, silent)
+        futures::future::join_all(calls)
+            .await
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
     }
 
     /// Proposes the committed seals into the partition groups this node

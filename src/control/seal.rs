@@ -64,7 +64,20 @@ pub struct Held {
 /// only if it is not sealed already.
 pub fn due(leases: &Leases, seals: &[Seal], region: &str, now_ms: i64, margin_ms: u64) -> bool {
     lease::expired_for_others(leases, region, now_ms, margin_ms)
-        && !seals.iter().any(|s| s.region == region)
+        && seals
+            .iter()
+            .rev()
+            .find(|s| s.region == region)
+            .is_none_or(|s| renewed_since(leases, s))
+}
+
+/// Has the sealed region renewed its lease since the seal was decided (it
+/// came back)? Its lease had expired by then, so a lease running past the
+/// decision was renewed later.
+pub fn renewed_since(leases: &Leases, seal: &Seal) -> bool {
+    leases
+        .get(&seal.region)
+        .is_some_and(|until| *until > seal.decided_at_ms)
 }
 
 /// The seal point of every group in `groups`: the furthest any survivor
@@ -229,6 +242,10 @@ mod tests {
             "a region that never held a lease"
         );
         assert!(!due(&l, &[seal(10_501)], "us-east", 20_000, 500));
+        // Back after the seal (renewed), then lost again: due again.
+        let back = leases(15_000);
+        assert!(!due(&back, &[seal(10_501)], "us-east", 15_000, 500));
+        assert!(due(&back, &[seal(10_501)], "us-east", 15_501, 500));
     }
 
     #[test]

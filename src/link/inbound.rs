@@ -10,8 +10,8 @@ use futures::future::BoxFuture;
 use tokio::sync::watch;
 use tracing::warn;
 
-use super::{Forward, ForwardReply, Held, Link, Reply, Ship};
-use super::{KIND_LINK_FORWARD, KIND_LINK_SHIP, KIND_LINK_STATE};
+use super::{FailbackReply, FailbackReq, Forward, ForwardReply, Held, Link, Reply, Ship};
+use super::{KIND_LINK_FAILBACK, KIND_LINK_FORWARD, KIND_LINK_SHIP, KIND_LINK_STATE};
 use crate::hlc;
 use crate::raft::groups::WriteError;
 use crate::raft::types::{Command, GroupId};
@@ -110,6 +110,41 @@ pub fn handle(
                 }
                 .await;
                 ser::<ForwardReply>(&r)
+            }
+            KIND_LINK_FAILBACK => {
+                let req: FailbackReq = bincode::deserialize(&payload).map_err(|e| e.to_string())?;
+                let r: FailbackReply = match (req, router, g) {
+                    (_, None, _) | (_, _, None) => Err(PartitionError::LeaderNotAvailable),
+                    (
+                        FailbackReq::Reinject {
+                            from,
+                            offset,
+                            records,
+                            timeout_ms,
+                        },
+                        Some(router),
+                        Some(_),
+                    ) => {
+                        let t = Duration::from_millis(timeout_ms).min(timeout);
+                        router.reinject(group, from, offset, records, t).await
+                    }
+                    (FailbackReq::Admit { log }, Some(_), Some(g)) => {
+                        if g.leader() != Some(me) {
+                            Err(PartitionError::NotLeader(g.leader()))
+                        } else {
+                            match groups.write_to(&g, Command::Admit { log }, timeout).await {
+                                Ok(crate::raft::types::CommandResult::LogState {
+                                    closed, ..
+                                }) => Ok(closed),
+                                Ok(other) => Err(PartitionError::Storage(format!(
+                                    "unexpected admit result {other:?}"
+                                ))),
+                                Err(e) => Err(e.into()),
+                            }
+                        }
+                    }
+                };
+                ser(&r)
             }
             KIND_LINK_STATE | KIND_LINK_SHIP => {
                 let Some(g) = g else {

@@ -36,11 +36,33 @@ pub const KIND_LINK_SHIP: u8 = 16;
 pub const KIND_LINK_STATE: u8 = 17;
 /// A produce for a topic pinned to the receiver's region.
 pub const KIND_LINK_FORWARD: u8 = 18;
+/// A returning region's failback steps ([`FailbackReq`]).
+pub const KIND_LINK_FAILBACK: u8 = 19;
 
 /// Request kinds the link serves; the rest belong to Raft.
 pub fn is_link_kind(kind: u8) -> bool {
-    (KIND_LINK_SHIP..=KIND_LINK_FORWARD).contains(&kind)
+    (KIND_LINK_SHIP..=KIND_LINK_FAILBACK).contains(&kind)
 }
+
+/// What a region failing back asks of another region's partition leader.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum FailbackReq {
+    /// Re-inject records of sealed log `from`, starting at its offset
+    /// `offset`, as new records (`Router::reinject`).
+    Reinject {
+        from: LogRef,
+        offset: u64,
+        records: Vec<RecordIn>,
+        timeout_ms: u64,
+    },
+    /// Admit the returning region's new log into the view
+    /// (`Command::Admit`).
+    Admit { log: LogRef },
+}
+
+/// Reinject: how far the sealed log is re-injected; Admit: the closed
+/// timestamp the new log starts at.
+pub type FailbackReply = Result<u64, crate::router::PartitionError>;
 
 /// A copy of one origin log's batches (stored form), and the log's closed
 /// timestamp as of their end.
@@ -183,6 +205,59 @@ impl Link {
             .iter()
             .map(|r| r.name.clone())
             .collect()
+    }
+
+    /// Sends a failback request for `group` to `region`'s partition
+    /// leader, following leader hints and trying its other nodes, until
+    /// `timeout`.
+    pub async fn failback_call(
+        &self,
+        region: &str,
+        group: GroupId,
+        req: &FailbackReq,
+        timeout: std::time::Duration,
+    ) -> FailbackReply {
+        use crate::router::PartitionError;
+        let nodes = self.region_nodes(region);
+        if nodes.is_empty() {
+            return Err(PartitionError::Refused(format!(
+                "region {region} is not in the topology"
+            )));
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let payload = bincode::serialize(req).expect("serialize failback request");
+        let mut target = nodes[group as usize % nodes.len()];
+        let mut tries = 0usize;
+        let mut last = PartitionError::Timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Err(last);
+            }
+            let r = self
+                .transport
+                .call(target, KIND_LINK_FAILBACK, group, &payload, left)
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|b| bincode::deserialize::<FailbackReply>(&b).map_err(|e| e.to_string()));
+            tries += 1;
+            match r {
+                Ok(Err(PartitionError::NotLeader(Some(l)))) if nodes.contains(&l) => target = l,
+                Ok(Err(
+                    e @ (PartitionError::NotLeader(_) | PartitionError::LeaderNotAvailable),
+                )) => {
+                    last = e;
+                    target = nodes[(group as usize + tries) % nodes.len()];
+                    tokio::time::sleep(std::time::Duration::from_millis(100).min(left)).await;
+                }
+                Err(e) => {
+                    last = PartitionError::Refused(format!("region {region} unreachable: {e}"));
+                    target = nodes[(group as usize + tries) % nodes.len()];
+                    tokio::time::sleep(std::time::Duration::from_millis(100).min(left)).await;
+                }
+                Ok(r) => return r,
+            }
+        }
     }
 
     /// Node ids of a region, sorted.

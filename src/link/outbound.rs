@@ -83,6 +83,8 @@ impl Link {
         // Closes are checked four times per close interval, so that a
         // record waiting on this region's closed timestamp waits little;
         // lag figures are updated once per interval.
+        // Partitions with a RemoteHeld proposal in flight.
+        let holding = Arc::new(std::sync::Mutex::new(HashSet::new()));
         let interval = Duration::from_millis((self.cfg.close_interval_ms / 4).max(5));
         let mut tick = tokio::time::interval(interval);
         let mut ticks = 0u64;
@@ -138,6 +140,7 @@ impl Link {
                     }
                 }
                 self.close_if_idle(&g, &policy, &closing);
+                self.report_remote_held(&g, &policy, &holding);
                 if lag_due {
                     self.update_lag(&g, &policy);
                     let remotes = policy
@@ -202,6 +205,54 @@ impl Link {
                 let _ = Groups::wait(rx, timeout).await;
             }
             closing.lock().expect("closing lock").remove(&id);
+        });
+    }
+
+    /// Tells the partition group how far another region holds this
+    /// region's origin log (`Command::RemoteHeld`), as the copiers last
+    /// heard: own records enter the view only below that point (see
+    /// `StateMachine::own_bound`). One proposal in flight per partition.
+    fn report_remote_held(
+        &self,
+        g: &Arc<PartitionGroup>,
+        policy: &Policy,
+        holding: &Arc<std::sync::Mutex<HashSet<GroupId>>>,
+    ) {
+        if policy.regions.len() < 2 {
+            return;
+        }
+        let (own, st) = {
+            let p = g.progress.borrow();
+            (p.own(), p.logs.get(&p.own()).copied().unwrap_or_default())
+        };
+        if st.remote_held >= st.next_offset {
+            return;
+        }
+        let best = self
+            .acks(g.id)
+            .borrow()
+            .values()
+            .map(|h| h.next_offset)
+            .max()
+            .unwrap_or(0)
+            .min(st.next_offset);
+        if best <= st.remote_held {
+            return;
+        }
+        if !holding.lock().expect("holding lock").insert(g.id) {
+            return;
+        }
+        let (raft, id, holding) = (g.raft.clone(), g.id, holding.clone());
+        let timeout = self.transport.rpc_timeout();
+        let cmd = Command::RemoteHeld {
+            epoch: own.epoch,
+            upto: best,
+        };
+        tokio::spawn(async move {
+            if let Ok(rx) = Groups::submit(&raft, cmd).await {
+                let _ = Groups::wait(rx, timeout).await;
+            }
+            holding.lock().expect("holding lock").remove(&id);
         });
     }
 
@@ -576,6 +627,7 @@ mod tests {
                     closed: hlc::from_wall_ms(written_ms),
                     merged,
                     sealed: None,
+                    remote_held: 0,
                 },
             )
         };

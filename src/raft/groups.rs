@@ -164,7 +164,7 @@ impl Groups {
             node_id,
             META_GROUP,
             &region.name,
-            Vec::new(),
+            Default::default(),
             Notify::Meta(meta_tx),
             &all_members,
             all_members.keys().next().copied() == Some(node_id),
@@ -266,11 +266,11 @@ impl Groups {
             if !policy.regions.contains(&self.region) {
                 continue; // the topic does not live in this region
             }
-            let writers: Vec<u32> = policy
-                .writer_regions()
-                .iter()
-                .map(|r| crate::storage::origin_id(r))
-                .collect();
+            let ids = |v: &[String]| v.iter().map(|r| crate::storage::origin_id(r)).collect();
+            let writers = crate::storage::state_machine::Origins {
+                writers: ids(&policy.writer_regions()),
+                regions: ids(&policy.regions),
+            };
             for p in 0..t.partitions {
                 wanted.insert(t.group(p), (t.name.clone(), t.seq, p, writers.clone()));
             }
@@ -528,7 +528,7 @@ async fn open_group(
     node_id: NodeId,
     group: GroupId,
     region: &str,
-    view_origins: Vec<u32>,
+    origins: crate::storage::state_machine::Origins,
     notify: Notify,
     members: &BTreeMap<NodeId, BasicNode>,
     preferred: bool,
@@ -547,7 +547,7 @@ async fn open_group(
         db.clone(),
         group,
         region.to_string(),
-        view_origins,
+        origins,
         clock.clone(),
         notify,
     )
@@ -591,25 +591,59 @@ pub struct HeldQuery {
 }
 
 impl Groups {
-    /// What this node has applied of `q`'s log, for the groups it runs.
-    pub fn held(&self, q: &HeldQuery) -> Vec<crate::control::seal::Held> {
-        let log = crate::view::LogRef {
-            origin: q.origin,
-            epoch: q.epoch,
-        };
+    /// The groups of `q` this node leads.
+    fn led_of(&self, q: &HeldQuery) -> Vec<Arc<PartitionGroup>> {
         q.groups
             .iter()
-            .filter_map(|id| {
-                let g = self.partition(*id)?;
-                let st = g.progress.borrow().logs.get(&log).copied()?;
-                Some(crate::control::seal::Held {
-                    group: *id,
-                    next_offset: st.next_offset,
-                    last_hlc: st.last_hlc,
-                })
-            })
+            .filter_map(|id| self.partition(*id))
+            .filter(|g| g.leader() == Some(self.node_id))
             .collect()
     }
+
+    /// How far this node holds `q`'s log, for the groups of `q` it leads.
+    /// Each answer follows a linearizable read, so it covers every entry
+    /// the group committed: everything the region acknowledged holding
+    /// (what a `sync` ack waited for) is included. Groups it does not lead,
+    /// or that cannot confirm their leadership within `timeout`, are left
+    /// out.
+    pub async fn held(&self, q: &HeldQuery, timeout: Duration) -> Vec<crate::control::seal::Held> {
+        held_of(self.led_of(q), q, timeout).await
+    }
+}
+
+async fn held_of(
+    led: Vec<Arc<PartitionGroup>>,
+    q: &HeldQuery,
+    timeout: Duration,
+) -> Vec<crate::control::seal::Held> {
+    let log = crate::view::LogRef {
+        origin: q.origin,
+        epoch: q.epoch,
+    };
+    let reads = led.into_iter().map(|g| async move {
+        let confirmed = tokio::time::timeout(timeout, g.raft.ensure_linearizable())
+            .await
+            .is_ok_and(|r| r.is_ok());
+        confirmed.then(|| {
+            let st = g
+                .progress
+                .borrow()
+                .logs
+                .get(&log)
+                .copied()
+                .unwrap_or_default();
+            crate::control::seal::Held {
+                group: g.id,
+                next_offset: st.next_offset,
+                last_hlc: st.last_hlc,
+            }
+        })
+    });
+    futures::future::join_all(reads)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 impl Handler for Groups {
@@ -620,8 +654,10 @@ impl Handler for Groups {
         payload: bytes::Bytes,
     ) -> BoxFuture<'static, Result<Vec<u8>, String>> {
         if kind == KIND_HELD {
-            let r = de::<HeldQuery>(&payload).and_then(|q| ser(&self.held(&q)));
-            return Box::pin(async move { r });
+            let q: Result<HeldQuery, String> = de(&payload);
+            let led = q.as_ref().map(|q| self.led_of(q)).unwrap_or_default();
+            let timeout = self.transport.rpc_timeout() / 2;
+            return Box::pin(async move { ser(&held_of(led, &q?, timeout).await) });
         }
         let raft = self.raft_of(group);
         let meta_timeout = self.transport.rpc_timeout();

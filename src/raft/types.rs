@@ -126,6 +126,30 @@ pub enum Command {
         /// home, whose log joins the view after the sealed one.
         successor: Option<u32>,
     },
+    /// Partition group, at failback: append records of sealed log `from`
+    /// that lay past its seal (starting at its offset `offset`) to this
+    /// region's origin log as new records (invariant 7). Idempotent: the
+    /// group remembers how far each sealed log was re-injected.
+    Reinject {
+        from: crate::view::LogRef,
+        offset: u64,
+        proposed_hlc: u64,
+        count: u32,
+        batch: bytes::Bytes,
+    },
+    /// Partition group: another region holds this region's origin log of
+    /// `epoch` up to `upto` (proposed by the leader as the link hears it),
+    /// so own records below it may enter the view.
+    RemoteHeld { epoch: u32, upto: u64 },
+    /// Partition group, at failback: origin log `log` (a returning
+    /// region's new epoch) joins the view; it starts closed at this
+    /// group's current watermark, which is returned.
+    Admit { log: crate::view::LogRef },
+    /// Partition group of the returning region: its origin log moves to
+    /// `epoch`. With `floor` (the largest watermark the other regions
+    /// admitted it at), the new log starts closed there, so its records
+    /// sort after everything any region's view holds.
+    BeginEpoch { epoch: u32, floor: Option<u64> },
 }
 
 /// What applying a command returns to the proposer.
@@ -155,4 +179,8 @@ pub enum CommandResult {
     /// An append to this region's own origin log after it was sealed:
     /// refused, whatever the proposer believed about its lease.
     Sealed,
+    /// After `Reinject`: the sealed log is re-injected up to this offset.
+    Reinjected {
+        upto: u64,
+    },
 }

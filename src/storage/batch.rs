@@ -19,6 +19,11 @@ pub const HEADER_LEN: usize = 1 + 8 + 4 + 8;
 
 pub const HEADER_ORIGIN: &str = "meridian.origin";
 pub const HEADER_HLC: &str = "meridian.hlc";
+/// On a record re-injected at failback: its original record id,
+/// `region/epoch/offset` (invariant 7).
+pub const HEADER_REINJECTED_FROM: &str = "meridian.reinjected.from";
+/// On a record re-injected at failback: its original HLC.
+pub const HEADER_REINJECTED_HLC: &str = "meridian.reinjected.hlc";
 
 /// Identity of a stored batch: records `base_offset ..` with HLCs
 /// `first_hlc ..`, one apart (see `hlc::assign_first`).
@@ -213,6 +218,27 @@ pub fn with_base_offset(kafka: &[u8], base: u64) -> Bytes {
     let mut buf = BytesMut::from(kafka);
     buf[..8].copy_from_slice(&base.to_be_bytes());
     buf.freeze()
+}
+
+/// The records of a stored batch, with every header they were stored with.
+pub fn records_of(value: &[u8]) -> Result<(BatchHeader, Vec<RecordIn>), String> {
+    let (h, kafka) = decode(value)?;
+    let mut bytes = Bytes::copy_from_slice(kafka);
+    let sets = RecordBatchDecoder::decode_all(&mut bytes).map_err(|e| e.to_string())?;
+    let records: Vec<RecordIn> = sets
+        .into_iter()
+        .flat_map(|s| s.records)
+        .map(RecordIn::from_kafka)
+        .collect();
+    if records.len() != h.count as usize {
+        return Err(format!(
+            "stored batch at {} holds {} records, not {}",
+            h.base_offset,
+            records.len(),
+            h.count
+        ));
+    }
+    Ok((h, records))
 }
 
 /// Splits a stored value into its header and its Kafka record batch bytes.

@@ -47,6 +47,19 @@ pub struct LogState {
     /// Where the control plane sealed this log (invariant 7): nothing at
     /// or past it is ever added.
     pub sealed: Option<u64>,
+    /// This region's own log: how far another region is known to hold it.
+    /// Own records enter the view only below this (while another region
+    /// could take over, see `StateMachine::own_bound`).
+    pub remote_held: u64,
+}
+
+/// The regions of a partition's topic, as origin ids.
+#[derive(Debug, Clone, Default)]
+pub struct Origins {
+    /// Those whose logs make up the global view (the topic's writers).
+    pub writers: Vec<u32>,
+    /// Every region that holds the topic.
+    pub regions: Vec<u32>,
 }
 
 /// What a partition group has applied (= committed) here.
@@ -99,6 +112,9 @@ struct Applied {
     /// home: the view positions its sealed predecessors fill, before this
     /// region's own records.
     successor_base: Option<u64>,
+    /// Per sealed log: how far its records past the seal were re-injected
+    /// into this region's log.
+    reinjected: BTreeMap<LogRef, u64>,
 }
 
 impl Default for Applied {
@@ -113,6 +129,7 @@ impl Default for Applied {
             meta: None,
             successors: Vec::new(),
             successor_base: None,
+            reinjected: BTreeMap::new(),
         }
     }
 }
@@ -125,6 +142,8 @@ pub struct StateMachine {
     origin_id: u32,
     /// Origins whose logs make up the global view (the topic's writers).
     view_origins: Vec<u32>,
+    /// Every region that holds the topic.
+    topic_regions: Vec<u32>,
     applied: Applied,
     /// Records held but not yet in the view, per origin log.
     pending: BTreeMap<LogRef, VecDeque<Segment>>,
@@ -137,14 +156,14 @@ fn any(e: impl std::error::Error + 'static) -> AnyError {
 }
 
 impl StateMachine {
-    /// Loads the group's applied state and publishes it. `view_origins` are
-    /// the origin ids whose logs the global view merges (none for the meta
-    /// group).
+    /// Loads the group's applied state and publishes it. `origins` names
+    /// the topic's regions and those whose logs the global view merges
+    /// (none for the meta group).
     pub fn open(
         db: Arc<Db>,
         group: GroupId,
         origin: String,
-        view_origins: Vec<u32>,
+        origins: Origins,
         clock: Arc<Clock>,
         notify: Notify,
     ) -> Result<Self, StorageError> {
@@ -167,7 +186,7 @@ impl StateMachine {
             }
             _ => applied,
         };
-        let mut view_origins = view_origins;
+        let mut view_origins = origins.writers;
         for o in &applied.successors {
             if !view_origins.contains(o) {
                 view_origins.push(*o);
@@ -179,6 +198,7 @@ impl StateMachine {
             origin_id: origin_id(&origin),
             origin,
             view_origins,
+            topic_regions: origins.regions,
             applied,
             pending: BTreeMap::new(),
             notify,
@@ -308,45 +328,90 @@ impl StateMachine {
                 proposed_hlc,
                 count,
                 batch: proposed,
+            } => self.append_own(b, proposed_hlc, count, &proposed),
+            Command::Reinject {
+                from,
+                offset,
+                proposed_hlc,
+                count,
+                batch: proposed,
             } => {
-                let own = self.own_state();
-                if own.sealed.is_some() {
-                    // Invariant 6, checked where it cannot be raced: the
-                    // fence should have refused this write already.
-                    return CommandResult::Sealed;
-                }
-                if !self.view_origins.contains(&self.origin_id) {
+                // Only from a sealed log, from its seal on, in order.
+                let Some(sealed) = self.applied.logs.get(&from).and_then(|s| s.sealed) else {
                     return CommandResult::NotWriter;
+                };
+                let upto = self
+                    .applied
+                    .reinjected
+                    .get(&from)
+                    .copied()
+                    .unwrap_or(sealed);
+                if offset != upto || count == 0 {
+                    return CommandResult::Reinjected { upto };
                 }
-                if count == 0 {
-                    return CommandResult::Appended {
-                        base_offset: own.next_offset,
-                        first_hlc: own.last_hlc,
-                        last_hlc: own.last_hlc,
-                        view_offset: self.view_offset(own.next_offset),
+                match self.append_own(b, proposed_hlc, count, &proposed) {
+                    CommandResult::Appended { .. } => {
+                        let upto = offset + count as u64;
+                        self.applied.reinjected.insert(from, upto);
+                        CommandResult::Reinjected { upto }
+                    }
+                    refused => refused,
+                }
+            }
+            Command::RemoteHeld { epoch, upto } => {
+                if epoch == self.applied.epoch {
+                    let own = self.own_ref();
+                    let st = self.applied.logs.entry(own).or_default();
+                    st.remote_held = st.remote_held.max(upto.min(st.next_offset));
+                }
+                let st = self.own_state();
+                CommandResult::LogState {
+                    next_offset: st.next_offset,
+                    closed: st.closed,
+                }
+            }
+            Command::Admit { log } => {
+                if let Some(st) = self.applied.logs.get(&log) {
+                    return CommandResult::LogState {
+                        next_offset: st.next_offset,
+                        closed: st.closed,
                     };
                 }
-                // Above the last record and the closed timestamp: invariants 2 and 5.
-                let floor = own.last_hlc.max(own.closed);
-                let h = BatchHeader {
-                    base_offset: own.next_offset,
-                    count,
-                    first_hlc: hlc::assign_first(proposed_hlc, floor),
-                };
-                assert!(h.first_hlc > floor, "HLCs strictly increase");
-                let stored = if h.first_hlc == proposed_hlc {
-                    batch::store(h, &proposed)
-                } else {
-                    // The leader encoded this batch from records it had just
-                    // decoded: decoding it again cannot fail.
-                    batch::restamp(h, &self.origin, &proposed).expect("proposed batch decodes")
-                };
-                self.put_batch(b, self.own_ref(), h, &stored);
-                CommandResult::Appended {
-                    base_offset: h.base_offset,
-                    first_hlc: h.first_hlc,
-                    last_hlc: h.last_hlc(),
-                    view_offset: self.view_offset(h.base_offset),
+                // The view stops here until the log's closed timestamps
+                // arrive; its records all sort above.
+                let closed = self.finite_watermark();
+                self.applied.logs.insert(
+                    log,
+                    LogState {
+                        closed,
+                        last_hlc: 0,
+                        next_offset: 0,
+                        merged: 0,
+                        sealed: None,
+                        remote_held: 0,
+                    },
+                );
+                CommandResult::LogState {
+                    next_offset: 0,
+                    closed,
+                }
+            }
+            Command::BeginEpoch { epoch, floor } => {
+                if epoch > self.applied.epoch {
+                    self.applied.epoch = epoch;
+                    if let Some(floor) = floor {
+                        // Above anything this region's own view holds, too.
+                        let closed = floor.max(self.finite_watermark());
+                        let own = self.own_ref();
+                        let st = self.applied.logs.entry(own).or_default();
+                        st.closed = st.closed.max(closed);
+                        self.clock.observe(closed);
+                    }
+                }
+                let st = self.own_state();
+                CommandResult::LogState {
+                    next_offset: st.next_offset,
+                    closed: st.closed,
                 }
             }
             Command::Close { hlc } => {
@@ -397,6 +462,72 @@ impl StateMachine {
                 let meta = self.applied.meta.get_or_insert_with(MetaState::default);
                 CommandResult::Meta(meta.apply(&meta_cmd))
             }
+        }
+    }
+
+    /// Appends a proposed batch to this region's own origin log.
+    fn append_own(
+        &mut self,
+        b: &mut WriteBatch,
+        proposed_hlc: u64,
+        count: u32,
+        proposed: &[u8],
+    ) -> CommandResult {
+        let own = self.own_state();
+        if own.sealed.is_some() {
+            // Invariant 6, checked where it cannot be raced: the
+            // fence should have refused this write already.
+            return CommandResult::Sealed;
+        }
+        if !self.view_origins.contains(&self.origin_id) {
+            return CommandResult::NotWriter;
+        }
+        if count == 0 {
+            return CommandResult::Appended {
+                base_offset: own.next_offset,
+                first_hlc: own.last_hlc,
+                last_hlc: own.last_hlc,
+                view_offset: self.view_offset(own.next_offset),
+            };
+        }
+        // Above the last record and the closed timestamp: invariants 2 and 5.
+        let floor = own.last_hlc.max(own.closed);
+        let h = BatchHeader {
+            base_offset: own.next_offset,
+            count,
+            first_hlc: hlc::assign_first(proposed_hlc, floor),
+        };
+        assert!(h.first_hlc > floor, "HLCs strictly increase");
+        let stored = if h.first_hlc == proposed_hlc {
+            batch::store(h, proposed)
+        } else {
+            // The leader encoded this batch from records it had just
+            // decoded: decoding it again cannot fail.
+            batch::restamp(h, &self.origin, proposed).expect("proposed batch decodes")
+        };
+        self.put_batch(b, self.own_ref(), h, &stored);
+        CommandResult::Appended {
+            base_offset: h.base_offset,
+            first_hlc: h.first_hlc,
+            last_hlc: h.last_hlc(),
+            view_offset: self.view_offset(h.base_offset),
+        }
+    }
+
+    /// The watermark, or when every writer origin is sealed (unbounded),
+    /// the largest closed timestamp held: a finite point at or above
+    /// everything in the view.
+    fn finite_watermark(&self) -> u64 {
+        match self.watermark() {
+            u64::MAX => self
+                .applied
+                .logs
+                .values()
+                .map(|s| s.closed.max(s.last_hlc))
+                .max()
+                .unwrap_or(0)
+                .max(self.applied.view_last_hlc),
+            w => w,
         }
     }
 
@@ -547,6 +678,44 @@ impl StateMachine {
             })
             .min()
             .unwrap_or(0)
+            .min(self.own_bound().unwrap_or(u64::MAX))
+    }
+
+    /// While another region holds the topic and could take over from this
+    /// one, this region's own records enter the view only once another
+    /// region holds them: a failover seals this log at the furthest point
+    /// another region holds, and a record past that point, once in this
+    /// region's view, would be missing from every other region's. Returns
+    /// the HLC just below the first own record no other region is known to
+    /// hold.
+    fn own_bound(&self) -> Option<u64> {
+        let others_live = self
+            .topic_regions
+            .iter()
+            .filter(|o| **o != self.origin_id)
+            .any(|o| {
+                let mut logs = self.applied.logs.iter().filter(|(l, _)| l.origin == *o);
+                // No log held (a region that does not write) counts as live.
+                let mut any = false;
+                let live = logs.any(|(_, s)| {
+                    any = true;
+                    s.sealed.is_none()
+                });
+                live || !any
+            });
+        if !others_live {
+            return None;
+        }
+        let own = self.own_state();
+        if own.remote_held >= own.next_offset {
+            return None;
+        }
+        let q = self.pending.get(&self.own_ref())?;
+        let seg = q
+            .iter()
+            .find(|s| s.base_offset + s.count as u64 > own.remote_held)?;
+        let skip = own.remote_held.saturating_sub(seg.base_offset);
+        Some((seg.first_hlc + skip).saturating_sub(1))
     }
 
     /// Merges what the watermark allows into the view and stores the runs.
@@ -905,7 +1074,10 @@ mod tests {
     /// A partition group of region us-east whose view merges `writers`.
     fn machine_with(dir: &std::path::Path, writers: &[&str]) -> StateMachine {
         let db = Db::open(dir, Arc::new(crate::metrics::Metrics::new())).unwrap();
-        let view = writers.iter().map(|w| origin_id(w)).collect();
+        let view = Origins {
+            writers: writers.iter().map(|w| origin_id(w)).collect(),
+            regions: ["us-east", "eu-west"].map(origin_id).to_vec(),
+        };
         let (tx, _) = watch::channel(Progress::default());
         StateMachine::open(
             db,
@@ -952,7 +1124,7 @@ mod tests {
             db,
             META_GROUP,
             "us-east".into(),
-            vec![],
+            Origins::default(),
             Arc::new(Clock::new()),
             Notify::Meta(tx),
         )
@@ -1203,6 +1375,180 @@ mod tests {
         let sm = machine_with(dir.path(), &["eu-west"]);
         assert!(sm.view_origins.contains(&origin_id("us-east")));
         assert_eq!(sm.view_offset(9), Some(14));
+    }
+
+    fn proposed(hlc: u64, n: usize) -> bytes::Bytes {
+        let r = RecordIn {
+            key: None,
+            value: Some(bytes::Bytes::from_static(b"v")),
+            headers: vec![],
+        };
+        batch::propose(hlc, "us-east", &vec![r; n])
+    }
+
+    /// Failback as a survivor sees it: the returning region's records past
+    /// its seal are re-injected here once each, in order; its new epoch's
+    /// log is admitted at this group's watermark, which then waits for that
+    /// log's closed timestamps.
+    #[tokio::test]
+    async fn reinjection_is_idempotent_and_an_admitted_log_holds_the_view() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = machine(dir.path());
+        let west = LogRef {
+            origin: origin_id("eu-west"),
+            epoch: EPOCH_FIRST,
+        };
+        let mut b = WriteBatch::default();
+        let mut step = |sm: &mut StateMachine, cmd: Command| {
+            let r = sm.apply_one(&mut b, cmd);
+            sm.advance_view(&mut b);
+            r
+        };
+        step(&mut sm, Command::Close { hlc: 50_000 });
+        step(&mut sm, replicate(1_000, 2, vec![stored(0, 2, 900)]));
+        let reinject = |offset, hlc| Command::Reinject {
+            from: west,
+            offset,
+            proposed_hlc: hlc,
+            count: 2,
+            batch: proposed(hlc, 2),
+        };
+        // Not before the log is sealed here.
+        assert_eq!(step(&mut sm, reinject(2, 60_000)), CommandResult::NotWriter);
+        step(&mut sm, seal("eu-west", 2, 901));
+        assert_eq!(
+            step(&mut sm, reinject(2, 60_000)),
+            CommandResult::Reinjected { upto: 4 }
+        );
+        let own = sm.own_ref();
+        assert_eq!(sm.applied.logs[&own].next_offset, 2);
+        // A retry, and a request past a gap, add nothing.
+        assert_eq!(
+            step(&mut sm, reinject(2, 61_000)),
+            CommandResult::Reinjected { upto: 4 }
+        );
+        assert_eq!(
+            step(&mut sm, reinject(6, 62_000)),
+            CommandResult::Reinjected { upto: 4 }
+        );
+        assert_eq!(sm.applied.logs[&own].next_offset, 2);
+        assert_eq!(sm.applied.view_next, 4);
+
+        // eu-west's epoch 2 joins at the current watermark.
+        let w = sm.watermark();
+        let west2 = LogRef {
+            origin: origin_id("eu-west"),
+            epoch: 2,
+        };
+        let r = step(&mut sm, Command::Admit { log: west2 });
+        assert_eq!(
+            r,
+            CommandResult::LogState {
+                next_offset: 0,
+                closed: w
+            }
+        );
+        step(&mut sm, Command::Close { hlc: w + 10_000 });
+        assert_eq!(sm.watermark(), w, "waits for eu-west's new log");
+        step(
+            &mut sm,
+            Command::Replicate {
+                origin: west2.origin,
+                epoch: 2,
+                closed: w + 5_000,
+                closed_at: 1,
+                batches: vec![stored(0, 1, w + 5)],
+            },
+        );
+        assert_eq!(sm.watermark(), w + 5_000);
+        assert_eq!(sm.applied.view_next, 5);
+        // Admitted again (a retry): the log as it stands.
+        let r = step(&mut sm, Command::Admit { log: west2 });
+        assert!(
+            matches!(r, CommandResult::LogState { next_offset: 1, .. }),
+            "{r:?}"
+        );
+    }
+
+    /// Failback as the returning region sees it: its sealed log refuses
+    /// appends; after BeginEpoch it writes its new epoch's log, above the
+    /// floor the other regions admitted it at.
+    #[tokio::test]
+    async fn a_new_epoch_writes_above_its_floor() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = machine(dir.path());
+        let mut b = WriteBatch::default();
+        let append = |hlc| Command::Append {
+            proposed_hlc: hlc,
+            count: 1,
+            batch: proposed(hlc, 1),
+        };
+        assert!(matches!(
+            sm.apply_one(&mut b, append(100)),
+            CommandResult::Appended { .. }
+        ));
+        sm.apply_one(&mut b, seal("us-east", 1, 100));
+        assert_eq!(sm.apply_one(&mut b, append(200)), CommandResult::Sealed);
+        sm.apply_one(
+            &mut b,
+            Command::BeginEpoch {
+                epoch: 2,
+                floor: Some(90_000),
+            },
+        );
+        assert_eq!(sm.own_ref().epoch, 2);
+        let r = sm.apply_one(&mut b, append(300));
+        let CommandResult::Appended {
+            base_offset,
+            first_hlc,
+            ..
+        } = r
+        else {
+            panic!("{r:?}")
+        };
+        assert_eq!(base_offset, 0, "a new log");
+        assert!(first_hlc > 90_000);
+        // BeginEpoch again (a retry) changes nothing.
+        sm.apply_one(
+            &mut b,
+            Command::BeginEpoch {
+                epoch: 2,
+                floor: Some(1),
+            },
+        );
+        assert_eq!(sm.own_state().next_offset, 1);
+    }
+
+    /// Own records enter this region's view only once another region holds
+    /// them (a failover could seal them away otherwise), unless no other
+    /// region could take over any more.
+    #[tokio::test]
+    async fn own_records_wait_until_another_region_holds_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = machine(dir.path());
+        let mut b = WriteBatch::default();
+        let mut step = |sm: &mut StateMachine, cmd: Command| {
+            let r = sm.apply_one(&mut b, cmd);
+            sm.advance_view(&mut b);
+            r
+        };
+        let append = |hlc| Command::Append {
+            proposed_hlc: hlc,
+            count: 2,
+            batch: proposed(hlc, 2),
+        };
+        step(&mut sm, append(100));
+        step(&mut sm, replicate(50_000, 0, vec![]));
+        assert_eq!(sm.applied.view_next, 0, "eu-west does not hold them yet");
+        step(&mut sm, Command::RemoteHeld { epoch: 1, upto: 1 });
+        assert_eq!(sm.applied.view_next, 1);
+        step(&mut sm, Command::RemoteHeld { epoch: 1, upto: 2 });
+        assert_eq!(sm.applied.view_next, 2);
+        // eu-west failed over: nobody else could seal this log now.
+        step(&mut sm, seal("eu-west", 0, 0));
+        step(&mut sm, append(200));
+        step(&mut sm, Command::Close { hlc: 60_000 });
+        assert_eq!(sm.applied.view_next, 4);
     }
 
     /// A copy that raced the seal leaves records past it on this replica:

@@ -12,7 +12,7 @@
   geo.py consume BOOTSTRAP TOPIC PARTITIONS WANT [IDLE_MS]
       Reads every partition from offset 0 until WANT records arrived or none
       arrived for IDLE_MS; prints JSON {partition: [[offset, value, origin
-      region], ...]}.
+      region, original record id if re-injected at failback else ""], ...]}.
 """
 import json
 import sys
@@ -91,8 +91,10 @@ def consume(bootstrap, topic, partitions, want, idle_ms=15000):
         m = c.poll(0.2)
         if m is None or m.error():
             continue
-        origin = dict(m.headers() or []).get("meridian.origin", b"").decode()
-        got[str(m.partition())].append([m.offset(), m.value().decode(), origin])
+        headers = dict(m.headers() or [])
+        origin = headers.get("meridian.origin", b"").decode()
+        reinjected = headers.get("meridian.reinjected.from", b"").decode()
+        got[str(m.partition())].append([m.offset(), m.value().decode(), origin, reinjected])
         n += 1
         last = time.time()
     c.close()

@@ -259,6 +259,36 @@ impl Drop for Cluster {
             let _ = c.kill();
             let _ = c.wait();
         }
+        if std::thread::panicking() {
+            self.keep_logs();
+        }
+    }
+}
+
+impl Cluster {
+    /// Copies the nodes' logs of a failed test out of its temporary
+    /// directory, which is deleted, and says where.
+    fn keep_logs(&self) {
+        let keep = std::env::temp_dir().join(format!(
+            "meridian-failed-{}-{}",
+            std::process::id(),
+            self.nodes.first().map_or(0, |n| n.id) + self.dir.path().as_os_str().len() as u64
+        ));
+        let mut stack = vec![self.dir.path().to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                let path = e.path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if path.extension().is_some_and(|x| x == "log" || x == "out") {
+                    let rel = path.strip_prefix(self.dir.path()).unwrap_or(&path);
+                    let to = keep.join(rel);
+                    let _ = std::fs::create_dir_all(to.parent().unwrap_or(&keep));
+                    let _ = std::fs::copy(&path, &to);
+                }
+            }
+        }
+        eprintln!("node logs of the failed test kept in {}", keep.display());
     }
 }
 
