@@ -286,12 +286,17 @@ impl DevCluster {
         out
     }
 
-    /// Stops every node: SIGTERM, then SIGKILL after `grace`.
+    /// Stops every node: SIGTERM, then SIGKILL after `grace`. Nodes that a
+    /// drill restarted (cluster.json names their new pids) are stopped too.
     pub fn stop(&mut self, grace: Duration) {
         use nix::sys::signal::{kill, Signal};
         use nix::unistd::Pid;
         for (_, c) in &self.children {
             let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
+        }
+        let restarted = self.restarted_pids();
+        for pid in &restarted {
+            let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGTERM);
         }
         let deadline = Instant::now() + grace;
         for (_, c) in &mut self.children {
@@ -304,7 +309,43 @@ impl DevCluster {
             let _ = c.kill();
             let _ = c.wait();
         }
+        for pid in restarted {
+            while Instant::now() < deadline && self.is_our_node(pid) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if self.is_our_node(pid) {
+                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            }
+        }
         self.children.clear();
+    }
+
+    /// Pids in cluster.json that are not this process's children: nodes a
+    /// drill restarted, still running one of this cluster's configs.
+    fn restarted_pids(&self) -> Vec<u32> {
+        let path = self.dir.join("cluster.json");
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return Vec::new();
+        };
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        let ours: Vec<u32> = self.children.iter().map(|(_, c)| c.id()).collect();
+        v["regions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|r| r["nodes"].as_array().into_iter().flatten())
+            .filter_map(|n| n["pid"].as_u64().map(|p| p as u32))
+            .filter(|p| !ours.contains(p) && self.is_our_node(*p))
+            .collect()
+    }
+
+    /// Whether `pid` is a running `meridian node` of this cluster (its
+    /// command line names a config in this cluster's directory).
+    fn is_our_node(&self, pid: u32) -> bool {
+        std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+            let c = String::from_utf8_lossy(&c);
+            c.contains("node") && c.contains(&*self.dir.to_string_lossy())
+        })
     }
 }
 
@@ -317,10 +358,28 @@ impl Drop for DevCluster {
 /// A minimal HTTP/1.0 GET for health checks and `meridian status`:
 /// returns the status code and the body.
 pub async fn http_get(addr: &str, path: &str, timeout: Duration) -> std::io::Result<(u16, String)> {
+    http_request(addr, "GET", path, "", timeout).await
+}
+
+/// A minimal HTTP/1.0 request with a JSON body (empty for none): returns
+/// the status code and the body.
+pub async fn http_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+    timeout: Duration,
+) -> std::io::Result<(u16, String)> {
     tokio::time::timeout(timeout, async {
         let mut s = tokio::net::TcpStream::connect(addr).await?;
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-            .await?;
+        s.write_all(
+            format!(
+                "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await?;
         let mut buf = Vec::new();
         s.take(16 * 1024 * 1024).read_to_end(&mut buf).await?;
         let text = String::from_utf8_lossy(&buf);

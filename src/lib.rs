@@ -19,6 +19,8 @@ pub mod storage;
 pub mod transport;
 pub mod view;
 
+pub mod drill;
+
 pub mod bench;
 pub mod client;
 pub mod config;

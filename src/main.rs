@@ -106,6 +106,33 @@ enum Cmd {
         #[command(subcommand)]
         cmd: BenchCmd,
     },
+    /// Fail a whole region of a running cluster under a verification
+    /// workload, fail it back, and report RTO, RPO, re-injections and
+    /// duplicates (docs/disaster-recovery.md#drills).
+    Drill {
+        /// cluster.json written by `meridian dev`.
+        #[arg(long)]
+        cluster: PathBuf,
+        /// The region to fail.
+        #[arg(long)]
+        fail_region: String,
+        /// kill: SIGKILL its nodes and restart them; isolate: cut it off at
+        /// the transport and reconnect it.
+        #[arg(long, value_enum, default_value = "kill")]
+        mode: meridian::drill::Mode,
+        /// Seconds the region stays failed (at least until failed over).
+        #[arg(long, default_value_t = 10)]
+        down_s: u64,
+        /// Records per second of each writer (one per region and topic).
+        #[arg(long, default_value_t = 20)]
+        rate: u32,
+        /// Write the report as JSON to this file ("-": stdout).
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Write the report as Markdown, with a timeline chart, to this file.
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -377,7 +404,58 @@ async fn run(cmd: Cmd) -> Result<()> {
             init_logging(Some("warn"));
             run_bench(cmd).await
         }
+        Cmd::Drill {
+            cluster,
+            fail_region,
+            mode,
+            down_s,
+            rate,
+            json,
+            report,
+        } => {
+            init_logging(Some("warn"));
+            run_drill(
+                meridian::drill::Plan {
+                    cluster,
+                    region: fail_region,
+                    mode,
+                    down: Duration::from_secs(down_s),
+                    rate,
+                    partitions: 2,
+                },
+                json,
+                report,
+            )
+            .await
+        }
     }
+}
+
+async fn run_drill(
+    plan: meridian::drill::Plan,
+    json: Option<PathBuf>,
+    md: Option<PathBuf>,
+) -> Result<()> {
+    use meridian::drill::report;
+    let r = meridian::drill::run(plan).await?;
+    print!("{}", report::text(&r));
+    if let Some(path) = json {
+        let text = serde_json::to_string_pretty(&r)?;
+        if path.as_os_str() == "-" {
+            println!("{text}");
+        } else {
+            std::fs::write(&path, text)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+    }
+    if let Some(path) = md {
+        std::fs::write(&path, report::markdown(&r))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if !r.passed() {
+        bail!("the drill found broken invariants (see above)");
+    }
+    Ok(())
 }
 
 async fn run_produce(

@@ -87,6 +87,7 @@ impl Failover {
                 }
             }
             self.seal_led_groups(&meta).await;
+            self.seal_new_groups(&meta).await;
             self.fail_back_led_groups(&meta, &shutdown);
         }
     }
@@ -490,6 +491,58 @@ impl Failover {
             .into_iter()
             .flatten()
             .collect::<Vec<_>>()
+    }
+
+    /// Seals, at 0, the lost region's log of partitions created after its
+    /// failover (it could write none of them), so their views do not wait
+    /// for it either.
+    async fn seal_new_groups(&self, meta: &MetaState) {
+        let names = self.link.region_names();
+        for s in meta
+            .seals
+            .iter()
+            .filter(|s| meta.seal_of(&s.region) == Some(*s))
+        {
+            let log = LogRef {
+                origin: origin_id(&s.region),
+                epoch: s.epoch,
+            };
+            for g in self.groups.partitions() {
+                if s.ends.contains_key(&g.id) || g.leader() != Some(self.me.id) {
+                    continue;
+                }
+                let Some(t) = meta.topics.get(&g.topic) else {
+                    continue;
+                };
+                let p = crate::topic::policy(&t.configs, &names);
+                if !p.writer_regions().contains(&s.region) {
+                    continue;
+                }
+                let st = g.progress.borrow().logs.get(&log).copied();
+                match st {
+                    Some(st) if st.sealed.is_some() => continue,
+                    Some(st) if st.next_offset > 0 => {
+                        warn!(group = g.id, region = %s.region, "a failed-over region's log of a new partition holds records; left unsealed");
+                        continue;
+                    }
+                    _ => {}
+                }
+                let cmd = Command::SealLog {
+                    origin: log.origin,
+                    epoch: log.epoch,
+                    end: 0,
+                    last_hlc: 0,
+                    successor: None,
+                };
+                if let Err(e) = self
+                    .groups
+                    .write_to(&g, cmd, self.transport.rpc_timeout())
+                    .await
+                {
+                    debug!(group = g.id, error = %e, "cannot seal the new partition's log yet");
+                }
+            }
+        }
     }
 
     /// Proposes the committed seals into the partition groups this node

@@ -186,6 +186,11 @@ impl Link {
         if policy.single_writer() || !policy.accepts_writes_in(&self.me.region) {
             return;
         }
+        // A partition still in an epoch its region left (failback pending)
+        // promises nothing for that log: it ends there.
+        if g.progress.borrow().log.epoch < self.groups.meta_state().epoch_of(&self.me.region) {
+            return;
+        }
         let p = g.progress.borrow().clone();
         let closed = p.logs.get(&p.own()).map_or(0, |s| s.closed);
         let now = self.groups.clock.now();

@@ -1,0 +1,583 @@
+//! What a drill observed, and the pure judgement of it: RTO, RPO,
+//! re-injections, duplicates and whether every region ended with the same
+//! view. Rendered as text, JSON and Markdown.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use super::Mode;
+
+/// One record the workload tried to write.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Ack {
+    pub topic: String,
+    /// The region whose brokers the writer bootstrapped from.
+    pub writer: String,
+    /// `writer-seq`, unique per topic.
+    pub value: String,
+    pub sent_ms: u64,
+    /// When it was acknowledged (ms since the drill's start), if it was.
+    pub acked_ms: Option<u64>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Event {
+    pub t_ms: u64,
+    pub what: String,
+}
+
+/// A record as a region serves it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Rec {
+    pub value: String,
+    /// It carries `meridian.reinjected.from`.
+    pub reinjected: bool,
+}
+
+/// Per region: per topic, per partition, the records in view order.
+pub type Views = BTreeMap<String, BTreeMap<String, Vec<Vec<Rec>>>>;
+
+/// Everything the drill saw.
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    pub region: String,
+    pub mode: Option<Mode>,
+    pub regions: Vec<String>,
+    /// The `sync` topic, then the `async` one.
+    pub topics: Vec<String>,
+    pub failed_at_ms: u64,
+    pub sealed_at_ms: u64,
+    pub acks: Vec<Ack>,
+    /// Per reader (a region, or `clients of R`): value of the `sync` topic
+    /// -> when it was first readable (ms since the start).
+    pub seen: BTreeMap<String, BTreeMap<String, u64>>,
+    /// The surviving regions' views while the region was still failed.
+    pub before_failback: Views,
+    /// Every region's views at the end.
+    pub after: Views,
+    pub events: Vec<Event>,
+}
+
+/// Recovery times of one group of clients, from the failure.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Rto {
+    /// Clients bootstrapped at this region (`clients of R` for the failed
+    /// one's, which know every region's brokers).
+    pub clients: String,
+    /// First acknowledged write issued after the failure (after the
+    /// first failed one, if writes failed).
+    pub write_ms: Option<u64>,
+    /// First read of a record written after the failure.
+    pub read_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct TopicReport {
+    pub topic: String,
+    pub replication: String,
+    pub acknowledged: usize,
+    pub failed_writes: usize,
+    /// Records acknowledged before the failover that a surviving region
+    /// did not serve while the region was failed: the RPO.
+    pub rpo_records: usize,
+    /// Age at the failover of the oldest of those (ms).
+    pub rpo_ms: u64,
+    /// Acknowledged records missing from some region's view at the end.
+    pub lost_after_failback: usize,
+    /// Records served with `meridian.reinjected.from` at the end.
+    pub reinjected: usize,
+    /// Extra copies of records in any region's view at the end.
+    pub duplicates: usize,
+    pub views_identical: bool,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Report {
+    pub region: String,
+    pub mode: Option<Mode>,
+    pub failed_at_ms: u64,
+    /// From the failure to the seal (failover).
+    pub failover_ms: u64,
+    pub rto: Vec<Rto>,
+    /// The largest RTO of any group of clients, writes or reads.
+    pub rto_max_ms: Option<u64>,
+    pub topics: Vec<TopicReport>,
+    pub timeline: Vec<Event>,
+    /// Broken invariants; empty when the drill passed.
+    pub problems: Vec<String>,
+}
+
+impl Report {
+    pub fn passed(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// The reader label of the failed region's clients.
+pub fn clients_of(region: &str) -> String {
+    format!("clients of {region}")
+}
+
+/// Judges what a drill saw.
+pub fn evaluate(o: &Observed) -> Report {
+    let t0 = o.failed_at_ms;
+    let mut problems = Vec::new();
+    let mut topics = Vec::new();
+    for (i, t) in o.topics.iter().enumerate() {
+        let sync = i == 0;
+        let mine: Vec<&Ack> = o.acks.iter().filter(|a| a.topic == *t).collect();
+        let acked: BTreeMap<&str, u64> = mine
+            .iter()
+            .filter_map(|a| a.acked_ms.map(|ms| (a.value.as_str(), ms)))
+            .collect();
+        let in_view = |views: &Views, region: &str| -> BTreeSet<String> {
+            views
+                .get(region)
+                .and_then(|v| v.get(t))
+                .map(|parts| parts.iter().flatten().map(|r| r.value.clone()).collect())
+                .unwrap_or_default()
+        };
+        // RPO: acknowledged before the failover (an isolated region takes
+        // writes until its lease runs out), not served by a survivor while
+        // the region was failed.
+        let mut missing: BTreeMap<&str, u64> = BTreeMap::new();
+        for r in o.regions.iter().filter(|r| **r != o.region) {
+            let held = in_view(&o.before_failback, r);
+            for (v, ms) in acked.iter().filter(|(_, ms)| **ms <= o.sealed_at_ms) {
+                if !held.contains(*v) {
+                    missing.insert(v, *ms);
+                }
+            }
+        }
+        let rpo_ms = missing
+            .values()
+            .map(|ms| o.sealed_at_ms.saturating_sub(*ms))
+            .max()
+            .unwrap_or(0);
+        let mut lost: BTreeSet<&str> = BTreeSet::new();
+        let mut duplicates = 0;
+        for r in &o.regions {
+            let held = in_view(&o.after, r);
+            lost.extend(acked.keys().copied().filter(|v| !held.contains(*v)));
+            let all: Vec<&Rec> = o
+                .after
+                .get(r)
+                .and_then(|v| v.get(t))
+                .map(|parts| parts.iter().flatten().collect())
+                .unwrap_or_default();
+            let distinct: BTreeSet<&str> = all.iter().map(|r| r.value.as_str()).collect();
+            duplicates += all.len() - distinct.len();
+        }
+        let views: BTreeSet<_> = o
+            .regions
+            .iter()
+            .map(|r| o.after.get(r).and_then(|v| v.get(t)))
+            .collect();
+        let identical = views.len() == 1 && views.iter().all(|v| v.is_some());
+        let reinjected = o
+            .after
+            .values()
+            .next()
+            .and_then(|v| v.get(t))
+            .map_or(0, |parts| {
+                parts.iter().flatten().filter(|r| r.reinjected).count()
+            });
+        let name = if sync { "sync" } else { "async" };
+        if sync && !missing.is_empty() {
+            problems.push(format!(
+                "{t}: {} records acknowledged as sync were not served after the failover (invariant 7)",
+                missing.len()
+            ));
+        }
+        if !lost.is_empty() {
+            problems.push(format!(
+                "{t}: {} acknowledged records missing after failback, e.g. {}",
+                lost.len(),
+                lost.iter().next().expect("non-empty")
+            ));
+        }
+        if duplicates > 0 {
+            problems.push(format!(
+                "{t}: {duplicates} records served twice (invariant 3)"
+            ));
+        }
+        if !identical {
+            problems.push(format!("{t}: regions serve different views (invariant 4)"));
+        }
+        topics.push(TopicReport {
+            topic: t.clone(),
+            replication: name.to_string(),
+            acknowledged: acked.len(),
+            failed_writes: mine.len() - acked.len(),
+            rpo_records: missing.len(),
+            rpo_ms,
+            lost_after_failback: lost.len(),
+            reinjected,
+            duplicates,
+            views_identical: identical,
+        });
+    }
+    // RTO per group of clients.
+    let sync_topic = o.topics.first().cloned().unwrap_or_default();
+    let written_after: BTreeMap<&str, &Ack> = o
+        .acks
+        .iter()
+        .filter(|a| a.topic == sync_topic && a.sent_ms >= t0 && a.acked_ms.is_some())
+        .map(|a| (a.value.as_str(), a))
+        .collect();
+    let mut rto = Vec::new();
+    let groups = o
+        .regions
+        .iter()
+        .filter(|r| **r != o.region)
+        .map(|r| (r.clone(), r.clone()))
+        .chain(std::iter::once((o.region.clone(), clients_of(&o.region))));
+    for (writer, label) in groups {
+        // The first write acknowledged after the failure, or, when writes
+        // failed after it (an isolated region takes writes until its lease
+        // runs out), the first acknowledged after the first failure.
+        let after: Vec<&Ack> = o
+            .acks
+            .iter()
+            .filter(|a| a.writer == writer && a.sent_ms >= t0)
+            .collect();
+        let first_failure = after
+            .iter()
+            .filter(|a| a.acked_ms.is_none())
+            .map(|a| a.sent_ms)
+            .min()
+            .unwrap_or(t0);
+        let write_ms = after
+            .iter()
+            .filter(|a| a.sent_ms >= first_failure)
+            .filter_map(|a| a.acked_ms)
+            .min()
+            .map(|ms| ms - t0);
+        let read_ms = o.seen.get(&label).and_then(|seen| {
+            seen.iter()
+                .filter(|(v, _)| written_after.contains_key(v.as_str()))
+                .map(|(_, ms)| ms.saturating_sub(t0))
+                .min()
+        });
+        rto.push(Rto {
+            clients: label,
+            write_ms,
+            read_ms,
+        });
+    }
+    let rto_max_ms = rto
+        .iter()
+        .flat_map(|r| [r.write_ms, r.read_ms])
+        .collect::<Option<Vec<u64>>>()
+        .and_then(|v| v.into_iter().max());
+    if rto.iter().any(|r| r.write_ms.is_none()) {
+        problems.push("some clients never wrote again after the failure".to_string());
+    }
+    Report {
+        region: o.region.clone(),
+        mode: o.mode,
+        failed_at_ms: t0,
+        failover_ms: o.sealed_at_ms.saturating_sub(t0),
+        rto,
+        rto_max_ms,
+        topics,
+        timeline: o.events.clone(),
+        problems,
+    }
+}
+
+fn mode_name(m: Option<Mode>) -> &'static str {
+    match m {
+        Some(Mode::Kill) => "kill",
+        Some(Mode::Isolate) => "isolate",
+        None => "?",
+    }
+}
+
+fn ms(v: Option<u64>) -> String {
+    v.map_or("-".to_string(), |v| format!("{v} ms"))
+}
+
+/// The report as the terminal shows it.
+pub fn text(r: &Report) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "\nDrill: {} failed ({}); failed over after {} ms",
+        r.region,
+        mode_name(r.mode),
+        r.failover_ms
+    );
+    let _ = writeln!(s, "\n{:<22} {:>12} {:>12}", "RTO", "write", "read");
+    for x in &r.rto {
+        let _ = writeln!(
+            s,
+            "{:<22} {:>12} {:>12}",
+            x.clients,
+            ms(x.write_ms),
+            ms(x.read_ms)
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\n{:<28} {:>6} {:>6} {:>7} {:>7} {:>9} {:>8} {:>6} {:>10}",
+        "topic", "repl", "acked", "failed", "RPO", "RPO ms", "reinj.", "dups", "lost after"
+    );
+    for t in &r.topics {
+        let _ = writeln!(
+            s,
+            "{:<28} {:>6} {:>6} {:>7} {:>7} {:>9} {:>8} {:>6} {:>10}",
+            t.topic,
+            t.replication,
+            t.acknowledged,
+            t.failed_writes,
+            t.rpo_records,
+            t.rpo_ms,
+            t.reinjected,
+            t.duplicates,
+            t.lost_after_failback
+        );
+    }
+    if r.passed() {
+        let _ = writeln!(
+            s,
+            "\nPASSED: nothing acknowledged as sync lost, nothing lost after failback, no duplicates, identical views."
+        );
+    } else {
+        let _ = writeln!(s, "\nFAILED:");
+        for p in &r.problems {
+            let _ = writeln!(s, "  - {p}");
+        }
+    }
+    s
+}
+
+/// The report as Markdown, with the timeline as a Mermaid chart.
+pub fn markdown(r: &Report) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "# DR drill: {} ({})\n", r.region, mode_name(r.mode));
+    let _ = writeln!(
+        s,
+        "**{}**. Failed over {} ms after the failure; largest RTO {}.\n",
+        if r.passed() { "Passed" } else { "Failed" },
+        r.failover_ms,
+        ms(r.rto_max_ms)
+    );
+    for p in &r.problems {
+        let _ = writeln!(s, "- {p}");
+    }
+    let _ = writeln!(s, "\n## RTO\n\n| clients | write | read |\n|---|---|---|");
+    for x in &r.rto {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} |",
+            x.clients,
+            ms(x.write_ms),
+            ms(x.read_ms)
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\n## Topics\n\n| topic | replication | acknowledged | failed writes | RPO (records) | RPO (ms) | re-injected | duplicates | lost after failback | identical views |\n|---|---|---|---|---|---|---|---|---|---|"
+    );
+    for t in &r.topics {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            t.topic,
+            t.replication,
+            t.acknowledged,
+            t.failed_writes,
+            t.rpo_records,
+            t.rpo_ms,
+            t.reinjected,
+            t.duplicates,
+            t.lost_after_failback,
+            t.views_identical
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\n## Timeline\n\n```mermaid\ngantt\n    dateFormat x\n    axisFormat %S s"
+    );
+    let end = r.timeline.last().map_or(0, |e| e.t_ms);
+    let _ = writeln!(s, "    section {}", r.region);
+    let sealed = r.failed_at_ms + r.failover_ms;
+    let _ = writeln!(
+        s,
+        "    failed, not yet failed over :crit, {}, {}",
+        r.failed_at_ms,
+        sealed.max(r.failed_at_ms + 1)
+    );
+    let _ = writeln!(
+        s,
+        "    failed over :active, {}, {}",
+        sealed,
+        end.max(sealed + 1)
+    );
+    let _ = writeln!(s, "    section events");
+    for e in &r.timeline {
+        let name: String = e.what.chars().filter(|c| *c != ':' && *c != ';').collect();
+        let _ = writeln!(s, "    {name} :milestone, {}, 0", e.t_ms);
+    }
+    let _ = writeln!(s, "```\n\n| t (s) | event |\n|---|---|");
+    for e in &r.timeline {
+        let _ = writeln!(s, "| {:.1} | {} |", e.t_ms as f64 / 1000.0, e.what);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ack(topic: &str, writer: &str, seq: u64, sent: u64, acked: Option<u64>) -> Ack {
+        Ack {
+            topic: topic.into(),
+            writer: writer.into(),
+            value: format!("{writer}-{seq}"),
+            sent_ms: sent,
+            acked_ms: acked,
+            error: None,
+        }
+    }
+
+    fn rec(v: &str) -> Rec {
+        Rec {
+            value: v.into(),
+            reinjected: false,
+        }
+    }
+
+    fn views(regions: &[&str], topics: &[(&str, Vec<Rec>)]) -> Views {
+        regions
+            .iter()
+            .map(|r| {
+                (
+                    r.to_string(),
+                    topics
+                        .iter()
+                        .map(|(t, recs)| (t.to_string(), vec![recs.clone()]))
+                        .collect(),
+                )
+            })
+            .collect()
+    }
+
+    /// A drill in which us-east acknowledged one sync and one async record
+    /// just before it failed; the async one reached nobody and was
+    /// re-injected at failback.
+    fn observed() -> Observed {
+        let regions = ["us-east", "eu-west", "ap-south"];
+        let seen: BTreeMap<String, BTreeMap<String, u64>> = [
+            ("eu-west", 9_000),
+            ("ap-south", 9_500),
+            ("clients of us-east", 9_800),
+        ]
+        .into_iter()
+        .map(|(r, ms)| (r.to_string(), [("eu-west-1".to_string(), ms)].into()))
+        .collect();
+        Observed {
+            region: "us-east".into(),
+            mode: Some(Mode::Kill),
+            regions: regions.map(String::from).to_vec(),
+            topics: vec!["s".into(), "a".into()],
+            failed_at_ms: 5_000,
+            sealed_at_ms: 9_000,
+            acks: vec![
+                ack("s", "us-east", 0, 4_000, Some(4_100)),
+                ack("a", "us-east", 0, 4_900, Some(4_950)),
+                ack("s", "eu-west", 1, 5_100, Some(5_300)),
+                ack("s", "ap-south", 0, 5_100, Some(5_250)),
+                ack("s", "us-east", 1, 5_200, Some(7_200)),
+                ack("a", "us-east", 1, 5_150, None),
+            ],
+            seen,
+            before_failback: views(
+                &regions[1..],
+                &[
+                    (
+                        "s",
+                        vec![
+                            rec("us-east-0"),
+                            rec("eu-west-1"),
+                            rec("ap-south-0"),
+                            rec("us-east-1"),
+                        ],
+                    ),
+                    ("a", vec![]),
+                ],
+            ),
+            after: views(
+                &regions,
+                &[
+                    (
+                        "s",
+                        vec![
+                            rec("us-east-0"),
+                            rec("eu-west-1"),
+                            rec("ap-south-0"),
+                            rec("us-east-1"),
+                        ],
+                    ),
+                    (
+                        "a",
+                        vec![Rec {
+                            value: "us-east-0".into(),
+                            reinjected: true,
+                        }],
+                    ),
+                ],
+            ),
+            events: vec![],
+        }
+    }
+
+    #[test]
+    fn a_clean_drill_passes_with_its_figures() {
+        let r = evaluate(&observed());
+        assert!(r.passed(), "{:?}", r.problems);
+        assert_eq!(r.failover_ms, 4_000);
+        let (s, a) = (&r.topics[0], &r.topics[1]);
+        assert_eq!((s.rpo_records, s.lost_after_failback), (0, 0));
+        assert_eq!((a.rpo_records, a.rpo_ms, a.reinjected), (1, 4_050, 1));
+        assert_eq!(a.failed_writes, 1);
+        assert_eq!(r.rto[0].clients, "eu-west");
+        assert_eq!(
+            (r.rto[0].write_ms, r.rto[0].read_ms),
+            (Some(300), Some(4_000))
+        );
+        assert_eq!(r.rto[2].clients, "clients of us-east");
+        assert_eq!(r.rto[2].write_ms, Some(2_200));
+        assert_eq!(r.rto_max_ms, Some(4_800));
+        assert!(text(&r).contains("PASSED"));
+        assert!(markdown(&r).contains("```mermaid"));
+    }
+
+    #[test]
+    fn each_broken_invariant_fails_the_drill() {
+        // A sync record lost in the failover.
+        let mut o = observed();
+        o.before_failback = views(&["eu-west", "ap-south"], &[("s", vec![]), ("a", vec![])]);
+        assert!(evaluate(&o).problems[0].contains("acknowledged as sync"));
+        // An async record never re-injected.
+        let mut o = observed();
+        for v in o.after.values_mut() {
+            v.insert("a".into(), vec![vec![]]);
+        }
+        assert!(evaluate(&o).problems[0].contains("missing after failback"));
+        // A record twice.
+        let mut o = observed();
+        for v in o.after.values_mut() {
+            v.get_mut("s").unwrap()[0].push(rec("us-east-0"));
+        }
+        assert!(evaluate(&o).problems[0].contains("served twice"));
+        // Regions that disagree.
+        let mut o = observed();
+        o.after.get_mut("ap-south").unwrap().get_mut("s").unwrap()[0].swap(0, 1);
+        assert!(evaluate(&o).problems[0].contains("different views"));
+    }
+}
