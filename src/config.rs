@@ -779,6 +779,19 @@ impl NodeConfig {
                     c.lease_ms, c.renew_ms
                 ),
             );
+        } else if topology.as_ref().is_some_and(|t| t.regions.len() > 1)
+            && c.lease_ms < c.renew_ms + f.raft.election_timeout_ms_max + margin
+        {
+            // A renewal lands up to renew_ms after the last one; if the
+            // metadata leader is lost then (with its region), the others'
+            // renewals wait for an election.
+            p.add(
+                "control.lease_ms",
+                format!(
+                    "{} would fence every region while the metadata group elects a new leader:                      use at least control.renew_ms ({}) + raft.election_timeout_ms_max ({})                      + link.clock_drift_ms_max ({margin}), and some room for the vote",
+                    c.lease_ms, c.renew_ms, f.raft.election_timeout_ms_max
+                ),
+            );
         }
         let topics_path = f.topics.as_deref().map(resolve);
         let mut topics = Vec::new();
@@ -1113,6 +1126,16 @@ configs = { "retention.ms" = "1000" }
         .unwrap_err();
         assert_eq!(e.problems[0].key, "raft.heartbeat_ms", "{e}");
         assert!(e.to_string().contains("use at least 450"), "{e}");
+        // A lease shorter than a metadata leader election.
+        std::fs::write(dir.path().join("topo.toml"), GOOD).unwrap();
+        let e = NodeConfig::parse(
+            &path,
+            "node_id = 1\ntopology = \"topo.toml\"\ndata_dir = \"d\"\n\
+             [raft]\nelection_timeout_ms_max = 3000\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.problems[0].key, "control.lease_ms", "{e}");
+        assert!(e.to_string().contains("elects a new leader"), "{e}");
     }
 
     #[test]

@@ -106,8 +106,42 @@ pub struct Report {
     pub rto_max_ms: Option<u64>,
     pub topics: Vec<TopicReport>,
     pub timeline: Vec<Event>,
+    /// Why writes failed, per writer region and error, with counts.
+    pub write_errors: Vec<WriteErrors>,
     /// Broken invariants; empty when the drill passed.
     pub problems: Vec<String>,
+}
+
+/// Failed writes of one writer region with one error.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct WriteErrors {
+    pub writer: String,
+    pub error: String,
+    pub count: usize,
+    /// When the first of them was sent (ms since the start).
+    pub first_sent_ms: u64,
+}
+
+/// Failed writes grouped by writer and error.
+fn write_errors(acks: &[Ack]) -> Vec<WriteErrors> {
+    let mut m: BTreeMap<(String, String), WriteErrors> = BTreeMap::new();
+    for a in acks {
+        let Some(e) = &a.error else { continue };
+        let error: String = e.chars().take(160).collect();
+        let w = m
+            .entry((a.writer.clone(), error.clone()))
+            .or_insert(WriteErrors {
+                writer: a.writer.clone(),
+                error,
+                count: 0,
+                first_sent_ms: a.sent_ms,
+            });
+        w.count += 1;
+        w.first_sent_ms = w.first_sent_ms.min(a.sent_ms);
+    }
+    let mut v: Vec<WriteErrors> = m.into_values().collect();
+    v.sort_by_key(|w| w.first_sent_ms);
+    v
 }
 
 impl Report {
@@ -285,6 +319,7 @@ pub fn evaluate(o: &Observed) -> Report {
         rto_max_ms,
         topics,
         timeline: o.events.clone(),
+        write_errors: write_errors(&o.acks),
         problems,
     }
 }
@@ -340,6 +375,19 @@ pub fn text(r: &Report) -> String {
             t.duplicates,
             t.lost_after_failback
         );
+    }
+    if !r.write_errors.is_empty() {
+        let _ = writeln!(s, "\nfailed writes (first sent, writer, count, error):");
+        for w in &r.write_errors {
+            let _ = writeln!(
+                s,
+                "  {:>7.1} s  {:<10} {:>5}  {}",
+                w.first_sent_ms as f64 / 1000.0,
+                w.writer,
+                w.count,
+                w.error
+            );
+        }
     }
     if r.passed() {
         let _ = writeln!(
@@ -427,6 +475,22 @@ pub fn markdown(r: &Report) -> String {
     for e in &r.timeline {
         let _ = writeln!(s, "| {:.1} | {} |", e.t_ms as f64 / 1000.0, e.what);
     }
+    if !r.write_errors.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n## Failed writes\n\n| first sent (s) | writer | count | error |\n|---|---|---|---|"
+        );
+        for w in &r.write_errors {
+            let _ = writeln!(
+                s,
+                "| {:.1} | {} | {} | {} |",
+                w.first_sent_ms as f64 / 1000.0,
+                w.writer,
+                w.count,
+                w.error.replace('|', "/")
+            );
+        }
+    }
     s
 }
 
@@ -493,7 +557,10 @@ mod tests {
                 ack("s", "eu-west", 1, 5_100, Some(5_300)),
                 ack("s", "ap-south", 0, 5_100, Some(5_250)),
                 ack("s", "us-east", 1, 5_200, Some(7_200)),
-                ack("a", "us-east", 1, 5_150, None),
+                Ack {
+                    error: Some("connection refused".into()),
+                    ..ack("a", "us-east", 1, 5_150, None)
+                },
             ],
             seen,
             before_failback: views(
@@ -545,6 +612,11 @@ mod tests {
         assert_eq!((s.rpo_records, s.lost_after_failback), (0, 0));
         assert_eq!((a.rpo_records, a.rpo_ms, a.reinjected), (1, 4_050, 1));
         assert_eq!(a.failed_writes, 1);
+        assert_eq!(r.write_errors.len(), 1);
+        assert_eq!(
+            (r.write_errors[0].writer.as_str(), r.write_errors[0].count),
+            ("us-east", 1)
+        );
         assert_eq!(r.rto[0].clients, "eu-west");
         assert_eq!(
             (r.rto[0].write_ms, r.rto[0].read_ms),

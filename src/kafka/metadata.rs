@@ -104,11 +104,21 @@ fn elsewhere(r: &Router, t: &TopicMeta) -> Option<Vec<u64>> {
     if r.fence.may_write(&policy.regions) {
         return None;
     }
-    let other = r
+    // Another region of the topic, one that holds its lease if any does
+    // (as far as this node knows), in topology order.
+    let meta = r.groups.meta_state();
+    let now = r.groups.clock.wall_now_ms();
+    let margin = r.link.cfg.clock_drift_ms_max;
+    let candidates: Vec<_> = r
         .topology
         .regions
         .iter()
-        .find(|reg| reg.name != r.me.region && policy.regions.contains(&reg.name))?;
+        .filter(|reg| reg.name != r.me.region && policy.regions.contains(&reg.name))
+        .collect();
+    let other = candidates
+        .iter()
+        .find(|reg| crate::control::lease::remaining_ms(&meta.leases, &reg.name, now, margin) > 0)
+        .or(candidates.first())?;
     let mut ids: Vec<u64> = other.nodes.iter().map(|n| n.id).collect();
     ids.sort_unstable();
     Some(ids)
