@@ -45,18 +45,20 @@ fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> 
     }
 }
 
-#[derive(Serialize)]
+/// `cluster.json`: where every node of a dev cluster listens, its pid and
+/// its config (read by `meridian status` and `meridian drill`).
+#[derive(Serialize, serde::Deserialize)]
 pub struct ClusterFile {
     pub regions: Vec<ClusterRegion>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, serde::Deserialize)]
 pub struct ClusterRegion {
     pub name: String,
     pub nodes: Vec<ClusterNode>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, serde::Deserialize)]
 pub struct ClusterNode {
     pub id: u64,
     pub kafka: String,

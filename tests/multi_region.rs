@@ -93,6 +93,17 @@ fn produced(v: serde_json::Value) -> Produced {
 type View = BTreeMap<String, Vec<(i64, String)>>;
 
 fn consume(bootstrap: &str, topic: &str, partitions: usize, want: usize) -> View {
+    consume_idle(bootstrap, topic, partitions, want, 20_000)
+}
+
+/// Reads until `want` records arrived or none did for `idle_ms`.
+fn consume_idle(
+    bootstrap: &str,
+    topic: &str,
+    partitions: usize,
+    want: usize,
+    idle_ms: u64,
+) -> View {
     let v = geo(
         &[
             "consume",
@@ -100,7 +111,7 @@ fn consume(bootstrap: &str, topic: &str, partitions: usize, want: usize) -> View
             topic,
             &partitions.to_string(),
             &want.to_string(),
-            "20000",
+            &idle_ms.to_string(),
         ],
         Duration::from_secs(120),
     );
@@ -753,31 +764,9 @@ fn a_node_away_past_the_purged_metadata_log_catches_up_from_a_snapshot() {
 /// A region's view of every partition: all it serves, once it serves at
 /// least `want` records (reads until 3 s pass without a new one).
 fn full_view(c: &Cluster, region: &str, topic: &str, partitions: usize, want: usize) -> View {
-    consume(&c.region_bootstrap(region), topic, partitions, want);
-    let v = geo(
-        &[
-            "consume",
-            &c.region_bootstrap(region),
-            topic,
-            &partitions.to_string(),
-            "1000000",
-            "3000",
-        ],
-        Duration::from_secs(120),
-    );
-    v.as_object()
-        .unwrap()
-        .iter()
-        .map(|(p, recs)| {
-            let recs = recs
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|r| (r[0].as_i64().unwrap(), r[1].as_str().unwrap().to_string()))
-                .collect();
-            (p.clone(), recs)
-        })
-        .collect()
+    let bootstrap = c.region_bootstrap(region);
+    consume(&bootstrap, topic, partitions, want);
+    consume_idle(&bootstrap, topic, partitions, 1_000_000, 3_000)
 }
 
 /// Invariants 6 and 7: when every node of a region dies, the metadata

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::{encode_batch, Client, ClientError};
@@ -47,27 +47,10 @@ pub enum DrillError {
     Step(String),
 }
 
-#[derive(Debug, Clone, Deserialize)]
-pub struct ClusterNode {
-    pub id: u64,
-    pub kafka: String,
-    pub admin: String,
-    pub pid: u32,
-    pub config: String,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct ClusterRegion {
-    pub name: String,
-    pub nodes: Vec<ClusterNode>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct ClusterFile {
-    pub regions: Vec<ClusterRegion>,
-}
+pub use crate::dev::{ClusterFile, ClusterRegion};
 
 impl ClusterFile {
+    /// Reads a `cluster.json`.
     pub fn load(path: &Path) -> Result<ClusterFile, DrillError> {
         let bad = |reason: String| DrillError::Cluster {
             path: path.to_path_buf(),

@@ -148,20 +148,7 @@ pub fn store(h: BatchHeader, proposed: &[u8]) -> Vec<u8> {
 /// HLC): decode and encode again, identically on every replica. The old
 /// identity headers are replaced in place by the encoding.
 pub fn restamp(h: BatchHeader, origin: &str, proposed: &[u8]) -> Result<Vec<u8>, String> {
-    let mut bytes = Bytes::copy_from_slice(proposed);
-    let sets = RecordBatchDecoder::decode_all(&mut bytes).map_err(|e| e.to_string())?;
-    let records: Vec<RecordIn> = sets
-        .into_iter()
-        .flat_map(|s| s.records)
-        .map(RecordIn::from_kafka)
-        .collect();
-    if records.len() != h.count as usize {
-        return Err(format!(
-            "proposed batch holds {} records, not {}",
-            records.len(),
-            h.count
-        ));
-    }
+    let records = decode_records(proposed, h.count).map_err(|e| format!("proposed {e}"))?;
     Ok(encode(h, origin, &records))
 }
 
@@ -223,6 +210,13 @@ pub fn with_base_offset(kafka: &[u8], base: u64) -> Bytes {
 /// The records of a stored batch, with every header they were stored with.
 pub fn records_of(value: &[u8]) -> Result<(BatchHeader, Vec<RecordIn>), String> {
     let (h, kafka) = decode(value)?;
+    let records =
+        decode_records(kafka, h.count).map_err(|e| format!("stored {e} at {}", h.base_offset))?;
+    Ok((h, records))
+}
+
+/// The `count` records of a Kafka record batch.
+fn decode_records(kafka: &[u8], count: u32) -> Result<Vec<RecordIn>, String> {
     let mut bytes = Bytes::copy_from_slice(kafka);
     let sets = RecordBatchDecoder::decode_all(&mut bytes).map_err(|e| e.to_string())?;
     let records: Vec<RecordIn> = sets
@@ -230,15 +224,13 @@ pub fn records_of(value: &[u8]) -> Result<(BatchHeader, Vec<RecordIn>), String> 
         .flat_map(|s| s.records)
         .map(RecordIn::from_kafka)
         .collect();
-    if records.len() != h.count as usize {
+    if records.len() != count as usize {
         return Err(format!(
-            "stored batch at {} holds {} records, not {}",
-            h.base_offset,
-            records.len(),
-            h.count
+            "batch holds {} records, not {count}",
+            records.len()
         ));
     }
-    Ok((h, records))
+    Ok(records)
 }
 
 /// Splits a stored value into its header and its Kafka record batch bytes.
