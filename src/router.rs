@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{KafkaConfig, NodeId, NodeSpec, Topology};
-use crate::link::{Forward, ForwardReply, Link, KIND_LINK_FORWARD};
+use crate::link::{Forward, Link, KIND_LINK_FORWARD};
 use crate::metrics::Metrics;
 use crate::raft::groups::{CommitRx, WriteError};
 use crate::raft::types::{Command, CommandResult, GroupId, RecordIn};
@@ -581,36 +581,7 @@ async fn forward(
     f: Forward,
     timeout: Duration,
 ) -> Result<i64, PartitionError> {
-    let nodes = link.region_nodes(&home);
-    if nodes.is_empty() {
-        return Err(PartitionError::Refused(format!(
-            "home region {home} is not in the topology"
-        )));
-    }
-    let deadline = tokio::time::Instant::now() + timeout;
     let payload = bincode::serialize(&f).expect("serialize forward");
-    let mut target = nodes[group as usize % nodes.len()];
-    let mut tries = 0usize;
-    loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        if left.is_zero() {
-            return Err(PartitionError::Timeout);
-        }
-        let r = link
-            .transport
-            .call(target, KIND_LINK_FORWARD, group, &payload, left)
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|b| bincode::deserialize::<ForwardReply>(&b).map_err(|e| e.to_string()));
-        tries += 1;
-        match r {
-            Ok(Err(PartitionError::NotLeader(Some(l)))) if nodes.contains(&l) => target = l,
-            Ok(Err(PartitionError::NotLeader(None) | PartitionError::LeaderNotAvailable))
-            | Err(_) => {
-                target = nodes[(group as usize + tries) % nodes.len()];
-                tokio::time::sleep(Duration::from_millis(50).min(left)).await;
-            }
-            Ok(r) => return r,
-        }
-    }
+    link.call_leader(&home, KIND_LINK_FORWARD, group, &payload, timeout)
+        .await
 }

@@ -315,12 +315,7 @@ impl Failover {
 
     /// The partition groups in which `region` wrote an origin log.
     fn groups_written_by(&self, region: &str, meta: &MetaState) -> Vec<GroupId> {
-        let names: Vec<String> = self
-            .topology
-            .regions
-            .iter()
-            .map(|r| r.name.clone())
-            .collect();
+        let names = self.link.region_names();
         let mut v: Vec<GroupId> = meta
             .topics
             .values()
@@ -428,12 +423,7 @@ impl Failover {
         survivors: &[&crate::config::RegionSpec],
         meta: &MetaState,
     ) -> BTreeMap<String, String> {
-        let names: Vec<String> = self
-            .topology
-            .regions
-            .iter()
-            .map(|r| r.name.clone())
-            .collect();
+        let names = self.link.region_names();
         let up: Vec<&str> = survivors.iter().map(|r| r.name.as_str()).collect();
         let mut homes = BTreeMap::new();
         for t in meta.topics.values() {

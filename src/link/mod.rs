@@ -208,8 +208,7 @@ impl Link {
     }
 
     /// Sends a failback request for `group` to `region`'s partition
-    /// leader, following leader hints and trying its other nodes, until
-    /// `timeout`.
+    /// leader, until `timeout`.
     pub async fn failback_call(
         &self,
         region: &str,
@@ -217,6 +216,23 @@ impl Link {
         req: &FailbackReq,
         timeout: std::time::Duration,
     ) -> FailbackReply {
+        let payload = bincode::serialize(req).expect("serialize failback request");
+        self.call_leader(region, KIND_LINK_FAILBACK, group, &payload, timeout)
+            .await
+    }
+
+    /// Sends a request for `group` to `region`'s partition leader, whose
+    /// answer is a `Result<T, PartitionError>`: follows leader hints, tries
+    /// the region's other nodes while there is no leader or a node is
+    /// unreachable, and gives up with `Timeout` after `timeout`.
+    pub async fn call_leader<T: serde::de::DeserializeOwned>(
+        &self,
+        region: &str,
+        kind: u8,
+        group: GroupId,
+        payload: &[u8],
+        timeout: std::time::Duration,
+    ) -> Result<T, crate::router::PartitionError> {
         use crate::router::PartitionError;
         let nodes = self.region_nodes(region);
         if nodes.is_empty() {
@@ -225,35 +241,28 @@ impl Link {
             )));
         }
         let deadline = tokio::time::Instant::now() + timeout;
-        let payload = bincode::serialize(req).expect("serialize failback request");
         let mut target = nodes[group as usize % nodes.len()];
         let mut tries = 0usize;
-        let mut last = PartitionError::Timeout;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if left.is_zero() {
-                return Err(last);
+                return Err(PartitionError::Timeout);
             }
             let r = self
                 .transport
-                .call(target, KIND_LINK_FAILBACK, group, &payload, left)
+                .call(target, kind, group, payload, left)
                 .await
                 .map_err(|e| e.to_string())
-                .and_then(|b| bincode::deserialize::<FailbackReply>(&b).map_err(|e| e.to_string()));
+                .and_then(|b| {
+                    bincode::deserialize::<Result<T, PartitionError>>(&b).map_err(|e| e.to_string())
+                });
             tries += 1;
             match r {
                 Ok(Err(PartitionError::NotLeader(Some(l)))) if nodes.contains(&l) => target = l,
-                Ok(Err(
-                    e @ (PartitionError::NotLeader(_) | PartitionError::LeaderNotAvailable),
-                )) => {
-                    last = e;
+                Ok(Err(PartitionError::NotLeader(None) | PartitionError::LeaderNotAvailable))
+                | Err(_) => {
                     target = nodes[(group as usize + tries) % nodes.len()];
-                    tokio::time::sleep(std::time::Duration::from_millis(100).min(left)).await;
-                }
-                Err(e) => {
-                    last = PartitionError::Refused(format!("region {region} unreachable: {e}"));
-                    target = nodes[(group as usize + tries) % nodes.len()];
-                    tokio::time::sleep(std::time::Duration::from_millis(100).min(left)).await;
+                    tokio::time::sleep(std::time::Duration::from_millis(50).min(left)).await;
                 }
                 Ok(r) => return r,
             }
