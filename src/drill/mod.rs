@@ -8,18 +8,17 @@
 //! report's figures and verdicts; the rest drives the cluster.
 
 pub mod report;
+pub mod workload;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use serde::Serialize;
-use tokio_util::sync::CancellationToken;
 
-use crate::client::{encode_batch, Client, ClientError};
-use kafka_protocol::records::Compression;
+use crate::client::Client;
+pub use workload::Workload;
 
 pub use report::{evaluate, Ack, Event, Observed, Rec, Report, TopicReport, Views};
 
@@ -60,13 +59,13 @@ impl ClusterFile {
         serde_json::from_str(&text).map_err(|e| bad(format!("not a cluster.json: {e}")))
     }
 
-    fn region(&self, name: &str) -> Option<&ClusterRegion> {
+    pub fn region(&self, name: &str) -> Option<&ClusterRegion> {
         self.regions.iter().find(|r| r.name == name)
     }
 
     /// Brokers of `first`, then of every other region: a client that knows
     /// every region, as the metadata's broker list teaches it.
-    fn bootstrap_from(&self, first: &str) -> String {
+    pub fn bootstrap_from(&self, first: &str) -> String {
         let mut v: Vec<&str> = self
             .region(first)
             .into_iter()
@@ -78,7 +77,7 @@ impl ClusterFile {
         v.join(",")
     }
 
-    fn region_bootstrap(&self, name: &str) -> String {
+    pub fn region_bootstrap(&self, name: &str) -> String {
         self.region(name)
             .map(|r| {
                 r.nodes
@@ -90,7 +89,7 @@ impl ClusterFile {
             .unwrap_or_default()
     }
 
-    fn admins(&self) -> Vec<String> {
+    pub fn admins(&self) -> Vec<String> {
         self.regions
             .iter()
             .flat_map(|r| r.nodes.iter().map(|n| n.admin.clone()))
@@ -111,38 +110,9 @@ pub struct Plan {
     pub partitions: u32,
 }
 
-/// The workload's shared record of what happened.
-#[derive(Default)]
-struct Log {
-    acks: Vec<Ack>,
-    /// Per region reading: value -> ms since the start when first read.
-    seen: BTreeMap<String, BTreeMap<String, u64>>,
-    events: Vec<Event>,
-}
-
 struct Drill {
     plan: Plan,
-    cluster: ClusterFile,
-    start: Instant,
-    log: Mutex<Log>,
-    topics: [String; 2],
-}
-
-impl Drill {
-    fn ms(&self) -> u64 {
-        self.start.elapsed().as_millis() as u64
-    }
-
-    fn event(&self, what: impl Into<String>) {
-        let what = what.into();
-        let t_ms = self.ms();
-        println!("[{:>7.1} s] {what}", t_ms as f64 / 1000.0);
-        self.log
-            .lock()
-            .expect("drill log")
-            .events
-            .push(Event { t_ms, what });
-    }
+    w: Arc<Workload>,
 }
 
 /// Runs a drill and returns its report.
@@ -158,56 +128,28 @@ pub async fn run(plan: Plan) -> Result<Report, DrillError> {
     if names.len() < 3 {
         return Err(DrillError::TooFewRegions(names.len()));
     }
-    let suffix = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let topics = [
-        format!("drill-sync-{suffix}"),
-        format!("drill-async-{suffix}"),
-    ];
-    let d = Arc::new(Drill {
+    let w = Arc::new(Workload::new(cluster, "drill", plan.rate, plan.partitions));
+    let d = Drill {
         plan: plan.clone(),
-        cluster,
-        start: Instant::now(),
-        log: Mutex::new(Log::default()),
-        topics,
-    });
-    d.event(format!(
+        w: w.clone(),
+    };
+    w.event(format!(
         "drill: fail {} ({:?}) for {} s; writing {} rec/s per region and topic",
         plan.region,
         plan.mode,
         plan.down.as_secs(),
         plan.rate
     ));
-    d.create_topics().await?;
-    let stop_writers = CancellationToken::new();
-    let stop_readers = CancellationToken::new();
-    let mut tasks = Vec::new();
-    for r in &names {
-        for (i, t) in d.topics.iter().enumerate() {
-            tasks.push(tokio::spawn(d.clone().writer(
-                r.clone(),
-                t.clone(),
-                i,
-                stop_writers.clone(),
-            )));
-        }
-        tasks.push(tokio::spawn(d.clone().reader(
-            r.clone(),
-            d.cluster.region_bootstrap(r),
-            stop_readers.clone(),
-        )));
-    }
+    w.create_topics().await?;
     // The failed region's clients know every region's brokers.
-    tasks.push(tokio::spawn(d.clone().reader(
+    w.start(vec![(
         report::clients_of(&plan.region),
-        d.cluster.bootstrap_from(&plan.region),
-        stop_readers.clone(),
-    )));
+        w.cluster.bootstrap_from(&plan.region),
+    )]);
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     let seals_before = d.seals_of_region().await;
-    let failed_at = d.ms();
+    let failed_at = w.ms();
     d.fail().await?;
     let sealed_at = d.wait_sealed(seals_before).await?;
     let until = Instant::now()
@@ -215,24 +157,20 @@ pub async fn run(plan: Plan) -> Result<Report, DrillError> {
             .down
             .saturating_sub(Duration::from_millis(sealed_at - failed_at));
     tokio::time::sleep_until(until.max(Instant::now() + Duration::from_secs(3)).into()).await;
-    let before_failback = d.views_of_survivors().await;
+    let before_failback = w.views_except(&plan.region).await;
 
     d.fail_back().await?;
     d.wait_writes_again().await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    stop_writers.cancel();
-    d.event("workload stopped; waiting for every region to serve the same view");
-    let views = d.settled_views().await;
-    stop_readers.cancel();
-    for t in tasks {
-        let _ = t.await;
-    }
-    let log = std::mem::take(&mut *d.log.lock().expect("drill log"));
+    w.stop_writing();
+    w.event("workload stopped; waiting for every region to serve the same view");
+    let views = w.settled_views(Duration::from_secs(60)).await;
+    let log = w.finish().await;
     let observed = Observed {
         region: plan.region.clone(),
         mode: Some(plan.mode),
         regions: names,
-        topics: d.topics.to_vec(),
+        topics: w.topics.to_vec(),
         failed_at_ms: failed_at,
         sealed_at_ms: sealed_at,
         acks: log.acks,
@@ -245,128 +183,8 @@ pub async fn run(plan: Plan) -> Result<Report, DrillError> {
 }
 
 impl Drill {
-    async fn create_topics(&self) -> Result<(), DrillError> {
-        let any = self.cluster.bootstrap_from(&self.cluster.regions[0].name);
-        let c = Client::new(&any);
-        for (t, repl) in self.topics.iter().zip(["sync", "async"]) {
-            let mut configs = BTreeMap::new();
-            configs.insert("meridian.replication".to_string(), repl.to_string());
-            c.create_topic(t, self.plan.partitions as i32, &configs)
-                .await
-                .map_err(|e| DrillError::Step(format!("cannot create topic {t}: {e}")))?;
-        }
-        // Every region learns of the topics before the workload starts.
-        for r in &self.cluster.regions {
-            let c = Client::new(&self.cluster.region_bootstrap(&r.name));
-            for t in &self.topics {
-                let deadline = Instant::now() + Duration::from_secs(30);
-                while c.topic(t, false).await.is_err() {
-                    if Instant::now() > deadline {
-                        return Err(DrillError::Step(format!(
-                            "region {} never learned of topic {t}",
-                            r.name
-                        )));
-                    }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-        }
-        self.event(format!(
-            "created topics {} (sync) and {} (async)",
-            self.topics[0], self.topics[1]
-        ));
-        Ok(())
-    }
-
-    /// Writes `topic` from `region` (its brokers first, then the others'),
-    /// one record per tick, recording each ack.
-    async fn writer(
-        self: Arc<Self>,
-        region: String,
-        topic: String,
-        _i: usize,
-        stop: CancellationToken,
-    ) {
-        let mut c = Client::new(&self.cluster.bootstrap_from(&region));
-        c.timeout = Duration::from_secs(5);
-        // No retries: a retried write that had in fact been stored would be
-        // stored twice (idempotent producers are not there yet), and the
-        // drill counts duplicates as broken invariants. A failed write is
-        // reported as failed; the next one is a new record.
-        c.retries_max = 0;
-        let every = Duration::from_millis(1000 / self.plan.rate.max(1) as u64);
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut seq = 0u64;
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            let value = format!("{region}-{seq}");
-            let partition = (seq % self.plan.partitions as u64) as i32;
-            seq += 1;
-            let batch = encode_batch(
-                &[(None, Some(Bytes::from(value.clone())))],
-                Compression::None,
-            );
-            let sent = self.ms();
-            let r = tokio::select! {
-                _ = stop.cancelled() => return,
-                r = c.produce(&topic, partition, batch) => r,
-            };
-            if r.is_err() {
-                // As a client does after an error: ask for metadata again.
-                c.forget_leaders(&topic).await;
-            }
-            let ack = Ack {
-                topic: topic.clone(),
-                writer: region.clone(),
-                value,
-                sent_ms: sent,
-                acked_ms: r.is_ok().then(|| self.ms()),
-                error: r.err().map(|e: ClientError| e.to_string()),
-            };
-            self.log.lock().expect("drill log").acks.push(ack);
-        }
-    }
-
-    /// Reads the sync topic through `bootstrap`, recording under `label`
-    /// when each record was first readable.
-    async fn reader(self: Arc<Self>, label: String, bootstrap: String, stop: CancellationToken) {
-        let region = label;
-        let mut c = Client::new(&bootstrap);
-        c.timeout = Duration::from_secs(3);
-        c.retries_max = 1;
-        let topic = self.topics[0].clone();
-        let mut next = vec![0i64; self.plan.partitions as usize];
-        while !stop.is_cancelled() {
-            for (p, off) in next.iter_mut().enumerate() {
-                let r = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    r = c.fetch(&topic, p as i32, *off, 200) => r,
-                };
-                let Ok((recs, _)) = r else {
-                    c.forget_leaders(&topic).await;
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
-                };
-                let now = self.ms();
-                let mut log = self.log.lock().expect("drill log");
-                let seen = log.seen.entry(region.clone()).or_default();
-                for rec in recs {
-                    *off = (*off).max(rec.offset + 1);
-                    if let Some(v) = rec.value {
-                        seen.entry(String::from_utf8_lossy(&v).into_owned())
-                            .or_insert(now);
-                    }
-                }
-            }
-        }
-    }
-
     async fn post_faults(&self, body: &str) -> Result<(), DrillError> {
-        for a in self.cluster.admins() {
+        for a in self.w.cluster.admins() {
             // Nodes that are down take no faults; that is fine.
             let _ =
                 crate::dev::http_request(&a, "POST", "/faults", body, Duration::from_secs(3)).await;
@@ -380,7 +198,7 @@ impl Drill {
             Mode::Kill => {
                 use nix::sys::signal::{kill, Signal};
                 use nix::unistd::Pid;
-                let r = self.cluster.region(&region).expect("checked");
+                let r = self.w.cluster.region(&region).expect("checked");
                 for n in &r.nodes {
                     if let Err(e) = kill(Pid::from_raw(n.pid as i32), Signal::SIGKILL) {
                         return Err(DrillError::Step(format!(
@@ -389,10 +207,12 @@ impl Drill {
                         )));
                     }
                 }
-                self.event(format!("SIGKILL sent to every node of {region}"));
+                self.w
+                    .event(format!("SIGKILL sent to every node of {region}"));
             }
             Mode::Isolate => {
                 let cuts: Vec<String> = self
+                    .w
                     .cluster
                     .regions
                     .iter()
@@ -401,7 +221,8 @@ impl Drill {
                     .collect();
                 self.post_faults(&format!(r#"{{"cut": [{}]}}"#, cuts.join(", ")))
                     .await?;
-                self.event(format!("{region} cut off from every other region"));
+                self.w
+                    .event(format!("{region} cut off from every other region"));
             }
         }
         Ok(())
@@ -411,6 +232,7 @@ impl Drill {
     /// drill's included).
     async fn seals_of_region(&self) -> usize {
         for r in self
+            .w
             .cluster
             .regions
             .iter()
@@ -436,6 +258,7 @@ impl Drill {
     async fn wait_sealed(&self, before: usize) -> Result<u64, DrillError> {
         let deadline = Instant::now() + Duration::from_secs(120);
         let survivors: Vec<String> = self
+            .w
             .cluster
             .regions
             .iter()
@@ -457,11 +280,11 @@ impl Drill {
                         > before
                 });
                 if sealed {
-                    self.event(format!(
+                    self.w.event(format!(
                         "{} failed over (its origin logs sealed)",
                         self.plan.region
                     ));
-                    return Ok(self.ms());
+                    return Ok(self.w.ms());
                 }
             }
             if Instant::now() > deadline {
@@ -479,13 +302,13 @@ impl Drill {
         match self.plan.mode {
             Mode::Isolate => {
                 self.post_faults("{}").await?;
-                self.event(format!("{region} reconnected"));
+                self.w.event(format!("{region} reconnected"));
             }
             Mode::Kill => {
                 let exe = std::env::current_exe()
                     .map_err(|e| DrillError::Step(format!("cannot find meridian: {e}")))?;
                 let mut restarted = BTreeMap::new();
-                let r = self.cluster.region(&region).expect("checked");
+                let r = self.w.cluster.region(&region).expect("checked");
                 for n in &r.nodes {
                     let config = PathBuf::from(&n.config);
                     let log = config.with_file_name(format!("node-{}.log", n.id));
@@ -513,7 +336,8 @@ impl Drill {
                     restarted.insert(n.id, child.id());
                 }
                 update_pids(&self.plan.cluster, &restarted)?;
-                self.event(format!("{region} restarted (new pids in cluster.json)"));
+                self.w
+                    .event(format!("{region} restarted (new pids in cluster.json)"));
             }
         }
         Ok(())
@@ -521,7 +345,7 @@ impl Drill {
 
     /// Waits until the region's own brokers take a write again.
     async fn wait_writes_again(&self) -> Result<(), DrillError> {
-        let mut c = Client::new(&self.cluster.region_bootstrap(&self.plan.region));
+        let mut c = Client::new(&self.w.cluster.region_bootstrap(&self.plan.region));
         c.timeout = Duration::from_secs(2);
         c.retries_max = 0;
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -530,7 +354,8 @@ impl Drill {
             // An empty record of the async topic would count as a workload
             // record; ask for metadata and the region's health instead.
             let healthy = futures::future::join_all(
-                self.cluster
+                self.w
+                    .cluster
                     .region(&self.plan.region)
                     .expect("checked")
                     .nodes
@@ -540,8 +365,9 @@ impl Drill {
             .await
             .into_iter()
             .all(|r| matches!(r, Ok((200, _))));
-            if healthy && c.topic(&self.topics[1], false).await.is_ok() {
-                self.event(format!("{} holds its lease again", self.plan.region));
+            if healthy && c.topic(&self.w.topics[1], false).await.is_ok() {
+                self.w
+                    .event(format!("{} holds its lease again", self.plan.region));
                 return Ok(());
             }
             last = "not healthy yet".into();
@@ -551,88 +377,6 @@ impl Drill {
             "{} did not come back within 120 s ({last})",
             self.plan.region
         )))
-    }
-
-    /// Every record of every drill topic, as `region` serves it.
-    async fn view(&self, region: &str) -> Option<BTreeMap<String, Vec<Vec<Rec>>>> {
-        let mut c = Client::new(&self.cluster.region_bootstrap(region));
-        c.timeout = Duration::from_secs(3);
-        c.retries_max = 3;
-        let mut out = BTreeMap::new();
-        for t in &self.topics {
-            let mut parts = Vec::new();
-            for p in 0..self.plan.partitions as i32 {
-                let mut values = Vec::new();
-                let mut off = 0i64;
-                loop {
-                    let (recs, hw) = c.fetch(t, p, off, 0).await.ok()?;
-                    for rec in &recs {
-                        off = off.max(rec.offset + 1);
-                        let v = rec
-                            .value
-                            .as_deref()
-                            .map(|v| String::from_utf8_lossy(v).into_owned())
-                            .unwrap_or_default();
-                        let reinjected = rec
-                            .headers
-                            .iter()
-                            .any(|(k, _)| k == crate::storage::batch::HEADER_REINJECTED_FROM);
-                        values.push(Rec {
-                            value: v,
-                            reinjected,
-                        });
-                    }
-                    if off >= hw || recs.is_empty() {
-                        break;
-                    }
-                }
-                parts.push(values);
-            }
-            out.insert(t.clone(), parts);
-        }
-        Some(out)
-    }
-
-    async fn views_of_survivors(&self) -> Views {
-        let mut out = BTreeMap::new();
-        for r in self
-            .cluster
-            .regions
-            .iter()
-            .filter(|r| r.name != self.plan.region)
-        {
-            if let Some(v) = self.view(&r.name).await {
-                out.insert(r.name.clone(), v);
-            }
-        }
-        out
-    }
-
-    /// Reads every region's view until they agree and stop growing (at most
-    /// 60 s); returns the last reading.
-    async fn settled_views(&self) -> Views {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut last = BTreeMap::new();
-        loop {
-            let mut now = BTreeMap::new();
-            for r in &self.cluster.regions {
-                if let Some(v) = self.view(&r.name).await {
-                    now.insert(r.name.clone(), v);
-                }
-            }
-            let agree = now.len() == self.cluster.regions.len()
-                && now.values().collect::<BTreeSet<_>>().len() == 1;
-            if (agree && now == last) || Instant::now() > deadline {
-                self.event(if agree {
-                    "every region serves the same view".to_string()
-                } else {
-                    "regions still disagree after 60 s".to_string()
-                });
-                return now;
-            }
-            last = now;
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
     }
 }
 

@@ -35,6 +35,10 @@ pub struct Rec {
     pub value: String,
     /// It carries `meridian.reinjected.from`.
     pub reinjected: bool,
+    /// `meridian.origin`: the region whose log it is in.
+    pub origin: String,
+    /// `meridian.hlc`.
+    pub hlc: u64,
 }
 
 /// Per region: per topic, per partition, the records in view order.
@@ -155,6 +159,72 @@ pub fn clients_of(region: &str) -> String {
     format!("clients of {region}")
 }
 
+/// The values of `topic` that `region` serves in `views`.
+pub fn values_in<'a>(views: &'a Views, region: &str, topic: &str) -> BTreeSet<&'a str> {
+    views
+        .get(region)
+        .and_then(|v| v.get(topic))
+        .map(|parts| parts.iter().flatten().map(|r| r.value.as_str()).collect())
+        .unwrap_or_default()
+}
+
+/// What every region's final view says of one topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ViewCheck {
+    /// Acknowledged values missing from some region's view.
+    pub lost: BTreeSet<String>,
+    /// Extra copies of records, summed over regions.
+    pub duplicates: usize,
+    /// Every region serves the topic, and all serve the same sequence.
+    pub identical: bool,
+    /// Records carrying `meridian.reinjected.from` (in the first region).
+    pub reinjected: usize,
+}
+
+/// Checks `topic` in every region's `views` against the acknowledged
+/// values (invariants 3, 4 and 7).
+pub fn check_views<'a>(
+    acked: impl Iterator<Item = &'a str> + Clone,
+    regions: &[String],
+    views: &Views,
+    topic: &str,
+) -> ViewCheck {
+    let mut lost = BTreeSet::new();
+    let mut duplicates = 0;
+    for r in regions {
+        let held = values_in(views, r, topic);
+        lost.extend(
+            acked
+                .clone()
+                .filter(|v| !held.contains(v))
+                .map(str::to_string),
+        );
+        let all = views
+            .get(r)
+            .and_then(|v| v.get(topic))
+            .map_or(0, |parts| parts.iter().map(Vec::len).sum::<usize>());
+        duplicates += all - held.len();
+    }
+    let distinct: BTreeSet<_> = regions
+        .iter()
+        .map(|r| views.get(r).and_then(|v| v.get(topic)))
+        .collect();
+    let identical = distinct.len() == 1 && distinct.iter().all(|v| v.is_some());
+    let reinjected = views
+        .values()
+        .next()
+        .and_then(|v| v.get(topic))
+        .map_or(0, |parts| {
+            parts.iter().flatten().filter(|r| r.reinjected).count()
+        });
+    ViewCheck {
+        lost,
+        duplicates,
+        identical,
+        reinjected,
+    }
+}
+
 /// Judges what a drill saw.
 pub fn evaluate(o: &Observed) -> Report {
     let t0 = o.failed_at_ms;
@@ -167,19 +237,12 @@ pub fn evaluate(o: &Observed) -> Report {
             .iter()
             .filter_map(|a| a.acked_ms.map(|ms| (a.value.as_str(), ms)))
             .collect();
-        let in_view = |views: &Views, region: &str| -> BTreeSet<String> {
-            views
-                .get(region)
-                .and_then(|v| v.get(t))
-                .map(|parts| parts.iter().flatten().map(|r| r.value.clone()).collect())
-                .unwrap_or_default()
-        };
         // RPO: acknowledged before the failover (an isolated region takes
         // writes until its lease runs out), not served by a survivor while
         // the region was failed.
         let mut missing: BTreeMap<&str, u64> = BTreeMap::new();
         for r in o.regions.iter().filter(|r| **r != o.region) {
-            let held = in_view(&o.before_failback, r);
+            let held = values_in(&o.before_failback, r, t);
             for (v, ms) in acked.iter().filter(|(_, ms)| **ms <= o.sealed_at_ms) {
                 if !held.contains(*v) {
                     missing.insert(v, *ms);
@@ -191,34 +254,12 @@ pub fn evaluate(o: &Observed) -> Report {
             .map(|ms| o.sealed_at_ms.saturating_sub(*ms))
             .max()
             .unwrap_or(0);
-        let mut lost: BTreeSet<&str> = BTreeSet::new();
-        let mut duplicates = 0;
-        for r in &o.regions {
-            let held = in_view(&o.after, r);
-            lost.extend(acked.keys().copied().filter(|v| !held.contains(*v)));
-            let all: Vec<&Rec> = o
-                .after
-                .get(r)
-                .and_then(|v| v.get(t))
-                .map(|parts| parts.iter().flatten().collect())
-                .unwrap_or_default();
-            let distinct: BTreeSet<&str> = all.iter().map(|r| r.value.as_str()).collect();
-            duplicates += all.len() - distinct.len();
-        }
-        let views: BTreeSet<_> = o
-            .regions
-            .iter()
-            .map(|r| o.after.get(r).and_then(|v| v.get(t)))
-            .collect();
-        let identical = views.len() == 1 && views.iter().all(|v| v.is_some());
-        let reinjected = o
-            .after
-            .values()
-            .next()
-            .and_then(|v| v.get(t))
-            .map_or(0, |parts| {
-                parts.iter().flatten().filter(|r| r.reinjected).count()
-            });
+        let ViewCheck {
+            lost,
+            duplicates,
+            identical,
+            reinjected,
+        } = check_views(acked.keys().copied(), &o.regions, &o.after, t);
         let name = if sync { "sync" } else { "async" };
         if sync && !missing.is_empty() {
             problems.push(format!(
@@ -513,6 +554,8 @@ mod tests {
         Rec {
             value: v.into(),
             reinjected: false,
+            origin: String::new(),
+            hlc: 0,
         }
     }
 
@@ -593,8 +636,8 @@ mod tests {
                     (
                         "a",
                         vec![Rec {
-                            value: "us-east-0".into(),
                             reinjected: true,
+                            ..rec("us-east-0")
                         }],
                     ),
                 ],
