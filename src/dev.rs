@@ -220,8 +220,24 @@ impl DevCluster {
     }
 
     fn spawn(&mut self, exe: &Path, id: u64, config: &Path) -> Result<u32, DevError> {
+        self.spawn_logging(exe, id, config, false)
+    }
+
+    fn spawn_logging(
+        &mut self,
+        exe: &Path,
+        id: u64,
+        config: &Path,
+        append: bool,
+    ) -> Result<u32, DevError> {
         let log = self.log_path(id);
-        let out = std::fs::File::create(&log).map_err(io("cannot create", &log))?;
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(append)
+            .truncate(!append)
+            .open(&log)
+            .map_err(io("cannot create", &log))?;
         let err = out.try_clone().map_err(io("cannot open", &log))?;
         let child = Command::new(exe)
             .arg("node")
@@ -273,6 +289,34 @@ impl DevCluster {
             }
         }
         Ok(())
+    }
+
+    /// The pid of node `id`, while this cluster runs it.
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.children
+            .iter()
+            .find(|(i, _)| *i == id)
+            .map(|(_, c)| c.id())
+    }
+
+    /// SIGKILLs node `id` and reaps it (chaos faults).
+    pub fn kill(&mut self, id: u64) {
+        self.children.retain_mut(|(i, c)| {
+            if *i == id {
+                let _ = c.kill();
+                let _ = c.wait();
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    /// Starts node `id` again from its config, appending to its log.
+    pub fn restart(&mut self, exe: &Path, id: u64) -> Result<u32, DevError> {
+        self.kill(id);
+        let config = self.dir.join(format!("node-{id}.toml"));
+        self.spawn_logging(exe, id, &config, true)
     }
 
     /// Reports nodes that exited, once each.

@@ -6,7 +6,8 @@
 //! nodes, which talk over [`transport`]; [`link`] copies origin logs between
 //! regions, [`view`] merges them, and [`control`] keeps the regions' write
 //! leases. [`admin`] serves operators; [`node`]
-//! ties one process together; [`dev`], [`client`] and [`bench`] serve the CLI.
+//! ties one process together; [`dev`], [`client`] and [`bench`] serve the CLI,
+//! [`drill`] and [`chaos`] fail regions and check the invariants.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -19,6 +20,7 @@ pub mod storage;
 pub mod transport;
 pub mod view;
 
+pub mod chaos;
 pub mod drill;
 
 pub mod bench;

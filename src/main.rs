@@ -106,6 +106,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: BenchCmd,
     },
+    /// Fault scenarios (chaos/*.toml) against a fresh dev cluster.
+    Chaos {
+        #[command(subcommand)]
+        cmd: ChaosCmd,
+    },
     /// Fail a whole region of a running cluster under a verification
     /// workload, fail it back, and report RTO, RPO, re-injections and
     /// duplicates (docs/disaster-recovery.md#drills).
@@ -132,6 +137,35 @@ enum Cmd {
         /// Write the report as Markdown, with a timeline chart, to this file.
         #[arg(long)]
         report: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ChaosCmd {
+    /// Start a dev cluster, run a workload, inject the scenario's faults,
+    /// heal them, and check its invariants; exits 1 if any check fails.
+    Run {
+        /// The scenario file, e.g. chaos/region-loss.toml.
+        scenario: PathBuf,
+        /// Topology of the dev cluster.
+        #[arg(long, default_value = "regions/dev.toml")]
+        topology: PathBuf,
+        /// Renumber ports from here (as `meridian dev --port-base`).
+        #[arg(long)]
+        port_base: Option<u16>,
+        /// Keep the cluster's directory (data and node logs) after a
+        /// passing run; a failing run always keeps it.
+        #[arg(long)]
+        keep: bool,
+        /// Write the report as JSON to this file ("-": stdout).
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Check scenario files without running them.
+    Check {
+        scenarios: Vec<PathBuf>,
+        #[arg(long, default_value = "regions/dev.toml")]
+        topology: PathBuf,
     },
 }
 
@@ -404,6 +438,7 @@ async fn run(cmd: Cmd) -> Result<()> {
             init_logging(Some("warn"));
             run_bench(cmd).await
         }
+        Cmd::Chaos { cmd } => run_chaos(cmd).await,
         Cmd::Drill {
             cluster,
             fail_region,
@@ -427,6 +462,77 @@ async fn run(cmd: Cmd) -> Result<()> {
                 report,
             )
             .await
+        }
+    }
+}
+
+async fn run_chaos(cmd: ChaosCmd) -> Result<()> {
+    match cmd {
+        ChaosCmd::Check {
+            scenarios,
+            topology,
+        } => {
+            if scenarios.is_empty() {
+                bail!("name at least one scenario file, e.g. chaos/*.toml");
+            }
+            let mut bad = 0;
+            for path in &scenarios {
+                match meridian::chaos::check_file(path, &topology) {
+                    Ok(s) => println!(
+                        "{}: ok ({}: {} faults over {:.0} s)",
+                        path.display(),
+                        s.name,
+                        s.faults.len(),
+                        s.span().as_secs_f64()
+                    ),
+                    Err(e) => {
+                        eprintln!("{e}");
+                        bad += 1;
+                    }
+                }
+            }
+            if bad > 0 {
+                std::process::exit(2);
+            }
+            Ok(())
+        }
+        ChaosCmd::Run {
+            scenario,
+            topology,
+            port_base,
+            keep,
+            json,
+        } => {
+            init_logging(Some("warn"));
+            let r = match meridian::chaos::run(meridian::chaos::Plan {
+                scenario,
+                topology,
+                port_base,
+                keep,
+            })
+            .await
+            {
+                Ok(r) => r,
+                Err(e @ meridian::chaos::ChaosError::Scenario(_)) => {
+                    eprintln!("{e}");
+                    std::process::exit(2);
+                }
+                Err(e) => return Err(e.into()),
+            };
+            print!("{}", r.text());
+            if let Some(path) = json {
+                let text = serde_json::to_string_pretty(&r)?;
+                if path.as_os_str() == "-" {
+                    println!("{text}");
+                } else {
+                    std::fs::write(&path, text)
+                        .with_context(|| format!("cannot write {}", path.display()))?;
+                }
+            }
+            if !r.passed {
+                bail!("the chaos scenario found broken invariants (see above)");
+            }
+            Ok(())
         }
     }
 }
