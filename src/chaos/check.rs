@@ -150,7 +150,7 @@ fn sync_acks_kept(run: &Run) -> (bool, String) {
                 parts
                     .iter()
                     .flatten()
-                    .map(|x| (x.value.as_str(), x.reinjected))
+                    .map(|x| (x.value.as_str(), x.reinjected.is_some()))
                     .collect()
             })
             .unwrap_or_default();
@@ -231,11 +231,42 @@ fn hlc_increasing(views: &Views) -> (bool, String) {
     )
 }
 
-/// No node of a region said it would take writes for an epoch after the
-/// control plane had sealed that epoch (invariant 6, observed from outside).
+/// No region took writes for an epoch after the control plane had sealed
+/// it (invariant 6), seen two ways: no node said it would (its `/status`
+/// during the run), and no record of a sealed epoch that came back by
+/// re-injection was stamped after the seal (a write accepted past the seal
+/// is always re-injected, with its original HLC).
 fn one_writer_per_epoch(run: &Run) -> (bool, String) {
+    let slack = run.skew_ms as i64;
     let mut nth: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut stranded = 0usize;
     for s in &run.seals {
+        let prefix = format!("{}/{}/", s.region, s.epoch);
+        for (region, topics) in &run.views {
+            for (t, parts) in topics {
+                for r in parts.iter().flatten() {
+                    let Some(x) = &r.reinjected else { continue };
+                    if !x.from.starts_with(&prefix) {
+                        continue;
+                    }
+                    stranded += 1;
+                    let written = crate::hlc::wall_ms(x.hlc);
+                    if written > s.decided_at_ms + slack {
+                        return (
+                            false,
+                            format!(
+                                "{region} serves {t} record {} ({}), written {} ms after {} epoch {} was sealed",
+                                r.value,
+                                x.from,
+                                written - s.decided_at_ms,
+                                s.region,
+                                s.epoch
+                            ),
+                        );
+                    }
+                }
+            }
+        }
         let k = nth.entry(&s.region).or_default();
         let index = *k;
         *k += 1;
@@ -243,7 +274,7 @@ fn one_writer_per_epoch(run: &Run) -> (bool, String) {
             o.region == s.region
                 && o.accepting
                 && o.own_seals <= index
-                && o.asked_at_ms > s.decided_at_ms + run.skew_ms as i64
+                && o.asked_at_ms > s.decided_at_ms + slack
         });
         if let Some(o) = late {
             return (
@@ -262,9 +293,8 @@ fn one_writer_per_epoch(run: &Run) -> (bool, String) {
     (
         true,
         format!(
-            "{} seals; none overlapped a region taking writes ({} of {} observations took writes)",
+            "{} seals; no writes after one ({accepting} of {} observations took writes; {stranded} re-injected copies of sealed epochs stamped before their seal)",
             run.seals.len(),
-            accepting,
             run.observations.len()
         ),
     )
@@ -346,14 +376,16 @@ pub fn longest_outage(acks: &[Ack]) -> BTreeMap<String, u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::drill::report::Rec;
+    use crate::drill::report::{Rec, Reinjected};
 
     const REGIONS: [&str; 3] = ["us-east", "eu-west", "ap-south"];
+    /// The seal's time (Unix ms).
+    const T: i64 = 1_800_000_000_000;
 
     fn rec(value: &str, origin: &str, hlc: u64) -> Rec {
         Rec {
             value: value.into(),
-            reinjected: false,
+            reinjected: None,
             origin: origin.into(),
             hlc,
         }
@@ -409,7 +441,7 @@ mod tests {
             views,
             observations: vec![
                 Observation {
-                    asked_at_ms: 1_000,
+                    asked_at_ms: T - 4_000,
                     node: 1,
                     region: "us-east".into(),
                     accepting: true,
@@ -417,7 +449,7 @@ mod tests {
                 },
                 // After failback: its seal applied, it writes again.
                 Observation {
-                    asked_at_ms: 9_000,
+                    asked_at_ms: T + 4_000,
                     node: 1,
                     region: "us-east".into(),
                     accepting: true,
@@ -427,7 +459,7 @@ mod tests {
             seals: vec![SealSeen {
                 region: "us-east".into(),
                 epoch: 0,
-                decided_at_ms: 5_000,
+                decided_at_ms: T,
             }],
             healed_at_ms: 50,
             skew_ms: 0,
@@ -471,7 +503,12 @@ mod tests {
         // A sync ack re-injected: present, but past a seal.
         let mut r = clean();
         for reg in REGIONS {
-            edit(&mut r, reg, "s", |v| v[1].reinjected = true);
+            edit(&mut r, reg, "s", |v| {
+                v[1].reinjected = Some(Reinjected {
+                    from: "us-east/0/0".into(),
+                    hlc: 1,
+                })
+            });
         }
         assert_eq!(failed(&r), vec![Check::SyncAcksKept]);
 
@@ -514,7 +551,7 @@ mod tests {
 
         // A region that said it took writes after its epoch was sealed.
         let mut r = clean();
-        r.observations[0].asked_at_ms = 5_001;
+        r.observations[0].asked_at_ms = T + 1;
         assert_eq!(failed(&r), vec![Check::OneWriterPerEpoch]);
         // ... within the clock slack it is not a finding.
         r.skew_ms = 10;
@@ -529,6 +566,29 @@ mod tests {
         assert!(failed(&r).is_empty());
         r.expect_failovers = Some(["eu-west".to_string()].into_iter().collect());
         assert_eq!(failed(&r), vec![Check::Failovers]);
+
+        // A record of the sealed epoch re-injected with an HLC after the
+        // seal: it was accepted while another region had taken over.
+        let mut r = clean();
+        let stamped = |ms: i64| Reinjected {
+            from: "us-east/0/7".into(),
+            hlc: crate::hlc::from_wall_ms(ms),
+        };
+        for reg in REGIONS {
+            edit(&mut r, reg, "a", |v| {
+                v.push(Rec {
+                    reinjected: Some(stamped(T - 500)),
+                    ..rec("us-east-7", "eu-west", 40)
+                })
+            });
+        }
+        assert!(failed(&r).is_empty(), "stamped before the seal");
+        for reg in REGIONS {
+            edit(&mut r, reg, "a", |v| {
+                v.last_mut().unwrap().reinjected = Some(stamped(T + 1))
+            });
+        }
+        assert_eq!(failed(&r), vec![Check::OneWriterPerEpoch]);
 
         // A region that never wrote after the heal.
         let mut r = clean();

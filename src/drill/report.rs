@@ -33,11 +33,21 @@ pub struct Event {
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Rec {
     pub value: String,
-    /// It carries `meridian.reinjected.from`.
-    pub reinjected: bool,
+    /// Its `meridian.reinjected.from` and `meridian.reinjected.hlc`, if it
+    /// was re-injected at a failback.
+    pub reinjected: Option<Reinjected>,
     /// `meridian.origin`: the region whose log it is in.
     pub origin: String,
     /// `meridian.hlc`.
+    pub hlc: u64,
+}
+
+/// Where a re-injected record came from.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Reinjected {
+    /// `region/epoch/offset` in the origin log it was first written to.
+    pub from: String,
+    /// Its HLC there.
     pub hlc: u64,
 }
 
@@ -215,7 +225,11 @@ pub fn check_views<'a>(
         .next()
         .and_then(|v| v.get(topic))
         .map_or(0, |parts| {
-            parts.iter().flatten().filter(|r| r.reinjected).count()
+            parts
+                .iter()
+                .flatten()
+                .filter(|r| r.reinjected.is_some())
+                .count()
         });
     ViewCheck {
         lost,
@@ -553,7 +567,7 @@ mod tests {
     fn rec(v: &str) -> Rec {
         Rec {
             value: v.into(),
-            reinjected: false,
+            reinjected: None,
             origin: String::new(),
             hlc: 0,
         }
@@ -636,7 +650,10 @@ mod tests {
                     (
                         "a",
                         vec![Rec {
-                            reinjected: true,
+                            reinjected: Some(Reinjected {
+                                from: "us-east/1/0".into(),
+                                hlc: 1,
+                            }),
                             ..rec("us-east-0")
                         }],
                     ),

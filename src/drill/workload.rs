@@ -13,7 +13,7 @@ use kafka_protocol::records::Compression;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::report::{Ack, Event, Rec, Views};
+use super::report::{Ack, Event, Rec, Reinjected, Views};
 use super::{ClusterFile, DrillError};
 use crate::client::{encode_batch, Client, ClientError};
 use crate::storage::batch;
@@ -296,16 +296,25 @@ impl Workload {
 
 /// A fetched record as the checks see it.
 fn rec_of(rec: &crate::client::Consumed) -> Rec {
+    let header = |name: &str| {
+        rec.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| v.as_deref())
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    };
     Rec {
         value: rec
             .value
             .as_deref()
             .map(|v| String::from_utf8_lossy(v).into_owned())
             .unwrap_or_default(),
-        reinjected: rec
-            .headers
-            .iter()
-            .any(|(k, _)| k == batch::HEADER_REINJECTED_FROM),
+        reinjected: header(batch::HEADER_REINJECTED_FROM).map(|from| Reinjected {
+            from,
+            hlc: header(batch::HEADER_REINJECTED_HLC)
+                .and_then(|h| h.parse().ok())
+                .unwrap_or(0),
+        }),
         origin: rec.origin.clone().unwrap_or_default(),
         hlc: rec.hlc.unwrap_or(0),
     }
