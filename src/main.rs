@@ -116,8 +116,12 @@ enum Cmd {
     /// duplicates (docs/disaster-recovery.md#drills).
     Drill {
         /// cluster.json written by `meridian dev`.
-        #[arg(long)]
-        cluster: PathBuf,
+        #[arg(long, required_unless_present = "admin", conflicts_with = "admin")]
+        cluster: Option<PathBuf>,
+        /// Instead of --cluster: admin addresses of any of the cluster's
+        /// nodes, comma-separated (it finds the rest; --mode isolate only).
+        #[arg(long, value_delimiter = ',')]
+        admin: Vec<String>,
         /// The region to fail.
         #[arg(long)]
         fail_region: String,
@@ -441,6 +445,7 @@ async fn run(cmd: Cmd) -> Result<()> {
         Cmd::Chaos { cmd } => run_chaos(cmd).await,
         Cmd::Drill {
             cluster,
+            admin,
             fail_region,
             mode,
             down_s,
@@ -451,7 +456,10 @@ async fn run(cmd: Cmd) -> Result<()> {
             init_logging(Some("warn"));
             run_drill(
                 meridian::drill::Plan {
-                    cluster,
+                    cluster: match cluster {
+                        Some(path) => meridian::drill::Source::File(path),
+                        None => meridian::drill::Source::Admin(admin),
+                    },
                     region: fail_region,
                     mode,
                     down: Duration::from_secs(down_s),

@@ -1,5 +1,5 @@
 //! `meridian drill` against a three-region `meridian dev` cluster, in both
-//! modes: it must report RPO 0 for the `sync` topic, nothing lost after
+//! modes (kill by its cluster.json, isolate by an admin address): it must report RPO 0 for the `sync` topic, nothing lost after
 //! failback, no duplicates and identical views, and exit 0 (it exits
 //! non-zero on any broken invariant; `drill::report` tests show each one
 //! fails it).
@@ -14,10 +14,18 @@ fn drill(mode: &str) -> serde_json::Value {
     let c = Cluster::start_three();
     let cluster = c.dir.path().join("cluster/cluster.json");
     let report = c.dir.path().join("drill.md");
+    // Kill mode needs cluster.json (pids, configs); isolate mode also finds
+    // a cluster by any node's admin address (the first one here is wrong,
+    // so the drill must try the next).
+    let admins = format!("127.0.0.1:1,{}", c.region_nodes("ap-south")[0].admin);
+    let (how, at) = match mode {
+        "kill" => ("--cluster", cluster.to_str().unwrap()),
+        _ => ("--admin", admins.as_str()),
+    };
     let (ok, out, err) = meridian(&[
         "drill",
-        "--cluster",
-        cluster.to_str().unwrap(),
+        how,
+        at,
         "--fail-region",
         "us-east",
         "--mode",
@@ -101,4 +109,31 @@ fn an_isolate_drill_loses_nothing_and_reinjects_what_only_the_region_held() {
         async_topic["reinjected"].as_u64().unwrap() > 0,
         "{async_topic}"
     );
+}
+
+#[test]
+fn a_drill_by_admin_address_says_what_it_cannot_do() {
+    let by_admin = |mode: &str| {
+        meridian(&[
+            "drill",
+            "--admin",
+            "127.0.0.1:1",
+            "--fail-region",
+            "us-east",
+            "--mode",
+            mode,
+        ])
+    };
+    let (ok, _, err) = by_admin("kill");
+    assert!(!ok);
+    assert!(err.contains("--mode kill needs --cluster"), "{err}");
+    let (ok, _, err) = by_admin("isolate");
+    assert!(!ok);
+    assert!(
+        err.contains("no admin address answered GET /topology (127.0.0.1:1: "),
+        "{err}"
+    );
+    let (ok, _, err) = meridian(&["drill", "--fail-region", "us-east"]);
+    assert!(!ok);
+    assert!(err.contains("--cluster"), "{err}");
 }

@@ -21,6 +21,7 @@ pub async fn serve(listener: TcpListener, router: Arc<Router>, shutdown: Cancell
         .route("/status", get(status))
         .route("/metrics", get(metrics))
         .route("/faults", get(get_faults).post(set_faults))
+        .route("/topology", get(topology))
         .with_state(router);
     let _ = axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
@@ -264,6 +265,33 @@ pub fn status_of(r: &Router) -> Status {
 
 async fn status(State(r): State<Arc<Router>>) -> Json<Status> {
     Json(status_of(&r))
+}
+
+/// Every region's nodes with their Kafka and admin addresses, in the
+/// shape of `cluster.json` (without pids and configs): how `meridian drill
+/// --admin` finds a cluster it did not start.
+async fn topology(State(r): State<Arc<Router>>) -> Json<crate::dev::ClusterFile> {
+    Json(crate::dev::ClusterFile {
+        regions: r
+            .topology
+            .regions
+            .iter()
+            .map(|x| crate::dev::ClusterRegion {
+                name: x.name.clone(),
+                nodes: x
+                    .nodes
+                    .iter()
+                    .map(|n| crate::dev::ClusterNode {
+                        id: n.id,
+                        kafka: n.kafka.to_string(),
+                        admin: n.admin.to_string(),
+                        pid: 0,
+                        config: String::new(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+    })
 }
 
 async fn get_faults(State(r): State<Arc<Router>>) -> Json<FaultState> {

@@ -59,6 +59,26 @@ impl ClusterFile {
         serde_json::from_str(&text).map_err(|e| bad(format!("not a cluster.json: {e}")))
     }
 
+    /// Asks the first of `admins` that answers for the cluster's topology.
+    pub async fn discover(admins: &[String]) -> Result<ClusterFile, DrillError> {
+        let mut why = Vec::new();
+        for a in admins {
+            match crate::dev::http_get(a, "/topology", Duration::from_secs(3)).await {
+                Ok((200, body)) => {
+                    return serde_json::from_str(&body).map_err(|e| {
+                        DrillError::Step(format!("{a}/topology is not a Meridian topology: {e}"))
+                    })
+                }
+                Ok((code, body)) => why.push(format!("{a}: HTTP {code} {}", body.trim())),
+                Err(e) => why.push(format!("{a}: {e}")),
+            }
+        }
+        Err(DrillError::Step(format!(
+            "no admin address answered GET /topology ({}); give a node's admin address (its `admin` in the topology), not its Kafka address",
+            why.join("; ")
+        )))
+    }
+
     pub fn region(&self, name: &str) -> Option<&ClusterRegion> {
         self.regions.iter().find(|r| r.name == name)
     }
@@ -97,10 +117,20 @@ impl ClusterFile {
     }
 }
 
+/// How the drill finds the cluster.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// `cluster.json` of `meridian dev`: addresses, pids and configs.
+    File(PathBuf),
+    /// Admin addresses (`host:port`) of any of its nodes: the first that
+    /// answers gives the topology (`GET /topology`). Isolate mode only.
+    Admin(Vec<String>),
+}
+
 /// What the drill does.
 #[derive(Debug, Clone)]
 pub struct Plan {
-    pub cluster: PathBuf,
+    pub cluster: Source,
     pub region: String,
     pub mode: Mode,
     /// How long the region stays failed, at least until it was failed over.
@@ -117,7 +147,19 @@ struct Drill {
 
 /// Runs a drill and returns its report.
 pub async fn run(plan: Plan) -> Result<Report, DrillError> {
-    let cluster = ClusterFile::load(&plan.cluster)?;
+    let cluster = match &plan.cluster {
+        Source::File(path) => ClusterFile::load(path)?,
+        Source::Admin(addrs) => {
+            if plan.mode == Mode::Kill {
+                return Err(DrillError::Step(
+                    "--mode kill needs --cluster (the pids and configs of a `meridian dev` cluster); \
+                     against a cluster found by --admin use --mode isolate"
+                        .into(),
+                ));
+            }
+            ClusterFile::discover(addrs).await?
+        }
+    };
     let names: Vec<String> = cluster.regions.iter().map(|r| r.name.clone()).collect();
     if cluster.region(&plan.region).is_none() {
         return Err(DrillError::UnknownRegion(
@@ -335,7 +377,9 @@ impl Drill {
                         })?;
                     restarted.insert(n.id, child.id());
                 }
-                update_pids(&self.plan.cluster, &restarted)?;
+                if let Source::File(path) = &self.plan.cluster {
+                    update_pids(path, &restarted)?;
+                }
                 self.w
                     .event(format!("{region} restarted (new pids in cluster.json)"));
             }
