@@ -529,13 +529,7 @@ async fn run_chaos(cmd: ChaosCmd) -> Result<()> {
             };
             print!("{}", r.text());
             if let Some(path) = json {
-                let text = serde_json::to_string_pretty(&r)?;
-                if path.as_os_str() == "-" {
-                    println!("{text}");
-                } else {
-                    std::fs::write(&path, text)
-                        .with_context(|| format!("cannot write {}", path.display()))?;
-                }
+                write_json(&path, &r)?;
             }
             if !r.passed {
                 bail!("the chaos scenario found broken invariants (see above)");
@@ -543,6 +537,17 @@ async fn run_chaos(cmd: ChaosCmd) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Writes a report as pretty JSON to `path`, or to stdout for `-`.
+fn write_json(path: &std::path::Path, report: &impl serde::Serialize) -> Result<()> {
+    let text = serde_json::to_string_pretty(report)?;
+    if path.as_os_str() == "-" {
+        println!("{text}");
+    } else {
+        std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
 }
 
 async fn run_drill(
@@ -554,13 +559,7 @@ async fn run_drill(
     let r = meridian::drill::run(plan).await?;
     print!("{}", report::text(&r));
     if let Some(path) = json {
-        let text = serde_json::to_string_pretty(&r)?;
-        if path.as_os_str() == "-" {
-            println!("{text}");
-        } else {
-            std::fs::write(&path, text)
-                .with_context(|| format!("cannot write {}", path.display()))?;
-        }
+        write_json(&path, &r)?;
     }
     if let Some(path) = md {
         std::fs::write(&path, report::markdown(&r))
