@@ -201,6 +201,7 @@ pub async fn run(plan: Plan) -> Result<Report, DrillError> {
     tokio::time::sleep_until(until.max(Instant::now() + Duration::from_secs(3)).into()).await;
     let before_failback = w.views_except(&plan.region).await;
 
+    let failback_at = w.ms();
     d.fail_back().await?;
     d.wait_writes_again().await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -215,6 +216,7 @@ pub async fn run(plan: Plan) -> Result<Report, DrillError> {
         topics: w.topics.to_vec(),
         failed_at_ms: failed_at,
         sealed_at_ms: sealed_at,
+        failback_at_ms: failback_at,
         acks: log.acks,
         seen: log.seen,
         before_failback,

@@ -64,6 +64,8 @@ pub struct Observed {
     pub topics: Vec<String>,
     pub failed_at_ms: u64,
     pub sealed_at_ms: u64,
+    /// When the failback began (0: never).
+    pub failback_at_ms: u64,
     pub acks: Vec<Ack>,
     /// Per reader (a region, or `clients of R`): value of the `sync` topic
     /// -> when it was first readable (ms since the start).
@@ -86,6 +88,9 @@ pub struct Rto {
     pub write_ms: Option<u64>,
     /// First read of a record written after the failure.
     pub read_ms: Option<u64>,
+    /// If writes failed again after the failback: from the first such
+    /// failed write to the first acknowledged one after it.
+    pub failback_gap_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -327,24 +332,37 @@ pub fn evaluate(o: &Observed) -> Report {
     for (writer, label) in groups {
         // The first write acknowledged after the failure, or, when writes
         // failed after it (an isolated region takes writes until its lease
-        // runs out), the first acknowledged after the first failure.
+        // runs out), the first acknowledged after the first failure before
+        // the failback. Failures after the failback are the failback's
+        // cost, reported apart.
+        let failback = if o.failback_at_ms == 0 {
+            u64::MAX
+        } else {
+            o.failback_at_ms
+        };
         let after: Vec<&Ack> = o
             .acks
             .iter()
             .filter(|a| a.writer == writer && a.sent_ms >= t0)
             .collect();
-        let first_failure = after
-            .iter()
-            .filter(|a| a.acked_ms.is_none())
-            .map(|a| a.sent_ms)
-            .min()
-            .unwrap_or(t0);
-        let write_ms = after
-            .iter()
-            .filter(|a| a.sent_ms >= first_failure)
-            .filter_map(|a| a.acked_ms)
-            .min()
-            .map(|ms| ms - t0);
+        let first_failure_from = |from: u64, until: u64| {
+            after
+                .iter()
+                .filter(|a| a.acked_ms.is_none() && (from..until).contains(&a.sent_ms))
+                .map(|a| a.sent_ms)
+                .min()
+        };
+        let first_ack_from = |from: u64| {
+            after
+                .iter()
+                .filter(|a| a.sent_ms >= from)
+                .filter_map(|a| a.acked_ms)
+                .min()
+        };
+        let first_failure = first_failure_from(t0, failback).unwrap_or(t0);
+        let write_ms = first_ack_from(first_failure).map(|ms| ms - t0);
+        let failback_gap_ms = first_failure_from(failback, u64::MAX)
+            .and_then(|f| first_ack_from(f).map(|ms| ms.saturating_sub(f)));
         let read_ms = o.seen.get(&label).and_then(|seen| {
             seen.iter()
                 .filter(|(v, _)| written_after.contains_key(v.as_str()))
@@ -355,6 +373,7 @@ pub fn evaluate(o: &Observed) -> Report {
             clients: label,
             write_ms,
             read_ms,
+            failback_gap_ms,
         });
     }
     let rto_max_ms = rto
@@ -401,14 +420,19 @@ pub fn text(r: &Report) -> String {
         mode_name(r.mode),
         r.failover_ms
     );
-    let _ = writeln!(s, "\n{:<22} {:>12} {:>12}", "RTO", "write", "read");
+    let _ = writeln!(
+        s,
+        "\n{:<22} {:>12} {:>12} {:>16}",
+        "RTO", "write", "read", "failback gap"
+    );
     for x in &r.rto {
         let _ = writeln!(
             s,
-            "{:<22} {:>12} {:>12}",
+            "{:<22} {:>12} {:>12} {:>16}",
             x.clients,
             ms(x.write_ms),
-            ms(x.read_ms)
+            ms(x.read_ms),
+            ms(x.failback_gap_ms)
         );
     }
     let _ = writeln!(
@@ -472,14 +496,18 @@ pub fn markdown(r: &Report) -> String {
     for p in &r.problems {
         let _ = writeln!(s, "- {p}");
     }
-    let _ = writeln!(s, "\n## RTO\n\n| clients | write | read |\n|---|---|---|");
+    let _ = writeln!(
+        s,
+        "\n## RTO\n\n| clients | write | read | failback gap |\n|---|---|---|---|"
+    );
     for x in &r.rto {
         let _ = writeln!(
             s,
-            "| {} | {} | {} |",
+            "| {} | {} | {} | {} |",
             x.clients,
             ms(x.write_ms),
-            ms(x.read_ms)
+            ms(x.read_ms),
+            ms(x.failback_gap_ms)
         );
     }
     let _ = writeln!(
@@ -608,6 +636,7 @@ mod tests {
             topics: vec!["s".into(), "a".into()],
             failed_at_ms: 5_000,
             sealed_at_ms: 9_000,
+            failback_at_ms: 12_000,
             acks: vec![
                 ack("s", "us-east", 0, 4_000, Some(4_100)),
                 ack("a", "us-east", 0, 4_900, Some(4_950)),
@@ -666,7 +695,6 @@ mod tests {
     #[test]
     fn a_clean_drill_passes_with_its_figures() {
         let r = evaluate(&observed());
-        assert!(r.passed(), "{:?}", r.problems);
         assert_eq!(r.failover_ms, 4_000);
         let (s, a) = (&r.topics[0], &r.topics[1]);
         assert_eq!((s.rpo_records, s.lost_after_failback), (0, 0));
@@ -685,8 +713,30 @@ mod tests {
         assert_eq!(r.rto[2].clients, "clients of us-east");
         assert_eq!(r.rto[2].write_ms, Some(2_200));
         assert_eq!(r.rto_max_ms, Some(4_800));
+        assert!(r.rto.iter().all(|x| x.failback_gap_ms.is_none()));
         assert!(text(&r).contains("PASSED"));
         assert!(markdown(&r).contains("```mermaid"));
+    }
+
+    #[test]
+    fn writes_failing_after_the_failback_are_a_gap_not_the_rto() {
+        let mut o = observed();
+        // eu-west's writes fail for a moment after the failback (12 s).
+        o.acks.push(Ack {
+            error: Some("holds no write lease".into()),
+            ..ack("s", "eu-west", 7, 12_500, None)
+        });
+        o.acks.push(ack("s", "eu-west", 8, 12_600, Some(13_100)));
+        let r = evaluate(&o);
+        assert_eq!(r.rto[0].clients, "eu-west");
+        assert_eq!(r.rto[0].write_ms, Some(300), "the RTO of the failure");
+        assert_eq!(r.rto[0].failback_gap_ms, Some(600));
+        assert!(text(&r).contains("failback gap"));
+        // Without the failback time, the same failure would be the RTO.
+        o.failback_at_ms = 0;
+        let r = evaluate(&o);
+        assert_eq!(r.rto[0].write_ms, Some(8_100));
+        assert_eq!(r.rto[0].failback_gap_ms, None);
     }
 
     #[test]
