@@ -410,6 +410,61 @@ fn ms(v: Option<u64>) -> String {
     v.map_or("-".to_string(), |v| format!("{v} ms"))
 }
 
+/// One RTO row: clients, write, read, failback gap.
+fn rto_cells(x: &Rto) -> [String; 4] {
+    [
+        x.clients.clone(),
+        ms(x.write_ms),
+        ms(x.read_ms),
+        ms(x.failback_gap_ms),
+    ]
+}
+
+/// One topic row, in the order of the tables' columns; the text table
+/// leaves out the last (identical views, which its verdict line covers).
+fn topic_cells(t: &TopicReport) -> [String; 10] {
+    [
+        t.topic.clone(),
+        t.replication.clone(),
+        t.acknowledged.to_string(),
+        t.failed_writes.to_string(),
+        t.rpo_records.to_string(),
+        t.rpo_ms.to_string(),
+        t.reinjected.to_string(),
+        t.duplicates.to_string(),
+        t.lost_after_failback.to_string(),
+        t.views_identical.to_string(),
+    ]
+}
+
+/// A text table row: the first cell left-aligned in its width, the others
+/// right-aligned, one space apart.
+fn text_row<S: AsRef<str>>(cells: &[S], widths: &[usize]) -> String {
+    let mut line = String::new();
+    for (i, (c, w)) in cells.iter().zip(widths).enumerate() {
+        if i == 0 {
+            let _ = write!(line, "{:<w$}", c.as_ref());
+        } else {
+            let _ = write!(line, " {:>w$}", c.as_ref());
+        }
+    }
+    line
+}
+
+/// A Markdown table row.
+fn md_row<S: AsRef<str>>(cells: &[S]) -> String {
+    let inner: Vec<&str> = cells.iter().map(AsRef::as_ref).collect();
+    format!("| {} |", inner.join(" | "))
+}
+
+/// A Markdown table's header and separator lines.
+fn md_header(names: &[&str]) -> String {
+    format!("{}\n|{}", md_row(names), "---|".repeat(names.len()))
+}
+
+const RTO_TEXT_WIDTHS: [usize; 4] = [22, 12, 12, 16];
+const TOPIC_TEXT_WIDTHS: [usize; 9] = [28, 6, 6, 7, 7, 9, 8, 6, 10];
+
 /// The report as the terminal shows it.
 pub fn text(r: &Report) -> String {
     let mut s = String::new();
@@ -420,40 +475,25 @@ pub fn text(r: &Report) -> String {
         mode_name(r.mode),
         r.failover_ms
     );
-    let _ = writeln!(
-        s,
-        "\n{:<22} {:>12} {:>12} {:>16}",
-        "RTO", "write", "read", "failback gap"
-    );
+    let header = ["RTO", "write", "read", "failback gap"];
+    let _ = writeln!(s, "\n{}", text_row(&header, &RTO_TEXT_WIDTHS));
     for x in &r.rto {
-        let _ = writeln!(
-            s,
-            "{:<22} {:>12} {:>12} {:>16}",
-            x.clients,
-            ms(x.write_ms),
-            ms(x.read_ms),
-            ms(x.failback_gap_ms)
-        );
+        let _ = writeln!(s, "{}", text_row(&rto_cells(x), &RTO_TEXT_WIDTHS));
     }
-    let _ = writeln!(
-        s,
-        "\n{:<28} {:>6} {:>6} {:>7} {:>7} {:>9} {:>8} {:>6} {:>10}",
-        "topic", "repl", "acked", "failed", "RPO", "RPO ms", "reinj.", "dups", "lost after"
-    );
+    let header = [
+        "topic",
+        "repl",
+        "acked",
+        "failed",
+        "RPO",
+        "RPO ms",
+        "reinj.",
+        "dups",
+        "lost after",
+    ];
+    let _ = writeln!(s, "\n{}", text_row(&header, &TOPIC_TEXT_WIDTHS));
     for t in &r.topics {
-        let _ = writeln!(
-            s,
-            "{:<28} {:>6} {:>6} {:>7} {:>7} {:>9} {:>8} {:>6} {:>10}",
-            t.topic,
-            t.replication,
-            t.acknowledged,
-            t.failed_writes,
-            t.rpo_records,
-            t.rpo_ms,
-            t.reinjected,
-            t.duplicates,
-            t.lost_after_failback
-        );
+        let _ = writeln!(s, "{}", text_row(&topic_cells(t), &TOPIC_TEXT_WIDTHS));
     }
     if !r.write_errors.is_empty() {
         let _ = writeln!(s, "\nfailed writes (first sent, writer, count, error):");
@@ -496,39 +536,26 @@ pub fn markdown(r: &Report) -> String {
     for p in &r.problems {
         let _ = writeln!(s, "- {p}");
     }
-    let _ = writeln!(
-        s,
-        "\n## RTO\n\n| clients | write | read | failback gap |\n|---|---|---|---|"
-    );
+    let header = ["clients", "write", "read", "failback gap"];
+    let _ = writeln!(s, "\n## RTO\n\n{}", md_header(&header));
     for x in &r.rto {
-        let _ = writeln!(
-            s,
-            "| {} | {} | {} | {} |",
-            x.clients,
-            ms(x.write_ms),
-            ms(x.read_ms),
-            ms(x.failback_gap_ms)
-        );
+        let _ = writeln!(s, "{}", md_row(&rto_cells(x)));
     }
-    let _ = writeln!(
-        s,
-        "\n## Topics\n\n| topic | replication | acknowledged | failed writes | RPO (records) | RPO (ms) | re-injected | duplicates | lost after failback | identical views |\n|---|---|---|---|---|---|---|---|---|---|"
-    );
+    let header = [
+        "topic",
+        "replication",
+        "acknowledged",
+        "failed writes",
+        "RPO (records)",
+        "RPO (ms)",
+        "re-injected",
+        "duplicates",
+        "lost after failback",
+        "identical views",
+    ];
+    let _ = writeln!(s, "\n## Topics\n\n{}", md_header(&header));
     for t in &r.topics {
-        let _ = writeln!(
-            s,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-            t.topic,
-            t.replication,
-            t.acknowledged,
-            t.failed_writes,
-            t.rpo_records,
-            t.rpo_ms,
-            t.reinjected,
-            t.duplicates,
-            t.lost_after_failback,
-            t.views_identical
-        );
+        let _ = writeln!(s, "{}", md_row(&topic_cells(t)));
     }
     let _ = writeln!(
         s,
@@ -554,24 +581,22 @@ pub fn markdown(r: &Report) -> String {
         let name: String = e.what.chars().filter(|c| *c != ':' && *c != ';').collect();
         let _ = writeln!(s, "    {name} :milestone, {}, 0", e.t_ms);
     }
-    let _ = writeln!(s, "```\n\n| t (s) | event |\n|---|---|");
+    let _ = writeln!(s, "```\n\n{}", md_header(&["t (s)", "event"]));
     for e in &r.timeline {
-        let _ = writeln!(s, "| {:.1} | {} |", e.t_ms as f64 / 1000.0, e.what);
+        let t = format!("{:.1}", e.t_ms as f64 / 1000.0);
+        let _ = writeln!(s, "{}", md_row(&[t.as_str(), &e.what]));
     }
     if !r.write_errors.is_empty() {
-        let _ = writeln!(
-            s,
-            "\n## Failed writes\n\n| first sent (s) | writer | count | error |\n|---|---|---|---|"
-        );
+        let header = ["first sent (s)", "writer", "count", "error"];
+        let _ = writeln!(s, "\n## Failed writes\n\n{}", md_header(&header));
         for w in &r.write_errors {
-            let _ = writeln!(
-                s,
-                "| {:.1} | {} | {} | {} |",
-                w.first_sent_ms as f64 / 1000.0,
-                w.writer,
-                w.count,
-                w.error.replace('|', "/")
-            );
+            let cells = [
+                format!("{:.1}", w.first_sent_ms as f64 / 1000.0),
+                w.writer.clone(),
+                w.count.to_string(),
+                w.error.replace('|', "/"),
+            ];
+            let _ = writeln!(s, "{}", md_row(&cells));
         }
     }
     s
