@@ -479,6 +479,13 @@ mod tests {
         f(&mut run.views.get_mut(region).unwrap().get_mut(topic).unwrap()[0]);
     }
 
+    /// The same edit in every region's view (so that views still agree).
+    fn edit_everywhere(run: &mut Run, topic: &str, f: impl Fn(&mut Vec<Rec>)) {
+        for reg in REGIONS {
+            edit(run, reg, topic, &f);
+        }
+    }
+
     #[test]
     fn a_clean_run_passes_every_check() {
         let r = evaluate(&clean(), &Check::ALL.into_iter().collect());
@@ -490,11 +497,9 @@ mod tests {
     fn each_broken_invariant_fails_its_check() {
         // A sync ack missing everywhere: lost, and not kept.
         let mut r = clean();
-        for reg in REGIONS {
-            edit(&mut r, reg, "s", |v| {
-                v.remove(1);
-            });
-        }
+        edit_everywhere(&mut r, "s", |v| {
+            v.remove(1);
+        });
         assert_eq!(
             failed(&r),
             vec![Check::SyncAcksKept, Check::NoLossAfterHeal]
@@ -502,14 +507,12 @@ mod tests {
 
         // A sync ack re-injected: present, but past a seal.
         let mut r = clean();
-        for reg in REGIONS {
-            edit(&mut r, reg, "s", |v| {
-                v[1].reinjected = Some(Reinjected {
-                    from: "us-east/0/0".into(),
-                    hlc: 1,
-                })
-            });
-        }
+        edit_everywhere(&mut r, "s", |v| {
+            v[1].reinjected = Some(Reinjected {
+                from: "us-east/0/0".into(),
+                hlc: 1,
+            })
+        });
         assert_eq!(failed(&r), vec![Check::SyncAcksKept]);
 
         // An async ack missing in one region: lost, and views differ.
@@ -524,11 +527,7 @@ mod tests {
 
         // A duplicate everywhere.
         let mut r = clean();
-        for reg in REGIONS {
-            edit(&mut r, reg, "a", |v| {
-                v.push(rec("eu-west-0", "eu-west", 30))
-            });
-        }
+        edit_everywhere(&mut r, "a", |v| v.push(rec("eu-west-0", "eu-west", 30)));
         assert_eq!(failed(&r), vec![Check::NoDuplicates]);
 
         // Same records, another order in one region.
@@ -538,15 +537,11 @@ mod tests {
 
         // An origin's HLC going backwards (everywhere, so views agree).
         let mut r = clean();
-        for reg in REGIONS {
-            edit(&mut r, reg, "a", |v| v[2].hlc = 10);
-        }
+        edit_everywhere(&mut r, "a", |v| v[2].hlc = 10);
         assert_eq!(failed(&r), vec![Check::HlcIncreasing]);
         // ... or a record without identity.
         let mut r = clean();
-        for reg in REGIONS {
-            edit(&mut r, reg, "a", |v| v[1].origin.clear());
-        }
+        edit_everywhere(&mut r, "a", |v| v[1].origin.clear());
         assert_eq!(failed(&r), vec![Check::HlcIncreasing]);
 
         // A region that said it took writes after its epoch was sealed.
@@ -574,20 +569,16 @@ mod tests {
             from: "us-east/0/7".into(),
             hlc: crate::hlc::from_wall_ms(ms),
         };
-        for reg in REGIONS {
-            edit(&mut r, reg, "a", |v| {
-                v.push(Rec {
-                    reinjected: Some(stamped(T - 500)),
-                    ..rec("us-east-7", "eu-west", 40)
-                })
-            });
-        }
+        edit_everywhere(&mut r, "a", |v| {
+            v.push(Rec {
+                reinjected: Some(stamped(T - 500)),
+                ..rec("us-east-7", "eu-west", 40)
+            })
+        });
         assert!(failed(&r).is_empty(), "stamped before the seal");
-        for reg in REGIONS {
-            edit(&mut r, reg, "a", |v| {
-                v.last_mut().unwrap().reinjected = Some(stamped(T + 1))
-            });
-        }
+        edit_everywhere(&mut r, "a", |v| {
+            v.last_mut().unwrap().reinjected = Some(stamped(T + 1))
+        });
         assert_eq!(failed(&r), vec![Check::OneWriterPerEpoch]);
 
         // A region that never wrote after the heal.

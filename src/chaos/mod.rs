@@ -538,8 +538,8 @@ impl ChaosReport {
     }
 }
 
-/// Loads a scenario against the default dev topology, for `meridian chaos
-/// check`: every mistake is reported without starting anything.
+/// Loads a scenario against `topology`, for `meridian chaos check`: every
+/// mistake is reported without starting anything.
 pub fn check_file(scenario: &Path, topology: &Path) -> Result<Scenario, ChaosError> {
     let t = Topology::load(topology)?;
     Ok(Scenario::load(scenario, &t)?)
