@@ -129,11 +129,12 @@ enum Cmd {
         /// the transport and reconnect it.
         #[arg(long, value_enum, default_value = "kill")]
         mode: meridian::drill::Mode,
-        /// Seconds the region stays failed (at least until failed over).
-        #[arg(long, default_value_t = 10)]
+        /// Seconds the region stays failed (at least until failed over),
+        /// at most an hour: the drill keeps every write it makes.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
         down_s: u64,
-        /// Records per second of each writer (one per region and topic).
-        #[arg(long, default_value_t = 20)]
+        /// Records per second of each writer (one per region and topic), 1 to 1000.
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
         rate: u32,
         /// Write the report as JSON to this file ("-": stdout).
         #[arg(long)]

@@ -137,3 +137,26 @@ fn a_drill_by_admin_address_says_what_it_cannot_do() {
     assert!(!ok);
     assert!(err.contains("--cluster"), "{err}");
 }
+
+#[test]
+fn drill_settings_out_of_range_are_refused() {
+    // A rate above 1000/s would make the writers' tick zero (a panic in
+    // every writer and a drill without a workload).
+    for (flag, value, want) in [
+        ("--rate", "2000", "2000 is not in 1..=1000"),
+        ("--rate", "0", "0 is not in 1..=1000"),
+        ("--down-s", "0", "0 is not in 1..=3600"),
+    ] {
+        let (ok, _, err) = meridian(&[
+            "drill",
+            "--cluster",
+            "cluster.json",
+            "--fail-region",
+            "us-east",
+            flag,
+            value,
+        ]);
+        assert!(!ok);
+        assert!(err.contains(want), "{flag} {value}: {err}");
+    }
+}
