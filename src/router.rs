@@ -39,6 +39,12 @@ pub enum PartitionError {
     /// metadata points to other regions.
     #[error("region {0} holds no write lease (cut off from the other regions?); write to another region")]
     Fenced(String),
+    /// The region is back from a failover and this partition has not begun
+    /// the region's new epoch yet (failback): retriable, in moments.
+    #[error(
+        "the partition has not begun region {region}'s epoch {epoch} yet (failing back); retry"
+    )]
+    EpochPending { region: String, epoch: u32 },
 }
 
 impl From<WriteError> for PartitionError {
@@ -327,8 +333,10 @@ impl Router {
         // partition moved to the region's new epoch (failback).
         let epoch = self.groups.meta_state().epoch_of(&self.me.region);
         if g.progress.borrow().log.epoch < epoch {
-            self.metrics.fenced_produces.inc();
-            return Err(PartitionError::Fenced(self.me.region.clone()));
+            return Err(PartitionError::EpochPending {
+                region: self.me.region.clone(),
+                epoch,
+            });
         }
         let count = records.len() as u32;
         let proposed_hlc = self.groups.clock.reserve(count as u64);

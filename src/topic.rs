@@ -25,6 +25,12 @@ pub enum MetaError {
     RegionSealed(String),
     #[error("seal refused: {0}")]
     SealRefused(String),
+    #[error("lease refused: region {region} is in epoch {current}, not {asked} (the node has not applied its region's seal yet)")]
+    StaleEpoch {
+        region: String,
+        current: u32,
+        asked: u32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -433,11 +439,24 @@ impl MetaState {
                     .extend(set.iter().map(|(k, v)| (k.clone(), v.clone())));
                 Ok(())
             }
-            Command::RenewLease { region, until_ms } => {
+            Command::RenewLease {
+                region,
+                until_ms,
+                epoch,
+            } => {
                 // A failed-over region takes its lease again when it
-                // returns; its partitions write only once they moved to the
-                // new epoch (failback), which the router and the partition
-                // state machines check.
+                // returns, from nodes that know its new epoch; its
+                // partitions write only once they moved to that epoch
+                // (failback), which the router and the partition state
+                // machines check.
+                let current = self.epoch_of(region);
+                if *epoch != current {
+                    return Err(MetaError::StaleEpoch {
+                        region: region.clone(),
+                        current,
+                        asked: *epoch,
+                    });
+                }
                 // Renewals may commit out of order: a lease only grows.
                 let l = self.leases.entry(region.clone()).or_insert(*until_ms);
                 *l = (*l).max(*until_ms);
@@ -537,6 +556,43 @@ mod tests {
         assert!(e.to_string().contains("allowed value is `delete`"), "{e}");
         let e = validate_config("retention.bytes", "1").unwrap_err();
         assert!(e.to_string().contains("known keys are"), "{e}");
+    }
+
+    #[test]
+    fn a_lease_is_renewed_only_for_the_regions_current_epoch() {
+        let mut m = MetaState::default();
+        let renew = |until_ms, epoch| Command::RenewLease {
+            region: "us-east".into(),
+            until_ms,
+            epoch,
+        };
+        m.apply(&renew(1_000, 1)).unwrap();
+        let seal = crate::control::seal::Seal {
+            region: "us-east".into(),
+            epoch: 1,
+            decided_at_ms: 2_000,
+            margin_ms: 500,
+            ends: Default::default(),
+            homes: Default::default(),
+        };
+        m.apply(&Command::SealRegion(seal)).unwrap();
+        // A node that has not applied the seal renews for epoch 1: refused,
+        // so it cannot write its sealed log on the strength of that renewal.
+        let e = m.apply(&renew(9_000, 1)).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                MetaError::StaleEpoch {
+                    current: 2,
+                    asked: 1,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert_eq!(m.leases["us-east"], 1_000);
+        m.apply(&renew(9_000, 2)).unwrap();
+        assert_eq!(m.leases["us-east"], 9_000);
     }
 
     #[test]

@@ -166,6 +166,7 @@ pub async fn run_leases(
         let cmd = Command::RenewLease {
             region: me.region.clone(),
             until_ms: until,
+            epoch: meta.epoch_of(&me.region),
         };
         match groups
             .meta_commit(cmd, Duration::from_millis(cfg.renew_ms))

@@ -33,6 +33,7 @@ pub(crate) fn partition_error_code(e: &PartitionError) -> i16 {
         PartitionError::Refused(_) => ResponseError::PolicyViolation.code(),
         // Retriable: the client refreshes metadata, which points elsewhere.
         PartitionError::Fenced(_) => ResponseError::NotLeaderOrFollower.code(),
+        PartitionError::EpochPending { .. } => ResponseError::LeaderNotAvailable.code(),
     }
 }
 
@@ -49,9 +50,9 @@ pub(crate) fn topic_error_code(e: &TopicError) -> i16 {
         TopicError::Meta(MetaError::InvalidConfig { .. }) => ResponseError::InvalidConfig.code(),
         TopicError::Unavailable(_) => ResponseError::RequestTimedOut.code(),
         // Lease and seal commands never come from a topic request.
-        TopicError::Meta(MetaError::RegionSealed(_) | MetaError::SealRefused(_)) => {
-            ResponseError::UnknownServerError.code()
-        }
+        TopicError::Meta(
+            MetaError::RegionSealed(_) | MetaError::SealRefused(_) | MetaError::StaleEpoch { .. },
+        ) => ResponseError::UnknownServerError.code(),
     }
 }
 

@@ -75,8 +75,14 @@ pub enum Command {
     /// Meta group: delete a topic and its partitions' data.
     DeleteTopic { name: String },
     /// Meta group: `region` may accept writes until `until_ms` (Unix ms;
-    /// see `control::lease`).
-    RenewLease { region: String, until_ms: i64 },
+    /// see `control::lease`). Refused unless the region is in `epoch`: a
+    /// node that has not applied its region's seal yet (it is catching up
+    /// after a restart or a cut) cannot take a lease for the sealed epoch.
+    RenewLease {
+        region: String,
+        until_ms: i64,
+        epoch: u32,
+    },
     /// Meta group: fail a region over: seal its epoch's origin logs
     /// (`control::seal`, invariant 7).
     SealRegion(crate::control::seal::Seal),

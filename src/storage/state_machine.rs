@@ -1155,6 +1155,7 @@ mod tests {
         let renew = |until_ms| Command::RenewLease {
             region: "us-east".into(),
             until_ms,
+            epoch: EPOCH_FIRST,
         };
         sm.apply(vec![entry(1, create), entry(2, renew(5_000))])
             .await
