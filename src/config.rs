@@ -552,14 +552,27 @@ pub struct ControlConfig {
     /// With `false` a lost region's topics wait for it (writers = all: their
     /// view stalls) until it returns.
     pub failover: bool,
+    /// The metadata group's Raft heartbeat. The group spans the regions and
+    /// openraft 0.9 gives each AppendEntries the heartbeat as its deadline,
+    /// so it must exceed the largest round trip between regions.
+    pub meta_heartbeat_ms: u64,
+    /// The metadata group's election timeouts. A follower campaigns
+    /// `meta_election_timeout_ms_max` (openraft's leader lease) plus a
+    /// random timeout in this range after it last heard from its leader:
+    /// a lost metadata leader is replaced within about twice the maximum.
+    pub meta_election_timeout_ms_min: u64,
+    pub meta_election_timeout_ms_max: u64,
 }
 
 impl Default for ControlConfig {
     fn default() -> Self {
         ControlConfig {
-            lease_ms: 4_000,
-            renew_ms: 1_000,
+            lease_ms: 3_500,
+            renew_ms: 500,
             failover: true,
+            meta_heartbeat_ms: 200,
+            meta_election_timeout_ms_min: 500,
+            meta_election_timeout_ms_max: 1_000,
         }
     }
 }
@@ -605,6 +618,28 @@ pub struct NodeConfig {
     pub tls: Option<TlsConfig>,
 }
 
+/// A Raft group's timing: `prefix` names the settings (`raft.` or
+/// `control.meta_`).
+fn check_raft_timing(p: &mut Problems, prefix: &str, hb: u64, min: u64, max: u64) {
+    if hb == 0 {
+        p.add(format!("{prefix}heartbeat_ms"), "must be at least 1");
+    }
+    if min <= hb * 2 {
+        p.add(
+            format!("{prefix}election_timeout_ms_min"),
+            format!(
+                "{min} must be more than twice {prefix}heartbeat_ms ({hb}), or followers start elections while the leader is healthy"
+            ),
+        );
+    }
+    if max <= min {
+        p.add(
+            format!("{prefix}election_timeout_ms_max"),
+            format!("{max} must be larger than {prefix}election_timeout_ms_min ({min})"),
+        );
+    }
+}
+
 impl NodeConfig {
     pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
         let path = absolute(path);
@@ -628,26 +663,22 @@ impl NodeConfig {
         };
         let mut p = Problems::new(path);
         let r = &f.raft;
-        if r.heartbeat_ms == 0 {
-            p.add("raft.heartbeat_ms", "must be at least 1");
-        }
-        if r.election_timeout_ms_min <= r.heartbeat_ms * 2 {
-            p.add(
-                "raft.election_timeout_ms_min",
-                format!(
-                    "{} must be more than twice raft.heartbeat_ms ({}), or followers start elections while the leader is healthy",
-                    r.election_timeout_ms_min, r.heartbeat_ms
-                ),
-            );
-        }
-        if r.election_timeout_ms_max <= r.election_timeout_ms_min {
-            p.add(
-                "raft.election_timeout_ms_max",
-                format!(
-                    "{} must be larger than raft.election_timeout_ms_min ({})",
-                    r.election_timeout_ms_max, r.election_timeout_ms_min
-                ),
-            );
+        let c = &f.control;
+        for (prefix, hb, min, max) in [
+            (
+                "raft.",
+                r.heartbeat_ms,
+                r.election_timeout_ms_min,
+                r.election_timeout_ms_max,
+            ),
+            (
+                "control.meta_",
+                c.meta_heartbeat_ms,
+                c.meta_election_timeout_ms_min,
+                c.meta_election_timeout_ms_max,
+            ),
+        ] {
+            check_raft_timing(&mut p, prefix, hb, min, max);
         }
         if r.meta_snapshot_entries < 10 {
             p.add(
@@ -751,14 +782,14 @@ impl NodeConfig {
         // at or above it would keep the group from ever replicating.
         if let Some(t) = &topology {
             if let Some(((a, b), ms)) = t.rtt_ms.iter().max_by_key(|(_, ms)| **ms) {
-                if *ms + 50 > r.heartbeat_ms {
+                if *ms + 50 > c.meta_heartbeat_ms {
                     p.add(
-                        "raft.heartbeat_ms",
+                        "control.meta_heartbeat_ms",
                         format!(
                             "{} is too short for the {ms} ms round trip between {a} and {b} in {}: \
                              the metadata group spans regions and each AppendEntries must finish \
                              within a heartbeat; use at least {}",
-                            r.heartbeat_ms,
+                            c.meta_heartbeat_ms,
                             topology_path.display(),
                             ms + 50
                         ),
@@ -766,8 +797,11 @@ impl NodeConfig {
                 }
             }
         }
-        let c = &f.control;
         let margin = f.link.clock_drift_ms_max;
+        // A renewal lands up to renew_ms after the last one; if the metadata
+        // leader is lost then (with its region), the others' renewals wait
+        // for a new one: openraft's leader lease plus an election timeout.
+        let election_ms = 2 * c.meta_election_timeout_ms_max;
         if c.renew_ms == 0 {
             p.add("control.renew_ms", "must be at least 1");
         } else if c.lease_ms < 2 * c.renew_ms + margin {
@@ -780,16 +814,16 @@ impl NodeConfig {
                 ),
             );
         } else if topology.as_ref().is_some_and(|t| t.regions.len() > 1)
-            && c.lease_ms < c.renew_ms + f.raft.election_timeout_ms_max + margin
+            && c.lease_ms < c.renew_ms + election_ms + margin
         {
-            // A renewal lands up to renew_ms after the last one; if the
-            // metadata leader is lost then (with its region), the others'
-            // renewals wait for an election.
             p.add(
                 "control.lease_ms",
                 format!(
-                    "{} would fence every region while the metadata group elects a new leader:                      use at least control.renew_ms ({}) + raft.election_timeout_ms_max ({})                      + link.clock_drift_ms_max ({margin}), and some room for the vote",
-                    c.lease_ms, c.renew_ms, f.raft.election_timeout_ms_max
+                    "{} would fence every region while the metadata group elects a new leader: \
+                     use at least control.renew_ms ({}) + twice \
+                     control.meta_election_timeout_ms_max ({election_ms}) \
+                     + link.clock_drift_ms_max ({margin}), and some room for the vote",
+                    c.lease_ms, c.renew_ms
                 ),
             );
         }
@@ -1124,18 +1158,34 @@ configs = { "retention.ms" = "1000" }
             "node_id = 1\ntopology = \"topo.toml\"\ndata_dir = \"d\"\n",
         )
         .unwrap_err();
-        assert_eq!(e.problems[0].key, "raft.heartbeat_ms", "{e}");
+        assert_eq!(e.problems[0].key, "control.meta_heartbeat_ms", "{e}");
         assert!(e.to_string().contains("use at least 450"), "{e}");
         // A lease shorter than a metadata leader election.
         std::fs::write(dir.path().join("topo.toml"), GOOD).unwrap();
         let e = NodeConfig::parse(
             &path,
             "node_id = 1\ntopology = \"topo.toml\"\ndata_dir = \"d\"\n\
-             [raft]\nelection_timeout_ms_max = 3000\n",
+             [control]\nmeta_election_timeout_ms_max = 1600\n",
         )
         .unwrap_err();
         assert_eq!(e.problems[0].key, "control.lease_ms", "{e}");
         assert!(e.to_string().contains("elects a new leader"), "{e}");
+        // The metadata group's own timing is checked like the partitions'.
+        let e = NodeConfig::parse(
+            &path,
+            "node_id = 1\ntopology = \"topo.toml\"\ndata_dir = \"d\"\n\
+             [control]\nmeta_election_timeout_ms_min = 300\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.problems[0].key, "control.meta_election_timeout_ms_min",
+            "{e}"
+        );
+        assert!(
+            e.to_string()
+                .contains("more than twice control.meta_heartbeat_ms"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -84,6 +84,7 @@ async fn run_inner(config: NodeConfig, shutdown: CancellationToken) -> Result<()
         me.id,
         &config.topology,
         &config.raft,
+        &config.control,
         db,
         transport.clone(),
         clock,
@@ -134,6 +135,7 @@ async fn run_inner(config: NodeConfig, shutdown: CancellationToken) -> Result<()
             margin_ms: config.link.clock_drift_ms_max,
             metrics: metrics.clone(),
             failing_back: Default::default(),
+            warned: Default::default(),
         })
         .run(shutdown.clone()),
     );

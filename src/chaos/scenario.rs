@@ -13,7 +13,7 @@
 //! partitions = 2
 //!
 //! [settings]          # optional node settings, as `meridian dev --set`
-//! "control.lease_ms" = 4000
+//! "control.lease_ms" = 5000
 //!
 //! [[fault]]
 //! at_s = 5            # after the workload started

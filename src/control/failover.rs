@@ -2,13 +2,15 @@
 //! region whose lease has expired, and every partition leader applies the
 //! seals to its group, so that the global view goes on without the region.
 //!
-//! 1. The metadata leader sees a region's lease expired for certain
-//!    (`seal::due`: its own clock past the lease plus the clock margin; the
-//!    region itself stopped writing a margin before the lease ran out).
+//! 1. The metadata leader sees a region's lease run out by its own clock.
+//!    The region stopped writing a clock margin before that by its clock,
+//!    so by now it writes no more (clocks are within the margin).
 //! 2. It asks the partition leaders of every other region how far they
 //!    hold the lost region's log of each partition (`KIND_HELD`, answered
 //!    after a linearizable read, so it covers all they committed), until two
-//!    rounds agree, and takes the furthest (`seal::seal_points`). Every
+//!    rounds agree and the lease has expired for certain (`seal::due`: its
+//!    clock past the lease plus the margin), and takes the furthest
+//!    (`seal::seal_points`). Every
 //!    partition of every other region must answer: one that does not may
 //!    hold records acknowledged as `sync`, so while a second region is
 //!    unreachable no region is failed over.
@@ -43,7 +45,8 @@ use crate::view::LogRef;
 /// Rounds of questions to survivors before a seal is taken anyway.
 const ROUNDS_MAX: usize = 5;
 /// Time between rounds: copies in flight settle.
-const ROUND_GAP: Duration = Duration::from_millis(300);
+const ROUND_GAP_MS: i64 = 300;
+const ROUND_GAP: Duration = Duration::from_millis(ROUND_GAP_MS as u64);
 
 /// Everything the failover loop needs.
 pub struct Failover {
@@ -57,6 +60,9 @@ pub struct Failover {
     pub metrics: Arc<Metrics>,
     /// Partitions whose failback runs now.
     pub failing_back: Mutex<HashSet<GroupId>>,
+    /// Regions whose failover was announced (a metadata leader cut off
+    /// from the others retries every tick, and says so once).
+    pub warned: Mutex<HashSet<String>>,
 }
 
 impl Failover {
@@ -78,11 +84,18 @@ impl Failover {
             self.publish(&meta);
             if self.cfg.failover && self.groups.meta_leader() == Some(self.me.id) {
                 let now = self.groups.clock.wall_now_ms();
+                self.warned
+                    .lock()
+                    .expect("warned lock")
+                    .retain(|r| seal::due(&meta.leases, &meta.seals, r, now, 0));
                 for r in &self.topology.regions {
+                    // The region stopped writing (its lease ran out by any
+                    // clock within the margin): the survivors can be asked
+                    // what they hold while the margin runs out.
                     if r.name != self.me.region
-                        && seal::due(&meta.leases, &meta.seals, &r.name, now, self.margin_ms)
+                        && seal::due(&meta.leases, &meta.seals, &r.name, now, 0)
                     {
-                        self.fail_over(&r.name, now, &meta).await;
+                        self.fail_over(&r.name, &meta).await;
                     }
                 }
             }
@@ -331,15 +344,28 @@ impl Failover {
         v
     }
 
-    async fn fail_over(&self, region: &str, decided_at_ms: i64, meta: &MetaState) {
+    /// Fails `region` over: asks the survivors what they hold of its logs
+    /// from the moment its lease ran out by this node's clock, and commits
+    /// the seal once the lease has expired for certain (past the clock
+    /// margin) and the answers have settled.
+    async fn fail_over(&self, region: &str, meta: &MetaState) {
         let started = Instant::now();
         let epoch = meta.epoch_of(region);
         let groups = self.groups_written_by(region, meta);
-        warn!(
-            region,
-            partitions = groups.len(),
-            "region lease expired; failing it over"
-        );
+        if self
+            .warned
+            .lock()
+            .expect("warned lock")
+            .insert(region.to_string())
+        {
+            warn!(
+                region,
+                partitions = groups.len(),
+                "region lease expired; failing it over"
+            );
+        } else {
+            debug!(region, "region lease expired; failing it over (again)");
+        }
         // Every other region must answer: any of them may hold records
         // acknowledged as `sync` that the others lack. (Right after a
         // metadata leader change, survivors' leases can look expired until
@@ -357,7 +383,8 @@ impl Failover {
         };
         let payload = bincode::serialize(&query).expect("serialize query");
         let mut last: Option<BTreeMap<GroupId, SealEnd>> = None;
-        for round in 0..ROUNDS_MAX {
+        let mut round = 0;
+        let decided_at_ms = loop {
             let answers = self.ask(&survivors, &payload).await;
             // Every partition leader of every other region must answer.
             let missing: Vec<(String, GroupId)> = survivors
@@ -376,13 +403,36 @@ impl Failover {
             }
             let answers: Vec<Held> = answers.into_iter().map(|(_, h)| h).collect();
             let ends = seal::seal_points(&groups, &answers);
-            if last.as_ref() == Some(&ends) {
-                break;
-            }
-            debug!(region, round, "seal points still moving");
+            let settled = last.as_ref() == Some(&ends) || round + 1 >= ROUNDS_MAX;
             last = Some(ends);
-            tokio::time::sleep(ROUND_GAP).await;
-        }
+            let now_meta = self.groups.meta_state();
+            let now = self.groups.clock.wall_now_ms();
+            if settled
+                && seal::due(
+                    &now_meta.leases,
+                    &now_meta.seals,
+                    region,
+                    now,
+                    self.margin_ms,
+                )
+            {
+                break now;
+            }
+            if !seal::due(&now_meta.leases, &now_meta.seals, region, now, 0) {
+                info!(region, "the region renewed its lease; no failover");
+                return;
+            }
+            round += 1;
+            if settled {
+                // Settled before the margin ran out: ask once more then.
+                let until = now_meta.leases.get(region).copied().unwrap_or(now);
+                let wait = (until + self.margin_ms as i64 + 1 - now).clamp(1, ROUND_GAP_MS);
+                tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+            } else {
+                debug!(region, round, "seal points still moving");
+                tokio::time::sleep(ROUND_GAP).await;
+            }
+        };
         let Some(ends) = last else { return };
         let records: u64 = ends.values().map(|e| e.end).sum();
         let homes = self.new_homes(region, &survivors, meta);

@@ -2,12 +2,15 @@
 //! partition groups, started and stopped as the meta group's topics change.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use openraft::error::ClientWriteError;
-use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest,
+};
 use openraft::{BasicNode, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -15,11 +18,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
 use super::network::{
-    NetworkFactory, KIND_APPEND, KIND_HELD, KIND_META_RELAY, KIND_META_WRITE, KIND_SNAPSHOT,
-    KIND_VOTE,
+    NetworkFactory, KIND_APPEND, KIND_HELD, KIND_META_RELAY, KIND_META_WRITE, KIND_PING,
+    KIND_SNAPSHOT, KIND_VOTE,
 };
+use super::prevote;
 use super::types::{Command, CommandResult, GroupId, NodeId, Raft, TypeConfig, META_GROUP};
-use crate::config::{RaftConfig, Topology};
+use crate::config::{ControlConfig, RaftConfig, Topology};
 use crate::hlc::Clock;
 use crate::metrics::Metrics;
 use crate::storage::state_machine::{Notify, Progress};
@@ -83,6 +87,13 @@ pub struct Groups {
     metrics: Arc<Metrics>,
     pub meta: Raft,
     meta_state: watch::Receiver<Arc<MetaState>>,
+    /// The metadata group's voters: every node of every region.
+    meta_voters: Vec<NodeId>,
+    meta_timing: ControlConfig,
+    /// When this node last accepted an AppendEntries of the metadata
+    /// group, in ms since `started` (0: never), for `prevote`.
+    meta_heard_ms: Arc<AtomicU64>,
+    started: Instant,
     partitions: RwLock<HashMap<GroupId, Arc<PartitionGroup>>>,
     /// Bumped after every reconcile, so callers can wait for new groups.
     reconciled: watch::Sender<u64>,
@@ -108,12 +119,16 @@ fn raft_config(region: &str, c: &RaftConfig) -> Result<openraft::Config, GroupEr
 /// entries and purges the log before it (keeping the last 1,000 for
 /// followers that are briefly behind; further behind, they get the
 /// snapshot).
-fn meta_raft_config(c: &RaftConfig) -> Result<openraft::Config, GroupError> {
+///
+/// Its timing is its own (`control.meta_*`): it spans the regions, so its
+/// heartbeat must cover their round trips, and its elections decide how
+/// long the regions' lease renewals wait when its leader is lost.
+fn meta_raft_config(c: &RaftConfig, t: &ControlConfig) -> Result<openraft::Config, GroupError> {
     openraft::Config {
         cluster_name: "meridian-meta".to_string(),
-        heartbeat_interval: c.heartbeat_ms,
-        election_timeout_min: c.election_timeout_ms_min,
-        election_timeout_max: c.election_timeout_ms_max,
+        heartbeat_interval: t.meta_heartbeat_ms,
+        election_timeout_min: t.meta_election_timeout_ms_min,
+        election_timeout_max: t.meta_election_timeout_ms_max,
         max_payload_entries: c.payload_entries_max,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(c.meta_snapshot_entries),
         max_in_snapshot_log_to_keep: 1_000.min(c.meta_snapshot_entries),
@@ -137,6 +152,7 @@ impl Groups {
         node_id: NodeId,
         topology: &Topology,
         raft: &RaftConfig,
+        control: &ControlConfig,
         db: Arc<Db>,
         transport: Arc<Transport>,
         clock: Arc<Clock>,
@@ -159,7 +175,7 @@ impl Groups {
             .collect();
         let nodes_sorted: Vec<NodeId> = members.keys().copied().collect();
         let (meta_tx, meta_state) = watch::channel(Arc::new(MetaState::default()));
-        let meta_config = Arc::new(meta_raft_config(raft)?);
+        let meta_config = Arc::new(meta_raft_config(raft, control)?);
         let meta = open_group(
             node_id,
             META_GROUP,
@@ -187,9 +203,14 @@ impl Groups {
             metrics,
             meta,
             meta_state,
+            meta_voters: all_members.keys().copied().collect(),
+            meta_timing: control.clone(),
+            meta_heard_ms: Arc::new(AtomicU64::new(0)),
+            started: Instant::now(),
             partitions: RwLock::new(HashMap::new()),
             reconciled: watch::channel(0).0,
         });
+        tokio::spawn(groups.clone().prevote_loop(shutdown.clone()));
         let g = groups.clone();
         let stopped = tokio::spawn(async move { g.reconcile_loop(shutdown).await });
         Ok((groups, stopped))
@@ -241,6 +262,114 @@ impl Groups {
         })
         .await
         .is_ok()
+    }
+
+    /// How long ago this node last accepted a metadata AppendEntries.
+    fn meta_heard_ago(&self) -> Option<Duration> {
+        let heard = self.meta_heard_ms.load(Ordering::Relaxed);
+        (heard > 0).then(|| {
+            self.started
+                .elapsed()
+                .saturating_sub(Duration::from_millis(heard - 1))
+        })
+    }
+
+    /// This node's own pre-vote answer (`prevote`).
+    fn prevote_answer(&self) -> prevote::Answer {
+        let m = self.meta.metrics().borrow().clone();
+        prevote::Answer {
+            node: self.node_id,
+            age: Duration::ZERO,
+            hears_leader: prevote::hears_leader(
+                m.current_leader == Some(self.node_id),
+                self.meta_heard_ago(),
+                Duration::from_millis(self.meta_timing.meta_election_timeout_ms_min),
+            ),
+            last_log: m.last_log_index.unwrap_or(0),
+        }
+    }
+
+    /// Until `shutdown`: pings every other metadata voter each heartbeat and
+    /// lets openraft campaign in the metadata group only while `prevote`
+    /// allows it. The node `prevote` picks calls the election itself as soon
+    /// as the voters' leader leases (openraft's: `election_timeout_ms_max`
+    /// since they last heard the leader) have run out, rather than after a
+    /// further random election timeout.
+    async fn prevote_loop(self: Arc<Self>, shutdown: CancellationToken) {
+        let t = &self.meta_timing;
+        let period = Duration::from_millis(t.meta_heartbeat_ms);
+        let lease = Duration::from_millis(t.meta_election_timeout_ms_max);
+        let fresh = lease;
+        let peers: Vec<NodeId> = self
+            .meta_voters
+            .iter()
+            .copied()
+            .filter(|n| *n != self.node_id)
+            .collect();
+        let answers: Arc<Mutex<HashMap<NodeId, (Instant, prevote::Answer)>>> = Default::default();
+        for peer in peers.clone() {
+            let (this, answers, stop) = (self.clone(), answers.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                while !stop.is_cancelled() {
+                    let r = this
+                        .transport
+                        .call(peer, KIND_PING, META_GROUP, &[], fresh)
+                        .await;
+                    if let Some(a) = r.ok().and_then(|b| prevote::decode(peer, &b)) {
+                        let mut all = answers.lock().expect("prevote lock");
+                        all.insert(peer, (Instant::now(), a));
+                    }
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(period) => {}
+                    }
+                }
+            });
+        }
+        let mut allowed = None;
+        let mut leader = None;
+        let mut called: Option<Instant> = None;
+        let mut tick = tokio::time::interval(period / 2);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let m = self.meta.metrics().borrow().clone();
+            if m.current_leader != leader {
+                info!(
+                    leader = ?m.current_leader,
+                    term = m.current_term,
+                    "metadata group leader changed"
+                );
+                leader = m.current_leader;
+            }
+            let last: Vec<prevote::Answer> = {
+                let all = answers.lock().expect("prevote lock");
+                all.values()
+                    .map(|(at, a)| prevote::Answer {
+                        age: at.elapsed(),
+                        ..*a
+                    })
+                    .collect()
+            };
+            let me = self.prevote_answer();
+            let may = prevote::may_campaign(self.meta_voters.len(), &me, &last, fresh);
+            if allowed != Some(may) {
+                debug!(may_campaign = may, "metadata group pre-vote");
+                self.meta.runtime_config().elect(may);
+                allowed = Some(may);
+            }
+            let silent = self
+                .meta_heard_ago()
+                .is_none_or(|ago| ago > lease + period / 2);
+            let again = called.is_none_or(|at| at.elapsed() > lease);
+            if may && silent && again {
+                info!(term = m.current_term, "calling a metadata group election");
+                let _ = self.meta.trigger().elect().await;
+                called = Some(Instant::now());
+            }
+        }
     }
 
     async fn reconcile_loop(self: Arc<Self>, shutdown: CancellationToken) {
@@ -653,6 +782,10 @@ impl Handler for Groups {
         group: GroupId,
         payload: bytes::Bytes,
     ) -> BoxFuture<'static, Result<Vec<u8>, String>> {
+        if kind == KIND_PING {
+            let answer = prevote::encode(&self.prevote_answer());
+            return Box::pin(async move { Ok(answer) });
+        }
         if kind == KIND_HELD {
             let q: Result<HeldQuery, String> = de(&payload);
             let led = q.as_ref().map(|q| self.led_of(q)).unwrap_or_default();
@@ -663,12 +796,22 @@ impl Handler for Groups {
         let meta_timeout = self.transport.rpc_timeout();
         let transport = self.transport.clone();
         let me = self.node_id;
+        // Where a metadata AppendEntries this node accepts is noted.
+        let heard = (group == META_GROUP && kind == KIND_APPEND)
+            .then(|| (self.started, self.meta_heard_ms.clone()));
         Box::pin(async move {
             let raft = raft.ok_or_else(|| format!("group {group} is not running on this node"))?;
             match kind {
                 KIND_APPEND => {
                     let req: AppendEntriesRequest<TypeConfig> = de(&payload)?;
-                    ser(&raft.append_entries(req).await)
+                    let resp = raft.append_entries(req).await;
+                    if let (Some((started, at)), Ok(r)) = (heard, &resp) {
+                        // A leader whose term this node accepts.
+                        if !matches!(r, AppendEntriesResponse::HigherVote(_)) {
+                            at.store(started.elapsed().as_millis() as u64 + 1, Ordering::Relaxed);
+                        }
+                    }
+                    ser(&resp)
                 }
                 KIND_VOTE => {
                     let req: VoteRequest<NodeId> = de(&payload)?;

@@ -1,8 +1,10 @@
-//! Region-local consensus: one openraft group for the region's topics (the
-//! meta group) and one per partition, all with the region's nodes as voters.
+//! Consensus: the metadata group, with every node of every region as a
+//! voter (topics, leases, seals, epochs), and one openraft group per
+//! partition with the region's nodes as voters.
 
 pub mod groups;
 pub mod network;
+pub mod prevote;
 pub mod types;
 
 pub use groups::{Groups, PartitionGroup};

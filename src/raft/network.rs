@@ -28,6 +28,8 @@ pub const KIND_META_RELAY: u8 = 5;
 /// How much of a lost region's origin logs this node holds
 /// (`control::seal::Held`), asked by the metadata leader before a seal.
 pub const KIND_HELD: u8 = 6;
+/// Whether this node hears a live metadata leader (`raft::prevote`).
+pub const KIND_PING: u8 = 7;
 
 pub struct NetworkFactory {
     pub transport: Arc<Transport>,
