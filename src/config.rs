@@ -556,10 +556,12 @@ pub struct ControlConfig {
     /// openraft 0.9 gives each AppendEntries the heartbeat as its deadline,
     /// so it must exceed the largest round trip between regions.
     pub meta_heartbeat_ms: u64,
-    /// The metadata group's election timeouts. A follower campaigns
-    /// `meta_election_timeout_ms_max` (openraft's leader lease) plus a
-    /// random timeout in this range after it last heard from its leader:
-    /// a lost metadata leader is replaced within about twice the maximum.
+    /// The metadata group's election timeouts. openraft alone campaigns
+    /// `meta_election_timeout_ms_max` (its leader lease) plus a random
+    /// timeout in this range after it last heard from its leader; the
+    /// pre-vote (`raft::prevote`) calls the election once the lease has run
+    /// out, so a lost metadata leader is replaced about the maximum plus a
+    /// vote after it was last heard, and within twice the maximum anyway.
     pub meta_election_timeout_ms_min: u64,
     pub meta_election_timeout_ms_max: u64,
 }

@@ -45,8 +45,7 @@ use crate::view::LogRef;
 /// Rounds of questions to survivors before a seal is taken anyway.
 const ROUNDS_MAX: usize = 5;
 /// Time between rounds: copies in flight settle.
-const ROUND_GAP_MS: i64 = 300;
-const ROUND_GAP: Duration = Duration::from_millis(ROUND_GAP_MS as u64);
+const ROUND_GAP: Duration = Duration::from_millis(300);
 
 /// Everything the failover loop needs.
 pub struct Failover {
@@ -426,7 +425,8 @@ impl Failover {
             if settled {
                 // Settled before the margin ran out: ask once more then.
                 let until = now_meta.leases.get(region).copied().unwrap_or(now);
-                let wait = (until + self.margin_ms as i64 + 1 - now).clamp(1, ROUND_GAP_MS);
+                let wait = (until + self.margin_ms as i64 + 1 - now)
+                    .clamp(1, ROUND_GAP.as_millis() as i64);
                 tokio::time::sleep(Duration::from_millis(wait as u64)).await;
             } else {
                 debug!(region, round, "seal points still moving");

@@ -275,17 +275,23 @@ impl Groups {
     }
 
     /// This node's own pre-vote answer (`prevote`).
+    /// Answered to every ping, so it reads the two fields it needs rather
+    /// than cloning openraft's metrics.
     fn prevote_answer(&self) -> prevote::Answer {
-        let m = self.meta.metrics().borrow().clone();
+        let (leader, last_log) = {
+            let m = self.meta.metrics();
+            let m = m.borrow();
+            (m.current_leader, m.last_log_index)
+        };
         prevote::Answer {
             node: self.node_id,
             age: Duration::ZERO,
             hears_leader: prevote::hears_leader(
-                m.current_leader == Some(self.node_id),
+                leader == Some(self.node_id),
                 self.meta_heard_ago(),
                 Duration::from_millis(self.meta_timing.meta_election_timeout_ms_min),
             ),
-            last_log: m.last_log_index.unwrap_or(0),
+            last_log: last_log.unwrap_or(0),
         }
     }
 
@@ -335,14 +341,14 @@ impl Groups {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let m = self.meta.metrics().borrow().clone();
-            if m.current_leader != leader {
-                info!(
-                    leader = ?m.current_leader,
-                    term = m.current_term,
-                    "metadata group leader changed"
-                );
-                leader = m.current_leader;
+            let (current, term) = {
+                let m = self.meta.metrics();
+                let m = m.borrow();
+                (m.current_leader, m.current_term)
+            };
+            if current != leader {
+                info!(leader = ?current, term, "metadata group leader changed");
+                leader = current;
             }
             let last: Vec<prevote::Answer> = {
                 let all = answers.lock().expect("prevote lock");
@@ -365,7 +371,7 @@ impl Groups {
                 .is_none_or(|ago| ago > lease + period / 2);
             let again = called.is_none_or(|at| at.elapsed() > lease);
             if may && silent && again {
-                info!(term = m.current_term, "calling a metadata group election");
+                info!(term, "calling a metadata group election");
                 let _ = self.meta.trigger().elect().await;
                 called = Some(Instant::now());
             }
