@@ -93,6 +93,8 @@ pub struct Groups {
     /// When this node last accepted an AppendEntries of the metadata
     /// group, in ms since `started` (0: never), for `prevote`.
     meta_heard_ms: Arc<AtomicU64>,
+    /// Reads the metadata group's last log id for `prevote`.
+    meta_log: LogStore,
     started: Instant,
     partitions: RwLock<HashMap<GroupId, Arc<PartitionGroup>>>,
     /// Bumped after every reconcile, so callers can wait for new groups.
@@ -190,6 +192,7 @@ impl Groups {
             &meta_config,
         )
         .await?;
+        let meta_log = LogStore::new(db.clone(), META_GROUP);
         let groups = Arc::new(Groups {
             node_id,
             region: region.name.clone(),
@@ -206,6 +209,7 @@ impl Groups {
             meta_voters: all_members.keys().copied().collect(),
             meta_timing: control.clone(),
             meta_heard_ms: Arc::new(AtomicU64::new(0)),
+            meta_log,
             started: Instant::now(),
             partitions: RwLock::new(HashMap::new()),
             reconciled: watch::channel(0).0,
@@ -275,13 +279,18 @@ impl Groups {
     }
 
     /// This node's own pre-vote answer (`prevote`).
-    /// Answered to every ping, so it reads the two fields it needs rather
-    /// than cloning openraft's metrics.
+    /// Answered to every ping, so it reads the one metrics field it needs
+    /// rather than cloning openraft's metrics; the last log id (whose term
+    /// the metrics lack) comes from RocksDB.
     fn prevote_answer(&self) -> prevote::Answer {
-        let (leader, last_log) = {
-            let m = self.meta.metrics();
-            let m = m.borrow();
-            (m.current_leader, m.last_log_index)
+        let leader = self.meta.metrics().borrow().current_leader;
+        let last_log = match self.meta_log.last_log_id() {
+            Ok(id) => id.map_or((0, 0), |id| (id.leader_id.term, id.index)),
+            Err(e) => {
+                // Vouch for no log at all: this node then never campaigns.
+                warn!(error = %e, "cannot read the metadata group's last log id");
+                (0, 0)
+            }
         };
         prevote::Answer {
             node: self.node_id,
@@ -291,7 +300,7 @@ impl Groups {
                 self.meta_heard_ago(),
                 Duration::from_millis(self.meta_timing.meta_election_timeout_ms_min),
             ),
-            last_log: last_log.unwrap_or(0),
+            last_log,
         }
     }
 
@@ -300,8 +309,13 @@ impl Groups {
     /// allows it. The node `prevote` picks calls the election itself as soon
     /// as the voters' leader leases (openraft's: `election_timeout_ms_max`
     /// since they last heard the leader) have run out, rather than after a
-    /// further random election timeout.
+    /// further random election timeout. After `STALL_ROUNDS` rounds without
+    /// a leader, any up-to-date willing node may campaign on openraft's
+    /// timers (liveness does not rest on one candidate).
     async fn prevote_loop(self: Arc<Self>, shutdown: CancellationToken) {
+        /// Election rounds without a leader after which `prevote` stops
+        /// insisting on one candidate.
+        const STALL_ROUNDS: u32 = 5;
         let t = &self.meta_timing;
         let period = Duration::from_millis(t.meta_heartbeat_ms);
         let lease = Duration::from_millis(t.meta_election_timeout_ms_max);
@@ -360,17 +374,30 @@ impl Groups {
                     .collect()
             };
             let me = self.prevote_answer();
-            let may = prevote::may_campaign(self.meta_voters.len(), &me, &last, fresh);
+            let voters = self.meta_voters.len();
+            // Without a leader for STALL_ROUNDS election rounds, the one
+            // candidate pre-vote picks is not getting elected: let every
+            // up-to-date willing voter campaign (`prevote`).
+            // (The leader hears no AppendEntries, but never campaigns.)
+            let heard_ago = self.meta_heard_ago();
+            let silent_for = heard_ago.unwrap_or_else(|| self.started.elapsed());
+            let stalled = silent_for > lease * STALL_ROUNDS;
+            let chosen = prevote::may_campaign(voters, &me, &last, fresh, false);
+            let may = chosen || prevote::may_campaign(voters, &me, &last, fresh, true) && stalled;
             if allowed != Some(may) {
+                if may && !chosen {
+                    warn!(
+                        silent_ms = silent_for.as_millis() as u64,
+                        "no metadata group leader for long; any up-to-date node may campaign now"
+                    );
+                }
                 debug!(may_campaign = may, "metadata group pre-vote");
                 self.meta.runtime_config().elect(may);
                 allowed = Some(may);
             }
-            let silent = self
-                .meta_heard_ago()
-                .is_none_or(|ago| ago > lease + period / 2);
+            let silent = heard_ago.is_none_or(|ago| ago > lease + period / 2);
             let again = called.is_none_or(|at| at.elapsed() > lease);
-            if may && silent && again {
+            if chosen && silent && again {
                 info!(term, "calling a metadata group election");
                 let _ = self.meta.trigger().elect().await;
                 called = Some(Instant::now());

@@ -153,6 +153,28 @@ impl LogStore {
         r.map_err(|e| StorageIOError::write(io_err(e)).into())
     }
 
+    fn last_purged(&self) -> Result<Option<LogId>, StorageError> {
+        // Stored as an Option (see `purge`), like the committed id.
+        Ok(self.get_state::<Option<LogId>>(TAG_PURGED)?.flatten())
+    }
+
+    /// The id of the last entry in the log (or the last purged one, when
+    /// every entry is purged): what a vote compares, read from RocksDB.
+    pub fn last_log_id(&self) -> Result<Option<LogId>, StorageError> {
+        let last = self
+            .db
+            .last_at_or_before(CF_RAFT_LOG, &self.group.to_be_bytes(), u64::MAX)
+            .map_err(|e| StorageIOError::read_logs(io_err(e)))?;
+        match last {
+            Some((index, v)) => {
+                let e: Entry = bincode::deserialize(&v)
+                    .map_err(|e| StorageIOError::read_log_at_index(index, io_err(*e)))?;
+                Ok(Some(e.log_id))
+            }
+            None => self.last_purged(),
+        }
+    }
+
     /// True when this group has never stored a vote or a log entry.
     pub async fn is_pristine(&mut self) -> Result<bool, StorageError> {
         let state = self.get_log_state().await?;
@@ -194,23 +216,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        // Stored as an Option (see `purge`), like the committed id.
-        let last_purged: Option<LogId> = self.get_state::<Option<LogId>>(TAG_PURGED)?.flatten();
-        let last = self
-            .db
-            .last_at_or_before(CF_RAFT_LOG, &self.group.to_be_bytes(), u64::MAX)
-            .map_err(|e| StorageIOError::read_logs(io_err(e)))?;
-        let last_log_id = match last {
-            Some((index, v)) => {
-                let e: Entry = bincode::deserialize(&v)
-                    .map_err(|e| StorageIOError::read_log_at_index(index, io_err(*e)))?;
-                Some(e.log_id)
-            }
-            None => last_purged,
-        };
         Ok(LogState {
-            last_purged_log_id: last_purged,
-            last_log_id,
+            last_purged_log_id: self.last_purged()?,
+            last_log_id: self.last_log_id()?,
         })
     }
 

@@ -128,7 +128,10 @@ impl Cluster {
                 break;
             }
             if let Ok(Some(status)) = c.dev.try_wait() {
-                panic!("meridian dev exited ({status}):\n{out}");
+                panic!(
+                    "meridian dev exited ({status}):\n{out}{}",
+                    named_log_tail(&out, 40)
+                );
             }
             assert!(
                 Instant::now() < deadline,
@@ -269,10 +272,12 @@ impl Cluster {
     /// Copies the nodes' logs of a failed test out of its temporary
     /// directory, which is deleted, and says where.
     fn keep_logs(&self) {
-        let keep = std::env::temp_dir().join(format!(
-            "meridian-failed-{}-{}",
-            std::process::id(),
-            self.nodes.first().map_or(0, |n| n.id) + self.dir.path().as_os_str().len() as u64
+        // Named after the test's own temporary directory: unique.
+        let name = self.dir.path().file_name().unwrap_or_default();
+        let keep = std::env::temp_dir().join(name.to_string_lossy().replacen(
+            "meridian-test-",
+            "meridian-failed-",
+            1,
         ));
         let mut stack = vec![self.dir.path().to_path_buf()];
         while let Some(d) = stack.pop() {
@@ -290,6 +295,22 @@ impl Cluster {
         }
         eprintln!("node logs of the failed test kept in {}", keep.display());
     }
+}
+
+/// The last `lines` lines of the node log that `meridian dev`'s error
+/// names ("see its log PATH"), so that CI output shows why a node failed.
+fn named_log_tail(out: &str, lines: usize) -> String {
+    let Some(path) = out
+        .split("see its log ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+    else {
+        return String::new();
+    };
+    let log = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = log.lines().collect();
+    let tail = all[all.len().saturating_sub(lines)..].join("\n");
+    format!("last {lines} lines of {path}:\n{tail}\n")
 }
 
 /// Blocking HTTP/1.0 GET: status code and body.
