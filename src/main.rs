@@ -229,6 +229,17 @@ enum TopicCmd {
         conn: Conn,
         name: String,
     },
+    /// Moves a pinned topic's home (`meridian.writers=home:<region>`) to
+    /// another region that holds it, e.g. back after a failback. The old
+    /// home seals its logs; writes continue at the new one.
+    MoveHome {
+        #[command(flatten)]
+        conn: Conn,
+        name: String,
+        /// The region to become the topic's home.
+        #[arg(long)]
+        to: String,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -821,6 +832,15 @@ async fn run_topic(cmd: TopicCmd) -> Result<()> {
                 .await?;
             println!("altered topic {name}");
         }
+        TopicCmd::MoveHome { conn, name, to } => {
+            let c = Client::new(&conn.bootstrap);
+            let set = BTreeMap::from([("meridian.writers".to_string(), format!("home:{to}"))]);
+            c.alter_configs(&name, &set, &[]).await?;
+            println!(
+                "the home of topic {name} moves to {to}: its partitions hand over as their logs are sealed \
+                 (`meridian status` shows the move); clients' retried writes follow"
+            );
+        }
         TopicCmd::Delete { conn, name } => {
             let c = Client::new(&conn.bootstrap);
             c.delete_topic(&name).await?;
@@ -854,12 +874,16 @@ async fn run_status(cluster: Option<PathBuf>, admin: Option<String>) -> Result<(
     );
     let mut links = Vec::new();
     let mut seals: Option<serde_json::Value> = None;
+    let mut moves: Option<serde_json::Value> = None;
     for a in addrs {
         match dev::http_get(&a, "/status", Duration::from_secs(3)).await {
             Ok((200, body)) => {
                 let s: serde_json::Value = serde_json::from_str(&body)?;
                 let region = s["region"].as_str().unwrap_or("?").to_string();
                 // Failed-over regions, as the first node that answers knows them.
+                if moves.is_none() {
+                    moves = Some(s["moves"].clone());
+                }
                 if seals.is_none() {
                     seals = Some(s["seals"].clone());
                 }
@@ -915,6 +939,24 @@ async fn run_status(cluster: Option<PathBuf>, admin: Option<String>) -> Result<(
                 s["partitions"].to_string(),
                 s["records"].to_string(),
                 s["decided_at_ms"].to_string()
+            );
+        }
+    }
+    let moves: Vec<serde_json::Value> = moves
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default();
+    if !moves.is_empty() {
+        println!(
+            "\n{:<24} {:<10} {:<10} {:>16}",
+            "home moved", "from", "to", "sealed/partitions"
+        );
+        for m in moves {
+            println!(
+                "{:<24} {:<10} {:<10} {:>16}",
+                m["topic"].as_str().unwrap_or("?"),
+                m["from"].as_str().unwrap_or("?"),
+                m["to"].as_str().unwrap_or("?"),
+                format!("{}/{}", m["sealed"], m["partitions"])
             );
         }
     }

@@ -15,7 +15,7 @@ use crate::storage::batch;
 use crate::storage::state_machine::read;
 use crate::topic::{
     policy, validate_config, validate_create, validate_policy, MetaError, Policy, TopicMeta,
-    FIXED_AT_CREATION, KEY_REGIONS,
+    FIXED_AT_CREATION, KEY_REGIONS, KEY_WRITERS,
 };
 
 /// Why a partition request failed; each maps to one Kafka error code.
@@ -308,6 +308,13 @@ impl Router {
         records: Vec<RecordIn>,
     ) -> Result<AppendTicket, PartitionError> {
         let (group, policy) = self.with_topic(topic, partition, |t, g| (g, self.policy(t)))?;
+        if matches!(policy.writers, crate::topic::Writers::Home(_))
+            && !policy.accepts_writes_in(&self.me.region)
+        {
+            // Forwarded here while the home moved away: the sender retries
+            // at the new home (retriable).
+            return Err(PartitionError::NotLeader(None));
+        }
         if !policy.accepts_writes_in(&self.me.region) {
             return Err(PartitionError::Refused(format!(
                 "region {} does not accept writes for topic {topic} (meridian.writers = {:?})",
@@ -531,6 +538,13 @@ impl Router {
         delete: Vec<String>,
         timeout: Duration,
     ) -> Result<(), TopicError> {
+        if let Some(v) = set.get(KEY_WRITERS) {
+            if set.len() == 1 && delete.is_empty() {
+                if let Some(to) = v.strip_prefix("home:") {
+                    return self.move_home(name, to, timeout).await;
+                }
+            }
+        }
         for k in set.keys().chain(delete.iter()) {
             if FIXED_AT_CREATION.contains(&k.as_str()) {
                 return Err(MetaError::InvalidConfig {
@@ -560,6 +574,48 @@ impl Router {
             delete,
         };
         self.meta(cmd, timeout).await
+    }
+
+    /// Moves pinned topic `name`'s home to region `to` (`control::home`):
+    /// `meridian.writers=home:<to>` set alone. Both regions must hold
+    /// their write leases: the old home seals its logs, the new one takes
+    /// over once it has applied those seals.
+    async fn move_home(&self, name: &str, to: &str, timeout: Duration) -> Result<(), TopicError> {
+        let refused = |reason: String| MetaError::MoveRefused {
+            topic: name.to_string(),
+            reason,
+        };
+        let t = self
+            .topic(name)
+            .ok_or_else(|| MetaError::UnknownTopic(name.to_string()))?;
+        let mut configs = t.configs.clone();
+        configs.insert(KEY_WRITERS.to_string(), format!("home:{to}"));
+        validate_policy(&configs, &self.region_names())?;
+        let meta = self.groups.meta_state();
+        meta.check_move(name, to).map_err(refused)?;
+        let from = t.home().unwrap_or_default();
+        if from == to {
+            return Ok(());
+        }
+        let now = self.groups.clock.wall_now_ms();
+        for r in [from, to] {
+            if !crate::control::lease::may_write(&meta.leases, r, now, 0) {
+                return Err(refused(format!(
+                    "region {r} holds no write lease now (cut off, or failing over); \
+                     move the home once both regions are healthy"
+                ))
+                .into());
+            }
+        }
+        tracing::info!(topic = name, from, to, "moving the topic's home");
+        self.meta(
+            Command::MoveHome {
+                topic: name.to_string(),
+                to: to.to_string(),
+            },
+            timeout,
+        )
+        .await
     }
 
     /// Brokers of this region, then of every other region.

@@ -25,6 +25,8 @@ pub enum MetaError {
     RegionSealed(String),
     #[error("seal refused: {0}")]
     SealRefused(String),
+    #[error("cannot move the home of topic `{topic}`: {reason}")]
+    MoveRefused { topic: String, reason: String },
     #[error("lease refused: region {region} is in epoch {current}, not {asked} (the node has not applied its region's seal yet)")]
     StaleEpoch {
         region: String,
@@ -41,12 +43,33 @@ pub struct TopicMeta {
     pub seq: u32,
     pub partitions: u32,
     pub configs: BTreeMap<String, String>,
+    /// A pinned topic's home at creation. Its partition groups start their
+    /// view from it and follow the home's moves as their logs apply them,
+    /// so every replica, whenever it starts, replays the same view.
+    pub first_home: Option<String>,
 }
 
 impl TopicMeta {
     pub fn group(&self, partition: u32) -> GroupId {
         partition_group(self.seq, partition)
     }
+
+    /// The home a pinned topic has now (`meridian.writers=home:R`).
+    pub fn home(&self) -> Option<&str> {
+        self.configs.get(KEY_WRITERS)?.strip_prefix("home:")
+    }
+}
+
+/// A pinned topic's home moved by command from `from` to `to`: each
+/// partition's log of `from` (in `from_epoch`) is sealed where its group
+/// ended it (`seals`, by partition), and `to`'s log follows it in the view.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HomeMove {
+    pub topic: String,
+    pub from: String,
+    pub from_epoch: u32,
+    pub to: String,
+    pub seals: BTreeMap<u32, crate::control::seal::SealEnd>,
 }
 
 /// The region's topics.
@@ -61,6 +84,8 @@ pub struct MetaState {
     pub seals: Vec<crate::control::seal::Seal>,
     /// Each region's current epoch; absent: the first.
     pub epochs: BTreeMap<String, u32>,
+    /// Moves of pinned topics' homes by command, oldest first.
+    pub moves: Vec<HomeMove>,
 }
 
 impl MetaState {
@@ -75,6 +100,75 @@ impl MetaState {
     /// The last seal of `region`, if it was ever failed over.
     pub fn last_seal(&self, region: &str) -> Option<&crate::control::seal::Seal> {
         self.seals.iter().rev().find(|s| s.region == region)
+    }
+
+    /// The move of `topic`'s home that is under way: not every partition
+    /// has its seal yet.
+    pub fn pending_move(&self, topic: &str) -> Option<&HomeMove> {
+        let t = self.topics.get(topic)?;
+        self.moves
+            .iter()
+            .rev()
+            .find(|m| m.topic == topic)
+            .filter(|m| (m.seals.len() as u32) < t.partitions)
+    }
+
+    /// Did `region` seal its log of `topic` in its current epoch, when the
+    /// topic's home moved away from it? Then it cannot be the home again
+    /// before its next epoch (its log of this epoch is closed for good).
+    pub fn handed_off(&self, topic: &str, region: &str) -> bool {
+        let epoch = self.epoch_of(region);
+        self.moves
+            .iter()
+            .any(|m| m.topic == topic && m.from == region && m.from_epoch == epoch)
+    }
+
+    /// Why `topic`'s home cannot move to `to` now, if it cannot. Pure: the
+    /// metadata state machine checks it at apply; the router checks the
+    /// leases (wall clock) before it proposes.
+    pub fn check_move(&self, topic: &str, to: &str) -> Result<(), String> {
+        let t = self
+            .topics
+            .get(topic)
+            .ok_or_else(|| format!("topic `{topic}` does not exist"))?;
+        let Some(home) = t.home() else {
+            return Err("it is written in every region (`meridian.writers=all`); only a pinned topic (`home:<region>`) has a home to move".into());
+        };
+        if let Some(regions) = t.configs.get(KEY_REGIONS) {
+            let regions = split_regions(regions);
+            if !regions.iter().any(|r| r == to) {
+                return Err(format!(
+                    "region {to} does not hold the topic; its regions are {}",
+                    regions.join(", ")
+                ));
+            }
+        }
+        if home == to {
+            return Ok(()); // already there: nothing to do
+        }
+        if let Some(m) = self.pending_move(topic) {
+            return Err(format!(
+                "its move from {} to {} is under way ({} of {} partitions sealed); try again once it is done",
+                m.from,
+                m.to,
+                m.seals.len(),
+                t.partitions
+            ));
+        }
+        for r in [home, to] {
+            if self.seal_of(r).is_some() {
+                return Err(format!(
+                    "region {r} was failed over; move the home once it has failed back"
+                ));
+            }
+        }
+        if self.handed_off(topic, to) {
+            return Err(format!(
+                "region {to} closed its log of the topic when the home moved away from it in its epoch {}; it can be the home again only in a later epoch (after a failover and failback)",
+                self.epoch_of(to)
+            ));
+        }
+        Ok(())
     }
 
     /// The seal of a region that was failed over and has not renewed its
@@ -112,7 +206,7 @@ pub const TOPIC_CONFIGS: &[(&str, &str, &str)] = &[
     (
         KEY_WRITERS,
         "all",
-        "`all` (every listed region accepts writes) or `home:<region>`. Fixed at creation.",
+        "`all` (every listed region accepts writes) or `home:<region>`. Fixed at creation, except that a pinned topic's home moves (`meridian topic move-home`).",
     ),
     (
         KEY_REPLICATION,
@@ -415,6 +509,10 @@ impl MetaState {
                         seq,
                         partitions: *partitions,
                         configs: configs.clone(),
+                        first_home: configs
+                            .get(KEY_WRITERS)
+                            .and_then(|v| v.strip_prefix("home:"))
+                            .map(String::from),
                     },
                 );
                 Ok(())
@@ -473,6 +571,8 @@ impl MetaState {
                     )));
                 }
                 self.epochs.insert(seal.region.clone(), current + 1);
+                let mut seal = seal.clone();
+                self.merge_move_seals(&mut seal);
                 // Pinned topics move to their new home (chosen by the
                 // leader among the regions still up).
                 for (topic, home) in &seal.homes {
@@ -481,17 +581,101 @@ impl MetaState {
                             .insert(KEY_WRITERS.to_string(), format!("home:{home}"));
                     }
                 }
-                self.seals.push(seal.clone());
+                self.seals.push(seal);
+                Ok(())
+            }
+            Command::MoveHome { topic, to } => {
+                self.check_move(topic, to)
+                    .map_err(|reason| MetaError::MoveRefused {
+                        topic: topic.clone(),
+                        reason,
+                    })?;
+                let t = self.topics.get_mut(topic).expect("checked");
+                let from = t.home().expect("checked").to_string();
+                if from == *to {
+                    return Ok(());
+                }
+                t.configs
+                    .insert(KEY_WRITERS.to_string(), format!("home:{to}"));
+                let from_epoch = self.epoch_of(&from);
+                self.moves.push(HomeMove {
+                    topic: topic.clone(),
+                    from,
+                    from_epoch,
+                    to: to.clone(),
+                    seals: BTreeMap::new(),
+                });
+                Ok(())
+            }
+            Command::HomeSealed {
+                topic,
+                partition,
+                end,
+                last_hlc,
+            } => {
+                let refused = |reason: &str| MetaError::MoveRefused {
+                    topic: topic.clone(),
+                    reason: reason.into(),
+                };
+                let partitions = self.topics.get(topic).map_or(0, |t| t.partitions);
+                if *partition >= partitions {
+                    return Err(refused("no such partition"));
+                }
+                let m = self
+                    .moves
+                    .iter_mut()
+                    .rev()
+                    .find(|m| m.topic == *topic)
+                    .ok_or_else(|| refused("no move of its home was asked for"))?;
+                // The first seal counts: the old home's group sealed its
+                // log once, and a repeated report names the same point.
+                m.seals
+                    .entry(*partition)
+                    .or_insert(crate::control::seal::SealEnd {
+                        end: *end,
+                        last_hlc: *last_hlc,
+                    });
                 Ok(())
             }
             Command::Append { .. }
             | Command::Close { .. }
             | Command::Replicate { .. }
             | Command::SealLog { .. }
+            | Command::SealOwn
             | Command::Reinject { .. }
             | Command::Admit { .. }
             | Command::RemoteHeld { .. }
             | Command::BeginEpoch { .. } => Ok(()),
+        }
+    }
+
+    /// A failover of `seal.region` while a move away from it is under way
+    /// (or done): where the old home already sealed a partition's log, that
+    /// point stands (groups may have applied it, and the new home written
+    /// after it); the others are sealed where the failover found them, and
+    /// the move completes with those.
+    fn merge_move_seals(&mut self, seal: &mut crate::control::seal::Seal) {
+        for m in self
+            .moves
+            .iter_mut()
+            .filter(|m| m.from == seal.region && m.from_epoch == seal.epoch)
+        {
+            let Some(t) = self.topics.get(&m.topic) else {
+                continue;
+            };
+            for p in 0..t.partitions {
+                let g = t.group(p);
+                match m.seals.get(&p) {
+                    Some(e) => {
+                        seal.ends.insert(g, *e);
+                    }
+                    None => {
+                        if let Some(e) = seal.ends.get(&g) {
+                            m.seals.insert(p, *e);
+                        }
+                    }
+                }
+            }
         }
     }
 
@@ -593,6 +777,102 @@ mod tests {
         assert_eq!(m.leases["us-east"], 1_000);
         m.apply(&renew(9_000, 2)).unwrap();
         assert_eq!(m.leases["us-east"], 9_000);
+    }
+
+    fn create_pinned(m: &mut MetaState, name: &str, home: &str) {
+        let configs = BTreeMap::from([(KEY_WRITERS.to_string(), format!("home:{home}"))]);
+        m.apply(&Command::CreateTopic {
+            name: name.into(),
+            id: uuid::Uuid::new_v4(),
+            partitions: 2,
+            configs,
+        })
+        .unwrap();
+    }
+
+    fn move_home(topic: &str, to: &str) -> Command {
+        Command::MoveHome {
+            topic: topic.into(),
+            to: to.into(),
+        }
+    }
+
+    fn home_sealed(partition: u32, end: u64) -> Command {
+        Command::HomeSealed {
+            topic: "orders".into(),
+            partition,
+            end,
+            last_hlc: end * 10,
+        }
+    }
+
+    #[test]
+    fn a_pinned_topics_home_moves_once_every_partition_is_sealed() {
+        let mut m = MetaState::default();
+        create_pinned(&mut m, "orders", "us-east");
+        m.apply(&create("all", 1)).unwrap();
+        assert_eq!(m.topics["orders"].first_home.as_deref(), Some("us-east"));
+        let refused = |m: &mut MetaState, cmd: &Command| match m.apply(cmd) {
+            Err(MetaError::MoveRefused { reason, .. }) => reason,
+            other => panic!("{other:?}"),
+        };
+        let why = refused(&mut m, &move_home("all", "eu-west"));
+        assert!(why.contains("only a pinned topic"), "{why}");
+        m.apply(&move_home("orders", "us-east")).unwrap();
+        assert!(m.moves.is_empty(), "already there: nothing to do");
+
+        m.apply(&move_home("orders", "eu-west")).unwrap();
+        assert_eq!(m.topics["orders"].home(), Some("eu-west"));
+        assert_eq!(m.topics["orders"].first_home.as_deref(), Some("us-east"));
+        let why = refused(&mut m, &move_home("orders", "ap-south"));
+        assert!(
+            why.contains("under way (0 of 2 partitions sealed)"),
+            "{why}"
+        );
+        m.apply(&home_sealed(0, 7)).unwrap();
+        m.apply(&home_sealed(0, 9)).unwrap();
+        assert_eq!(m.moves[0].seals[&0].end, 7, "the first seal counts");
+        assert!(m.pending_move("orders").is_some());
+        m.apply(&home_sealed(1, 3)).unwrap();
+        assert!(m.pending_move("orders").is_none());
+        assert!(m.apply(&home_sealed(2, 3)).is_err(), "no partition 2");
+
+        // us-east sealed its log of this epoch: it cannot be the home
+        // again before its next epoch.
+        assert!(m.handed_off("orders", "us-east"));
+        let why = refused(&mut m, &move_home("orders", "us-east"));
+        assert!(why.contains("only in a later epoch"), "{why}");
+        m.epochs.insert("us-east".into(), 2);
+        m.check_move("orders", "us-east").unwrap();
+    }
+
+    #[test]
+    fn a_failover_of_the_old_home_completes_its_move_with_the_same_seals() {
+        let mut m = MetaState::default();
+        create_pinned(&mut m, "orders", "us-east");
+        m.leases.insert("us-east".into(), 1_000);
+        m.apply(&move_home("orders", "eu-west")).unwrap();
+        m.apply(&home_sealed(0, 7)).unwrap();
+        let g = |p| m.topics["orders"].group(p);
+        let (g0, g1) = (g(0), g(1));
+        let end = |end| crate::control::seal::SealEnd { end, last_hlc: 1 };
+        // The failover found less of partition 0 (us-east's tail was not
+        // copied before it was lost) than us-east had sealed.
+        let seal = crate::control::seal::Seal {
+            region: "us-east".into(),
+            epoch: 1,
+            decided_at_ms: 2_000,
+            margin_ms: 500,
+            ends: BTreeMap::from([(g0, end(5)), (g1, end(4))]),
+            homes: Default::default(),
+        };
+        m.apply(&Command::SealRegion(seal)).unwrap();
+        assert_eq!(m.seals[0].ends[&g0].end, 7, "the move's seal stands");
+        assert_eq!(m.moves[0].seals[&1].end, 4, "the failover's completes it");
+        assert!(m.pending_move("orders").is_none());
+        // A region failed over cannot take the home.
+        let e = m.check_move("orders", "us-east").unwrap_err();
+        assert!(e.contains("failed over"), "{e}");
     }
 
     #[test]

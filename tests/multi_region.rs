@@ -1066,3 +1066,158 @@ fn a_failed_over_region_fails_back_and_reinjects_what_only_it_held() {
         "us-east re-injected records the view does not flag"
     );
 }
+
+/// Produces `n` records at `region` until one attempt has no errors (a
+/// home being handed over answers with retriable errors for a moment).
+fn produce_until_clean(c: &Cluster, region: &str, topic: &str, tag: &str, n: usize) -> Produced {
+    let since = std::time::Instant::now();
+    let mut acked = Vec::new();
+    let mut offsets = Vec::new();
+    for attempt in 0.. {
+        let p = produce(
+            &c.region_bootstrap(region),
+            topic,
+            &format!("{tag}{attempt}-"),
+            n,
+            5_000,
+        );
+        acked.extend(p.acked);
+        offsets.extend(p.offsets);
+        if p.errors.is_empty() {
+            break;
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(60),
+            "{region} never took writes to {topic}: {:?}",
+            p.errors
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    Produced {
+        acked,
+        offsets,
+        errors: Vec::new(),
+        latency_ms: Vec::new(),
+    }
+}
+
+/// Waits until every node of eu-west sees `region` holding a write lease
+/// again (after a failover: it failed back).
+fn wait_lease(c: &Cluster, region: &str) {
+    let since = std::time::Instant::now();
+    for n in c.region_nodes("eu-west") {
+        loop {
+            let s = common::http_get(&n.admin, "/status")
+                .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok());
+            if s.is_some_and(|s| s["leases"][region].as_i64().unwrap_or(0) > 0) {
+                break;
+            }
+            assert!(
+                since.elapsed() < Duration::from_secs(60),
+                "{region} never held its lease again"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// Failback, pinned topics: a topic pinned to us-east moves to eu-west
+/// when us-east is failed over; once us-east is back, an operator moves
+/// the home back by command. eu-west seals its logs where they end, us-east
+/// writes after them: every acknowledged record is in every region's view
+/// once, in one order, at the offset its ack named.
+#[test]
+fn a_pinned_topic_moves_home_back_by_command_after_failback() {
+    require("python3");
+    let c = Cluster::start_three();
+    create(&c, "pin", 2, &["meridian.writers=home:us-east"]);
+    create(&c, "everywhere", 1, &[]);
+    for r in REGIONS {
+        wait_config(&c, r, "pin", "meridian.writers", "home:us-east");
+    }
+    let mut acked = Vec::new();
+    let mut offsets = Vec::new();
+    let mut add = |p: Produced| {
+        acked.extend(p.acked);
+        offsets.extend(p.offsets);
+    };
+    add(produce_until_clean(&c, "ap-south", "pin", "first", 20));
+
+    // us-east is cut off and failed over: the home moves to eu-west.
+    c.set_faults(r#"{"cut": [["us-east", "eu-west"], ["us-east", "ap-south"]]}"#);
+    wait_sealed(&c, "us-east", std::time::Instant::now());
+    wait_config(&c, "ap-south", "pin", "meridian.writers", "home:eu-west");
+    add(produce_until_clean(&c, "ap-south", "pin", "interim", 20));
+
+    // Back, us-east fails back; the home stays at eu-west until moved.
+    c.set_faults("{}");
+    wait_lease(&c, "us-east");
+    let west = c.region_bootstrap("eu-west");
+    let (ok, out, err) = meridian(&[
+        "topic",
+        "move-home",
+        "everywhere",
+        "--to",
+        "us-east",
+        "-b",
+        &west,
+    ]);
+    assert!(!ok, "a topic written everywhere has no home: {out}");
+    assert!(err.contains("only a pinned topic"), "{err}");
+    let (ok, out, err) = meridian(&["topic", "move-home", "pin", "--to", "us-east", "-b", &west]);
+    assert!(ok, "move-home: {out}{err}");
+    for r in REGIONS {
+        wait_config(&c, r, "pin", "meridian.writers", "home:us-east");
+    }
+    add(produce_until_clean(&c, "ap-south", "pin", "home-again", 20));
+    add(produce_until_clean(&c, "us-east", "pin", "home-local", 20));
+
+    let views: Vec<(String, View)> = REGIONS
+        .iter()
+        .map(|r| (r.to_string(), full_view(&c, r, "pin", 2, acked.len())))
+        .collect();
+    check_views(&views, &acked);
+    // Offsets acknowledged at the returned home are the view's.
+    let view = &views[0].1;
+    let back = acked
+        .iter()
+        .zip(&offsets)
+        .filter(|(a, _)| a.1.starts_with("home-"));
+    for ((partition, val), off) in back {
+        assert!(*off >= 0, "{val}: a pinned topic's ack carries its offset");
+        assert_eq!(
+            view[&partition.to_string()]
+                .get(*off as usize)
+                .map(|r| &r.1),
+            Some(val),
+            "{val} acknowledged at offset {off}"
+        );
+    }
+    // Every partition handed over, as `/status` and `meridian status` say.
+    let admin = c.region_nodes("ap-south")[0].admin.clone();
+    let s: serde_json::Value =
+        serde_json::from_str(&common::http_get(&admin, "/status").unwrap().1).unwrap();
+    let m = &s["moves"][0];
+    assert_eq!(
+        (
+            &m["topic"],
+            &m["from"],
+            &m["to"],
+            &m["sealed"],
+            &m["partitions"]
+        ),
+        (
+            &"pin".into(),
+            &"eu-west".into(),
+            &"us-east".into(),
+            &2.into(),
+            &2.into()
+        ),
+        "{s}"
+    );
+    // eu-west closed its logs of the topic for this epoch: it cannot be
+    // the home again before its next one, and says so.
+    let (ok, _, err) = meridian(&["topic", "move-home", "pin", "--to", "eu-west", "-b", &west]);
+    assert!(!ok);
+    assert!(err.contains("only in a later epoch"), "{err}");
+}

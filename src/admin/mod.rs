@@ -122,6 +122,19 @@ pub struct SealStatus {
     pub records: u64,
 }
 
+/// A pinned topic's home moved by command (`control::home`).
+#[derive(Serialize)]
+pub struct MoveStatus {
+    pub topic: String,
+    pub from: String,
+    pub to: String,
+    pub partitions: u32,
+    /// Partitions whose old home's log is sealed (metadata).
+    pub sealed: usize,
+    /// Partitions on this node whose group has applied the handover.
+    pub handed_over_here: usize,
+}
+
 #[derive(Serialize)]
 pub struct Status {
     pub node: u64,
@@ -137,6 +150,8 @@ pub struct Status {
     pub sealed: bool,
     /// Failed-over regions, as the applied metadata says.
     pub seals: Vec<SealStatus>,
+    /// Moves of pinned topics' homes, oldest first.
+    pub moves: Vec<MoveStatus>,
     pub meta: GroupStatus,
     pub partitions: Vec<GroupStatus>,
 }
@@ -258,9 +273,38 @@ pub fn status_of(r: &Router) -> Status {
                 records: s.ends.values().map(|e| e.end).sum(),
             })
             .collect(),
+        moves: move_status(r),
         meta,
         partitions,
     }
+}
+
+fn move_status(r: &Router) -> Vec<MoveStatus> {
+    let meta = r.groups.meta_state();
+    meta.moves
+        .iter()
+        .map(|m| {
+            let from = crate::view::LogRef {
+                origin: crate::storage::origin_id(&m.from),
+                epoch: m.from_epoch,
+            };
+            let partitions = meta.topics.get(&m.topic).map_or(0, |t| t.partitions);
+            let handed_over_here = meta.topics.get(&m.topic).map_or(0, |t| {
+                (0..t.partitions)
+                    .filter_map(|p| r.groups.partition(t.group(p)))
+                    .filter(|g| g.progress.borrow().handed.contains(&from))
+                    .count()
+            });
+            MoveStatus {
+                topic: m.topic.clone(),
+                from: m.from.clone(),
+                to: m.to.clone(),
+                partitions,
+                sealed: m.seals.len(),
+                handed_over_here,
+            }
+        })
+        .collect()
 }
 
 async fn status(State(r): State<Arc<Router>>) -> Json<Status> {

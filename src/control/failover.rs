@@ -100,6 +100,7 @@ impl Failover {
             }
             self.seal_led_groups(&meta).await;
             self.seal_new_groups(&meta).await;
+            self.move_homes(&meta).await;
             self.fail_back_led_groups(&meta, &shutdown);
         }
     }
@@ -334,8 +335,10 @@ impl Failover {
             .filter(|t| {
                 let p = crate::topic::policy(&t.configs, &names);
                 // A topic no other region holds is left to wait for it.
+                // A home moving away from it: its log is sealed either way.
+                let moving = meta.pending_move(&t.name).is_some_and(|m| m.from == region);
                 p.regions.iter().any(|r| r != region)
-                    && p.writer_regions().iter().any(|w| w == region)
+                    && (p.writer_regions().iter().any(|w| w == region) || moving)
             })
             .flat_map(|t| (0..t.partitions).map(|p| t.group(p)))
             .collect();
@@ -481,6 +484,13 @@ impl Failover {
             if p.writers != crate::topic::Writers::Home(lost.to_string()) {
                 continue;
             }
+            // A region that sealed its log of the topic when the home moved
+            // away from it, in its current epoch, cannot write it again.
+            let up: Vec<&str> = up
+                .iter()
+                .copied()
+                .filter(|r| !meta.handed_off(&t.name, r))
+                .collect();
             match seal::new_home(&p.regions, lost, &up) {
                 Some(h) => {
                     info!(topic = %t.name, from = lost, to = %h, "moving the topic's home");
@@ -600,13 +610,17 @@ impl Failover {
                 if g.leader() != Some(self.me.id) {
                     continue;
                 }
-                let sealed = g
-                    .progress
-                    .borrow()
-                    .logs
-                    .get(&log)
-                    .is_some_and(|st| st.sealed.is_some());
-                if sealed {
+                let successor = s.homes.get(&g.topic).map(|h| origin_id(h));
+                let (sealed, handed, home) = {
+                    let p = g.progress.borrow();
+                    let sealed = p.logs.get(&log).is_some_and(|st| st.sealed.is_some());
+                    (sealed, p.handed.contains(&log), p.home)
+                };
+                // A pinned topic's handover applies once the group's home is
+                // the sealed region (`control::home`); until then the seal
+                // alone is applied and the handover proposed again later.
+                let hand_over = successor.is_some() && !handed && home == Some(log.origin);
+                if sealed && !hand_over {
                     continue;
                 }
                 let cmd = Command::SealLog {
@@ -614,7 +628,7 @@ impl Failover {
                     epoch: log.epoch,
                     end: end.end,
                     last_hlc: end.last_hlc,
-                    successor: s.homes.get(&g.topic).map(|h| origin_id(h)),
+                    successor,
                 };
                 match self
                     .groups

@@ -8,6 +8,7 @@
 //! router refuses writes while the region holds none ([`Fence`]).
 
 pub mod failover;
+mod home;
 pub mod lease;
 pub mod seal;
 

@@ -49,6 +49,8 @@ pub(crate) fn topic_error_code(e: &TopicError) -> i16 {
         }
         TopicError::Meta(MetaError::InvalidConfig { .. }) => ResponseError::InvalidConfig.code(),
         TopicError::Unavailable(_) => ResponseError::RequestTimedOut.code(),
+        // A home move refused for now (one under way, a region away).
+        TopicError::Meta(MetaError::MoveRefused { .. }) => ResponseError::PolicyViolation.code(),
         // Lease and seal commands never come from a topic request.
         TopicError::Meta(
             MetaError::RegionSealed(_) | MetaError::SealRefused(_) | MetaError::StaleEpoch { .. },

@@ -429,8 +429,14 @@ impl Groups {
                 continue; // the topic does not live in this region
             }
             let ids = |v: &[String]| v.iter().map(|r| crate::storage::origin_id(r)).collect();
+            // A pinned topic's groups start from its first home and follow
+            // the moves their logs apply (`TopicMeta::first_home`).
+            let writers = match &t.first_home {
+                Some(home) => vec![home.clone()],
+                None => policy.writer_regions(),
+            };
             let writers = crate::storage::state_machine::Origins {
-                writers: ids(&policy.writer_regions()),
+                writers: ids(&writers),
                 regions: ids(&policy.regions),
             };
             for p in 0..t.partitions {

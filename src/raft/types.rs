@@ -86,6 +86,19 @@ pub enum Command {
     /// Meta group: fail a region over: seal its epoch's origin logs
     /// (`control::seal`, invariant 7).
     SealRegion(crate::control::seal::Seal),
+    /// Meta group: an operator moves the home of pinned `topic` to region
+    /// `to` (`topic::HomeMove`). The current home seals its log of each
+    /// partition (`SealOwn`) and reports where (`HomeSealed`); `to` writes
+    /// once its partition applied that seal.
+    MoveHome { topic: String, to: String },
+    /// Meta group: the old home of a moving topic sealed its log of
+    /// `partition` at `end` (its last record has HLC `last_hlc`).
+    HomeSealed {
+        topic: String,
+        partition: u32,
+        end: u64,
+        last_hlc: u64,
+    },
     /// Meta group: change topic configs.
     AlterTopic {
         name: String,
@@ -143,6 +156,11 @@ pub enum Command {
         count: u32,
         batch: bytes::Bytes,
     },
+    /// Partition group of a pinned topic's home, once the topic's home was
+    /// moved away by command: seals this region's own log where it ends
+    /// now, so that no write commits after the point the next home's
+    /// records follow. Answered with `SealedAt`.
+    SealOwn,
     /// Partition group: another region holds this region's origin log of
     /// `epoch` up to `upto` (proposed by the leader as the link hears it),
     /// so own records below it may enter the view.
@@ -185,6 +203,13 @@ pub enum CommandResult {
     /// An append to this region's own origin log after it was sealed:
     /// refused, whatever the proposer believed about its lease.
     Sealed,
+    /// After `SealOwn`: this region's log of `epoch` is sealed at `end`,
+    /// its last record having HLC `last_hlc`.
+    SealedAt {
+        epoch: u32,
+        end: u64,
+        last_hlc: u64,
+    },
     /// After `Reinject`: the sealed log is re-injected up to this offset.
     Reinjected {
         upto: u64,

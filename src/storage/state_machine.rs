@@ -77,6 +77,11 @@ pub struct Progress {
     pub watermark: u64,
     /// Every origin log held here, own and copied.
     pub logs: Arc<BTreeMap<LogRef, LogState>>,
+    /// A pinned topic's home as this group's log has it (None: every
+    /// writer region writes).
+    pub home: Option<u32>,
+    /// The sealed logs this group handed a pinned topic's home over from.
+    pub handed: Arc<Vec<LogRef>>,
 }
 
 impl Progress {
@@ -106,12 +111,10 @@ struct Applied {
     /// HLC of the view's last record.
     view_last_hlc: u64,
     meta: Option<MetaState>,
-    /// Origins that joined the view as a pinned topic's new home.
-    successors: Vec<u32>,
-    /// Set once this region became the view's only live writer as a new
-    /// home: the view positions its sealed predecessors fill, before this
-    /// region's own records.
-    successor_base: Option<u64>,
+    /// A pinned topic's home moves, in the order applied: the sealed log
+    /// of the old home, and the new home's origin, whose log joins the
+    /// view after it.
+    handovers: Vec<(LogRef, u32)>,
     /// Per sealed log: how far its records past the seal were re-injected
     /// into this region's log.
     reinjected: BTreeMap<LogRef, u64>,
@@ -127,8 +130,7 @@ impl Default for Applied {
             view_next: 0,
             view_last_hlc: 0,
             meta: None,
-            successors: Vec::new(),
-            successor_base: None,
+            handovers: Vec::new(),
             reinjected: BTreeMap::new(),
         }
     }
@@ -140,8 +142,11 @@ pub struct StateMachine {
     /// This region: the origin of every record appended here.
     origin: String,
     origin_id: u32,
-    /// Origins whose logs make up the global view (the topic's writers).
+    /// Origins whose logs make up the global view (the topic's writers,
+    /// and a pinned topic's homes since its first).
     view_origins: Vec<u32>,
+    /// A pinned topic's first home (None: every writer region writes).
+    first_home: Option<u32>,
     /// Every region that holds the topic.
     topic_regions: Vec<u32>,
     applied: Applied,
@@ -186,8 +191,12 @@ impl StateMachine {
             }
             _ => applied,
         };
+        let first_home = match origins.writers[..] {
+            [home] => Some(home),
+            _ => None,
+        };
         let mut view_origins = origins.writers;
-        for o in &applied.successors {
+        for (_, o) in &applied.handovers {
             if !view_origins.contains(o) {
                 view_origins.push(*o);
             }
@@ -198,6 +207,7 @@ impl StateMachine {
             origin_id: origin_id(&origin),
             origin,
             view_origins,
+            first_home,
             topic_regions: origins.regions,
             applied,
             pending: BTreeMap::new(),
@@ -272,9 +282,18 @@ impl StateMachine {
                     view_last_hlc: self.applied.view_last_hlc,
                     watermark: self.watermark(),
                     logs: Arc::new(self.applied.logs.clone()),
+                    home: self.home(),
+                    handed: Arc::new(self.applied.handovers.iter().map(|h| h.0).collect()),
                 });
             }
         }
+    }
+
+    /// A pinned topic's home as this group's log has it: its first home,
+    /// then each handover's successor in turn.
+    fn home(&self) -> Option<u32> {
+        let first = self.first_home?;
+        Some(self.applied.handovers.last().map_or(first, |h| h.1))
     }
 
     fn own_ref(&self) -> LogRef {
@@ -396,6 +415,7 @@ impl StateMachine {
                     closed,
                 }
             }
+            Command::SealOwn => self.seal_own(),
             Command::BeginEpoch { epoch, floor } => {
                 if epoch > self.applied.epoch {
                     self.applied.epoch = epoch;
@@ -479,7 +499,11 @@ impl StateMachine {
             // fence should have refused this write already.
             return CommandResult::Sealed;
         }
-        if !self.view_origins.contains(&self.origin_id) {
+        let writer = match self.home() {
+            Some(home) => home == self.origin_id,
+            None => self.view_origins.contains(&self.origin_id),
+        };
+        if !writer {
             return CommandResult::NotWriter;
         }
         if count == 0 {
@@ -535,51 +559,51 @@ impl StateMachine {
     /// (a copy that raced the seal) stay stored but never enter the view;
     /// the sealed region re-injects them at failback.
     ///
-    /// With a `successor` (a pinned topic's new home), that origin's log
-    /// joins the view after the sealed one: its records get HLCs above
-    /// `last_hlc`, so they follow every sealed record in the view.
+    /// With a `successor` (a pinned topic's next home), the home is handed
+    /// over: that origin's log joins the view after the sealed one, its
+    /// records getting HLCs above `last_hlc`. A handover applies once, and
+    /// only from the home this group has now; one proposed before the
+    /// handover that precedes it (a region back from a long absence) seals
+    /// the log and is proposed again.
     fn seal(&mut self, log: LogRef, end: u64, last_hlc: u64, successor: Option<u32>) {
         let st = self.applied.logs.entry(log).or_default();
-        if st.sealed.is_some() {
-            return; // proposed again by a new leader: the first one counts
-        }
-        st.sealed = Some(end);
-        if let Some(q) = self.pending.get_mut(&log) {
-            q.retain_mut(|seg| {
-                let keep = end.saturating_sub(seg.base_offset).min(seg.count as u64);
-                seg.count = keep as u32;
-                keep > 0
-            });
+        match st.sealed {
+            None => {
+                st.sealed = Some(end);
+                if let Some(q) = self.pending.get_mut(&log) {
+                    q.retain_mut(|seg| {
+                        let keep = end.saturating_sub(seg.base_offset).min(seg.count as u64);
+                        seg.count = keep as u32;
+                        keep > 0
+                    });
+                }
+            }
+            // Proposed again by a new leader, or sealed by its own region
+            // before the metadata group's seal came: the first one counts.
+            Some(first) if first != end => tracing::warn!(
+                group = self.group,
+                ?log,
+                first,
+                end,
+                "a second, different seal of a log is ignored"
+            ),
+            Some(_) => {}
         }
         // Records written here after the seal sort after the sealed ones.
         self.clock.observe(last_hlc);
         let Some(next) = successor else { return };
+        if self.applied.handovers.iter().any(|(l, _)| *l == log) || self.home() != Some(log.origin)
+        {
+            return;
+        }
+        self.applied.handovers.push((log, next));
         if next == self.origin_id {
             let own = self.own_ref();
             let st = self.applied.logs.entry(own).or_default();
             st.closed = st.closed.max(last_hlc);
-            // Every other log of the view is sealed: their records fill
-            // the view's first positions, this region's follow.
-            let others_sealed = self
-                .applied
-                .logs
-                .iter()
-                .filter(|(l, _)| **l != own && self.view_origins.contains(&l.origin))
-                .all(|(_, s)| s.sealed.is_some());
-            if others_sealed {
-                self.applied.successor_base = Some(
-                    self.applied
-                        .logs
-                        .iter()
-                        .filter(|(l, _)| **l != own && self.view_origins.contains(&l.origin))
-                        .filter_map(|(_, s)| s.sealed)
-                        .sum(),
-                );
-            }
         }
         if !self.view_origins.contains(&next) {
             self.view_origins.push(next);
-            self.applied.successors.push(next);
             let logs: Vec<LogRef> = self
                 .applied
                 .logs
@@ -596,14 +620,46 @@ impl StateMachine {
         }
     }
 
-    /// Where a batch at `base_offset` of this region's log lands in the
-    /// view, when that is known at commit: this log alone makes up the view
-    /// (a pinned topic's home), after any sealed predecessors.
-    fn view_offset(&self, base_offset: u64) -> Option<u64> {
-        if self.view_origins == [self.origin_id] {
-            return Some(base_offset);
+    /// Seals this region's own log where it ends now, when it is the
+    /// pinned topic's home and the home moves away by command. Everything
+    /// committed before is in the log; every append after is refused.
+    fn seal_own(&mut self) -> CommandResult {
+        let own = self.own_ref();
+        let st = self.own_state();
+        let end = match st.sealed {
+            Some(end) => end,
+            None if self.home() == Some(self.origin_id) => st.next_offset,
+            None => return CommandResult::NotWriter,
+        };
+        // At or above every record of the view: the next home's records
+        // follow them all.
+        let last_hlc = st.last_hlc.max(self.applied.view_last_hlc);
+        self.seal(own, end, last_hlc, None);
+        CommandResult::SealedAt {
+            epoch: own.epoch,
+            end,
+            last_hlc,
         }
-        self.applied.successor_base.map(|b| b + base_offset)
+    }
+
+    /// Where a batch at `base_offset` of this region's log lands in the
+    /// view, when that is known at commit: this region is the pinned
+    /// topic's home and every other log of the view is sealed, so their
+    /// records fill the view's first positions (all of them: this log's
+    /// records sort above their seals) and this log's follow.
+    fn view_offset(&self, base_offset: u64) -> Option<u64> {
+        if self.home() != Some(self.origin_id) {
+            return None;
+        }
+        let own = self.own_ref();
+        let mut before = 0;
+        for (l, st) in &self.applied.logs {
+            if *l == own || !self.view_origins.contains(&l.origin) {
+                continue;
+            }
+            before += st.sealed?;
+        }
+        Some(before + base_offset)
     }
 
     /// Appends the batches of `log` that are new here. Batches are whole, so
@@ -1376,6 +1432,160 @@ mod tests {
         let sm = machine_with(dir.path(), &["eu-west"]);
         assert!(sm.view_origins.contains(&origin_id("us-east")));
         assert_eq!(sm.view_offset(9), Some(14));
+    }
+
+    /// The home moves back by command (eu-west -> us-east at a failover,
+    /// then us-east -> eu-west): us-east seals its own log where it ends,
+    /// its later appends are refused, eu-west's new log follows in the
+    /// view; a stale repeat of the first handover changes nothing, and a
+    /// restart keeps the chain.
+    #[tokio::test]
+    async fn the_home_moves_back_after_the_sealed_log_of_the_interim_home() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = machine_with(dir.path(), &["eu-west"]);
+        let mut b = WriteBatch::default();
+        let mut step = |sm: &mut StateMachine, cmd: Command| {
+            let r = sm.apply_one(&mut b, cmd);
+            sm.advance_view(&mut b);
+            r
+        };
+        let west = origin_id("eu-west");
+        let east = origin_id("us-east");
+        let first_handover = Command::SealLog {
+            origin: west,
+            epoch: EPOCH_FIRST,
+            end: 3,
+            last_hlc: 1_000,
+            successor: Some(east),
+        };
+        step(&mut sm, replicate(1_000, 3, vec![stored(0, 3, 900)]));
+        step(&mut sm, first_handover.clone());
+        assert_eq!(sm.home(), Some(east));
+        let r = step(
+            &mut sm,
+            Command::Append {
+                proposed_hlc: 2_000,
+                count: 2,
+                batch: proposed(2_000, 2),
+            },
+        );
+        assert!(
+            matches!(
+                r,
+                CommandResult::Appended {
+                    view_offset: Some(3),
+                    ..
+                }
+            ),
+            "{r:?}"
+        );
+        // The move back: us-east seals its own log where it ends.
+        let r = step(&mut sm, Command::SealOwn);
+        let CommandResult::SealedAt {
+            epoch,
+            end,
+            last_hlc,
+        } = r
+        else {
+            panic!("{r:?}")
+        };
+        assert_eq!((epoch, end), (EPOCH_FIRST, 2));
+        assert!(last_hlc >= 2_001, "at or above its last record");
+        assert_eq!(step(&mut sm, Command::SealOwn), r, "sealed once");
+        let late = Command::Append {
+            proposed_hlc: 3_000,
+            count: 1,
+            batch: proposed(3_000, 1),
+        };
+        assert_eq!(step(&mut sm, late.clone()), CommandResult::Sealed);
+        // The metadata group's seal hands the home to eu-west.
+        step(
+            &mut sm,
+            Command::SealLog {
+                origin: east,
+                epoch: EPOCH_FIRST,
+                end,
+                last_hlc,
+                successor: Some(west),
+            },
+        );
+        assert_eq!(sm.home(), Some(west));
+        // eu-west writes its new epoch's log; it follows in the view.
+        let h = BatchHeader {
+            base_offset: 0,
+            count: 2,
+            first_hlc: last_hlc + 10,
+        };
+        let records = vec![
+            RecordIn {
+                key: None,
+                value: Some(bytes::Bytes::from_static(b"w")),
+                headers: vec![],
+            };
+            2
+        ];
+        step(
+            &mut sm,
+            Command::Replicate {
+                origin: west,
+                epoch: EPOCH_FIRST + 1,
+                closed: last_hlc + 11,
+                closed_at: 2,
+                batches: vec![batch::encode(h, "eu-west", &records).into()],
+            },
+        );
+        assert_eq!(sm.applied.view_next, 7, "3 + 2 + 2");
+        // A stale repeat of the first handover changes nothing.
+        step(&mut sm, first_handover);
+        assert_eq!(sm.home(), Some(west));
+        assert_eq!(sm.applied.handovers.len(), 2);
+        sm.persist(b).unwrap();
+        drop(sm);
+        let sm = machine_with(dir.path(), &["eu-west"]);
+        assert_eq!(sm.home(), Some(west));
+        assert!(sm.view_origins.contains(&east));
+        assert_eq!(sm.view_offset(0), None, "us-east is no longer the home");
+    }
+
+    /// A group that learns of two handovers in the wrong order (a region
+    /// back from a long absence) seals at once but hands over only from
+    /// the home it has; proposed again, the second applies after the
+    /// first.
+    #[tokio::test]
+    async fn handovers_apply_in_chain_order_whatever_order_they_come_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = machine_with(dir.path(), &["eu-west"]);
+        let mut b = WriteBatch::default();
+        let (west, east) = (origin_id("eu-west"), origin_id("us-east"));
+        let seal = |origin, successor| Command::SealLog {
+            origin,
+            epoch: EPOCH_FIRST,
+            end: 0,
+            last_hlc: 0,
+            successor: Some(successor),
+        };
+        sm.apply_one(&mut b, seal(east, west));
+        assert_eq!(sm.home(), Some(west), "not yet: the home is still eu-west");
+        assert!(sm.applied.handovers.is_empty());
+        sm.apply_one(&mut b, seal(west, east));
+        assert_eq!(sm.home(), Some(east));
+        sm.apply_one(&mut b, seal(east, west));
+        assert_eq!(sm.home(), Some(west));
+        let chain: Vec<u32> = sm.applied.handovers.iter().map(|h| h.1).collect();
+        assert_eq!(chain, vec![east, west]);
+    }
+
+    /// A region that is not the home does not seal its own log.
+    #[tokio::test]
+    async fn only_the_home_seals_its_own_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = machine_with(dir.path(), &["eu-west"]);
+        let mut b = WriteBatch::default();
+        assert_eq!(
+            sm.apply_one(&mut b, Command::SealOwn),
+            CommandResult::NotWriter
+        );
+        assert_eq!(sm.own_state().sealed, None);
     }
 
     fn proposed(hlc: u64, n: usize) -> bytes::Bytes {
