@@ -695,10 +695,14 @@ fn copies_from_a_clock_too_far_ahead_are_refused_until_it_is_fixed() {
     check_views(&views, &p.acked);
 }
 
+/// A node's `/status`, if it answers.
+fn status(admin: &str) -> Option<serde_json::Value> {
+    let (_, body) = common::http_get(admin, "/status")?;
+    serde_json::from_str(&body).ok()
+}
+
 fn meta_status(c: &Cluster, id: u64) -> Option<serde_json::Value> {
-    let (_, body) = common::http_get(&c.node(id).admin, "/status")?;
-    let s: serde_json::Value = serde_json::from_str(&body).ok()?;
-    Some(s["meta"].clone())
+    Some(status(&c.node(id).admin)?["meta"].clone())
 }
 
 /// Lease renewals grow the metadata log, so the metadata group snapshots
@@ -817,8 +821,7 @@ fn a_lost_region_is_failed_over_and_the_view_goes_on_without_it() {
     }
     let west = c.region_nodes("eu-west")[0].admin.clone();
     let seal = loop {
-        let s = common::http_get(&west, "/status")
-            .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok());
+        let s = status(&west);
         if let Some(seal) = s.as_ref().and_then(|s| s["seals"].get(0)) {
             break seal.clone();
         }
@@ -921,8 +924,7 @@ fn a_lost_region_is_failed_over_and_the_view_goes_on_without_it() {
 fn wait_sealed(c: &Cluster, region: &str, since: std::time::Instant) -> serde_json::Value {
     let west = c.region_nodes("eu-west")[0].admin.clone();
     loop {
-        let s = common::http_get(&west, "/status")
-            .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok());
+        let s = status(&west);
         let seal = s.as_ref().and_then(|s| {
             s["seals"]
                 .as_array()?
@@ -1107,8 +1109,7 @@ fn wait_lease(c: &Cluster, region: &str) {
     let since = std::time::Instant::now();
     for n in c.region_nodes("eu-west") {
         loop {
-            let s = common::http_get(&n.admin, "/status")
-                .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok());
+            let s = status(&n.admin);
             if s.is_some_and(|s| s["leases"][region].as_i64().unwrap_or(0) > 0) {
                 break;
             }
@@ -1195,8 +1196,7 @@ fn a_pinned_topic_moves_home_back_by_command_after_failback() {
     }
     // Every partition handed over, as `/status` and `meridian status` say.
     let admin = c.region_nodes("ap-south")[0].admin.clone();
-    let s: serde_json::Value =
-        serde_json::from_str(&common::http_get(&admin, "/status").unwrap().1).unwrap();
+    let s = status(&admin).unwrap();
     let m = &s["moves"][0];
     assert_eq!(
         (

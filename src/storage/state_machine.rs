@@ -1123,6 +1123,13 @@ mod tests {
     use super::*;
     use crate::raft::types::RecordIn;
 
+    /// Applies `cmd` and advances the view, as a committed entry does.
+    fn step(sm: &mut StateMachine, b: &mut WriteBatch, cmd: Command) -> CommandResult {
+        let r = sm.apply_one(b, cmd);
+        sm.advance_view(b);
+        r
+    }
+
     fn machine(dir: &std::path::Path) -> StateMachine {
         machine_with(dir, &["us-east", "eu-west"])
     }
@@ -1327,37 +1334,48 @@ mod tests {
             epoch: EPOCH_FIRST,
         };
         let mut b = WriteBatch::default();
-        let mut step = |sm: &mut StateMachine, cmd: Command| {
-            let r = sm.apply_one(&mut b, cmd);
-            sm.advance_view(&mut b);
-            r
-        };
-        step(&mut sm, Command::Close { hlc: 50_000 });
-        step(&mut sm, replicate(1_000, 2, vec![stored(0, 2, 900)]));
-        step(&mut sm, replicate(2_500, 4, vec![stored(2, 2, 2_000)]));
+        step(&mut sm, &mut b, Command::Close { hlc: 50_000 });
+        step(
+            &mut sm,
+            &mut b,
+            replicate(1_000, 2, vec![stored(0, 2, 900)]),
+        );
+        step(
+            &mut sm,
+            &mut b,
+            replicate(2_500, 4, vec![stored(2, 2, 2_000)]),
+        );
         assert_eq!(sm.applied.view_next, 4);
         // eu-west is lost; the seal says its log ends at 6, of which this
         // region holds 4: the view waits for 4..6 (relayed by a survivor).
-        step(&mut sm, seal("eu-west", 6, 4_001));
+        step(&mut sm, &mut b, seal("eu-west", 6, 4_001));
         assert_eq!(sm.watermark(), 2_500);
-        step(&mut sm, replicate(4_001, 6, vec![stored(4, 2, 4_000)]));
+        step(
+            &mut sm,
+            &mut b,
+            replicate(4_001, 6, vec![stored(4, 2, 4_000)]),
+        );
         assert_eq!(sm.watermark(), 50_000, "eu-west no longer holds the view");
         assert_eq!(sm.applied.view_next, 6);
         // A copy past the seal is not stored.
-        step(&mut sm, replicate(9_001, 8, vec![stored(6, 2, 9_000)]));
+        step(
+            &mut sm,
+            &mut b,
+            replicate(9_001, 8, vec![stored(6, 2, 9_000)]),
+        );
         assert_eq!(sm.applied.logs[&west].next_offset, 6);
         assert_eq!(sm.applied.view_next, 6);
         // Sealing again changes nothing.
-        step(&mut sm, seal("eu-west", 8, 9_001));
+        step(&mut sm, &mut b, seal("eu-west", 8, 9_001));
         assert_eq!(sm.applied.logs[&west].sealed, Some(6));
         // This region's own log, sealed, refuses appends (invariant 6).
-        step(&mut sm, seal("us-east", 0, 0));
+        step(&mut sm, &mut b, seal("us-east", 0, 0));
         let append = Command::Append {
             proposed_hlc: 60_000,
             count: 1,
             batch: stored(0, 1, 60_000),
         };
-        assert_eq!(step(&mut sm, append), CommandResult::Sealed);
+        assert_eq!(step(&mut sm, &mut b, append), CommandResult::Sealed);
     }
 
     /// A topic pinned to eu-west moves home to us-east when eu-west is
@@ -1369,11 +1387,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut sm = machine_with(dir.path(), &["eu-west"]);
         let mut b = WriteBatch::default();
-        let mut step = |sm: &mut StateMachine, cmd: Command| {
-            let r = sm.apply_one(&mut b, cmd);
-            sm.advance_view(&mut b);
-            r
-        };
         let append = |hlc| {
             let r = RecordIn {
                 key: None,
@@ -1386,13 +1399,18 @@ mod tests {
                 batch: batch::propose(hlc, "us-east", &[r.clone(), r]),
             }
         };
-        assert_eq!(step(&mut sm, append(500)), CommandResult::NotWriter);
-        step(&mut sm, replicate(1_000, 3, vec![stored(0, 3, 900)]));
+        assert_eq!(step(&mut sm, &mut b, append(500)), CommandResult::NotWriter);
+        step(
+            &mut sm,
+            &mut b,
+            replicate(1_000, 3, vec![stored(0, 3, 900)]),
+        );
         assert_eq!(sm.applied.view_next, 3);
         // The seal says eu-west's log ends at 5 (two records still on
         // their way here), last HLC 7_000, and us-east is the new home.
         step(
             &mut sm,
+            &mut b,
             Command::SealLog {
                 origin: origin_id("eu-west"),
                 epoch: EPOCH_FIRST,
@@ -1401,7 +1419,7 @@ mod tests {
                 successor: Some(origin_id("us-east")),
             },
         );
-        let r = step(&mut sm, append(500));
+        let r = step(&mut sm, &mut b, append(500));
         let CommandResult::Appended {
             first_hlc,
             view_offset,
@@ -1413,9 +1431,13 @@ mod tests {
         assert!(first_hlc > 7_000, "after every sealed record");
         assert_eq!(view_offset, Some(5), "after eu-west's five records");
         assert_eq!(sm.applied.view_next, 3, "waits for eu-west's last two");
-        step(&mut sm, replicate(7_000, 5, vec![stored(3, 2, 6_999)]));
+        step(
+            &mut sm,
+            &mut b,
+            replicate(7_000, 5, vec![stored(3, 2, 6_999)]),
+        );
         assert_eq!(sm.applied.view_next, 7);
-        let r = step(&mut sm, append(500));
+        let r = step(&mut sm, &mut b, append(500));
         assert!(
             matches!(
                 r,
@@ -1444,11 +1466,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut sm = machine_with(dir.path(), &["eu-west"]);
         let mut b = WriteBatch::default();
-        let mut step = |sm: &mut StateMachine, cmd: Command| {
-            let r = sm.apply_one(&mut b, cmd);
-            sm.advance_view(&mut b);
-            r
-        };
         let west = origin_id("eu-west");
         let east = origin_id("us-east");
         let first_handover = Command::SealLog {
@@ -1458,11 +1475,16 @@ mod tests {
             last_hlc: 1_000,
             successor: Some(east),
         };
-        step(&mut sm, replicate(1_000, 3, vec![stored(0, 3, 900)]));
-        step(&mut sm, first_handover.clone());
+        step(
+            &mut sm,
+            &mut b,
+            replicate(1_000, 3, vec![stored(0, 3, 900)]),
+        );
+        step(&mut sm, &mut b, first_handover.clone());
         assert_eq!(sm.home(), Some(east));
         let r = step(
             &mut sm,
+            &mut b,
             Command::Append {
                 proposed_hlc: 2_000,
                 count: 2,
@@ -1480,7 +1502,7 @@ mod tests {
             "{r:?}"
         );
         // The move back: us-east seals its own log where it ends.
-        let r = step(&mut sm, Command::SealOwn);
+        let r = step(&mut sm, &mut b, Command::SealOwn);
         let CommandResult::SealedAt {
             epoch,
             end,
@@ -1491,16 +1513,17 @@ mod tests {
         };
         assert_eq!((epoch, end), (EPOCH_FIRST, 2));
         assert!(last_hlc >= 2_001, "at or above its last record");
-        assert_eq!(step(&mut sm, Command::SealOwn), r, "sealed once");
+        assert_eq!(step(&mut sm, &mut b, Command::SealOwn), r, "sealed once");
         let late = Command::Append {
             proposed_hlc: 3_000,
             count: 1,
             batch: proposed(3_000, 1),
         };
-        assert_eq!(step(&mut sm, late.clone()), CommandResult::Sealed);
+        assert_eq!(step(&mut sm, &mut b, late.clone()), CommandResult::Sealed);
         // The metadata group's seal hands the home to eu-west.
         step(
             &mut sm,
+            &mut b,
             Command::SealLog {
                 origin: east,
                 epoch: EPOCH_FIRST,
@@ -1526,6 +1549,7 @@ mod tests {
         ];
         step(
             &mut sm,
+            &mut b,
             Command::Replicate {
                 origin: west,
                 epoch: EPOCH_FIRST + 1,
@@ -1536,7 +1560,7 @@ mod tests {
         );
         assert_eq!(sm.applied.view_next, 7, "3 + 2 + 2");
         // A stale repeat of the first handover changes nothing.
-        step(&mut sm, first_handover);
+        step(&mut sm, &mut b, first_handover);
         assert_eq!(sm.home(), Some(west));
         assert_eq!(sm.applied.handovers.len(), 2);
         sm.persist(b).unwrap();
@@ -1610,13 +1634,12 @@ mod tests {
             epoch: EPOCH_FIRST,
         };
         let mut b = WriteBatch::default();
-        let mut step = |sm: &mut StateMachine, cmd: Command| {
-            let r = sm.apply_one(&mut b, cmd);
-            sm.advance_view(&mut b);
-            r
-        };
-        step(&mut sm, Command::Close { hlc: 50_000 });
-        step(&mut sm, replicate(1_000, 2, vec![stored(0, 2, 900)]));
+        step(&mut sm, &mut b, Command::Close { hlc: 50_000 });
+        step(
+            &mut sm,
+            &mut b,
+            replicate(1_000, 2, vec![stored(0, 2, 900)]),
+        );
         let reinject = |offset, hlc| Command::Reinject {
             from: west,
             offset,
@@ -1625,21 +1648,24 @@ mod tests {
             batch: proposed(hlc, 2),
         };
         // Not before the log is sealed here.
-        assert_eq!(step(&mut sm, reinject(2, 60_000)), CommandResult::NotWriter);
-        step(&mut sm, seal("eu-west", 2, 901));
         assert_eq!(
-            step(&mut sm, reinject(2, 60_000)),
+            step(&mut sm, &mut b, reinject(2, 60_000)),
+            CommandResult::NotWriter
+        );
+        step(&mut sm, &mut b, seal("eu-west", 2, 901));
+        assert_eq!(
+            step(&mut sm, &mut b, reinject(2, 60_000)),
             CommandResult::Reinjected { upto: 4 }
         );
         let own = sm.own_ref();
         assert_eq!(sm.applied.logs[&own].next_offset, 2);
         // A retry, and a request past a gap, add nothing.
         assert_eq!(
-            step(&mut sm, reinject(2, 61_000)),
+            step(&mut sm, &mut b, reinject(2, 61_000)),
             CommandResult::Reinjected { upto: 4 }
         );
         assert_eq!(
-            step(&mut sm, reinject(6, 62_000)),
+            step(&mut sm, &mut b, reinject(6, 62_000)),
             CommandResult::Reinjected { upto: 4 }
         );
         assert_eq!(sm.applied.logs[&own].next_offset, 2);
@@ -1651,7 +1677,7 @@ mod tests {
             origin: origin_id("eu-west"),
             epoch: 2,
         };
-        let r = step(&mut sm, Command::Admit { log: west2 });
+        let r = step(&mut sm, &mut b, Command::Admit { log: west2 });
         assert_eq!(
             r,
             CommandResult::LogState {
@@ -1659,10 +1685,11 @@ mod tests {
                 closed: w
             }
         );
-        step(&mut sm, Command::Close { hlc: w + 10_000 });
+        step(&mut sm, &mut b, Command::Close { hlc: w + 10_000 });
         assert_eq!(sm.watermark(), w, "waits for eu-west's new log");
         step(
             &mut sm,
+            &mut b,
             Command::Replicate {
                 origin: west2.origin,
                 epoch: 2,
@@ -1674,7 +1701,7 @@ mod tests {
         assert_eq!(sm.watermark(), w + 5_000);
         assert_eq!(sm.applied.view_next, 5);
         // Admitted again (a retry): the log as it stands.
-        let r = step(&mut sm, Command::Admit { log: west2 });
+        let r = step(&mut sm, &mut b, Command::Admit { log: west2 });
         assert!(
             matches!(r, CommandResult::LogState { next_offset: 1, .. }),
             "{r:?}"
@@ -1738,27 +1765,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut sm = machine(dir.path());
         let mut b = WriteBatch::default();
-        let mut step = |sm: &mut StateMachine, cmd: Command| {
-            let r = sm.apply_one(&mut b, cmd);
-            sm.advance_view(&mut b);
-            r
-        };
         let append = |hlc| Command::Append {
             proposed_hlc: hlc,
             count: 2,
             batch: proposed(hlc, 2),
         };
-        step(&mut sm, append(100));
-        step(&mut sm, replicate(50_000, 0, vec![]));
+        step(&mut sm, &mut b, append(100));
+        step(&mut sm, &mut b, replicate(50_000, 0, vec![]));
         assert_eq!(sm.applied.view_next, 0, "eu-west does not hold them yet");
-        step(&mut sm, Command::RemoteHeld { epoch: 1, upto: 1 });
+        step(&mut sm, &mut b, Command::RemoteHeld { epoch: 1, upto: 1 });
         assert_eq!(sm.applied.view_next, 1);
-        step(&mut sm, Command::RemoteHeld { epoch: 1, upto: 2 });
+        step(&mut sm, &mut b, Command::RemoteHeld { epoch: 1, upto: 2 });
         assert_eq!(sm.applied.view_next, 2);
         // eu-west failed over: nobody else could seal this log now.
-        step(&mut sm, seal("eu-west", 0, 0));
-        step(&mut sm, append(200));
-        step(&mut sm, Command::Close { hlc: 60_000 });
+        step(&mut sm, &mut b, seal("eu-west", 0, 0));
+        step(&mut sm, &mut b, append(200));
+        step(&mut sm, &mut b, Command::Close { hlc: 60_000 });
         assert_eq!(sm.applied.view_next, 4);
     }
 
