@@ -399,6 +399,8 @@ struct NodeFileConfig {
     link: LinkConfig,
     #[serde(default)]
     control: ControlConfig,
+    #[serde(default)]
+    groups: GroupsConfig,
     /// Topics to create at start (docs/replication.md#topics-file).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     topics: Option<PathBuf>,
@@ -579,6 +581,43 @@ impl Default for ControlConfig {
     }
 }
 
+/// Consumer groups (docs/consumers.md): the coordinator's limits and the
+/// internal topic that carries committed offsets.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GroupsConfig {
+    /// Partitions of `__consumer_offsets`, used when the first group
+    /// request creates it (later changes do not repartition it). Each
+    /// partition is a Raft group per region; its leader coordinates the
+    /// groups that hash to it.
+    pub offsets_partitions: u32,
+    /// A new group waits this long for more members before its first
+    /// generation, as Kafka's `group.initial.rebalance.delay.ms`.
+    pub initial_rebalance_delay_ms: u64,
+    /// Session timeouts a member may ask for (Kafka's
+    /// `group.min.session.timeout.ms`, `group.max.session.timeout.ms`).
+    pub session_timeout_ms_min: u64,
+    pub session_timeout_ms_max: u64,
+    /// Members of one group, at most (GROUP_MAX_SIZE_REACHED above).
+    pub max_size: u32,
+    /// Upper bound on an OffsetCommit's wait for its record to commit
+    /// (and, for a commit of a `sync` topic, to reach the other regions).
+    pub commit_timeout_ms: u64,
+}
+
+impl Default for GroupsConfig {
+    fn default() -> Self {
+        GroupsConfig {
+            offsets_partitions: 4,
+            initial_rebalance_delay_ms: 3_000,
+            session_timeout_ms_min: 6_000,
+            session_timeout_ms_max: 1_800_000,
+            max_size: 1_000,
+            commit_timeout_ms: 10_000,
+        }
+    }
+}
+
 /// The node's async runtime.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
@@ -614,6 +653,7 @@ pub struct NodeConfig {
     pub runtime: RuntimeConfig,
     pub link: LinkConfig,
     pub control: ControlConfig,
+    pub groups: GroupsConfig,
     /// Topics this node creates at start unless they exist.
     pub topics: Vec<TopicDecl>,
     pub topics_path: Option<PathBuf>,
@@ -687,6 +727,34 @@ impl NodeConfig {
                 "raft.meta_snapshot_entries",
                 format!("{} is below 10", r.meta_snapshot_entries),
             );
+        }
+        let g = &f.groups;
+        if g.offsets_partitions == 0 || g.offsets_partitions > crate::topic::PARTITIONS_MAX {
+            p.add(
+                "groups.offsets_partitions",
+                format!(
+                    "{} is out of range (1 to {})",
+                    g.offsets_partitions,
+                    crate::topic::PARTITIONS_MAX
+                ),
+            );
+        }
+        if g.session_timeout_ms_min == 0 || g.session_timeout_ms_min > g.session_timeout_ms_max {
+            p.add(
+                "groups.session_timeout_ms_min",
+                format!(
+                    "{} must be at least 1 and at most groups.session_timeout_ms_max ({})",
+                    g.session_timeout_ms_min, g.session_timeout_ms_max
+                ),
+            );
+        }
+        for (key, v) in [
+            ("groups.max_size", g.max_size as u64),
+            ("groups.commit_timeout_ms", g.commit_timeout_ms),
+        ] {
+            if v == 0 {
+                p.add(key, "must be at least 1");
+            }
         }
         if r.payload_entries_max == 0 {
             p.add("raft.payload_entries_max", "must be at least 1");
@@ -853,6 +921,7 @@ impl NodeConfig {
             runtime: f.runtime,
             link: f.link,
             control: f.control,
+            groups: f.groups,
             topics,
             topics_path,
             tls: f.tls.map(|t| TlsConfig {
@@ -893,6 +962,7 @@ impl NodeConfig {
             runtime,
             link: LinkConfig::default(),
             control: ControlConfig::default(),
+            groups: GroupsConfig::default(),
             topics: topics.map(Path::to_path_buf),
             tls: None,
         };

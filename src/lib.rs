@@ -12,6 +12,7 @@
 
 pub mod admin;
 pub mod control;
+pub mod group;
 pub mod kafka;
 pub mod link;
 pub mod raft;

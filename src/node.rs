@@ -156,9 +156,13 @@ async fn run_inner(config: NodeConfig, shutdown: CancellationToken) -> Result<()
             shutdown.clone(),
         ));
     }
+    let coordinator =
+        crate::group::coordinator::Coordinator::new(router.clone(), config.groups.clone());
+    tokio::spawn(coordinator.clone().run(shutdown.clone()));
     tokio::spawn(crate::kafka::server::serve(
         kafka_listener,
         router.clone(),
+        coordinator,
         shutdown.clone(),
     ));
     tokio::spawn(admin::serve(

@@ -79,6 +79,26 @@ pub enum AppendTicket {
 }
 
 impl AppendTicket {
+    /// Makes the ack wait as `data`'s policy would, too: an offset commit
+    /// (a record of `__consumer_offsets`) of a `sync` topic is held by as
+    /// many other regions as that topic's records are (invariant 8).
+    pub fn requiring(self, data: &Policy) -> Self {
+        match self {
+            AppendTicket::Local {
+                rx,
+                group,
+                policy,
+                link,
+            } => AppendTicket::Local {
+                rx,
+                group,
+                policy: policy.as_strict_as(data),
+                link,
+            },
+            forwarded => forwarded,
+        }
+    }
+
     /// Waits for the commit (a Raft majority, fsynced: invariant 1), for a
     /// `sync` topic also for `sync.quorum - 1` other regions to commit it,
     /// and for an `async` topic with `rpo.max.ms` until the unreplicated
@@ -522,6 +542,9 @@ impl Router {
     }
 
     pub async fn delete_topic(&self, name: &str, timeout: Duration) -> Result<(), TopicError> {
+        if name == crate::group::offsets::TOPIC {
+            return Err(MetaError::InternalTopic(name.to_string()).into());
+        }
         self.meta(
             Command::DeleteTopic {
                 name: name.to_string(),

@@ -23,6 +23,8 @@ pub enum MetaError {
     InvalidConfig { key: String, reason: String },
     #[error("region {0} was failed over (its origin logs are sealed); it takes writes again only after failback")]
     RegionSealed(String),
+    #[error("topic `{0}` is internal: it carries consumer groups' committed offsets; delete groups (DeleteGroups) instead")]
+    InternalTopic(String),
     #[error("seal refused: {0}")]
     SealRefused(String),
     #[error("cannot move the home of topic `{topic}`: {reason}")]
@@ -268,6 +270,16 @@ impl Policy {
     /// the Kafka offset and a produce can answer with it.
     pub fn single_writer(&self) -> bool {
         self.writer_regions().len() == 1
+    }
+
+    /// This policy, waiting for at least as many other regions as `other`
+    /// does before an ack (within this topic's regions).
+    pub fn as_strict_as(mut self, other: &Policy) -> Policy {
+        if other.remote_acks() > self.remote_acks() {
+            self.sync = true;
+            self.sync_quorum = other.sync_quorum.min(self.regions.len() as u32);
+        }
+        self
     }
 
     /// Other regions that must hold a write before its ack.
@@ -905,6 +917,34 @@ mod tests {
             *counts.entry(preferred_leader(&nodes, 5, p)).or_insert(0) += 1;
         }
         assert_eq!(counts.values().copied().collect::<Vec<_>>(), vec![4, 4, 4]);
+    }
+
+    #[test]
+    fn an_offset_commit_waits_for_as_many_regions_as_its_topics_records() {
+        let all: Vec<String> = ["us-east", "eu-west", "ap-south"]
+            .map(String::from)
+            .to_vec();
+        let cfg = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let offsets = policy(&BTreeMap::new(), &all);
+        let sync3 = policy(
+            &cfg(&[(KEY_REPLICATION, "sync"), (KEY_SYNC_QUORUM, "3")]),
+            &all,
+        );
+        let sync2 = policy(&cfg(&[(KEY_REPLICATION, "sync")]), &all);
+        let asyn = policy(&BTreeMap::new(), &all);
+        assert_eq!(offsets.clone().as_strict_as(&asyn).remote_acks(), 0);
+        assert_eq!(offsets.clone().as_strict_as(&sync2).remote_acks(), 1);
+        assert_eq!(offsets.clone().as_strict_as(&sync3).remote_acks(), 2);
+        // Never laxer than it was.
+        assert_eq!(sync3.clone().as_strict_as(&asyn).remote_acks(), 2);
+        // Bounded by the regions that hold the offsets topic.
+        let two = policy(&cfg(&[(KEY_REGIONS, "us-east,eu-west")]), &all);
+        assert_eq!(two.as_strict_as(&sync3).remote_acks(), 1);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use common::Cluster;
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsResponse, FindCoordinatorRequest, FindCoordinatorResponse, RequestHeader,
+    ApiKey, ApiVersionsResponse, InitProducerIdRequest, InitProducerIdResponse, RequestHeader,
     ResponseHeader,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
@@ -87,18 +87,18 @@ async fn bad_requests_are_refused_and_the_node_keeps_serving() {
     // An API Meridian does not serve yet gets its error code, not a hang-up.
     let mut s = connect(&addr);
     let mut body = BytesMut::new();
-    FindCoordinatorRequest::default()
-        .with_key(StrBytes::from_static_str("g"))
-        .encode(&mut body, 2)
+    InitProducerIdRequest::default()
+        .with_transaction_timeout_ms(1000)
+        .encode(&mut body, 1)
         .unwrap();
-    s.write_all(&frame(ApiKey::FindCoordinator, 2, &body))
+    s.write_all(&frame(ApiKey::InitProducerId, 1, &body))
         .unwrap();
     let mut r = response(&mut s);
     let h =
-        ResponseHeader::decode(&mut r, ApiKey::FindCoordinator.response_header_version(2)).unwrap();
+        ResponseHeader::decode(&mut r, ApiKey::InitProducerId.response_header_version(1)).unwrap();
     assert_eq!(h.correlation_id, 42);
-    let fc = FindCoordinatorResponse::decode(&mut r, 2).unwrap();
-    assert_eq!(fc.error_code, 35, "UNSUPPORTED_VERSION");
+    let ip = InitProducerIdResponse::decode(&mut r, 1).unwrap();
+    assert_eq!(ip.error_code, 35, "UNSUPPORTED_VERSION");
 
     // A too-new ApiVersions is answered in v0 with UNSUPPORTED_VERSION and our ranges.
     let mut s = connect(&addr);

@@ -142,6 +142,7 @@ fn describe(r: &Router, t: &TopicMeta) -> MetadataResponseTopic {
             .with_name(Some(TopicName(text(t.name.clone()))))
             .with_topic_id(t.id)
             .with_partitions(partitions)
+            .with_is_internal(t.name == crate::group::offsets::TOPIC)
             .with_topic_authorized_operations(i32::MIN);
     }
     let replicas: Vec<BrokerId> = r
@@ -176,5 +177,6 @@ fn describe(r: &Router, t: &TopicMeta) -> MetadataResponseTopic {
         .with_name(Some(TopicName(text(t.name.clone()))))
         .with_topic_id(t.id)
         .with_partitions(partitions)
+        .with_is_internal(t.name == crate::group::offsets::TOPIC)
         .with_topic_authorized_operations(i32::MIN)
 }

@@ -10,6 +10,7 @@ mod create_topics;
 mod delete_topics;
 mod describe_configs;
 mod fetch;
+mod groups;
 mod incremental_alter_configs;
 mod list_offsets;
 mod metadata;
@@ -50,7 +51,9 @@ pub(crate) fn topic_error_code(e: &TopicError) -> i16 {
         TopicError::Meta(MetaError::InvalidConfig { .. }) => ResponseError::InvalidConfig.code(),
         TopicError::Unavailable(_) => ResponseError::RequestTimedOut.code(),
         // A home move refused for now (one under way, a region away).
-        TopicError::Meta(MetaError::MoveRefused { .. }) => ResponseError::PolicyViolation.code(),
+        TopicError::Meta(MetaError::MoveRefused { .. } | MetaError::InternalTopic(_)) => {
+            ResponseError::PolicyViolation.code()
+        }
         // Lease and seal commands never come from a topic request.
         TopicError::Meta(
             MetaError::RegionSealed(_) | MetaError::SealRefused(_) | MetaError::StaleEpoch { .. },

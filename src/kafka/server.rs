@@ -20,9 +20,10 @@ use tracing::{debug, info, warn, Instrument};
 
 use super::codec::{self, DecodeError};
 use super::{
-    api_versions, create_topics, delete_topics, describe_configs, fetch, incremental_alter_configs,
-    list_offsets, metadata, produce, unsupported,
+    api_versions, create_topics, delete_topics, describe_configs, fetch, groups,
+    incremental_alter_configs, list_offsets, metadata, produce, unsupported,
 };
+use crate::group::coordinator::Coordinator;
 use crate::router::Router;
 
 /// A request being served: resolves to the encoded response, or to nothing
@@ -32,7 +33,12 @@ pub type Pending = BoxFuture<'static, Option<BytesMut>>;
 /// A request frame must arrive whole within this time once its length is read.
 const FRAME_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
-pub async fn serve(listener: TcpListener, router: Arc<Router>, shutdown: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    router: Arc<Router>,
+    coordinator: Arc<Coordinator>,
+    shutdown: CancellationToken,
+) {
     let permits = Arc::new(Semaphore::new(router.kafka.connections_max as usize));
     loop {
         let permit = tokio::select! {
@@ -51,11 +57,15 @@ pub async fn serve(listener: TcpListener, router: Arc<Router>, shutdown: Cancell
             },
         };
         let router = router.clone();
+        let conn = Conn {
+            coordinator: coordinator.clone(),
+            host: format!("/{}", peer.ip()),
+        };
         let shutdown = shutdown.clone();
         tokio::spawn(
             async move {
                 router.metrics.kafka_connections.inc();
-                if let Err(e) = connection(stream, router.clone(), shutdown).await {
+                if let Err(e) = connection(stream, router.clone(), conn, shutdown).await {
                     debug!(error = %e, "connection ended");
                 }
                 router.metrics.kafka_connections.dec();
@@ -66,9 +76,17 @@ pub async fn serve(listener: TcpListener, router: Arc<Router>, shutdown: Cancell
     }
 }
 
+/// What a connection's requests share besides the router.
+struct Conn {
+    coordinator: Arc<Coordinator>,
+    /// The client's address, as DescribeGroups shows members' hosts.
+    host: String,
+}
+
 async fn connection(
     stream: TcpStream,
     router: Arc<Router>,
+    conn: Conn,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let _ = stream.set_nodelay(true);
@@ -120,7 +138,7 @@ async fn connection(
                 break;
             }
         }
-        match dispatch(&router, Bytes::from(buf)).await {
+        match dispatch(&router, &conn, Bytes::from(buf)).await {
             Ok(pending) => {
                 if tx.send(tokio::spawn(pending)).await.is_err() {
                     break; // the writer failed: the client is gone
@@ -168,7 +186,7 @@ fn not_served(api: ApiKey, header: &RequestHeader) -> DecodeError {
     }
 }
 
-async fn dispatch(router: &Arc<Router>, frame: Bytes) -> Result<Pending, DecodeError> {
+async fn dispatch(router: &Arc<Router>, conn: &Conn, frame: Bytes) -> Result<Pending, DecodeError> {
     let (api, header, body) = codec::decode_header(frame)?;
     let version = header.request_api_version;
     if api == ApiKey::ApiVersions && !api_versions::supports(api, version) {
@@ -189,6 +207,12 @@ async fn dispatch(router: &Arc<Router>, frame: Bytes) -> Result<Pending, DecodeE
         };
     }
     let r = router.clone();
+    let c = conn.coordinator.clone();
+    let client_id = header
+        .client_id
+        .as_ref()
+        .map_or_else(String::new, |c| c.to_string());
+    let host = conn.host.clone();
     let (v, cid) = (version, header.correlation_id);
     let done = move |resp: ResponseKind| encode(api, v, cid, resp);
     Ok(match req {
@@ -231,6 +255,53 @@ async fn dispatch(router: &Arc<Router>, frame: Bytes) -> Result<Pending, DecodeE
         RequestKind::IncrementalAlterConfigs(req) => Box::pin(async move {
             done(ResponseKind::IncrementalAlterConfigs(
                 incremental_alter_configs::handle(&r, req).await,
+            ))
+        }),
+        RequestKind::FindCoordinator(req) => Box::pin(async move {
+            done(ResponseKind::FindCoordinator(
+                groups::find_coordinator(&c, req, v).await,
+            ))
+        }),
+        // Group requests change the group's state in arrival order, here;
+        // only their answers wait.
+        RequestKind::JoinGroup(req) => {
+            let pending = groups::join_group(&c, req, v, &client_id, &host);
+            Box::pin(async move { done(ResponseKind::JoinGroup(pending.await)) })
+        }
+        RequestKind::SyncGroup(req) => {
+            let pending = groups::sync_group(&c, req);
+            Box::pin(async move { done(ResponseKind::SyncGroup(pending.await)) })
+        }
+        RequestKind::Heartbeat(req) => ready(
+            api,
+            &header,
+            ResponseKind::Heartbeat(groups::heartbeat(&c, req)),
+        ),
+        RequestKind::LeaveGroup(req) => ready(
+            api,
+            &header,
+            ResponseKind::LeaveGroup(groups::leave_group(&c, req, v)),
+        ),
+        RequestKind::OffsetCommit(req) => {
+            let pending = groups::offset_commit(&c, req).await;
+            Box::pin(async move { done(ResponseKind::OffsetCommit(pending.await)) })
+        }
+        RequestKind::OffsetFetch(req) => Box::pin(async move {
+            done(ResponseKind::OffsetFetch(
+                groups::offset_fetch(&c, req, v).await,
+            ))
+        }),
+        RequestKind::ListGroups(req) => {
+            Box::pin(async move { done(ResponseKind::ListGroups(groups::list_groups(&c, req))) })
+        }
+        RequestKind::DescribeGroups(req) => Box::pin(async move {
+            done(ResponseKind::DescribeGroups(
+                groups::describe_groups(&c, req).await,
+            ))
+        }),
+        RequestKind::DeleteGroups(req) => Box::pin(async move {
+            done(ResponseKind::DeleteGroups(
+                groups::delete_groups(&c, req).await,
             ))
         }),
         other => match unsupported::response(other) {

@@ -1,0 +1,186 @@
+"""Consumer group checks with python confluent-kafka (librdkafka), unmodified.
+
+  groups.py share BOOTSTRAP TOPIC GROUP MEMBERS FIRST SECOND [TIMEOUT_MS]
+      Produces FIRST records, runs MEMBERS consumers of GROUP until they
+      consumed them all, closes the first member (it leaves the group),
+      produces SECOND more and lets the others consume them. Each member
+      commits synchronously after every message and when partitions are
+      revoked. Prints JSON: each member's consumed values and its
+      assignments (one list of partitions per rebalance), in order.
+  groups.py consume BOOTSTRAP TOPIC GROUP WANT [IDLE_MS]
+      One member of GROUP consumes until WANT records arrived or none for
+      IDLE_MS, committing each synchronously, then closes; prints JSON
+      {"values": [[partition, offset, value], ...]}.
+  groups.py admin BOOTSTRAP TOPIC GROUP PARTITIONS
+      With the AdminClient: lists groups, describes GROUP, deletes it, and
+      reads its commits again; prints JSON {"listed": [[group, state]],
+      "described": {"state", "members"}, "deleted": error or null,
+      "committed_after": {partition: offset or -1}}.
+  groups.py committed BOOTSTRAP TOPIC GROUP PARTITIONS
+      Prints JSON {partition: committed offset or -1} as the region of
+      BOOTSTRAP has them.
+"""
+import json
+import sys
+import threading
+import time
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+
+def consumer(bootstrap, group, assignments=None):
+    conf = {
+        "bootstrap.servers": bootstrap,
+        "group.id": group,
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        "session.timeout.ms": 6000,
+        "heartbeat.interval.ms": 500,
+        "topic.metadata.refresh.interval.ms": 1000,
+    }
+    return Consumer(conf)
+
+
+def produce(bootstrap, topic, values):
+    p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 5})
+    errors = []
+
+    def cb(err, _msg):
+        if err is not None:
+            errors.append(str(err))
+
+    for v in values:
+        while True:
+            try:
+                p.produce(topic, value=v.encode(), key=v.encode(), on_delivery=cb)
+                break
+            except BufferError:
+                p.poll(0.1)
+    p.flush(30)
+    if errors:
+        raise SystemExit(f"produce failed: {errors[:3]}")
+
+
+class Member:
+    def __init__(self, bootstrap, topic, group, idx):
+        self.idx = idx
+        self.values = []
+        self.assignments = []
+        self.stop = threading.Event()
+        self.c = consumer(bootstrap, group)
+        self.c.subscribe([topic], on_assign=self.on_assign, on_revoke=self.on_revoke)
+        self.t = threading.Thread(target=self.run, daemon=True)
+
+    def on_assign(self, c, parts):
+        self.assignments.append(sorted(p.partition for p in parts))
+
+    def on_revoke(self, c, parts):
+        try:
+            c.commit(asynchronous=False)
+        except Exception:
+            pass  # nothing consumed since the last commit
+
+    def run(self):
+        while not self.stop.is_set():
+            m = self.c.poll(0.2)
+            if m is None or m.error():
+                continue
+            self.values.append(m.value().decode())
+            # At-least-once made exactly-once for the test: commit before
+            # the next record, so a rebalance hands over at this point.
+            self.c.commit(message=m, asynchronous=False)
+
+    def close(self):
+        self.stop.set()
+        self.t.join()
+        self.c.close()
+
+
+def wait_for(members, want, deadline):
+    while time.time() < deadline:
+        if sum(len(m.values) for m in members) >= want:
+            return
+        time.sleep(0.1)
+    got = sum(len(m.values) for m in members)
+    raise SystemExit(f"consumed {got} of {want} records before the deadline")
+
+
+def share(bootstrap, topic, group, n, first, second, timeout_ms=90000):
+    deadline = time.time() + timeout_ms / 1000
+    produce(bootstrap, topic, [f"first-{i}" for i in range(first)])
+    members = [Member(bootstrap, topic, group, i) for i in range(n)]
+    for m in members:
+        m.t.start()
+    wait_for(members, first, deadline)
+    # Every member must hold partitions before the first one leaves.
+    while time.time() < deadline and not all(m.assignments and m.assignments[-1] for m in members):
+        time.sleep(0.1)
+    members[0].close()
+    produce(bootstrap, topic, [f"second-{i}" for i in range(second)])
+    wait_for(members, first + second, deadline)
+    time.sleep(1.0)  # a duplicate would arrive now
+    for m in members[1:]:
+        m.close()
+    print(json.dumps([{"values": m.values, "assignments": m.assignments} for m in members]))
+
+
+def consume(bootstrap, topic, group, want, idle_ms=8000):
+    c = consumer(bootstrap, group)
+    c.subscribe([topic])
+    out = []
+    last = time.time()
+    while len(out) < want and (time.time() - last) * 1000 < idle_ms:
+        m = c.poll(0.2)
+        if m is None or m.error():
+            continue
+        last = time.time()
+        out.append([m.partition(), m.offset(), m.value().decode()])
+        c.commit(message=m, asynchronous=False)
+    c.close()
+    print(json.dumps({"values": out}))
+
+
+def committed(bootstrap, topic, group, partitions):
+    c = consumer(bootstrap, group)
+    got = c.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=20)
+    c.close()
+    print(json.dumps({str(tp.partition): (tp.offset if tp.offset >= 0 else -1) for tp in got}))
+
+
+def admin(bootstrap, topic, group, partitions):
+    from confluent_kafka.admin import AdminClient
+    a = AdminClient({"bootstrap.servers": bootstrap})
+    listed = a.list_consumer_groups(request_timeout=20).result()
+    d = a.describe_consumer_groups([group], request_timeout=20)[group].result()
+    deleted = None
+    try:
+        a.delete_consumer_groups([group], request_timeout=20)[group].result()
+    except Exception as e:  # reported, the test decides
+        deleted = str(e)
+    c = consumer(bootstrap, group)
+    got = c.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=20)
+    c.close()
+    print(json.dumps({
+        "listed": sorted([g.group_id, str(g.state).split(".")[-1]] for g in listed.valid),
+        "described": {"state": str(d.state).split(".")[-1], "members": len(d.members)},
+        "deleted": deleted,
+        "committed_after": {str(tp.partition): (tp.offset if tp.offset >= 0 else -1) for tp in got},
+    }))
+
+
+if __name__ == "__main__":
+    cmd, args = sys.argv[1], sys.argv[2:]
+    if cmd == "share":
+        b, t, g = args[:3]
+        share(b, t, g, *map(int, args[3:]))
+    elif cmd == "consume":
+        b, t, g = args[:3]
+        consume(b, t, g, *map(int, args[3:]))
+    elif cmd == "admin":
+        b, t, g, p = args
+        admin(b, t, g, int(p))
+    elif cmd == "committed":
+        b, t, g, p = args
+        committed(b, t, g, int(p))
+    else:
+        raise SystemExit(f"unknown command {cmd}")

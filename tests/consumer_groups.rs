@@ -1,0 +1,363 @@
+//! Consumer groups with real clients that no one here wrote, unmodified:
+//! `kcat -G` and python confluent-kafka (both librdkafka). Members share a
+//! topic's partitions, a member leaving hands its partitions over, every
+//! record is consumed once; committed offsets travel with the data to every
+//! region (invariant 8), and a group whose region fails resumes in another
+//! region where it committed.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{meridian, repo, require, run, Cluster};
+
+fn groups_py(args: &[&str], timeout: Duration) -> serde_json::Value {
+    let (ok, out, err) = run(
+        Command::new("python3")
+            .arg(repo().join("tests/clients/groups.py"))
+            .args(args),
+        timeout,
+    );
+    assert!(
+        ok,
+        "groups.py {args:?} failed (is confluent-kafka installed? .ci/install-deps --test-clients)\n{out}\n{err}"
+    );
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("groups.py output {out:?}: {e}"))
+}
+
+fn create(bootstrap: &str, topic: &str, partitions: u32, configs: &[&str]) {
+    let p = partitions.to_string();
+    let mut args = vec!["topic", "create", "-b", bootstrap, "-p", &p];
+    for kv in configs {
+        args.extend(["-c", kv]);
+    }
+    args.push(topic);
+    let (ok, out, err) = meridian(&args);
+    assert!(ok, "create {topic}: {out}{err}");
+}
+
+fn produce_kcat(bootstrap: &str, topic: &str, values: &[String]) {
+    let input = tempfile::NamedTempFile::new().unwrap();
+    let lines: Vec<String> = values.iter().map(|v| format!("{v}:{v}")).collect();
+    std::fs::write(input.path(), lines.join("\n") + "\n").unwrap();
+    let (ok, _, err) = run(
+        Command::new("kcat")
+            .args(["-b", bootstrap, "-P", "-t", topic, "-K:", "-X"])
+            .arg("request.required.acks=all")
+            .arg("-l")
+            .arg(input.path()),
+        Duration::from_secs(60),
+    );
+    assert!(ok, "kcat -P failed: {err}");
+}
+
+/// A `kcat -G` member writing `partition value` lines, unbuffered, to a file.
+struct KcatMember {
+    child: Child,
+    out: std::path::PathBuf,
+    err: std::path::PathBuf,
+}
+
+impl KcatMember {
+    fn start(dir: &Path, name: &str, bootstrap: &str, group: &str, topic: &str) -> KcatMember {
+        let out = dir.join(format!("{name}.out"));
+        let err = dir.join(format!("{name}.err"));
+        let child = Command::new("kcat")
+            .args(["-b", bootstrap, "-G", group, topic, "-u", "-q"])
+            .args(["-X", "auto.offset.reset=earliest"])
+            .args(["-X", "session.timeout.ms=6000"])
+            .args(["-f", "%p %s\\n"])
+            .stdout(Stdio::from(std::fs::File::create(&out).unwrap()))
+            .stderr(Stdio::from(std::fs::File::create(&err).unwrap()))
+            .spawn()
+            .expect("start kcat");
+        KcatMember { child, out, err }
+    }
+
+    fn values(&self) -> Vec<(i32, String)> {
+        std::fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let (p, v) = l.split_once(' ')?;
+                Some((p.parse().ok()?, v.to_string()))
+            })
+            .collect()
+    }
+
+    /// Stops the member as Ctrl-C does: it commits and leaves the group.
+    fn stop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        );
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        panic!(
+            "kcat did not stop on SIGINT within 15 s:\n{}",
+            std::fs::read_to_string(&self.err).unwrap_or_default()
+        );
+    }
+}
+
+impl Drop for KcatMember {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until the members together consumed `want` records.
+fn wait_consumed(members: &[&KcatMember], want: usize, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got: usize = members.iter().map(|m| m.values().len()).sum();
+        if got >= want {
+            return;
+        }
+        if Instant::now() > deadline {
+            let errs: Vec<String> = members
+                .iter()
+                .map(|m| std::fs::read_to_string(&m.err).unwrap_or_default())
+                .collect();
+            panic!("{what}: consumed {got} of {want} records in 60 s\n{errs:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn kcat_members_share_partitions_and_a_leaving_member_hands_them_over() {
+    require("kcat");
+    let c = Cluster::start();
+    let b = c.bootstrap();
+    create(&b, "shared", 4, &[]);
+    let first: Vec<String> = (0..80).map(|i| format!("a{i}")).collect();
+    produce_kcat(&b, "shared", &first);
+    let dir = c.cluster_dir();
+    let mut m1 = KcatMember::start(&dir, "m1", &b, "kg", "shared");
+    let m2 = KcatMember::start(&dir, "m2", &b, "kg", "shared");
+    wait_consumed(&[&m1, &m2], first.len(), "two members");
+    let p1: BTreeSet<i32> = m1.values().iter().map(|(p, _)| *p).collect();
+    let p2: BTreeSet<i32> = m2.values().iter().map(|(p, _)| *p).collect();
+    assert!(
+        !p1.is_empty() && !p2.is_empty(),
+        "both members consume: {p1:?} {p2:?}"
+    );
+    assert!(
+        p1.is_disjoint(&p2),
+        "no partition is read by both: {p1:?} {p2:?}"
+    );
+    // m1 leaves: m2 takes its partitions over at m1's committed offsets.
+    m1.stop();
+    let second: Vec<String> = (0..40).map(|i| format!("b{i}")).collect();
+    produce_kcat(&b, "shared", &second);
+    wait_consumed(&[&m1, &m2], first.len() + second.len(), "after m1 left");
+    std::thread::sleep(Duration::from_secs(1)); // a duplicate would arrive now
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for (_, v) in m1.values().into_iter().chain(m2.values()) {
+        *seen.entry(v).or_default() += 1;
+    }
+    let dups: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(dups.is_empty(), "consumed twice: {dups:?}");
+    let all: BTreeSet<&String> = first.iter().chain(&second).collect();
+    assert_eq!(
+        seen.keys().collect::<BTreeSet<_>>(),
+        all,
+        "every record once"
+    );
+    let after: BTreeSet<i32> = m2
+        .values()
+        .iter()
+        .filter(|(_, v)| v.starts_with('b'))
+        .map(|(p, _)| *p)
+        .collect();
+    assert!(
+        after.len() > p2.len(),
+        "m2 took over m1's partitions: {after:?}"
+    );
+}
+
+#[test]
+fn three_python_members_share_a_topic_and_rebalance_when_one_leaves() {
+    require("python3");
+    let c = Cluster::start();
+    let b = c.bootstrap();
+    create(&b, "orders", 6, &[]);
+    let v = groups_py(
+        &["share", &b, "orders", "pg", "3", "150", "90"],
+        Duration::from_secs(150),
+    );
+    let members = v.as_array().unwrap();
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for m in members {
+        for v in m["values"].as_array().unwrap() {
+            *seen.entry(v.as_str().unwrap().to_string()).or_default() += 1;
+        }
+    }
+    let dups: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(dups.is_empty(), "consumed twice: {dups:?}");
+    assert_eq!(seen.len(), 240, "every record consumed");
+    // Each member held partitions; after the first left, the other two
+    // held all six between them.
+    let last = |m: &serde_json::Value| -> Vec<i64> {
+        m["assignments"]
+            .as_array()
+            .unwrap()
+            .last()
+            .map(|a| {
+                a.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|p| p.as_i64().unwrap())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    for m in members {
+        let held = m["assignments"].as_array().unwrap();
+        assert!(
+            held.iter().any(|a| !a.as_array().unwrap().is_empty()),
+            "a member never held a partition: {m}"
+        );
+    }
+    let mut rest: Vec<i64> = last(&members[1])
+        .into_iter()
+        .chain(last(&members[2]))
+        .collect();
+    rest.sort();
+    assert_eq!(
+        rest,
+        vec![0, 1, 2, 3, 4, 5],
+        "the two left share every partition"
+    );
+    let first_member_second_batch = members[0]["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| v.as_str().unwrap().starts_with("second-"))
+        .count();
+    assert_eq!(
+        first_member_second_batch, 0,
+        "the member that left read nothing more"
+    );
+
+    // The group, now without members, as the AdminClient sees it; deleting
+    // it drops its commits.
+    let a = groups_py(&["admin", &b, "orders", "pg", "6"], Duration::from_secs(90));
+    let listed = a["listed"].as_array().unwrap();
+    assert!(
+        listed.iter().any(|g| g[0] == "pg" && g[1] == "EMPTY"),
+        "ListGroups shows the group, empty: {a}"
+    );
+    assert_eq!(a["described"]["state"], "EMPTY", "{a}");
+    assert_eq!(a["described"]["members"], 0, "{a}");
+    assert!(a["deleted"].is_null(), "DeleteGroups: {a}");
+    for p in 0..6 {
+        assert_eq!(
+            a["committed_after"][p.to_string()],
+            -1,
+            "commits deleted: {a}"
+        );
+    }
+}
+
+/// Waits until the region of `bootstrap` holds `want` as the group's commits.
+fn wait_committed(bootstrap: &str, topic: &str, group: &str, want: &serde_json::Value) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = groups_py(
+            &["committed", bootstrap, topic, group, "2"],
+            Duration::from_secs(60),
+        );
+        if &got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{bootstrap} holds commits {got}, not {want}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// Invariant 8: commits of a `sync` topic are held by another region before
+/// they are acknowledged; a group whose region is lost resumes in another
+/// region exactly after its last commit.
+#[test]
+fn a_group_resumes_in_another_region_where_it_committed_after_its_region_fails() {
+    require("python3");
+    let mut c = Cluster::start_three();
+    let east = c.region_bootstrap("us-east");
+    create(&east, "payments", 2, &["meridian.replication=sync"]);
+    let values: Vec<String> = (0..60).map(|i| format!("pay{i}")).collect();
+    require("kcat");
+    produce_kcat(&east, "payments", &values);
+    let first = groups_py(
+        &["consume", &east, "payments", "billing", "25", "10000"],
+        Duration::from_secs(90),
+    );
+    let first: Vec<(i64, i64, String)> = first["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r[0].as_i64().unwrap(),
+                r[1].as_i64().unwrap(),
+                r[2].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(first.len(), 25);
+    // What us-east committed: the next offset of each partition read.
+    let mut want = serde_json::Map::new();
+    for p in 0..2 {
+        let next = first
+            .iter()
+            .filter(|r| r.0 == p)
+            .map(|r| r.1 + 1)
+            .max()
+            .unwrap_or(-1);
+        want.insert(p.to_string(), next.into());
+    }
+    let want = serde_json::Value::Object(want);
+    // us-east is lost right after its last commit was acknowledged; the
+    // survivors hold every acknowledged commit, and the group moves to
+    // eu-west.
+    let ids: Vec<u64> = c.region_nodes("us-east").iter().map(|n| n.id).collect();
+    for id in ids {
+        c.kill9(id);
+    }
+    for r in ["eu-west", "ap-south"] {
+        wait_committed(&c.region_bootstrap(r), "payments", "billing", &want);
+    }
+    let west = c.region_bootstrap("eu-west");
+    let rest = groups_py(
+        &["consume", &west, "payments", "billing", "35", "20000"],
+        Duration::from_secs(120),
+    );
+    let rest: Vec<String> = rest["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r[2].as_str().unwrap().to_string())
+        .collect();
+    let mut seen: BTreeMap<&String, usize> = BTreeMap::new();
+    for v in first.iter().map(|r| &r.2).chain(&rest) {
+        *seen.entry(v).or_default() += 1;
+    }
+    let again: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(again.is_empty(), "re-read after moving region: {again:?}");
+    assert_eq!(seen.len(), 60, "every record consumed once: {rest:?}");
+}
