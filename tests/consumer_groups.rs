@@ -188,33 +188,36 @@ fn kcat_members_share_partitions_and_a_leaving_member_hands_them_over() {
     );
 }
 
-#[test]
-fn three_python_members_share_a_topic_and_rebalance_when_one_leaves() {
-    require("python3");
-    let c = Cluster::start();
-    let b = c.bootstrap();
-    create(&b, "orders", 6, &[]);
-    let v = groups_py(
-        &["share", &b, "orders", "pg", "3", "150", "90"],
-        Duration::from_secs(150),
-    );
-    let members = v.as_array().unwrap();
+/// Every value of `members` (groups.py output) with how often it was read.
+fn tally(members: &[serde_json::Value]) -> BTreeMap<String, usize> {
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     for m in members {
         for v in m["values"].as_array().unwrap() {
             *seen.entry(v.as_str().unwrap().to_string()).or_default() += 1;
         }
     }
+    seen
+}
+
+/// Three python members of one group with `strategy` share a six-partition
+/// topic; the first leaves, the other two take its partitions over at its
+/// commits. Returns groups.py's report.
+fn share(b: &str, topic: &str, group: &str, strategy: &str) -> Vec<serde_json::Value> {
+    create(b, topic, 6, &[]);
+    let v = groups_py(
+        &["share", b, topic, group, strategy, "3", "150", "90"],
+        Duration::from_secs(150),
+    );
+    let members = v.as_array().unwrap().clone();
+    let seen = tally(&members);
     let dups: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(dups.is_empty(), "consumed twice: {dups:?}");
-    assert_eq!(seen.len(), 240, "every record consumed");
-    // Each member held partitions; after the first left, the other two
-    // held all six between them.
-    let last = |m: &serde_json::Value| -> Vec<i64> {
+    assert!(dups.is_empty(), "{strategy}: consumed twice: {dups:?}");
+    assert_eq!(seen.len(), 240, "{strategy}: every record consumed");
+    let held = |m: &serde_json::Value| -> Vec<Vec<i64>> {
         m["assignments"]
             .as_array()
             .unwrap()
-            .last()
+            .iter()
             .map(|a| {
                 a.as_array()
                     .unwrap()
@@ -222,35 +225,45 @@ fn three_python_members_share_a_topic_and_rebalance_when_one_leaves() {
                     .map(|p| p.as_i64().unwrap())
                     .collect()
             })
-            .unwrap_or_default()
+            .collect()
     };
-    for m in members {
-        let held = m["assignments"].as_array().unwrap();
+    for m in &members {
         assert!(
-            held.iter().any(|a| !a.as_array().unwrap().is_empty()),
-            "a member never held a partition: {m}"
+            held(m).iter().any(|a| !a.is_empty()),
+            "{strategy}: a member never held a partition: {m}"
         );
     }
-    let mut rest: Vec<i64> = last(&members[1])
-        .into_iter()
-        .chain(last(&members[2]))
+    // After the first left, the other two held all six between them.
+    let mut rest: Vec<i64> = members[1..]
+        .iter()
+        .flat_map(|m| m["settled"].as_array().unwrap().clone())
+        .map(|p| p.as_i64().unwrap())
         .collect();
     rest.sort();
     assert_eq!(
         rest,
         vec![0, 1, 2, 3, 4, 5],
-        "the two left share every partition"
+        "{strategy}: the two left share every partition"
     );
-    let first_member_second_batch = members[0]["values"]
+    let late = members[0]["values"]
         .as_array()
         .unwrap()
         .iter()
         .filter(|v| v.as_str().unwrap().starts_with("second-"))
         .count();
     assert_eq!(
-        first_member_second_batch, 0,
-        "the member that left read nothing more"
+        late, 0,
+        "{strategy}: the member that left read nothing more"
     );
+    members
+}
+
+#[test]
+fn three_python_members_share_a_topic_and_rebalance_when_one_leaves() {
+    require("python3");
+    let c = Cluster::start();
+    let b = c.bootstrap();
+    share(&b, "orders", "pg", "range");
 
     // The group, now without members, as the AdminClient sees it; deleting
     // it drops its commits.
@@ -270,6 +283,85 @@ fn three_python_members_share_a_topic_and_rebalance_when_one_leaves() {
             "commits deleted: {a}"
         );
     }
+}
+
+/// The clients' other assignors work unchanged: the broker never reads
+/// assignments, and cooperative-sticky's incremental rounds are ordinary
+/// JoinGroup/SyncGroup rounds.
+#[test]
+fn roundrobin_and_cooperative_sticky_members_share_a_topic_too() {
+    require("python3");
+    let c = Cluster::start();
+    let b = c.bootstrap();
+    share(&b, "rr", "rr-group", "roundrobin");
+    share(&b, "coop", "coop-group", "cooperative-sticky");
+}
+
+/// The coordinator (leader of the group's `__consumer_offsets` partition)
+/// is killed while two members consume: they find the new one, join again,
+/// and go on from their commits. Nothing is lost; a record is read twice
+/// only if its commit failed when the coordinator died.
+#[test]
+fn members_move_to_a_new_coordinator_when_it_dies_and_lose_nothing() {
+    require("python3");
+    require("kcat");
+    let mut c = Cluster::start();
+    let b = c.bootstrap();
+    create(&b, "jobs", 4, &[]);
+    let child = Command::new("python3")
+        .arg(repo().join("tests/clients/groups.py"))
+        .args(["steady", &b, "jobs", "steady-group", "2", "200", "150000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start groups.py");
+    let first: Vec<String> = (0..100).map(|i| format!("j{i}")).collect();
+    produce_kcat(&b, "jobs", &first);
+    // The group forms (initial delay 3 s) and reads the first batch.
+    std::thread::sleep(Duration::from_secs(6));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let coordinator = rt.block_on(async {
+        let client = meridian::client::Client::new(&b);
+        let t = client
+            .topic(meridian::group::offsets::TOPIC, false)
+            .await
+            .expect("the offsets topic exists once a group formed");
+        let p = meridian::group::offsets::partition_for("steady-group", t.leaders.len() as u32);
+        t.leaders[p as usize] as u64
+    });
+    c.kill9(coordinator);
+    let second: Vec<String> = (100..200).map(|i| format!("j{i}")).collect();
+    produce_kcat(&b, "jobs", &second);
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "groups.py steady failed\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let members = v.as_array().unwrap();
+    for m in members {
+        eprintln!(
+            "member: assignments {} uncommitted {}",
+            m["assignments"], m["uncommitted"]
+        );
+    }
+    let seen = tally(members);
+    assert_eq!(seen.len(), 200, "every record consumed: {seen:?}");
+    let uncommitted: BTreeSet<String> = members
+        .iter()
+        .flat_map(|m| m["uncommitted"].as_array().unwrap().iter())
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    let dups: Vec<_> = seen
+        .iter()
+        .filter(|(v, n)| **n > 1 && !uncommitted.contains(*v))
+        .collect();
+    assert!(
+        dups.is_empty(),
+        "read twice although its commit was acknowledged: {dups:?} (uncommitted: {uncommitted:?})"
+    );
 }
 
 /// Waits until the region of `bootstrap` holds `want` as the group's commits.

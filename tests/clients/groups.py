@@ -1,12 +1,17 @@
 """Consumer group checks with python confluent-kafka (librdkafka), unmodified.
 
-  groups.py share BOOTSTRAP TOPIC GROUP MEMBERS FIRST SECOND [TIMEOUT_MS]
-      Produces FIRST records, runs MEMBERS consumers of GROUP until they
+  groups.py share BOOTSTRAP TOPIC GROUP STRATEGY MEMBERS FIRST SECOND [TIMEOUT_MS]
+      Produces FIRST records, runs MEMBERS consumers of GROUP (assignor
+      STRATEGY: range, roundrobin or cooperative-sticky) until they
       consumed them all, closes the first member (it leaves the group),
       produces SECOND more and lets the others consume them. Each member
       commits synchronously after every message and when partitions are
-      revoked. Prints JSON: each member's consumed values and its
-      assignments (one list of partitions per rebalance), in order.
+      revoked. Prints JSON: each member's consumed values, the partitions
+      it held after each change of its assignment and once the group
+      settled after the first left, and the values whose commit failed.
+  groups.py steady BOOTSTRAP TOPIC GROUP MEMBERS WANT [TIMEOUT_MS]
+      Runs MEMBERS consumers of GROUP until they consumed WANT records
+      (produced by someone else meanwhile); prints the same JSON as share.
   groups.py consume BOOTSTRAP TOPIC GROUP WANT [IDLE_MS]
       One member of GROUP consumes until WANT records arrived or none for
       IDLE_MS, committing each synchronously, then closes; prints JSON
@@ -28,8 +33,9 @@ import time
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 
-def consumer(bootstrap, group, assignments=None):
+def consumer(bootstrap, group, strategy="range"):
     conf = {
+        "partition.assignment.strategy": strategy,
         "bootstrap.servers": bootstrap,
         "group.id": group,
         "enable.auto.commit": False,
@@ -62,33 +68,53 @@ def produce(bootstrap, topic, values):
 
 
 class Member:
-    def __init__(self, bootstrap, topic, group, idx):
+    def __init__(self, bootstrap, topic, group, idx, strategy="range"):
         self.idx = idx
         self.values = []
+        self.uncommitted = []
+        self.held = set()
         self.assignments = []
+        self.cooperative = strategy == "cooperative-sticky"
         self.stop = threading.Event()
-        self.c = consumer(bootstrap, group)
-        self.c.subscribe([topic], on_assign=self.on_assign, on_revoke=self.on_revoke)
+        self.c = consumer(bootstrap, group, strategy)
+        self.c.subscribe([topic], on_assign=self.on_assign, on_revoke=self.on_revoke,
+                         on_lost=self.on_revoke)
         self.t = threading.Thread(target=self.run, daemon=True)
 
     def on_assign(self, c, parts):
-        self.assignments.append(sorted(p.partition for p in parts))
+        # Eager assignors hand over the whole assignment, cooperative ones
+        # what is added.
+        if not self.cooperative:
+            self.held = set()
+        self.held |= {p.partition for p in parts}
+        self.assignments.append(sorted(self.held))
 
     def on_revoke(self, c, parts):
-        try:
-            c.commit(asynchronous=False)
-        except Exception:
-            pass  # nothing consumed since the last commit
+        self.held -= {p.partition for p in parts}
+        self.assignments.append(sorted(self.held))
 
     def run(self):
         while not self.stop.is_set():
             m = self.c.poll(0.2)
             if m is None or m.error():
                 continue
-            self.values.append(m.value().decode())
+            v = m.value().decode()
+            self.values.append(v)
             # At-least-once made exactly-once for the test: commit before
-            # the next record, so a rebalance hands over at this point.
-            self.c.commit(message=m, asynchronous=False)
+            # the next record, so a rebalance hands over at this point. A
+            # commit that fails (the coordinator moved) is retried while
+            # this member still holds the partition.
+            for _ in range(20):
+                try:
+                    self.c.commit(message=m, asynchronous=False)
+                    break
+                except Exception:
+                    if m.partition() not in self.held:
+                        self.uncommitted.append(v)
+                        break
+                    time.sleep(0.25)
+            else:
+                self.uncommitted.append(v)
 
     def close(self):
         self.stop.set()
@@ -105,10 +131,19 @@ def wait_for(members, want, deadline):
     raise SystemExit(f"consumed {got} of {want} records before the deadline")
 
 
-def share(bootstrap, topic, group, n, first, second, timeout_ms=90000):
+def report(members, settled=None):
+    print(json.dumps([{"values": m.values, "assignments": m.assignments,
+                       "uncommitted": m.uncommitted,
+                       "settled": settled[i] if settled else None}
+                      for i, m in enumerate(members)]))
+
+
+def share(bootstrap, topic, group, strategy, n, first, second, timeout_ms=90000):
     deadline = time.time() + timeout_ms / 1000
     produce(bootstrap, topic, [f"first-{i}" for i in range(first)])
-    members = [Member(bootstrap, topic, group, i) for i in range(n)]
+    probe = Producer({"bootstrap.servers": bootstrap})
+    total = len(probe.list_topics(topic, timeout=10).topics[topic].partitions)
+    members = [Member(bootstrap, topic, group, i, strategy) for i in range(n)]
     for m in members:
         m.t.start()
     wait_for(members, first, deadline)
@@ -119,9 +154,25 @@ def share(bootstrap, topic, group, n, first, second, timeout_ms=90000):
     produce(bootstrap, topic, [f"second-{i}" for i in range(second)])
     wait_for(members, first + second, deadline)
     time.sleep(1.0)  # a duplicate would arrive now
+    # Let the group settle: the members left must hold every partition.
+    while time.time() < deadline and sum(len(m.held) for m in members[1:]) < total:
+        time.sleep(0.1)
+    settled = [sorted(m.held) for m in members]
     for m in members[1:]:
         m.close()
-    print(json.dumps([{"values": m.values, "assignments": m.assignments} for m in members]))
+    report(members, settled)
+
+
+def steady(bootstrap, topic, group, n, want, timeout_ms=120000):
+    deadline = time.time() + timeout_ms / 1000
+    members = [Member(bootstrap, topic, group, i) for i in range(n)]
+    for m in members:
+        m.t.start()
+    wait_for(members, want, deadline)
+    time.sleep(1.0)  # a duplicate would arrive now
+    for m in members:
+        m.close()
+    report(members)
 
 
 def consume(bootstrap, topic, group, want, idle_ms=8000):
@@ -171,8 +222,11 @@ def admin(bootstrap, topic, group, partitions):
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "share":
+        b, t, g, strategy = args[:4]
+        share(b, t, g, strategy, *map(int, args[4:]))
+    elif cmd == "steady":
         b, t, g = args[:3]
-        share(b, t, g, *map(int, args[3:]))
+        steady(b, t, g, *map(int, args[3:]))
     elif cmd == "consume":
         b, t, g = args[:3]
         consume(b, t, g, *map(int, args[3:]))
