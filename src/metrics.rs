@@ -55,6 +55,15 @@ pub struct Metrics {
     pub region_sealed: Family<Labels, Gauge>,
     /// Per region: its current epoch (bumped by a failover).
     pub region_epoch: Family<Labels, Gauge>,
+    /// Consumer groups with members this node coordinates, and their members.
+    pub groups_coordinated: Gauge,
+    pub group_members: Gauge,
+    /// Generations completed (rebalances) by groups coordinated here.
+    pub group_rebalances: Counter,
+    pub offset_commits: Counter,
+    /// Offset commits not acknowledged (not proposed, timed out, too few
+    /// regions held them).
+    pub offset_commit_errors: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -103,6 +112,11 @@ impl Metrics {
             reinjected_records: Counter::default(),
             region_sealed: Family::default(),
             region_epoch: Family::default(),
+            groups_coordinated: Gauge::default(),
+            group_members: Gauge::default(),
+            group_rebalances: Counter::default(),
+            offset_commits: Counter::default(),
+            offset_commit_errors: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -235,6 +249,31 @@ impl Metrics {
             "fenced_produces",
             "Produces refused because this region held no write lease",
             m.fenced_produces.clone(),
+        );
+        registry.register(
+            "groups_coordinated",
+            "Consumer groups with members this node coordinates",
+            m.groups_coordinated.clone(),
+        );
+        registry.register(
+            "group_members",
+            "Members of the consumer groups this node coordinates",
+            m.group_members.clone(),
+        );
+        registry.register(
+            "group_rebalances",
+            "Generations completed by consumer groups this node coordinates",
+            m.group_rebalances.clone(),
+        );
+        registry.register(
+            "offset_commits",
+            "Offset commit records acknowledged (one per partition committed)",
+            m.offset_commits.clone(),
+        );
+        registry.register(
+            "offset_commit_errors",
+            "Offset commits not acknowledged (not proposed, timed out, or held by too few regions)",
+            m.offset_commit_errors.clone(),
         );
         registry.register(
             "failovers",

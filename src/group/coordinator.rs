@@ -26,6 +26,9 @@ use crate::topic::{MetaError, Policy};
 const TICK: Duration = Duration::from_millis(100);
 /// Offsets folded per origin log per read.
 const FOLD_BYTES: usize = 1 << 20;
+/// A commit from another region this recent, for a group with members
+/// here, means the group's members connect to two regions.
+const SPLIT_WINDOW_MS: i64 = 30_000;
 /// Reads of one fold before a fetch answers "still loading".
 const FOLD_ROUNDS_MAX: usize = 64;
 
@@ -108,11 +111,16 @@ struct Inner {
 impl Inner {
     /// Answers waiting JoinGroup and SyncGroup requests. A member with no
     /// waiting request (its connection went) misses nothing: it learns of
-    /// the new generation on its next heartbeat.
-    fn deliver(&mut self, group: &str, outs: Vec<Out>) {
+    /// the new generation on its next heartbeat. Returns how many
+    /// generations the answers complete.
+    fn deliver(&mut self, group: &str, outs: Vec<Out>) -> u64 {
+        let mut generations = 0;
         for o in outs {
             match o {
                 Out::Join(m, r) => {
+                    if r.error == code::NONE && r.leader == m {
+                        generations += 1;
+                    }
                     if let Some(tx) = self.joins.remove(&(group.to_string(), m)) {
                         let _ = tx.send(r);
                     }
@@ -124,6 +132,7 @@ impl Inner {
                 }
             }
         }
+        generations
     }
 
     /// Forgets a group; its waiting requests are answered NOT_COORDINATOR
@@ -144,6 +153,8 @@ pub struct Coordinator {
     folded: Mutex<HashMap<GroupId, Folded>>,
     /// One creation of the internal topic at a time.
     creating: tokio::sync::Mutex<()>,
+    /// Groups warned about committing in two regions, and when.
+    warned: Mutex<HashMap<String, i64>>,
 }
 
 /// The error code a failed commit answers with; all are retriable.
@@ -169,7 +180,12 @@ impl Coordinator {
             inner: Mutex::new(Inner::default()),
             folded: Mutex::new(HashMap::new()),
             creating: tokio::sync::Mutex::new(()),
+            warned: Mutex::new(HashMap::new()),
         })
+    }
+
+    fn delivered(&self, generations: u64) {
+        self.router.metrics.group_rebalances.inc_by(generations);
     }
 
     fn now(&self) -> u64 {
@@ -221,11 +237,15 @@ impl Coordinator {
                 };
                 let outs = g.tick(now);
                 let idle = g.is_idle();
-                inner.deliver(&id, outs);
+                self.delivered(inner.deliver(&id, outs));
                 if idle {
                     inner.drop_group(&id);
                 }
             }
+            let m = &self.router.metrics;
+            m.groups_coordinated.set(inner.groups.len() as i64);
+            m.group_members
+                .set(inner.groups.values().map(|g| g.members.len() as i64).sum());
         }
     }
 
@@ -373,7 +393,7 @@ impl Coordinator {
                 }
             }
         };
-        inner.deliver(group, outs);
+        self.delivered(inner.deliver(group, outs));
         w
     }
 
@@ -421,7 +441,7 @@ impl Coordinator {
                 }
             }
         };
-        inner.deliver(group, outs);
+        self.delivered(inner.deliver(group, outs));
         w
     }
 
@@ -452,7 +472,7 @@ impl Coordinator {
             codes.push(c);
             inner.joins.remove(&(group.to_string(), m.clone()));
             inner.syncs.remove(&(group.to_string(), m.clone()));
-            inner.deliver(group, outs);
+            self.delivered(inner.deliver(group, outs));
             if c == code::NONE {
                 info!(group, member = %m, "member left the group");
             }
@@ -555,11 +575,12 @@ impl Coordinator {
         if records.is_empty() {
             return ready(results);
         }
+        let n = records.len() as u64;
         let proposed = self.propose(p, records, strictest.as_ref()).await;
         let me = self.clone();
         Box::pin(async move {
             let outcome = match proposed {
-                Ok(ticket) => me.await_commit(gid, ticket).await,
+                Ok(ticket) => me.await_commit(gid, ticket, n).await,
                 Err(c) => Err(c),
             };
             if let Err(c) = outcome {
@@ -591,6 +612,7 @@ impl Coordinator {
             .submit_append(offsets::TOPIC, p as i32, records, self.commit_timeout())
             .await
             .map_err(|e| {
+                self.router.metrics.offset_commit_errors.inc();
                 debug!(error = %e, "offset commit not proposed");
                 commit_code(e)
             })?;
@@ -602,11 +624,19 @@ impl Coordinator {
 
     /// Waits for proposed commit records, then folds them, so that a fetch
     /// right after sees them (they were applied here before the answer).
-    async fn await_commit(&self, gid: GroupId, ticket: AppendTicket) -> Result<(), i16> {
+    async fn await_commit(
+        &self,
+        gid: GroupId,
+        ticket: AppendTicket,
+        records: u64,
+    ) -> Result<(), i16> {
+        let m = &self.router.metrics;
         ticket.wait(self.commit_timeout()).await.map_err(|e| {
+            m.offset_commit_errors.inc();
             warn!(error = %e, "offset commit not acknowledged");
             commit_code(e)
         })?;
+        m.offset_commits.inc_by(records);
         let _ = self.fold(gid);
         Ok(())
     }
@@ -616,16 +646,59 @@ impl Coordinator {
         let Some(pg) = self.router.groups.partition(gid) else {
             return Err(code::COORDINATOR_NOT_AVAILABLE);
         };
-        let logs = pg.progress.borrow().logs.clone();
-        let mut folded = self.folded.lock().expect("folded");
-        folded
+        let (logs, own) = {
+            let p = pg.progress.borrow();
+            (p.logs.clone(), p.log.origin)
+        };
+        let caught = self
+            .folded
+            .lock()
+            .expect("folded")
             .entry(gid)
             .or_default()
             .catch_up(self.router.groups.db(), gid, &logs, FOLD_BYTES)
             .map_err(|e| {
                 warn!(error = %e, "cannot read committed offsets");
                 code::COORDINATOR_NOT_AVAILABLE
-            })
+            })?;
+        self.warn_split(own, &caught.groups);
+        Ok(caught.done)
+    }
+
+    /// Warns when a group with members here also committed recently in
+    /// another region: its members connect to two regions, which each
+    /// coordinate them as a whole group (docs/consumers.md).
+    fn warn_split(&self, own: u32, folded: &[(String, u32, u64)]) {
+        let now = self.router.groups.clock.wall_now_ms();
+        for (group, origin, hlc) in folded {
+            if *origin == own || now - crate::hlc::wall_ms(*hlc) > SPLIT_WINDOW_MS {
+                continue;
+            }
+            let active = self
+                .inner
+                .lock()
+                .expect("groups")
+                .groups
+                .get(group)
+                .is_some_and(|g| !g.members.is_empty());
+            let mut warned = self.warned.lock().expect("warned");
+            let due = warned
+                .get(group)
+                .is_none_or(|last| now - last > SPLIT_WINDOW_MS);
+            if active && due {
+                warned.insert(group.clone(), now);
+                let region = self
+                    .router
+                    .region_names()
+                    .into_iter()
+                    .find(|r| crate::storage::origin_id(r) == *origin)
+                    .unwrap_or_else(|| format!("origin {origin}"));
+                warn!(group = %group, other_region = %region,
+                    "consumer group also commits in another region: its members connect to two regions, and each region coordinates its own members as the whole group (records are read twice); connect all members to one region");
+            }
+        }
+        let mut warned = self.warned.lock().expect("warned");
+        warned.retain(|_, at| now - *at <= SPLIT_WINDOW_MS);
     }
 
     /// Folds `gid` to the end of what this node applied, after making sure
@@ -840,7 +913,7 @@ impl Coordinator {
         }
         let records = keys.iter().map(|k| offsets::record(k, None)).collect();
         let outcome = match self.propose(p, records, None).await {
-            Ok(ticket) => self.await_commit(gid, ticket).await,
+            Ok(ticket) => self.await_commit(gid, ticket, 0).await,
             Err(c) => Err(c),
         };
         match outcome {

@@ -69,34 +69,30 @@ pub fn record(key: &Key, value: Option<&Value>) -> RecordIn {
 }
 
 /// Which partition of the internal topic carries `group`'s commits: a
-/// stable hash (FNV-1a), so every node and region picks the same one.
+/// stable hash (FNV-1a, as region names get their origin ids), so every
+/// node and region picks the same one.
 pub fn partition_for(group: &str, partitions: u32) -> u32 {
-    let mut h: u32 = 0x811c_9dc5;
-    for b in group.bytes() {
-        h ^= b as u32;
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    h % partitions.max(1)
+    crate::storage::origin_id(group) % partitions.max(1)
 }
 
 /// Folds one record into `commits`: the latest by (HLC, origin) wins.
 /// Records that are not commits (someone produced to the topic by hand)
-/// are skipped.
-pub fn fold(commits: &mut HashMap<Key, Committed>, r: &RecordIn, hlc: u64, origin: u32) {
-    let Some(key) = r
+/// are skipped. Returns the group a commit record names.
+pub fn fold(
+    commits: &mut HashMap<Key, Committed>,
+    r: &RecordIn,
+    hlc: u64,
+    origin: u32,
+) -> Option<String> {
+    let key = r
         .key
         .as_ref()
-        .and_then(|k| serde_json::from_slice::<Key>(k).ok())
-    else {
-        return;
-    };
+        .and_then(|k| serde_json::from_slice::<Key>(k).ok())?;
     let value = match &r.value {
-        Some(v) => match serde_json::from_slice::<Value>(v) {
-            Ok(v) => Some(v),
-            Err(_) => return,
-        },
+        Some(v) => Some(serde_json::from_slice::<Value>(v).ok()?),
         None => None,
     };
+    let group = key.group.clone();
     // A record re-injected at failback keeps its original HLC: an old
     // commit re-injected late must not override a newer one.
     let hlc = r
@@ -107,7 +103,7 @@ pub fn fold(commits: &mut HashMap<Key, Committed>, r: &RecordIn, hlc: u64, origi
         .unwrap_or(hlc);
     let at = (hlc, origin);
     if commits.get(&key).is_some_and(|c| c.at >= at) {
-        return;
+        return Some(group);
     }
     match value {
         Some(value) => {
@@ -129,6 +125,16 @@ pub fn fold(commits: &mut HashMap<Key, Committed>, r: &RecordIn, hlc: u64, origi
             );
         }
     }
+    Some(group)
+}
+
+/// What one [`Folded::catch_up`] did.
+#[derive(Debug, Default)]
+pub struct Caught {
+    /// Every log is folded to its end.
+    pub done: bool,
+    /// Groups with commits folded now: group, origin region, newest HLC.
+    pub groups: Vec<(String, u32, u64)>,
 }
 
 /// The commits of one partition of the internal topic, folded from every
@@ -144,15 +150,17 @@ impl Folded {
     /// Folds what the logs gained since the last call. A sealed log is
     /// read only up to its seal (what follows it never counts; failback
     /// re-injects it). Reads at most `max_bytes` per log per call; returns
-    /// true when every log is folded to its end.
+    /// whether every log is folded to its end, and the groups whose
+    /// commits it folded from each origin with the newest HLC seen.
     pub fn catch_up(
         &mut self,
         db: &Db,
         group: GroupId,
         logs: &BTreeMap<LogRef, LogState>,
         max_bytes: usize,
-    ) -> Result<bool, DbError> {
+    ) -> Result<Caught, DbError> {
         let mut done = true;
+        let mut seen: BTreeMap<(String, u32), u64> = BTreeMap::new();
         for (log, state) in logs {
             let end = state
                 .sealed
@@ -178,14 +186,21 @@ impl Folded {
                     if offset < from || offset >= end {
                         continue;
                     }
-                    fold(&mut self.commits, r, h.first_hlc + i as u64, log.origin);
+                    let hlc = h.first_hlc + i as u64;
+                    if let Some(g) = fold(&mut self.commits, r, hlc, log.origin) {
+                        let e = seen.entry((g, log.origin)).or_default();
+                        *e = (*e).max(hlc);
+                    }
                     reached = offset + 1;
                 }
             }
             self.cursors.insert(*log, reached);
             done &= reached >= end;
         }
-        Ok(done)
+        Ok(Caught {
+            done,
+            groups: seen.into_iter().map(|((g, o), h)| (g, o, h)).collect(),
+        })
     }
 
     /// Groups with commits here (tombstones aside).
@@ -287,11 +302,18 @@ mod tests {
             value: Some(Bytes::from("world")),
             headers: vec![],
         };
-        fold(&mut c, &junk, 1, 1);
+        assert_eq!(fold(&mut c, &junk, 1, 1), None);
         let mut bad_value = record(&key("g", 0), None);
         bad_value.value = Some(Bytes::from("{"));
-        fold(&mut c, &bad_value, 2, 1);
+        assert_eq!(fold(&mut c, &bad_value, 2, 1), None);
         assert!(c.is_empty());
+        let r = record(&key("g", 0), Some(&commit(1)));
+        assert_eq!(fold(&mut c, &r, 3, 1).as_deref(), Some("g"));
+        assert_eq!(
+            fold(&mut c, &r, 2, 1).as_deref(),
+            Some("g"),
+            "older, still a commit of g"
+        );
     }
 
     #[test]
