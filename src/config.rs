@@ -729,16 +729,6 @@ impl NodeConfig {
             );
         }
         let g = &f.groups;
-        if g.offsets_partitions == 0 || g.offsets_partitions > crate::topic::PARTITIONS_MAX {
-            p.add(
-                "groups.offsets_partitions",
-                format!(
-                    "{} is out of range (1 to {})",
-                    g.offsets_partitions,
-                    crate::topic::PARTITIONS_MAX
-                ),
-            );
-        }
         if g.session_timeout_ms_min == 0 || g.session_timeout_ms_min > g.session_timeout_ms_max {
             p.add(
                 "groups.session_timeout_ms_min",
@@ -760,15 +750,19 @@ impl NodeConfig {
             p.add("raft.payload_entries_max", "must be at least 1");
         }
         let k = &f.kafka;
-        if k.default_partitions == 0 || k.default_partitions > crate::topic::PARTITIONS_MAX {
-            p.add(
-                "kafka.default_partitions",
-                format!(
-                    "{} is out of range (1 to {})",
-                    k.default_partitions,
-                    crate::topic::PARTITIONS_MAX
-                ),
-            );
+        for (key, n) in [
+            ("kafka.default_partitions", k.default_partitions),
+            ("groups.offsets_partitions", g.offsets_partitions),
+        ] {
+            if n == 0 || n > crate::topic::PARTITIONS_MAX {
+                p.add(
+                    key,
+                    format!(
+                        "{n} is out of range (1 to {})",
+                        crate::topic::PARTITIONS_MAX
+                    ),
+                );
+            }
         }
         if k.batch_bytes_max > k.request_bytes_max {
             p.add(

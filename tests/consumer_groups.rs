@@ -12,20 +12,10 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{meridian, repo, require, run, Cluster};
+use common::{meridian, python_json, repo, require, run, Cluster};
 
 fn groups_py(args: &[&str], timeout: Duration) -> serde_json::Value {
-    let (ok, out, err) = run(
-        Command::new("python3")
-            .arg(repo().join("tests/clients/groups.py"))
-            .args(args),
-        timeout,
-    );
-    assert!(
-        ok,
-        "groups.py {args:?} failed (is confluent-kafka installed? .ci/install-deps --test-clients)\n{out}\n{err}"
-    );
-    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("groups.py output {out:?}: {e}"))
+    python_json("groups.py", args, timeout)
 }
 
 fn create(bootstrap: &str, topic: &str, partitions: u32, configs: &[&str]) {

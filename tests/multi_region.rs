@@ -6,25 +6,14 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Command;
 use std::time::Duration;
 
-use common::{meridian, repo, require, run, Cluster};
+use common::{meridian, python_json, repo, require, Cluster};
 
 const REGIONS: [&str; 3] = ["us-east", "eu-west", "ap-south"];
 
 fn geo(args: &[&str], timeout: Duration) -> serde_json::Value {
-    let (ok, out, err) = run(
-        Command::new("python3")
-            .arg(repo().join("tests/clients/geo.py"))
-            .args(args),
-        timeout,
-    );
-    assert!(
-        ok,
-        "geo.py {args:?} failed (is confluent-kafka installed? .ci/install-deps --test-clients)\n{err}"
-    );
-    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("bad output {out}: {e}"))
+    python_json("geo.py", args, timeout)
 }
 
 /// Produces at a steady rate with the client's default retries, as an

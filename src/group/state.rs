@@ -441,20 +441,21 @@ impl Group {
             .unwrap_or_default()
     }
 
+    /// A member's metadata for the group's chosen protocol.
+    fn metadata_of(&self, m: &Member) -> Bytes {
+        let proto = self.protocol.as_deref().unwrap_or_default();
+        m.protocols
+            .iter()
+            .find(|(n, _)| n == proto)
+            .map(|(_, md)| md.clone())
+            .unwrap_or_default()
+    }
+
     fn join_reply(&self, id: &str) -> JoinReply {
         let members = if self.is_leader(id) {
-            let proto = self.protocol.clone().unwrap_or_default();
             self.members
                 .values()
-                .map(|m| {
-                    let meta = m
-                        .protocols
-                        .iter()
-                        .find(|(n, _)| *n == proto)
-                        .map(|(_, md)| md.clone())
-                        .unwrap_or_default();
-                    (m.id.clone(), meta)
-                })
+                .map(|m| (m.id.clone(), self.metadata_of(m)))
                 .collect()
         } else {
             Vec::new()
@@ -631,18 +632,9 @@ impl Group {
 
     /// Every member's id, client id, host and assignment (DescribeGroups).
     pub fn describe(&self) -> Vec<(&Member, Bytes)> {
-        let proto = self.protocol.clone().unwrap_or_default();
         self.members
             .values()
-            .map(|m| {
-                let meta = m
-                    .protocols
-                    .iter()
-                    .find(|(n, _)| *n == proto)
-                    .map(|(_, md)| md.clone())
-                    .unwrap_or_default();
-                (m, meta)
-            })
+            .map(|m| (m, self.metadata_of(m)))
             .collect()
     }
 }

@@ -380,6 +380,22 @@ pub fn run(cmd: &mut Command, timeout: Duration) -> (bool, String, String) {
     )
 }
 
+/// Runs `tests/clients/<script>` (python confluent-kafka) with a time
+/// limit and parses the JSON it prints.
+pub fn python_json(script: &str, args: &[&str], timeout: Duration) -> serde_json::Value {
+    let (ok, out, err) = run(
+        Command::new("python3")
+            .arg(repo().join("tests/clients").join(script))
+            .args(args),
+        timeout,
+    );
+    assert!(
+        ok,
+        "{script} {args:?} failed (is confluent-kafka installed? .ci/install-deps --test-clients)\n{out}\n{err}"
+    );
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{script}: bad output {out:?}: {e}"))
+}
+
 /// The meridian CLI with a time limit.
 pub fn meridian(args: &[&str]) -> (bool, String, String) {
     run(Command::new(EXE).args(args), Duration::from_secs(60))
