@@ -358,8 +358,8 @@ impl Coordinator {
         if let Err((e, _)) = self.is_mine(group) {
             return fail(e);
         }
-        let wait_ms = j.rebalance_timeout_ms.max(j.session_timeout_ms);
-        let fresh = format!("{}-{}", j.client_id, uuid::Uuid::new_v4());
+        let wait_ms = j.spec.rebalance_timeout_ms.max(j.spec.session_timeout_ms);
+        let fresh = format!("{}-{}", j.spec.client_id, uuid::Uuid::new_v4());
         let member = if j.member_id.is_empty() {
             fresh.clone()
         } else {
@@ -419,10 +419,9 @@ impl Coordinator {
         let Some(g) = inner.groups.get_mut(group) else {
             return fail(code::UNKNOWN_MEMBER_ID);
         };
-        let bound = g
-            .members
-            .get(member)
-            .map_or(0, |m| m.session_timeout_ms.max(m.rebalance_timeout_ms));
+        let bound = g.members.get(member).map_or(0, |m| {
+            m.spec.session_timeout_ms.max(m.spec.rebalance_timeout_ms)
+        });
         let (r, outs) = g.sync(now, member, generation, assignments);
         let w = match r {
             Now::Reply(r) => Waiting::Now(r),
@@ -811,8 +810,8 @@ impl Coordinator {
                     .map(|(m, meta)| {
                         (
                             m.id.clone(),
-                            m.client_id.clone(),
-                            m.client_host.clone(),
+                            m.spec.client_id.clone(),
+                            m.spec.client_host.clone(),
                             meta,
                             m.assignment.clone(),
                         )

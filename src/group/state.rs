@@ -74,9 +74,9 @@ pub struct Limits {
     pub max_size: usize,
 }
 
+/// What a member says of itself in a JoinGroup; its latest one stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Member {
-    pub id: String,
+pub struct MemberSpec {
     pub client_id: String,
     pub client_host: String,
     pub protocol_type: String,
@@ -84,6 +84,12 @@ pub struct Member {
     pub protocols: Vec<(String, Bytes)>,
     pub session_timeout_ms: u64,
     pub rebalance_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub id: String,
+    pub spec: MemberSpec,
     pub assignment: Bytes,
     last_heard: u64,
     /// Has a JoinGroup waiting for the rebalance to complete.
@@ -96,12 +102,7 @@ pub struct Member {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Join {
     pub member_id: String,
-    pub client_id: String,
-    pub client_host: String,
-    pub protocol_type: String,
-    pub protocols: Vec<(String, Bytes)>,
-    pub session_timeout_ms: u64,
-    pub rebalance_timeout_ms: u64,
+    pub spec: MemberSpec,
     /// JoinGroup v4+: a new member first gets an id (MEMBER_ID_REQUIRED)
     /// and joins again with it.
     pub require_known_member_id: bool,
@@ -207,11 +208,14 @@ impl Group {
             )
         };
         if !(limits.session_timeout_ms_min..=limits.session_timeout_ms_max)
-            .contains(&j.session_timeout_ms)
+            .contains(&j.spec.session_timeout_ms)
         {
             return fail(code::INVALID_SESSION_TIMEOUT, &j.member_id);
         }
-        if j.protocols.is_empty() || j.protocol_type.is_empty() || !self.accepts_protocols(&j) {
+        if j.spec.protocols.is_empty()
+            || j.spec.protocol_type.is_empty()
+            || !self.accepts_protocols(&j)
+        {
             return fail(code::INCONSISTENT_GROUP_PROTOCOL, &j.member_id);
         }
         let known = self.members.contains_key(&j.member_id);
@@ -221,7 +225,8 @@ impl Group {
             }
             let id = new_id();
             if j.require_known_member_id {
-                self.pending.insert(id.clone(), now + j.session_timeout_ms);
+                self.pending
+                    .insert(id.clone(), now + j.spec.session_timeout_ms);
                 return fail(code::MEMBER_ID_REQUIRED, &id);
             }
             return self.add_member(now, id, j);
@@ -235,12 +240,8 @@ impl Group {
         }
         // A known member joins again.
         let m = self.members.get_mut(&j.member_id).expect("known member");
-        let changed = m.protocols != j.protocols;
-        m.protocols = j.protocols;
-        m.session_timeout_ms = j.session_timeout_ms;
-        m.rebalance_timeout_ms = j.rebalance_timeout_ms;
-        m.client_id = j.client_id;
-        m.client_host = j.client_host;
+        let changed = m.spec.protocols != j.spec.protocols;
+        m.spec = j.spec;
         m.last_heard = now;
         let id = j.member_id;
         match self.state {
@@ -268,12 +269,7 @@ impl Group {
             id.clone(),
             Member {
                 id: id.clone(),
-                client_id: j.client_id,
-                client_host: j.client_host,
-                protocol_type: j.protocol_type,
-                protocols: j.protocols,
-                session_timeout_ms: j.session_timeout_ms,
-                rebalance_timeout_ms: j.rebalance_timeout_ms,
+                spec: j.spec,
                 assignment: Bytes::new(),
                 last_heard: now,
                 awaiting_join: true,
@@ -299,7 +295,7 @@ impl Group {
         if self
             .protocol_type
             .as_deref()
-            .is_some_and(|t| t != j.protocol_type)
+            .is_some_and(|t| t != j.spec.protocol_type)
         {
             return false;
         }
@@ -308,10 +304,10 @@ impl Group {
             .values()
             .filter(|m| m.id != j.member_id)
             .collect();
-        j.protocols.iter().any(|(name, _)| {
+        j.spec.protocols.iter().any(|(name, _)| {
             others
                 .iter()
-                .all(|m| m.protocols.iter().any(|(n, _)| n == name))
+                .all(|m| m.spec.protocols.iter().any(|(n, _)| n == name))
         })
     }
 
@@ -338,7 +334,7 @@ impl Group {
         let timeout = self
             .members
             .values()
-            .map(|m| m.rebalance_timeout_ms)
+            .map(|m| m.spec.rebalance_timeout_ms)
             .max()
             .unwrap_or(0);
         // Only a new group waits for more members before its first
@@ -382,7 +378,7 @@ impl Group {
             .members
             .values()
             .next()
-            .map(|m| m.protocol_type.clone());
+            .map(|m| m.spec.protocol_type.clone());
         self.protocol = Some(self.choose_protocol());
         if !self
             .leader
@@ -409,16 +405,17 @@ impl Group {
         let candidates: BTreeSet<&str> = self
             .members
             .values()
-            .flat_map(|m| m.protocols.iter().map(|(n, _)| n.as_str()))
+            .flat_map(|m| m.spec.protocols.iter().map(|(n, _)| n.as_str()))
             .filter(|n| {
                 self.members
                     .values()
-                    .all(|m| m.protocols.iter().any(|(p, _)| p == n))
+                    .all(|m| m.spec.protocols.iter().any(|(p, _)| p == n))
             })
             .collect();
         let mut votes: BTreeMap<&str, usize> = BTreeMap::new();
         for m in self.members.values() {
             if let Some((n, _)) = m
+                .spec
                 .protocols
                 .iter()
                 .find(|(n, _)| candidates.contains(n.as_str()))
@@ -429,6 +426,7 @@ impl Group {
         let first = self.members.values().next().expect("a member");
         let rank = |n: &str| {
             first
+                .spec
                 .protocols
                 .iter()
                 .position(|(p, _)| p == n)
@@ -444,7 +442,8 @@ impl Group {
     /// A member's metadata for the group's chosen protocol.
     fn metadata_of(&self, m: &Member) -> Bytes {
         let proto = self.protocol.as_deref().unwrap_or_default();
-        m.protocols
+        m.spec
+            .protocols
             .iter()
             .find(|(n, _)| n == proto)
             .map(|(_, md)| md.clone())
@@ -608,7 +607,7 @@ impl Group {
         let expired: Vec<String> = self
             .members
             .values()
-            .filter(|m| !m.awaiting_join && m.last_heard + m.session_timeout_ms <= now)
+            .filter(|m| !m.awaiting_join && m.last_heard + m.spec.session_timeout_ms <= now)
             .map(|m| m.id.clone())
             .collect();
         let mut outs = Vec::new();
@@ -653,15 +652,17 @@ mod tests {
     fn join(id: &str, protocols: &[&str]) -> Join {
         Join {
             member_id: id.to_string(),
-            client_id: "c".into(),
-            client_host: "/127.0.0.1".into(),
-            protocol_type: "consumer".into(),
-            protocols: protocols
-                .iter()
-                .map(|p| (p.to_string(), Bytes::from(format!("meta-{p}"))))
-                .collect(),
-            session_timeout_ms: 10_000,
-            rebalance_timeout_ms: 5_000,
+            spec: MemberSpec {
+                client_id: "c".into(),
+                client_host: "/127.0.0.1".into(),
+                protocol_type: "consumer".into(),
+                protocols: protocols
+                    .iter()
+                    .map(|p| (p.to_string(), Bytes::from(format!("meta-{p}"))))
+                    .collect(),
+                session_timeout_ms: 10_000,
+                rebalance_timeout_ms: 5_000,
+            },
             require_known_member_id: false,
         }
     }
@@ -967,7 +968,7 @@ mod tests {
     fn join_limits_are_enforced() {
         let mut g = Group::new("g", 0);
         let mut j = join("", &["range"]);
-        j.session_timeout_ms = 10;
+        j.spec.session_timeout_ms = 10;
         assert!(matches!(
             g.join(0, j, || "a".into(), &LIMITS).0,
             Now::Reply(JoinReply {

@@ -25,7 +25,7 @@ use futures::future::BoxFuture;
 
 use super::text;
 use crate::group::coordinator::{CommitOffset, CommitReq, Coordinator, FetchedOffset};
-use crate::group::state::{code, Join};
+use crate::group::state::{code, Join, MemberSpec};
 
 fn s(b: &StrBytes) -> String {
     b.to_string()
@@ -97,20 +97,22 @@ pub fn join_group(
     let session = req.session_timeout_ms.max(0) as u64;
     let join = Join {
         member_id: s(&req.member_id),
-        client_id: client_id.to_string(),
-        client_host: host.to_string(),
-        protocol_type: s(&req.protocol_type),
-        protocols: req
-            .protocols
-            .into_iter()
-            .map(|p| (s(&p.name), p.metadata))
-            .collect(),
-        session_timeout_ms: session,
-        // v0 has no rebalance timeout: the session timeout serves.
-        rebalance_timeout_ms: if req.rebalance_timeout_ms > 0 {
-            req.rebalance_timeout_ms as u64
-        } else {
-            session
+        spec: MemberSpec {
+            client_id: client_id.to_string(),
+            client_host: host.to_string(),
+            protocol_type: s(&req.protocol_type),
+            protocols: req
+                .protocols
+                .into_iter()
+                .map(|p| (s(&p.name), p.metadata))
+                .collect(),
+            session_timeout_ms: session,
+            // v0 has no rebalance timeout: the session timeout serves.
+            rebalance_timeout_ms: if req.rebalance_timeout_ms > 0 {
+                req.rebalance_timeout_ms as u64
+            } else {
+                session
+            },
         },
         require_known_member_id: version >= 4,
     };
