@@ -186,6 +186,7 @@ impl Groups {
             Notify::Meta(meta_tx),
             &all_members,
             all_members.keys().next().copied() == Some(node_id),
+            FirstLeader::Anyone,
             &db,
             &transport,
             &clock,
@@ -477,6 +478,7 @@ impl Groups {
                 Notify::Partition(tx),
                 &self.members,
                 preferred,
+                FirstLeader::Preferred,
                 &self.db,
                 &self.transport,
                 &self.clock,
@@ -691,6 +693,18 @@ impl Groups {
     }
 }
 
+/// How a new group gets its first leader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FirstLeader {
+    /// Every node initializes the group and campaigns; the preferred node
+    /// calls one more election (the metadata group, whose pre-vote gates
+    /// later elections).
+    Anyone,
+    /// Only the preferred node initializes and campaigns (partition
+    /// groups: this spreads their leaders over the region's nodes).
+    Preferred,
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn open_group(
     node_id: NodeId,
@@ -700,6 +714,7 @@ async fn open_group(
     notify: Notify,
     members: &BTreeMap<NodeId, BasicNode>,
     preferred: bool,
+    first: FirstLeader,
     db: &Arc<Db>,
     transport: &Arc<Transport>,
     clock: &Arc<Clock>,
@@ -728,15 +743,52 @@ async fn open_group(
         .instrument(tracing::info_span!("raft", region, node = node_id, group))
         .await
         .map_err(|e| start_err(e.to_string()))?;
-    if pristine {
-        // Every node initializes a new group with the same membership, which
-        // openraft allows; the preferred leader then asks for votes at once,
-        // before the others' election timers fire, which spreads leaders.
-        if let Err(e) = raft.initialize(members.clone()).await {
-            debug!(group, error = %e, "group already initialized");
+    if !pristine {
+        return Ok(raft);
+    }
+    // openraft's initialize() makes the node campaign at once.
+    match first {
+        FirstLeader::Anyone => {
+            // Every node initializes with the same membership, which
+            // openraft allows; the preferred one calls another election
+            // right after.
+            if let Err(e) = raft.initialize(members.clone()).await {
+                debug!(group, error = %e, "group already initialized");
+            }
+            if preferred {
+                let _ = raft.trigger().elect().await;
+            }
         }
-        if preferred {
-            let _ = raft.trigger().elect().await;
+        FirstLeader::Preferred if preferred => {
+            if let Err(e) = raft.initialize(members.clone()).await {
+                debug!(group, error = %e, "group already initialized");
+            }
+        }
+        FirstLeader::Preferred => {
+            // Only the preferred node campaigns, so leaders spread however
+            // unevenly the nodes start the group (a node that initialized
+            // first used to win every group it started first). Should the
+            // preferred node be down, the others initialize once nothing
+            // reached them for twice the election timeout.
+            let (raft, members) = (raft.clone(), members.clone());
+            let wait = Duration::from_millis(config.election_timeout_max * 2);
+            tokio::spawn(async move {
+                tokio::time::sleep(wait).await;
+                let untouched = {
+                    let m = raft.metrics();
+                    let m = m.borrow();
+                    m.last_log_index.is_none() && m.current_leader.is_none()
+                };
+                if untouched {
+                    info!(
+                        group,
+                        "the preferred leader never reached this node; initializing the group here"
+                    );
+                    if let Err(e) = raft.initialize(members).await {
+                        debug!(group, error = %e, "group already initialized");
+                    }
+                }
+            });
         }
     }
     Ok(raft)
