@@ -628,8 +628,9 @@ impl Client {
     }
 
     /// Appends records to a partition with `acks = all` and returns the base
-    /// offset. Retries after leader changes; a retried batch that had in fact
-    /// been committed is stored twice (idempotent producers come later).
+    /// offset. Retries after leader changes; this client is not an
+    /// idempotent producer, so a retried batch that had in fact been
+    /// committed is stored twice.
     pub async fn produce(
         &self,
         topic: &str,

@@ -247,10 +247,14 @@ impl Topology {
             let mut nodes = Vec::new();
             for (ni, n) in r.nodes.iter().enumerate() {
                 let nkey = format!("{rkey}.node[{ni}]");
-                if n.id <= 0 {
+                if n.id <= 0 || n.id as u64 > crate::storage::producers::PID_NODE_MAX {
                     p.add(
                         format!("{nkey}.id"),
-                        format!("node id must be a positive integer, got {}", n.id),
+                        format!(
+                            "node id must be an integer from 1 to {} (it names the producer ids the node gives out), got {}",
+                            crate::storage::producers::PID_NODE_MAX,
+                            n.id
+                        ),
                     );
                 } else if let Some(prev) = ids.insert(n.id, nkey.clone()) {
                     p.add(
@@ -1130,6 +1134,13 @@ ms = 80
         assert!(s.contains("t.toml"), "{s}");
         assert!(s.contains("unknown field `admn`"), "{s}");
         assert!(s.contains("line 21"), "{s}");
+    }
+
+    #[test]
+    fn node_ids_must_fit_in_producer_ids() {
+        let e = topo(&GOOD.replace("id = 3", "id = 70000")).unwrap_err();
+        assert_eq!(e.problems[0].key, "region[1].node[0].id", "{e}");
+        assert!(e.problems[0].reason.contains("from 1 to 65535"), "{e}");
     }
 
     #[test]

@@ -40,6 +40,11 @@ pub struct Metrics {
     pub clock_drift_refusals: Counter,
     pub sync_ack_timeouts: Counter,
     pub rpo_waits: Counter,
+    /// Idempotent producers' retries answered with the batch stored before.
+    pub idempotent_duplicates: Counter,
+    /// Idempotent producers' batches refused by their sequence numbers, or
+    /// held while the producer's other region's records arrive.
+    pub idempotent_refusals: Counter,
     /// Per region: milliseconds of writing its lease has left, as this node
     /// sees it (0: fenced or expired).
     pub lease_remaining_ms: Family<Labels, Gauge>,
@@ -104,6 +109,8 @@ impl Metrics {
             link_errors: Counter::default(),
             clock_drift_refusals: Counter::default(),
             sync_ack_timeouts: Counter::default(),
+            idempotent_duplicates: Counter::default(),
+            idempotent_refusals: Counter::default(),
             rpo_waits: Counter::default(),
             lease_remaining_ms: Family::default(),
             lease_renewals: Counter::default(),
@@ -229,6 +236,16 @@ impl Metrics {
             "sync_ack_timeouts",
             "Sync produces that did not reach their region quorum in time",
             m.sync_ack_timeouts.clone(),
+        );
+        registry.register(
+            "idempotent_duplicates",
+            "Retried batches of idempotent producers answered with the batch stored before (stored once)",
+            m.idempotent_duplicates.clone(),
+        );
+        registry.register(
+            "idempotent_refusals",
+            "Batches of idempotent producers refused by their sequence numbers, or held until the records of the producer's previous region arrived",
+            m.idempotent_refusals.clone(),
         );
         registry.register(
             "rpo_waits",

@@ -43,6 +43,8 @@ pub enum NodeError {
     },
     #[error(transparent)]
     Raft(#[from] GroupError),
+    #[error(transparent)]
+    ProducerIds(#[from] crate::kafka::producer_ids::ProducerIdError),
 }
 
 /// Runs the node until `shutdown` is cancelled.
@@ -69,6 +71,7 @@ async fn run_inner(config: NodeConfig, shutdown: CancellationToken) -> Result<()
     let metrics = Arc::new(Metrics::new());
     let tls = TlsMaterial::load_or_dev(config.tls.as_ref(), &config.data_dir)?;
     let db = Db::open(&config.data_dir.join("db"), metrics.clone())?;
+    let producer_ids = crate::kafka::producer_ids::ProducerIds::new(db.clone(), me.id)?;
     // Every node of every region: the meta group spans them, and the link
     // talks to other regions' nodes.
     let peers: HashMap<_, _> = config
@@ -123,6 +126,7 @@ async fn run_inner(config: NodeConfig, shutdown: CancellationToken) -> Result<()
         kafka: config.kafka.clone(),
         metrics: metrics.clone(),
         fence: fence.clone(),
+        producer_ids,
     });
     tokio::spawn(
         Arc::new(crate::control::failover::Failover {

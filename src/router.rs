@@ -12,6 +12,7 @@ use crate::raft::groups::{CommitRx, WriteError};
 use crate::raft::types::{Command, CommandResult, GroupId, RecordIn};
 use crate::raft::{Groups, PartitionGroup};
 use crate::storage::batch;
+use crate::storage::producers::{Producer, Refusal};
 use crate::storage::state_machine::read;
 use crate::topic::{
     policy, validate_config, validate_create, validate_policy, MetaError, Policy, TopicMeta,
@@ -45,6 +46,27 @@ pub enum PartitionError {
         "the partition has not begun region {region}'s epoch {epoch} yet (failing back); retry"
     )]
     EpochPending { region: String, epoch: u32 },
+    /// An idempotent producer's batch refused by its sequence.
+    #[error("{}", producer_refusal(.0))]
+    Producer(Refusal),
+}
+
+fn producer_refusal(r: &Refusal) -> String {
+    match r {
+        Refusal::DuplicateOld => {
+            "the batch's sequence numbers were stored before (a retry of an old batch)".into()
+        }
+        Refusal::OutOfOrder { expected, got } => {
+            format!("out of order: expected sequence {expected}, got {got}")
+        }
+        Refusal::UnknownProducer => {
+            "this partition holds no state of the producer id (never seen, or expired); start its sequence at 0".into()
+        }
+        Refusal::StaleEpoch { current } => {
+            format!("the producer's epoch is older than its current epoch {current}")
+        }
+        Refusal::Settling { .. } => "the producer last wrote through another region, whose records of this partition are not all here yet; retry".into(),
+    }
 }
 
 impl From<WriteError> for PartitionError {
@@ -73,6 +95,9 @@ pub enum AppendTicket {
         group: GroupId,
         policy: Policy,
         link: Arc<Link>,
+        /// An idempotent producer's append, proposed again if it was held
+        /// while the producer's previous region's records arrive.
+        again: Option<Command>,
     },
     /// Sent to the topic's home region, which answers once it committed.
     Forwarded(futures::future::BoxFuture<'static, Result<i64, PartitionError>>),
@@ -89,11 +114,13 @@ impl AppendTicket {
                 group,
                 policy,
                 link,
+                again,
             } => AppendTicket::Local {
                 rx,
                 group,
                 policy: policy.as_strict_as(data),
                 link,
+                again,
             },
             forwarded => forwarded,
         }
@@ -108,7 +135,7 @@ impl AppendTicket {
     /// its HLC).
     pub async fn wait(self, timeout: Duration) -> Result<i64, PartitionError> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let (rx, group, policy, link) = match self {
+        let (rx, group, policy, link, again) = match self {
             AppendTicket::Forwarded(f) => {
                 return tokio::time::timeout(timeout, f)
                     .await
@@ -119,15 +146,72 @@ impl AppendTicket {
                 group,
                 policy,
                 link,
-            } => (rx, group, policy, link),
+                again,
+            } => (rx, group, policy, link, again),
         };
-        let (view_offset, end) = match Groups::wait(rx, timeout).await?.0 {
+        let mut result = Groups::wait(rx, timeout).await?.0;
+        // A producer that moved here: wait (within the request's time)
+        // until the region it came from is held far enough, then propose
+        // the same append again. Its settle point stays fixed, so this ends
+        // however far behind that region's copies run.
+        while let (
+            CommandResult::ProducerRefused(Refusal::Settling { origin }),
+            Some(cmd @ Command::AppendIdempotent { settled_at, .. }),
+        ) = (&result, &again)
+        {
+            let g = link
+                .groups
+                .partition(group)
+                .ok_or(PartitionError::LeaderNotAvailable)?;
+            let mut progress = g.progress.clone();
+            let reached = matches!(
+                tokio::time::timeout_at(
+                    deadline,
+                    progress.wait_for(|p| {
+                        crate::storage::state_machine::settled(&p.logs, *origin, *settled_at)
+                    }),
+                )
+                .await,
+                Ok(Ok(_))
+            );
+            if !reached {
+                break;
+            }
+            let rx = Groups::submit(&g.raft, cmd.clone()).await?;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            result = Groups::wait(rx, left).await?.0;
+        }
+        let (view_offset, end) = match result {
             CommandResult::Appended {
                 base_offset,
                 first_hlc,
                 last_hlc,
                 view_offset,
             } => (view_offset, base_offset + (last_hlc - first_hlc) + 1),
+            // A retry: acknowledged as the original is. A copy of another
+            // region's log is held by two regions already (that one and
+            // this one).
+            CommandResult::Duplicate {
+                log,
+                end_offset,
+                view_offset,
+                ..
+            } => {
+                link.metrics.idempotent_duplicates.inc();
+                let own = link
+                    .groups
+                    .partition(group)
+                    .map(|g| g.progress.borrow().own());
+                if own != Some(log) {
+                    return Ok(view_offset.map_or(-1, |o| o as i64));
+                }
+                (view_offset, end_offset)
+            }
+            CommandResult::ProducerRefused(r) => {
+                link.metrics.idempotent_refusals.inc();
+                tracing::debug!(group, refusal = ?r, "idempotent batch refused");
+                return Err(PartitionError::Producer(r));
+            }
             CommandResult::NotWriter => return Err(PartitionError::NotLeader(None)),
             CommandResult::Sealed => {
                 return Err(PartitionError::Fenced(link.groups.region.clone()))
@@ -231,6 +315,7 @@ pub struct Router {
     pub kafka: KafkaConfig,
     pub metrics: Arc<Metrics>,
     pub fence: crate::control::Fence,
+    pub producer_ids: crate::kafka::producer_ids::ProducerIds,
 }
 
 impl Router {
@@ -296,11 +381,12 @@ impl Router {
         topic: &str,
         partition: i32,
         records: Vec<RecordIn>,
+        producer: Option<Producer>,
         timeout: Duration,
     ) -> Result<AppendTicket, PartitionError> {
         let (group, policy) = self.with_topic(topic, partition, |t, g| (g, self.policy(t)))?;
         if policy.accepts_writes_in(&self.me.region) {
-            return self.propose(group, policy, records).await;
+            return self.propose(group, policy, records, producer).await;
         }
         let Some(home) = policy.writer_regions().into_iter().next() else {
             return Err(PartitionError::Refused(format!(
@@ -311,6 +397,7 @@ impl Router {
             topic: topic.to_string(),
             partition,
             records,
+            producer,
             timeout_ms: timeout.as_millis() as u64,
         };
         let link = self.link.clone();
@@ -326,6 +413,7 @@ impl Router {
         topic: &str,
         partition: i32,
         records: Vec<RecordIn>,
+        producer: Option<Producer>,
     ) -> Result<AppendTicket, PartitionError> {
         let (group, policy) = self.with_topic(topic, partition, |t, g| (g, self.policy(t)))?;
         if matches!(policy.writers, crate::topic::Writers::Home(_))
@@ -341,7 +429,7 @@ impl Router {
                 self.me.region, policy.writers
             )));
         }
-        self.propose(group, policy, records).await
+        self.propose(group, policy, records, producer).await
     }
 
     async fn propose(
@@ -349,6 +437,7 @@ impl Router {
         group: GroupId,
         policy: Policy,
         records: Vec<RecordIn>,
+        producer: Option<Producer>,
     ) -> Result<AppendTicket, PartitionError> {
         // Invariant 6: every write of this region goes through here.
         if !self.fence.may_write(&policy.regions) {
@@ -367,17 +456,34 @@ impl Router {
         }
         let count = records.len() as u32;
         let proposed_hlc = self.groups.clock.reserve(count as u64);
-        let cmd = Command::Append {
-            proposed_hlc,
-            count,
-            batch: batch::propose(proposed_hlc, &self.me.region, &records),
+        let batch = batch::propose(proposed_hlc, &self.me.region, &records, producer);
+        let cmd = match producer {
+            None => Command::Append {
+                proposed_hlc,
+                count,
+                batch,
+            },
+            // Another region's records with HLCs up to the drift margin
+            // above this clock can still arrive (the link refuses any
+            // further ahead): a producer that moved here waits for those.
+            Some(_) => Command::AppendIdempotent {
+                proposed_hlc,
+                count,
+                batch,
+                settled_at: proposed_hlc
+                    + crate::hlc::from_wall_ms(
+                        crate::hlc::wall_ms(0) + self.link.cfg.clock_drift_ms_max as i64,
+                    ),
+            },
         };
+        let again = matches!(cmd, Command::AppendIdempotent { .. }).then(|| cmd.clone());
         let rx = Groups::submit(&g.raft, cmd).await?;
         Ok(AppendTicket::Local {
             rx,
             group,
             policy,
             link: self.link.clone(),
+            again,
         })
     }
 
@@ -426,7 +532,7 @@ impl Router {
             offset,
             proposed_hlc,
             count,
-            batch: batch::propose(proposed_hlc, &self.me.region, &records),
+            batch: batch::propose(proposed_hlc, &self.me.region, &records, None),
         };
         let rx = Groups::submit(&g.raft, cmd).await?;
         match Groups::wait(rx, timeout).await?.0 {

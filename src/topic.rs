@@ -650,6 +650,7 @@ impl MetaState {
                 Ok(())
             }
             Command::Append { .. }
+            | Command::AppendIdempotent { .. }
             | Command::Close { .. }
             | Command::Replicate { .. }
             | Command::SealLog { .. }

@@ -84,20 +84,21 @@ async fn bad_requests_are_refused_and_the_node_keeps_serving() {
         s.write_all(&f[..f.len() - 2]).unwrap();
     }
 
-    // An API Meridian does not serve yet gets its error code, not a hang-up.
+    // A version Meridian does not serve (InitProducerId v5 is for
+    // transactions) gets its error code, not a hang-up.
     let mut s = connect(&addr);
     let mut body = BytesMut::new();
     InitProducerIdRequest::default()
         .with_transaction_timeout_ms(1000)
-        .encode(&mut body, 1)
+        .encode(&mut body, 5)
         .unwrap();
-    s.write_all(&frame(ApiKey::InitProducerId, 1, &body))
+    s.write_all(&frame(ApiKey::InitProducerId, 5, &body))
         .unwrap();
     let mut r = response(&mut s);
     let h =
-        ResponseHeader::decode(&mut r, ApiKey::InitProducerId.response_header_version(1)).unwrap();
+        ResponseHeader::decode(&mut r, ApiKey::InitProducerId.response_header_version(5)).unwrap();
     assert_eq!(h.correlation_id, 42);
-    let ip = InitProducerIdResponse::decode(&mut r, 1).unwrap();
+    let ip = InitProducerIdResponse::decode(&mut r, 5).unwrap();
     assert_eq!(ip.error_code, 35, "UNSUPPORTED_VERSION");
 
     // A too-new ApiVersions is answered in v0 with UNSUPPORTED_VERSION and our ranges.

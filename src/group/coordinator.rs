@@ -608,7 +608,13 @@ impl Coordinator {
     ) -> Result<AppendTicket, i16> {
         let ticket = self
             .router
-            .submit_append(offsets::TOPIC, p as i32, records, self.commit_timeout())
+            .submit_append(
+                offsets::TOPIC,
+                p as i32,
+                records,
+                None,
+                self.commit_timeout(),
+            )
             .await
             .map_err(|e| {
                 self.router.metrics.offset_commit_errors.inc();

@@ -17,6 +17,9 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DeleteTopics, 1, 6),
     (ApiKey::DescribeConfigs, 1, 4),
     (ApiKey::IncrementalAlterConfigs, 0, 1),
+    // Idempotent producers; transactional ids are refused (v5 is for
+    // transactions only).
+    (ApiKey::InitProducerId, 0, 4),
     // Consumer groups (docs/consumers.md). OffsetCommit starts at v2, the
     // first with generations; v0-1 were for ZooKeeper-era clients.
     (ApiKey::FindCoordinator, 0, 4),

@@ -2,6 +2,7 @@
 //! per API; handlers know nothing of Raft or RocksDB and call the router.
 
 pub mod codec;
+pub mod producer_ids;
 pub mod records;
 pub mod server;
 
@@ -21,6 +22,7 @@ use kafka_protocol::error::ResponseError;
 use kafka_protocol::protocol::StrBytes;
 
 use crate::router::{PartitionError, TopicError};
+use crate::storage::producers::Refusal;
 use crate::topic::MetaError;
 
 pub(crate) fn partition_error_code(e: &PartitionError) -> i16 {
@@ -35,6 +37,14 @@ pub(crate) fn partition_error_code(e: &PartitionError) -> i16 {
         // Retriable: the client refreshes metadata, which points elsewhere.
         PartitionError::Fenced(_) => ResponseError::NotLeaderOrFollower.code(),
         PartitionError::EpochPending { .. } => ResponseError::LeaderNotAvailable.code(),
+        PartitionError::Producer(r) => match r {
+            Refusal::DuplicateOld => ResponseError::DuplicateSequenceNumber.code(),
+            Refusal::OutOfOrder { .. } => ResponseError::OutOfOrderSequenceNumber.code(),
+            Refusal::UnknownProducer => ResponseError::UnknownProducerId.code(),
+            Refusal::StaleEpoch { .. } => ResponseError::InvalidProducerEpoch.code(),
+            // Retriable: the client sends the batch again, unchanged.
+            Refusal::Settling { .. } => ResponseError::NotEnoughReplicas.code(),
+        },
     }
 }
 

@@ -14,11 +14,12 @@ use futures::future::BoxFuture;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
-use kafka_protocol::records::RecordBatchDecoder;
+use kafka_protocol::records::{Record, RecordBatchDecoder};
 
 use super::{partition_error_code, text};
 use crate::raft::types::RecordIn;
 use crate::router::{AppendTicket, PartitionError, Router};
+use crate::storage::producers::{seq_add, Producer};
 
 /// Why a partition's batch was refused before it reached Raft.
 enum Refused {
@@ -26,7 +27,10 @@ enum Refused {
     Code(i16, String),
 }
 
-fn decode(records: Option<Bytes>, max: usize) -> Result<Vec<RecordIn>, Refused> {
+/// A partition's records, and the idempotent producer that sent them.
+type Decoded = (Vec<RecordIn>, Option<Producer>);
+
+fn decode(records: Option<Bytes>, max: usize) -> Result<Decoded, Refused> {
     let Some(mut bytes) = records else {
         return Err(Refused::Code(
             ResponseError::CorruptMessage.code(),
@@ -44,19 +48,58 @@ fn decode(records: Option<Bytes>, max: usize) -> Result<Vec<RecordIn>, Refused> 
     }
     let sets = RecordBatchDecoder::decode_all(&mut bytes)
         .map_err(|e| Refused::Code(ResponseError::CorruptMessage.code(), e.to_string()))?;
-    let records: Vec<RecordIn> = sets
+    let kafka: Vec<Record> = sets
         .into_iter()
         .flat_map(|s| s.records)
         .filter(|r| !r.control)
-        .map(RecordIn::from_kafka)
         .collect();
+    let producer = producer_of(&kafka)?;
+    let records: Vec<RecordIn> = kafka.into_iter().map(RecordIn::from_kafka).collect();
     if records.is_empty() {
         return Err(Refused::Code(
             ResponseError::InvalidRecord.code(),
             "batch holds no records".into(),
         ));
     }
-    Ok(records)
+    Ok((records, producer))
+}
+
+/// The idempotent producer of a partition's records: every record must
+/// carry the same producer id and epoch and consecutive sequence numbers
+/// (a client sends one batch per partition). Transactions are refused.
+fn producer_of(records: &[Record]) -> Result<Option<Producer>, Refused> {
+    let invalid = |m: String| Refused::Code(ResponseError::InvalidRecord.code(), m);
+    if records.iter().any(|r| r.transactional) {
+        return Err(invalid(
+            "transactional batches are not supported by Meridian (idempotent producers are)".into(),
+        ));
+    }
+    let Some(first) = records.first().filter(|r| r.producer_id >= 0) else {
+        return Ok(None);
+    };
+    let p = Producer {
+        id: first.producer_id,
+        epoch: first.producer_epoch,
+        base_sequence: first.sequence,
+    };
+    if p.epoch < 0 || p.base_sequence < 0 {
+        return Err(invalid(format!(
+            "producer id {} with epoch {} and sequence {}: an idempotent batch needs both",
+            p.id, p.epoch, p.base_sequence
+        )));
+    }
+    for (i, r) in records.iter().enumerate() {
+        if r.producer_id != p.id
+            || r.producer_epoch != p.epoch
+            || r.sequence != seq_add(p.base_sequence, i as i64)
+        {
+            return Err(invalid(format!(
+                "record {i} does not continue producer {}'s batch (producer {}, epoch {}, sequence {})",
+                p.id, r.producer_id, r.producer_epoch, r.sequence
+            )));
+        }
+    }
+    Ok(Some(p))
 }
 
 struct Part {
@@ -86,10 +129,10 @@ pub async fn submit(
         for p in t.partition_data {
             let bytes = p.records.as_ref().map_or(0, |b| b.len() as u64);
             let (ticket, records) = match decode(p.records, r.kafka.batch_bytes_max as usize) {
-                Ok(recs) => {
+                Ok((recs, producer)) => {
                     let n = recs.len() as u64;
                     let t = r
-                        .submit_append(&topic, p.index, recs, timeout)
+                        .submit_append(&topic, p.index, recs, producer, timeout)
                         .await
                         .map_err(Refused::Partition);
                     (t, n)

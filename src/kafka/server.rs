@@ -21,7 +21,7 @@ use tracing::{debug, info, warn, Instrument};
 use super::codec::{self, DecodeError};
 use super::{
     api_versions, create_topics, delete_topics, describe_configs, fetch, groups,
-    incremental_alter_configs, list_offsets, metadata, produce, unsupported,
+    incremental_alter_configs, list_offsets, metadata, produce, producer_ids, unsupported,
 };
 use crate::group::coordinator::Coordinator;
 use crate::router::Router;
@@ -231,6 +231,11 @@ async fn dispatch(router: &Arc<Router>, conn: &Conn, frame: Bytes) -> Result<Pen
                 done(ResponseKind::Produce(resp))
             })
         }
+        RequestKind::InitProducerId(req) => ready(
+            api,
+            &header,
+            ResponseKind::InitProducerId(producer_ids::handle(&r.producer_ids, req)),
+        ),
         RequestKind::Fetch(req) => {
             Box::pin(async move { done(ResponseKind::Fetch(fetch::handle(&r, req).await)) })
         }

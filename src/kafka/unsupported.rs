@@ -1,5 +1,5 @@
-//! Answers for APIs, or versions of them, Meridian does not serve (idempotent
-//! producers, transactions, consumer group APIs older or newer than
+//! Answers for APIs, or versions of them, Meridian does not serve
+//! (transactions, group and producer-id APIs older or newer than
 //! `api_versions` lists, ...): the API's own response carrying UNSUPPORTED_VERSION where
 //! the client reads it, so the client reports a clear error instead of
 //! seeing a dropped connection. `None` for APIs without such a response.

@@ -103,7 +103,7 @@ pub fn handle(
                 let t = Duration::from_millis(f.timeout_ms).min(max);
                 let r = async {
                     router
-                        .submit_local(&f.topic, f.partition, f.records)
+                        .submit_local(&f.topic, f.partition, f.records, f.producer)
                         .await?
                         .wait(t)
                         .await

@@ -109,6 +109,8 @@ pub struct Forward {
     pub topic: String,
     pub partition: i32,
     pub records: Vec<RecordIn>,
+    /// An idempotent producer's id, epoch and first sequence.
+    pub producer: Option<crate::storage::producers::Producer>,
     pub timeout_ms: u64,
 }
 

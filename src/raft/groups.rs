@@ -97,6 +97,8 @@ pub struct Groups {
     meta_log: LogStore,
     started: Instant,
     partitions: RwLock<HashMap<GroupId, Arc<PartitionGroup>>>,
+    /// Every node's region as an origin id (where a producer id was given out).
+    node_regions: Arc<BTreeMap<NodeId, u32>>,
     /// Bumped after every reconcile, so callers can wait for new groups.
     reconciled: watch::Sender<u64>,
 }
@@ -213,6 +215,14 @@ impl Groups {
             meta_log,
             started: Instant::now(),
             partitions: RwLock::new(HashMap::new()),
+            node_regions: Arc::new(
+                topology
+                    .regions
+                    .iter()
+                    .flat_map(|r| r.nodes.iter())
+                    .map(|n| (n.id, crate::storage::origin_id(&n.region)))
+                    .collect(),
+            ),
             reconciled: watch::channel(0).0,
         });
         tokio::spawn(groups.clone().prevote_loop(shutdown.clone()));
@@ -439,6 +449,7 @@ impl Groups {
             let writers = crate::storage::state_machine::Origins {
                 writers: ids(&writers),
                 regions: ids(&policy.regions),
+                node_regions: self.node_regions.clone(),
             };
             for p in 0..t.partitions {
                 wanted.insert(t.group(p), (t.name.clone(), t.seq, p, writers.clone()));

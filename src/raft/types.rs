@@ -174,6 +174,17 @@ pub enum Command {
     /// admitted it at), the new log starts closed there, so its records
     /// sort after everything any region's view holds.
     BeginEpoch { epoch: u32, floor: Option<u64> },
+    /// Partition group: as `Append`, for a batch of an idempotent producer
+    /// (its id, epoch and sequences are in the batch header). Applied only
+    /// if it continues the producer's sequence (`storage::producers`); a
+    /// producer last seen in another log waits until every other writer
+    /// log is held here up to HLC `settled_at`.
+    AppendIdempotent {
+        proposed_hlc: u64,
+        count: u32,
+        batch: bytes::Bytes,
+        settled_at: u64,
+    },
 }
 
 /// What applying a command returns to the proposer.
@@ -214,4 +225,14 @@ pub enum CommandResult {
     Reinjected {
         upto: u64,
     },
+    /// After `AppendIdempotent`: the batch is a retry of one stored before,
+    /// records `base_offset..end_offset` of `log`; nothing was stored.
+    Duplicate {
+        log: crate::view::LogRef,
+        base_offset: u64,
+        end_offset: u64,
+        view_offset: Option<u64>,
+    },
+    /// After `AppendIdempotent`: refused by the producer's sequence.
+    ProducerRefused(crate::storage::producers::Refusal),
 }

@@ -10,6 +10,7 @@ use kafka_protocol::records::{
     Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
 };
 
+use super::producers::{seq_add, Producer};
 use crate::hlc;
 use crate::kafka::records;
 use crate::raft::types::RecordIn;
@@ -52,12 +53,14 @@ impl BatchHeader {
 }
 
 /// Encodes `records` as one Kafka v2 batch whose records have offsets
-/// `base_offset ..` and HLCs `first_hlc ..`, with the identity headers.
+/// `base_offset ..` and HLCs `first_hlc ..`, with the identity headers, and
+/// an idempotent producer's fields when it came from one.
 fn encode_kafka(
     base_offset: u64,
     first_hlc: u64,
     origin: &str,
     records: &[RecordIn],
+    producer: Option<Producer>,
     buf: &mut BytesMut,
 ) {
     assert!(!records.is_empty(), "empty batches are never stored");
@@ -79,14 +82,20 @@ fn encode_kafka(
                 StrBytes::from_static_str(HEADER_HLC),
                 Some(Bytes::from(rec_hlc.to_string())),
             );
-            records::plain(
+            let mut rec = records::plain(
                 base_offset as i64,
                 i,
                 hlc::wall_ms(rec_hlc),
                 r.key.clone(),
                 r.value.clone(),
                 headers,
-            )
+            );
+            if let Some(p) = producer {
+                rec.producer_id = p.id;
+                rec.producer_epoch = p.epoch;
+                rec.sequence = seq_add(p.base_sequence, i as i64);
+            }
+            rec
         })
         .collect();
     let opts = RecordEncodeOptions {
@@ -113,12 +122,22 @@ pub fn encode(header: BatchHeader, origin: &str, records: &[RecordIn]) -> Vec<u8
         records.len(),
         "header matches records"
     );
+    encode_as(header, origin, records, None)
+}
+
+fn encode_as(
+    header: BatchHeader,
+    origin: &str,
+    records: &[RecordIn],
+    producer: Option<Producer>,
+) -> Vec<u8> {
     let mut buf = header_bytes(header, estimate(records));
     encode_kafka(
         header.base_offset,
         header.first_hlc,
         origin,
         records,
+        producer,
         &mut buf,
     );
     Vec::from(buf)
@@ -126,11 +145,55 @@ pub fn encode(header: BatchHeader, origin: &str, records: &[RecordIn]) -> Vec<u8
 
 /// The Kafka batch a leader proposes: offsets from 0, HLCs from
 /// `proposed_hlc`. If the state machine accepts those HLCs, storing it only
-/// patches the base offset (see [`store`]); no replica re-encodes it.
-pub fn propose(proposed_hlc: u64, origin: &str, records: &[RecordIn]) -> Bytes {
+/// patches the base offset (see [`store`]); no replica re-encodes it. An
+/// idempotent producer's id, epoch and sequences are kept in the batch, so
+/// they travel with it to every region (see `storage::producers`).
+pub fn propose(
+    proposed_hlc: u64,
+    origin: &str,
+    records: &[RecordIn],
+    producer: Option<Producer>,
+) -> Bytes {
     let mut buf = BytesMut::with_capacity(estimate(records));
-    encode_kafka(0, proposed_hlc, origin, records, &mut buf);
+    encode_kafka(0, proposed_hlc, origin, records, producer, &mut buf);
     buf.freeze()
+}
+
+/// Where a v2 record batch keeps its producer fields and attributes.
+const PRODUCER_ID_AT: usize = 43;
+const ATTRIBUTES_AT: usize = 21;
+const MAGIC_AT: usize = 16;
+const TRANSACTIONAL: u16 = 0x10;
+
+/// The idempotent producer of a Kafka record batch (`kafka`: the batch
+/// bytes, as proposed or after a stored header), read from its header
+/// without decoding the records; `None` for a batch without one.
+pub fn producer_of(kafka: &[u8]) -> Option<Producer> {
+    if kafka.len() < PRODUCER_ID_AT + 14 || kafka[MAGIC_AT] != 2 {
+        return None;
+    }
+    let id = i64::from_be_bytes(kafka[PRODUCER_ID_AT..PRODUCER_ID_AT + 8].try_into().ok()?);
+    let epoch = i16::from_be_bytes(
+        kafka[PRODUCER_ID_AT + 8..PRODUCER_ID_AT + 10]
+            .try_into()
+            .ok()?,
+    );
+    let base_sequence = i32::from_be_bytes(
+        kafka[PRODUCER_ID_AT + 10..PRODUCER_ID_AT + 14]
+            .try_into()
+            .ok()?,
+    );
+    (id >= 0 && epoch >= 0 && base_sequence >= 0).then_some(Producer {
+        id,
+        epoch,
+        base_sequence,
+    })
+}
+
+/// Whether a Kafka record batch is part of a transaction.
+pub fn is_transactional(kafka: &[u8]) -> bool {
+    kafka.len() > ATTRIBUTES_AT + 1
+        && u16::from_be_bytes([kafka[ATTRIBUTES_AT], kafka[ATTRIBUTES_AT + 1]]) & TRANSACTIONAL != 0
 }
 
 /// The stored form of a proposed batch committed at `h`, whose HLCs are the
@@ -149,7 +212,7 @@ pub fn store(h: BatchHeader, proposed: &[u8]) -> Vec<u8> {
 /// identity headers are replaced in place by the encoding.
 pub fn restamp(h: BatchHeader, origin: &str, proposed: &[u8]) -> Result<Vec<u8>, String> {
     let records = decode_records(proposed, h.count).map_err(|e| format!("proposed {e}"))?;
-    Ok(encode(h, origin, &records))
+    Ok(encode_as(h, origin, &records, producer_of(proposed)))
 }
 
 fn estimate(records: &[RecordIn]) -> usize {
@@ -311,6 +374,47 @@ mod tests {
     }
 
     #[test]
+    fn an_idempotent_producers_fields_survive_storing_and_restamping() {
+        let records = vec![
+            RecordIn {
+                key: None,
+                value: Some(Bytes::from_static(b"a")),
+                headers: vec![],
+            };
+            3
+        ];
+        let producer = Producer {
+            id: 77,
+            epoch: 2,
+            base_sequence: 40,
+        };
+        let proposed = propose(1000, "us-east", &records, Some(producer));
+        assert_eq!(producer_of(&proposed), Some(producer));
+        assert!(!is_transactional(&proposed));
+        let h = BatchHeader {
+            base_offset: 9,
+            count: 3,
+            first_hlc: 1000,
+        };
+        let (_, kafka) = decode(&store(h, &proposed))
+            .map(|(h, k)| (h, k.to_vec()))
+            .unwrap();
+        assert_eq!(producer_of(&kafka), Some(producer), "stored as proposed");
+        let moved = BatchHeader {
+            first_hlc: 2000,
+            ..h
+        };
+        let restamped = restamp(moved, "us-east", &proposed).unwrap();
+        let (_, kafka) = decode(&restamped).unwrap();
+        assert_eq!(producer_of(kafka), Some(producer), "kept when re-encoded");
+        let mut b = Bytes::copy_from_slice(kafka);
+        let set = RecordBatchDecoder::decode(&mut b).unwrap();
+        let seqs: Vec<i32> = set.records.iter().map(|r| r.sequence).collect();
+        assert_eq!(seqs, vec![40, 41, 42]);
+        assert_eq!(producer_of(&propose(1000, "us-east", &records, None)), None);
+    }
+
+    #[test]
     fn offset_for_hlc_inside_a_batch() {
         let h = BatchHeader {
             base_offset: 10,
@@ -347,14 +451,14 @@ mod tests {
             count: 2,
             first_hlc,
         };
-        let proposed = propose(first_hlc, "us-east", &two_records());
+        let proposed = propose(first_hlc, "us-east", &two_records(), None);
         assert_eq!(store(h, &proposed), encode(h, "us-east", &two_records()));
     }
 
     #[test]
     fn a_restamped_proposal_carries_the_committed_hlcs() {
         let proposed_hlc = hlc::from_wall_ms(1_763_712_000_000);
-        let proposed = propose(proposed_hlc, "us-east", &two_records());
+        let proposed = propose(proposed_hlc, "us-east", &two_records(), None);
         let h = BatchHeader {
             base_offset: 5,
             count: 2,

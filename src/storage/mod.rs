@@ -3,11 +3,15 @@
 //! Column families:
 //! - `raft_log`   `[group][index]` -> Raft entry (bincode)
 //! - `raft_state` `[group][tag]` -> vote, committed, last purged log id
-//! - `sm_state`   `[group]` -> the state machine's applied state
+//! - `sm_state`   `[group]` -> the state machine's applied state; and
+//!   `[ff; 16]` -> the end of the producer ids this node reserved
+//!   (`kafka::producer_ids`)
 //! - `records`    `[group][origin][epoch][base offset]` -> stored batch (see [`batch`])
 //! - `hlc_index`  `[group][origin][epoch][last hlc]` -> base offset of that batch
 //! - `view`       `[group][position]` -> a run of the global view (`view::Run`)
 //! - `view_hlc`   `[group][first hlc of a run]` -> its position
+//! - `producers`  `[group][producer id]` -> an idempotent producer's state
+//!   in the partition (`producers::ProducerState`)
 //!
 //! `[group][origin][epoch]` names one origin log of a partition ([`LogKey`]):
 //! the records one region committed in one epoch. A record's id is
@@ -21,6 +25,7 @@
 
 pub mod batch;
 pub mod log_store;
+pub mod producers;
 pub mod state_machine;
 
 use std::path::Path;
@@ -43,7 +48,8 @@ pub const CF_RECORDS: &str = "records";
 pub const CF_HLC_INDEX: &str = "hlc_index";
 pub const CF_VIEW: &str = "view";
 pub const CF_VIEW_HLC: &str = "view_hlc";
-const ALL_CFS: [&str; 7] = [
+pub const CF_PRODUCERS: &str = "producers";
+const ALL_CFS: [&str; 8] = [
     CF_RAFT_LOG,
     CF_RAFT_STATE,
     CF_SM_STATE,
@@ -51,6 +57,7 @@ const ALL_CFS: [&str; 7] = [
     CF_HLC_INDEX,
     CF_VIEW,
     CF_VIEW_HLC,
+    CF_PRODUCERS,
 ];
 
 /// Callbacks waiting for the syncer at most; appenders wait when it is full.

@@ -21,9 +21,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::batch::{self, BatchHeader};
+use super::producers::{self, Producer, ProducerState, ProducerTable, StoredBatch, Verdict};
 use super::{
-    key, origin_id, Db, LogKey, CF_HLC_INDEX, CF_RECORDS, CF_SM_STATE, CF_VIEW, CF_VIEW_HLC,
-    EPOCH_FIRST,
+    key, origin_id, Db, LogKey, CF_HLC_INDEX, CF_PRODUCERS, CF_RECORDS, CF_SM_STATE, CF_VIEW,
+    CF_VIEW_HLC, EPOCH_FIRST,
 };
 use crate::control::seal::{origin_closed, LogClose};
 use crate::hlc::{self, Clock};
@@ -60,6 +61,9 @@ pub struct Origins {
     pub writers: Vec<u32>,
     /// Every region that holds the topic.
     pub regions: Vec<u32>,
+    /// The region of every node of the topology: where a producer id was
+    /// given out (`producers::allocating_node`).
+    pub node_regions: Arc<BTreeMap<NodeId, u32>>,
 }
 
 /// What a partition group has applied (= committed) here.
@@ -152,6 +156,10 @@ pub struct StateMachine {
     applied: Applied,
     /// Records held but not yet in the view, per origin log.
     pending: BTreeMap<LogRef, VecDeque<Segment>>,
+    /// Idempotent producers' state, from every log held here; changes are
+    /// stored with the apply that made them.
+    producers: ProducerTable,
+    node_regions: Arc<BTreeMap<NodeId, u32>>,
     notify: Notify,
     clock: Arc<Clock>,
 }
@@ -201,6 +209,8 @@ impl StateMachine {
                 view_origins.push(*o);
             }
         }
+        let producers =
+            load_producers(&db, group).map_err(|e| StorageIOError::read_state_machine(any(e)))?;
         let mut sm = StateMachine {
             db,
             group,
@@ -211,6 +221,8 @@ impl StateMachine {
             topic_regions: origins.regions,
             applied,
             pending: BTreeMap::new(),
+            producers,
+            node_regions: origins.node_regions,
             notify,
             clock,
         };
@@ -319,8 +331,22 @@ impl StateMachine {
         }
     }
 
-    /// Stores one batch of `log` at the log's end and queues it for the view.
+    /// Stores one batch of `log` at the log's end and queues it for the view;
+    /// an idempotent producer's batch joins its state.
     fn put_batch(&mut self, b: &mut WriteBatch, log: LogRef, h: BatchHeader, stored: &[u8]) {
+        if let Some(p) = batch::producer_of(&stored[batch::HEADER_LEN..]) {
+            self.producers.record(
+                p,
+                StoredBatch {
+                    first_seq: p.base_sequence,
+                    last_seq: p.last_sequence(h.count),
+                    log,
+                    base_offset: h.base_offset,
+                    count: h.count,
+                },
+                h.last_hlc(),
+            );
+        }
         let lk = self.log_key(log);
         b.put_cf(self.db.cf(CF_RECORDS), lk.key(h.base_offset), stored);
         b.put_cf(
@@ -347,7 +373,13 @@ impl StateMachine {
                 proposed_hlc,
                 count,
                 batch: proposed,
-            } => self.append_own(b, proposed_hlc, count, &proposed),
+            } => self.append_own(b, proposed_hlc, count, &proposed, None),
+            Command::AppendIdempotent {
+                proposed_hlc,
+                count,
+                batch: proposed,
+                settled_at,
+            } => self.append_own(b, proposed_hlc, count, &proposed, Some(settled_at)),
             Command::Reinject {
                 from,
                 offset,
@@ -368,7 +400,7 @@ impl StateMachine {
                 if offset != upto || count == 0 {
                     return CommandResult::Reinjected { upto };
                 }
-                match self.append_own(b, proposed_hlc, count, &proposed) {
+                match self.append_own(b, proposed_hlc, count, &proposed, None) {
                     CommandResult::Appended { .. } => {
                         let upto = offset + count as u64;
                         self.applied.reinjected.insert(from, upto);
@@ -485,13 +517,16 @@ impl StateMachine {
         }
     }
 
-    /// Appends a proposed batch to this region's own origin log.
+    /// Appends a proposed batch to this region's own origin log. With
+    /// `settled_at`, an idempotent producer's batch is first checked against
+    /// the producer's state (see [`Self::check_producer`]).
     fn append_own(
         &mut self,
         b: &mut WriteBatch,
         proposed_hlc: u64,
         count: u32,
         proposed: &[u8],
+        settled_at: Option<u64>,
     ) -> CommandResult {
         let own = self.own_state();
         if own.sealed.is_some() {
@@ -522,6 +557,12 @@ impl StateMachine {
             first_hlc: hlc::assign_first(proposed_hlc, floor),
         };
         assert!(h.first_hlc > floor, "HLCs strictly increase");
+        let producer = settled_at.and_then(|at| Some((batch::producer_of(proposed)?, at)));
+        if let Some((p, settled_at)) = producer {
+            if let Some(answer) = self.check_producer(p, count, h.first_hlc, settled_at) {
+                return answer;
+            }
+        }
         let stored = if h.first_hlc == proposed_hlc {
             batch::store(h, proposed)
         } else {
@@ -536,6 +577,74 @@ impl StateMachine {
             last_hlc: h.last_hlc(),
             view_offset: self.view_offset(h.base_offset),
         }
+    }
+
+    /// Decides an idempotent producer's batch arriving at `now_hlc`: `None`
+    /// to append it, or the answer instead (a retry of a stored batch, a
+    /// sequence error).
+    ///
+    /// A producer seen last in another log (it wrote through another
+    /// region, or through this region's previous epoch), or one given its id
+    /// by another region's node, may have stored batches this region does
+    /// not hold yet: its batch waits (a retriable refusal) until every other
+    /// writer log is held here up to `settled_at` (the proposal's HLC plus
+    /// the clock-drift margin), or up to its seal. Then a retry of a batch
+    /// stored anywhere before is recognised.
+    fn check_producer(
+        &self,
+        p: Producer,
+        count: u32,
+        now_hlc: u64,
+        settled_at: u64,
+    ) -> Option<CommandResult> {
+        let own = self.own_ref();
+        let moved = match self.producers.get(p.id, now_hlc) {
+            Some(st) => st.last().log != own,
+            None => {
+                let node = producers::allocating_node(p.id);
+                self.node_regions.get(&node) != Some(&self.origin_id)
+            }
+        };
+        if moved {
+            if let Some(origin) = self.unsettled_writer(settled_at) {
+                return Some(CommandResult::ProducerRefused(
+                    producers::Refusal::Settling { origin },
+                ));
+            }
+        }
+        let refusal = match self.producers.check(p, count, now_hlc) {
+            Verdict::Append => return None,
+            Verdict::Duplicate(d) => {
+                return Some(CommandResult::Duplicate {
+                    log: d.log,
+                    base_offset: d.base_offset,
+                    end_offset: d.base_offset + d.count as u64,
+                    view_offset: (d.log == own)
+                        .then(|| self.view_offset(d.base_offset))
+                        .flatten(),
+                })
+            }
+            Verdict::DuplicateOld => producers::Refusal::DuplicateOld,
+            Verdict::OutOfOrder { expected } => producers::Refusal::OutOfOrder {
+                expected,
+                got: p.base_sequence,
+            },
+            Verdict::UnknownProducer => producers::Refusal::UnknownProducer,
+            Verdict::StaleEpoch { current } => producers::Refusal::StaleEpoch { current },
+        };
+        Some(CommandResult::ProducerRefused(refusal))
+    }
+
+    /// A writer region whose log is not yet held here up to `hlc` (its
+    /// closed timestamp) nor up to its seal.
+    fn unsettled_writer(&self, hlc: u64) -> Option<u32> {
+        let own = self.own_ref();
+        // This region's own earlier epochs are sealed and held whole.
+        self.view_origins
+            .iter()
+            .copied()
+            .filter(|o| *o != own.origin)
+            .find(|o| !settled(&self.applied.logs, *o, hlc))
     }
 
     /// The watermark, or when every writer origin is sealed (unbounded),
@@ -804,7 +913,18 @@ impl StateMachine {
         }
     }
 
-    fn persist(&self, mut b: WriteBatch) -> Result<(), StorageError> {
+    fn persist(&mut self, mut b: WriteBatch) -> Result<(), StorageError> {
+        for (id, st) in self.producers.take_changes() {
+            let k = key(self.group, id as u64);
+            match st {
+                Some(st) => b.put_cf(
+                    self.db.cf(CF_PRODUCERS),
+                    k,
+                    bincode::serialize(&st).expect("serialize producer state"),
+                ),
+                None => b.delete_cf(self.db.cf(CF_PRODUCERS), k),
+            }
+        }
         let v = bincode::serialize(&self.applied).expect("serialize applied state");
         b.put_cf(self.db.cf(CF_SM_STATE), key(self.group, 0), v);
         // Everything applied is in the synced Raft log; after a crash the
@@ -897,6 +1017,31 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }),
         )
     }
+}
+
+/// Whether every log of `origin` in `logs` is held up to HLC `hlc` (its
+/// closed timestamp) or up to its seal; false while none is held.
+pub fn settled(logs: &BTreeMap<LogRef, LogState>, origin: u32, hlc: u64) -> bool {
+    let mut of = logs.iter().filter(|(l, _)| l.origin == origin).peekable();
+    of.peek().is_some()
+        && of.all(|(_, st)| match st.sealed {
+            Some(end) => st.next_offset >= end,
+            None => st.closed >= hlc,
+        })
+}
+
+/// The idempotent producers' state of `group`, as stored.
+fn load_producers(db: &Db, group: GroupId) -> Result<ProducerTable, super::DbError> {
+    let mut states = Vec::new();
+    for r in db.range(CF_PRODUCERS, &group.to_be_bytes(), 0, u64::MAX) {
+        let (id, v) = r?;
+        let st: ProducerState = bincode::deserialize(&v).map_err(|e| super::DbError::Corrupt {
+            cf: CF_PRODUCERS,
+            reason: e.to_string(),
+        })?;
+        states.push((id as i64, st));
+    }
+    Ok(ProducerTable::from_states(states))
 }
 
 pub struct SnapshotBuilder {
@@ -1140,6 +1285,7 @@ mod tests {
         let view = Origins {
             writers: writers.iter().map(|w| origin_id(w)).collect(),
             regions: ["us-east", "eu-west"].map(origin_id).to_vec(),
+            node_regions: Arc::new([(1, origin_id("us-east")), (4, origin_id("eu-west"))].into()),
         };
         let (tx, _) = watch::channel(Progress::default());
         StateMachine::open(
@@ -1396,7 +1542,7 @@ mod tests {
             Command::Append {
                 proposed_hlc: hlc,
                 count: 2,
-                batch: batch::propose(hlc, "us-east", &[r.clone(), r]),
+                batch: batch::propose(hlc, "us-east", &[r.clone(), r], None),
             }
         };
         assert_eq!(step(&mut sm, &mut b, append(500)), CommandResult::NotWriter);
@@ -1618,7 +1764,173 @@ mod tests {
             value: Some(bytes::Bytes::from_static(b"v")),
             headers: vec![],
         };
-        batch::propose(hlc, "us-east", &vec![r; n])
+        batch::propose(hlc, "us-east", &vec![r; n], None)
+    }
+
+    fn producer(node: u64, seq: i32) -> Producer {
+        Producer {
+            id: ((node << producers::PID_NODE_SHIFT) | 7) as i64,
+            epoch: 0,
+            base_sequence: seq,
+        }
+    }
+
+    fn idempotent(hlc: u64, n: usize, p: Producer, settled_at: u64) -> Command {
+        let r = RecordIn {
+            key: None,
+            value: Some(bytes::Bytes::from_static(b"v")),
+            headers: vec![],
+        };
+        Command::AppendIdempotent {
+            proposed_hlc: hlc,
+            count: n as u32,
+            batch: batch::propose(hlc, "us-east", &vec![r; n], Some(p)),
+            settled_at,
+        }
+    }
+
+    /// Retries of an idempotent producer's batch are answered with the
+    /// original, out-of-order batches are refused, and the state outlives a
+    /// restart.
+    #[tokio::test]
+    async fn an_idempotent_producers_retry_is_stored_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let us = producer(1, 0);
+        {
+            let mut sm = machine_with(dir.path(), &["us-east"]);
+            let mut b = WriteBatch::default();
+            let first = step(&mut sm, &mut b, idempotent(1_000, 2, us, 0));
+            assert!(matches!(
+                first,
+                CommandResult::Appended { base_offset: 0, .. }
+            ));
+            assert_eq!(
+                step(&mut sm, &mut b, idempotent(2_000, 2, us, 0)),
+                CommandResult::Duplicate {
+                    log: sm.own_ref(),
+                    base_offset: 0,
+                    end_offset: 2,
+                    view_offset: Some(0),
+                }
+            );
+            assert_eq!(
+                step(&mut sm, &mut b, idempotent(3_000, 1, producer(1, 5), 0)),
+                CommandResult::ProducerRefused(producers::Refusal::OutOfOrder {
+                    expected: 2,
+                    got: 5
+                })
+            );
+            let stranger = Producer {
+                id: us.id + 1,
+                ..producer(1, 3)
+            };
+            assert_eq!(
+                step(&mut sm, &mut b, idempotent(3_000, 1, stranger, 0)),
+                CommandResult::ProducerRefused(producers::Refusal::UnknownProducer)
+            );
+            let next = step(&mut sm, &mut b, idempotent(4_000, 1, producer(1, 2), 0));
+            assert!(matches!(
+                next,
+                CommandResult::Appended { base_offset: 2, .. }
+            ));
+            assert_eq!(sm.own_state().next_offset, 3, "each record once");
+            sm.persist(b).unwrap();
+        }
+        let mut sm = machine_with(dir.path(), &["us-east"]);
+        let mut b = WriteBatch::default();
+        assert!(matches!(
+            step(&mut sm, &mut b, idempotent(5_000, 1, producer(1, 2), 0)),
+            CommandResult::Duplicate { base_offset: 2, .. }
+        ));
+        assert_eq!(sm.own_state().next_offset, 3);
+    }
+
+    /// A producer that wrote through eu-west and retries here: its batch
+    /// waits until eu-west's log is held here up to the proposal's settle
+    /// point, and is then recognised as the copy eu-west stored.
+    #[tokio::test]
+    async fn a_retry_in_another_region_is_recognised_once_that_regions_log_is_here() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = machine(dir.path());
+        let west = LogRef {
+            origin: origin_id("eu-west"),
+            epoch: EPOCH_FIRST,
+        };
+        let mut b = WriteBatch::default();
+        step(&mut sm, &mut b, Command::Close { hlc: 500 });
+        let p = producer(4, 0);
+        let records = vec![
+            RecordIn {
+                key: None,
+                value: Some(bytes::Bytes::from_static(b"w")),
+                headers: vec![],
+            };
+            2
+        ];
+        let h = BatchHeader {
+            base_offset: 0,
+            count: 2,
+            first_hlc: 900,
+        };
+        let copy = batch::store(h, &batch::propose(900, "eu-west", &records, Some(p)));
+        step(&mut sm, &mut b, replicate(1_000, 2, vec![copy.into()]));
+        // eu-west's log is closed at 1000 here: not up to 5000.
+        assert_eq!(
+            step(&mut sm, &mut b, idempotent(4_000, 2, p, 5_000)),
+            CommandResult::ProducerRefused(producers::Refusal::Settling {
+                origin: west.origin
+            })
+        );
+        step(&mut sm, &mut b, replicate(6_000, 2, vec![]));
+        assert_eq!(
+            step(&mut sm, &mut b, idempotent(4_100, 2, p, 5_000)),
+            CommandResult::Duplicate {
+                log: west,
+                base_offset: 0,
+                end_offset: 2,
+                view_offset: None,
+            }
+        );
+        // The sequence continues here, and then it is this region's.
+        let next = step(&mut sm, &mut b, idempotent(7_000, 1, producer(4, 2), 5_500));
+        assert!(matches!(
+            next,
+            CommandResult::Appended { base_offset: 0, .. }
+        ));
+        assert!(matches!(
+            step(
+                &mut sm,
+                &mut b,
+                idempotent(7_100, 1, producer(4, 2), 99_000)
+            ),
+            CommandResult::Duplicate { base_offset: 0, .. }
+        ));
+        // A new producer given its id in eu-west waits too; a sealed log
+        // held to its seal is settled whatever its closed timestamp.
+        let fresh = producer(4, 0);
+        let fresh = Producer {
+            id: fresh.id + 1,
+            ..fresh
+        };
+        assert!(matches!(
+            step(&mut sm, &mut b, idempotent(8_000, 1, fresh, 50_000)),
+            CommandResult::ProducerRefused(producers::Refusal::Settling { .. })
+        ));
+        step(
+            &mut sm,
+            &mut b,
+            Command::SealLog {
+                origin: west.origin,
+                epoch: west.epoch,
+                end: 2,
+                last_hlc: 901,
+                successor: None,
+            },
+        );
+        assert!(matches!(
+            step(&mut sm, &mut b, idempotent(8_100, 1, fresh, 50_000)),
+            CommandResult::Appended { .. }
+        ));
     }
 
     /// Failback as a survivor sees it: the returning region's records past
