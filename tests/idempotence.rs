@@ -1,0 +1,372 @@
+//! Idempotent producers: InitProducerId, sequence checks with the error
+//! codes Kafka clients act on, and retried batches stored once: by the
+//! region that stored the original, and by another region after the
+//! producer's region failed. The retries are made by python confluent-kafka
+//! (librdkafka), unmodified, whose requests time out or whose broker dies.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use common::{http_get, meridian, python_json, require, Cluster};
+use kafka_protocol::messages::{ApiKey, InitProducerIdRequest, InitProducerIdResponse};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
+use meridian::client::{fetch_on, produce_on, Client, ClientError, Connection};
+use meridian::storage::producers::allocating_node;
+
+fn create(bootstrap: &str, topic: &str, partitions: u32, configs: &[&str]) {
+    let p = partitions.to_string();
+    let mut args = vec!["topic", "create", "-b", bootstrap, "-p", &p];
+    for kv in configs {
+        args.extend(["-c", kv]);
+    }
+    args.push(topic);
+    let (ok, out, err) = meridian(&args);
+    assert!(ok, "create {topic}: {out}{err}");
+}
+
+/// A batch of `n` records from producer `pid` at `epoch`, sequences from `seq`.
+fn batch(pid: i64, epoch: i16, seq: i32, n: usize, tag: &str) -> Bytes {
+    let recs: Vec<Record> = (0..n)
+        .map(|i| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: pid,
+            producer_epoch: epoch,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            sequence: seq + i as i32,
+            timestamp: 1_763_712_000_000,
+            key: None,
+            value: Some(Bytes::from(format!("{tag}-{i}"))),
+            headers: Default::default(),
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &recs,
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .unwrap();
+    buf.freeze()
+}
+
+async fn init_producer_id(c: &Connection) -> InitProducerIdResponse {
+    let req = InitProducerIdRequest::default()
+        .with_transaction_timeout_ms(60_000)
+        .with_producer_id(kafka_protocol::messages::ProducerId(-1))
+        .with_producer_epoch(-1);
+    c.call(ApiKey::InitProducerId, 4, &req).await.unwrap()
+}
+
+fn code(r: Result<i64, ClientError>) -> i16 {
+    match r {
+        Err(ClientError::Kafka { code, .. }) => code,
+        other => panic!("expected a Kafka error, got {other:?}"),
+    }
+}
+
+/// The protocol as a Kafka client sees it, batch by batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequences_are_checked_and_a_retry_gets_the_original_offset() {
+    let c = Cluster::start();
+    let client = Client::new(&c.bootstrap());
+    client
+        .create_topic("idem", 1, &Default::default())
+        .await
+        .unwrap();
+    let leader = client.leader("idem", 0).await.unwrap();
+
+    let a = init_producer_id(&leader).await;
+    let b = init_producer_id(&leader).await;
+    assert_eq!(a.error_code, 0);
+    assert_eq!(a.producer_epoch, 0);
+    assert_ne!(a.producer_id, b.producer_id, "a new id each time");
+    let pid = a.producer_id.0;
+    assert!(
+        c.nodes.iter().any(|n| n.id == allocating_node(pid)),
+        "the id names the node that gave it out: {pid}"
+    );
+    // Transactions are not served.
+    let tx: InitProducerIdResponse = leader
+        .call(
+            ApiKey::InitProducerId,
+            4,
+            &InitProducerIdRequest::default()
+                .with_transactional_id(Some(kafka_protocol::messages::TransactionalId(
+                    "tx".to_string().into(),
+                )))
+                .with_transaction_timeout_ms(60_000),
+        )
+        .await
+        .unwrap();
+    assert_eq!(tx.error_code, 35, "UNSUPPORTED_VERSION");
+
+    let first = produce_on(&leader, "idem", 0, batch(pid, 0, 0, 3, "a"), -1)
+        .await
+        .unwrap();
+    let retry = produce_on(&leader, "idem", 0, batch(pid, 0, 0, 3, "a"), -1)
+        .await
+        .unwrap();
+    assert_eq!(
+        retry, first,
+        "the retry is answered with the original offset"
+    );
+    // A gap, a stranger in mid-sequence, an old epoch after a new one.
+    assert_eq!(
+        code(produce_on(&leader, "idem", 0, batch(pid, 0, 5, 1, "gap"), -1).await),
+        45,
+        "OUT_OF_ORDER_SEQUENCE_NUMBER"
+    );
+    assert_eq!(
+        code(produce_on(&leader, "idem", 0, batch(b.producer_id.0, 0, 7, 1, "x"), -1).await),
+        59,
+        "UNKNOWN_PRODUCER_ID"
+    );
+    for i in 0..6 {
+        produce_on(&leader, "idem", 0, batch(pid, 0, 3 + i, 1, "c"), -1)
+            .await
+            .unwrap();
+    }
+    // Older than the five batches remembered: a duplicate all the same.
+    assert_eq!(
+        code(produce_on(&leader, "idem", 0, batch(pid, 0, 0, 3, "a"), -1).await),
+        46,
+        "DUPLICATE_SEQUENCE_NUMBER"
+    );
+    produce_on(&leader, "idem", 0, batch(pid, 1, 0, 1, "e1"), -1)
+        .await
+        .unwrap();
+    assert_eq!(
+        code(produce_on(&leader, "idem", 0, batch(pid, 0, 9, 1, "e0"), -1).await),
+        47,
+        "INVALID_PRODUCER_EPOCH"
+    );
+    // Stored: 3 + 6 + 1 records, each once.
+    let (recs, hw) = fetch_on(&leader, "idem", 0, 0, 1000).await.unwrap();
+    assert_eq!(hw, 10);
+    assert_eq!(recs.len(), 10);
+    let values: Vec<String> = recs
+        .iter()
+        .map(|r| String::from_utf8_lossy(r.value.as_deref().unwrap()).to_string())
+        .collect();
+    assert_eq!(&values[..3], ["a-0", "a-1", "a-2"]);
+    assert_eq!(values[9], "e1-0");
+}
+
+fn idempotent_py(args: &[&str], timeout: Duration) -> serde_json::Value {
+    python_json("idempotent.py", args, timeout)
+}
+
+/// Sum of a counter over some nodes' `/metrics`.
+fn counter(c: &Cluster, region: &str, name: &str) -> u64 {
+    c.region_nodes(region)
+        .iter()
+        .filter_map(|n| http_get(&n.admin, "/metrics"))
+        .map(|(_, body)| {
+            body.lines()
+                .filter(|l| l.starts_with(name))
+                .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+                .sum::<f64>() as u64
+        })
+        .sum()
+}
+
+/// The region of the metadata group's leader, and the two others. Delays
+/// are put between the two others only: their lease renewals go to the
+/// leader unhindered, so no region is failed over for the delay.
+fn regions_around_meta_leader(c: &Cluster) -> (String, String, String) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let leader = c.nodes.iter().find_map(|n| {
+            let (_, body) = http_get(&n.admin, "/status")?;
+            let s: serde_json::Value = serde_json::from_str(&body).ok()?;
+            s["meta"]["leader"].as_u64()
+        });
+        if let Some(l) = leader {
+            let m = c.node(l).region.clone();
+            let others: Vec<String> = ["us-east", "eu-west", "ap-south"]
+                .into_iter()
+                .filter(|r| *r != m)
+                .map(String::from)
+                .collect();
+            return (m, others[0].clone(), others[1].clone());
+        }
+        assert!(Instant::now() < deadline, "no metadata leader");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn delay(c: &Cluster, a: &str, b: &str, ms: u64) {
+    c.set_faults(&format!(
+        r#"{{"delay": [{{"a": "{a}", "b": "{b}", "ms": {ms}}}]}}"#
+    ));
+}
+
+fn tally(values: &serde_json::Value) -> BTreeMap<String, usize> {
+    let mut seen = BTreeMap::new();
+    for v in values.as_array().unwrap() {
+        *seen.entry(v.as_str().unwrap().to_string()).or_default() += 1;
+    }
+    seen
+}
+
+fn assert_all_delivered(out: &serde_json::Value, n: usize) {
+    assert!(out["fatal"].is_null(), "fatal producer error: {out}");
+    assert_eq!(out["failed"], serde_json::json!([]), "{out}");
+    assert_eq!(out["delivered"].as_array().unwrap().len(), n, "{out}");
+}
+
+/// A region's acks of a `sync` topic (all three regions) take longer than
+/// the producer waits for an answer: librdkafka gets a retriable error and
+/// sends the same batches again, which are answered with the batches
+/// stored the first time.
+#[test]
+fn a_producers_batches_sent_again_are_stored_once() {
+    require("python3");
+    let c = Cluster::start_three();
+    let (_, home, far) = regions_around_meta_leader(&c);
+    let boot = c.region_bootstrap(&home);
+    create(
+        &boot,
+        "orders",
+        1,
+        &["meridian.replication=sync", "meridian.sync.quorum=3"],
+    );
+    delay(&c, &home, &far, 3000);
+    let out = idempotent_py(
+        &[
+            "produce",
+            &boot,
+            "orders",
+            "o",
+            "20",
+            r#"{"request.timeout.ms": 1000}"#,
+        ],
+        Duration::from_secs(180),
+    );
+    c.set_faults("{}");
+    assert_all_delivered(&out, 20);
+    let read = idempotent_py(
+        &["read", &boot, "orders", "1", "20", "5000"],
+        Duration::from_secs(60),
+    );
+    let seen = tally(&read["values"]);
+    assert_eq!(seen.len(), 20, "every record stored: {read}");
+    assert!(
+        seen.values().all(|n| *n == 1),
+        "a retried batch was stored twice: {seen:?}"
+    );
+    let retried = counter(&c, &home, "meridian_idempotent_duplicates_total");
+    assert!(retried >= 1, "the producer sent no batch twice: {out}");
+}
+
+/// The retry goes to another region: the producer's region committed its
+/// batch and the metadata leader's region holds a copy, but the producer's
+/// region dies before it can answer (the topic's quorum is all three
+/// regions, and the third is far away). librdkafka moves to a surviving
+/// region (the metadata lists every region's brokers) and sends the batch
+/// again; it is answered with the dead region's copy once the failover
+/// sealed that region's log, and the producer's next records follow.
+#[test]
+fn a_batch_retried_in_another_region_after_a_failover_is_stored_once() {
+    require("python3");
+    let mut c = Cluster::start_three();
+    let (survivor, home, far) = regions_around_meta_leader(&c);
+    let boot = c.region_bootstrap(&home);
+    create(
+        &boot,
+        "ledger",
+        1,
+        &["meridian.replication=sync", "meridian.sync.quorum=3"],
+    );
+    delay(&c, &home, &far, 30000);
+    let producer = {
+        let boot = boot.clone();
+        std::thread::spawn(move || {
+            idempotent_py(
+                &[
+                    "produce",
+                    &boot,
+                    "ledger",
+                    "l",
+                    "1,9",
+                    r#"{"request.timeout.ms": 20000}"#,
+                ],
+                Duration::from_secs(200),
+            )
+        })
+    };
+    let held = |c: &Cluster| {
+        c.region_nodes(&survivor).iter().any(|n| {
+            let Some((200, body)) = http_get(&n.admin, "/status") else {
+                return false;
+            };
+            let s: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            s["partitions"].as_array().is_some_and(|ps| {
+                ps.iter().any(|p| {
+                    p["topic"] == "ledger"
+                        && p["origin_logs"].as_array().is_some_and(|ls| {
+                            ls.iter().any(|l| {
+                                l["origin"] == home.as_str() && l["next_offset"].as_u64() >= Some(1)
+                            })
+                        })
+                })
+            })
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while !held(&c) {
+        assert!(
+            Instant::now() < deadline,
+            "{survivor} never held {home}'s copy"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let ids: Vec<u64> = c.region_nodes(&home).iter().map(|n| n.id).collect();
+    for id in ids {
+        c.kill9(id);
+    }
+    // Two regions are left: the operator lowers the quorum so that new
+    // writes can be acknowledged.
+    let survivors = c.region_bootstrap(&survivor);
+    let (ok, o, e) = meridian(&[
+        "topic",
+        "alter",
+        "-b",
+        &survivors,
+        "--set",
+        "meridian.sync.quorum=2",
+        "ledger",
+    ]);
+    assert!(ok, "alter: {o}{e}");
+    let out = producer.join().unwrap();
+    assert_all_delivered(&out, 10);
+    let read = idempotent_py(
+        &["read", &survivors, "ledger", "1", "10", "8000"],
+        Duration::from_secs(60),
+    );
+    let seen = tally(&read["values"]);
+    assert!(
+        seen.values().all(|n| *n == 1),
+        "a retried batch was stored twice: {seen:?}"
+    );
+    assert_eq!(seen.len(), 10, "every record stored: {read}");
+    // The producer moved to either surviving region.
+    let retried = counter(&c, &survivor, "meridian_idempotent_duplicates_total")
+        + counter(&c, &far, "meridian_idempotent_duplicates_total");
+    assert!(
+        retried >= 1,
+        "no surviving region saw a retry of {home}'s batch: {out}"
+    );
+}
