@@ -537,6 +537,9 @@ impl Router {
         let rx = Groups::submit(&g.raft, cmd).await?;
         match Groups::wait(rx, timeout).await?.0 {
             CommandResult::Reinjected { upto } => Ok(upto),
+            // Waiting for another region's records (its retries); the
+            // caller tries again.
+            CommandResult::ProducerRefused(r) => Err(PartitionError::Producer(r)),
             CommandResult::Sealed => Err(PartitionError::Fenced(self.me.region.clone())),
             CommandResult::NotWriter => Err(PartitionError::NotLeader(None)),
             other => Err(PartitionError::Storage(format!(

@@ -278,6 +278,7 @@ impl Failover {
         let mut offset = None;
         for b in &batches {
             let (h, recs) = batch::records_of(b)?;
+            let producer = batch::producer_of(&b[batch::HEADER_LEN..]);
             offset.get_or_insert(h.base_offset);
             for (i, mut r) in recs.into_iter().enumerate() {
                 r.headers
@@ -295,6 +296,13 @@ impl Failover {
                     batch::HEADER_REINJECTED_HLC.to_string(),
                     Some(hlc.to_string().into()),
                 ));
+                if let Some(p) = producer {
+                    let seq = crate::storage::producers::seq_add(p.base_sequence, i as i64);
+                    r.headers.push((
+                        batch::HEADER_REINJECTED_PRODUCER.to_string(),
+                        Some(format!("{}/{}/{seq}", p.id, p.epoch).into()),
+                    ));
+                }
                 records.push(r);
             }
         }

@@ -25,6 +25,10 @@ pub const HEADER_HLC: &str = "meridian.hlc";
 pub const HEADER_REINJECTED_FROM: &str = "meridian.reinjected.from";
 /// On a record re-injected at failback: its original HLC.
 pub const HEADER_REINJECTED_HLC: &str = "meridian.reinjected.hlc";
+/// On a record re-injected at failback that an idempotent producer sent:
+/// `id/epoch/sequence`, so that a retry stored meanwhile elsewhere is not
+/// stored again.
+pub const HEADER_REINJECTED_PRODUCER: &str = "meridian.reinjected.producer";
 
 /// Identity of a stored batch: records `base_offset ..` with HLCs
 /// `first_hlc ..`, one apart (see `hlc::assign_first`).
@@ -279,7 +283,7 @@ pub fn records_of(value: &[u8]) -> Result<(BatchHeader, Vec<RecordIn>), String> 
 }
 
 /// The `count` records of a Kafka record batch.
-fn decode_records(kafka: &[u8], count: u32) -> Result<Vec<RecordIn>, String> {
+pub fn decode_records(kafka: &[u8], count: u32) -> Result<Vec<RecordIn>, String> {
     let mut bytes = Bytes::copy_from_slice(kafka);
     let sets = RecordBatchDecoder::decode_all(&mut bytes).map_err(|e| e.to_string())?;
     let records: Vec<RecordIn> = sets

@@ -171,6 +171,13 @@ impl ProducerTable {
         self.producers.get(&id).filter(|st| !expired(st, now_hlc))
     }
 
+    /// Whether producer `id` stored sequence `seq` of `epoch` here: it is
+    /// at or below the producer's last stored sequence of that epoch.
+    pub fn has_stored(&self, id: i64, epoch: i16, seq: i32, now_hlc: u64) -> bool {
+        self.get(id, now_hlc)
+            .is_some_and(|st| st.epoch == epoch && behind(seq, st.last().last_seq) <= SEQ_SPAN / 2)
+    }
+
     /// The answer to a batch of `count` records from `p`, arriving at `now_hlc`.
     pub fn check(&self, p: Producer, count: u32, now_hlc: u64) -> Verdict {
         let Some(st) = self.get(p.id, now_hlc) else {

@@ -400,7 +400,21 @@ impl StateMachine {
                 if offset != upto || count == 0 {
                     return CommandResult::Reinjected { upto };
                 }
-                match self.append_own(b, proposed_hlc, count, &proposed, None) {
+                let (kept, kept_batch) =
+                    match self.not_yet_stored(from, proposed_hlc, count, &proposed) {
+                        Ok(k) => k,
+                        Err(refused) => return refused,
+                    };
+                let appended = match kept_batch {
+                    None => CommandResult::Appended {
+                        base_offset: 0,
+                        first_hlc: 0,
+                        last_hlc: 0,
+                        view_offset: None,
+                    },
+                    Some(batch) => self.append_own(b, proposed_hlc, kept, &batch, None),
+                };
+                match appended {
                     CommandResult::Appended { .. } => {
                         let upto = offset + count as u64;
                         self.applied.reinjected.insert(from, upto);
@@ -633,6 +647,69 @@ impl StateMachine {
             Verdict::StaleEpoch { current } => producers::Refusal::StaleEpoch { current },
         };
         Some(CommandResult::ProducerRefused(refusal))
+    }
+
+    /// The records of a re-injection (from sealed log `from`) to append:
+    /// an idempotent producer's record whose sequence the producer has
+    /// stored since (it sent it again elsewhere after the failover) is
+    /// dropped. Returns how many are kept and their batch (`None`: none is
+    /// left to append). Waits
+    /// (refused, the caller retries) until every other writer region's log
+    /// is held here up to the proposal, so a retry stored there is seen.
+    fn not_yet_stored(
+        &self,
+        from: LogRef,
+        proposed_hlc: u64,
+        count: u32,
+        proposed: &bytes::Bytes,
+    ) -> Result<(u32, Option<bytes::Bytes>), CommandResult> {
+        let Ok(records) = batch::decode_records(proposed, count) else {
+            return Ok((count, Some(proposed.clone())));
+        };
+        let producer_of = |r: &crate::raft::types::RecordIn| -> Option<(i64, i16, i32)> {
+            let (_, v) = r
+                .headers
+                .iter()
+                .find(|(k, _)| k == batch::HEADER_REINJECTED_PRODUCER)?;
+            let text = std::str::from_utf8(v.as_deref()?).ok()?;
+            let mut it = text.split('/');
+            Some((
+                it.next()?.parse().ok()?,
+                it.next()?.parse().ok()?,
+                it.next()?.parse().ok()?,
+            ))
+        };
+        if records.iter().all(|r| producer_of(r).is_none()) {
+            return Ok((count, Some(proposed.clone())));
+        }
+        let own = self.own_ref().origin;
+        if let Some(origin) = self
+            .view_origins
+            .iter()
+            .copied()
+            .filter(|o| *o != own && *o != from.origin)
+            .find(|o| !settled(&self.applied.logs, *o, proposed_hlc))
+        {
+            return Err(CommandResult::ProducerRefused(
+                producers::Refusal::Settling { origin },
+            ));
+        }
+        let now = proposed_hlc.max(self.own_state().last_hlc);
+        let kept: Vec<_> = records
+            .into_iter()
+            .filter(|r| match producer_of(r) {
+                Some((id, epoch, seq)) => !self.producers.has_stored(id, epoch, seq, now),
+                None => true,
+            })
+            .collect();
+        if kept.is_empty() {
+            return Ok((0, None));
+        }
+        let n = kept.len() as u32;
+        Ok((
+            n,
+            Some(batch::propose(proposed_hlc, &self.origin, &kept, None)),
+        ))
     }
 
     /// A writer region whose log is not yet held here up to `hlc` (its
@@ -1931,6 +2008,57 @@ mod tests {
             step(&mut sm, &mut b, idempotent(8_100, 1, fresh, 50_000)),
             CommandResult::Appended { .. }
         ));
+    }
+
+    /// eu-west committed a producer's batch past its seal (never
+    /// acknowledged), and the producer sent it again here after the
+    /// failover: at failback that record is not re-injected, the producer's
+    /// next one, never stored here, is.
+    #[tokio::test]
+    async fn a_reinjected_record_the_producer_stored_here_since_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = machine(dir.path());
+        let west = LogRef {
+            origin: origin_id("eu-west"),
+            epoch: EPOCH_FIRST,
+        };
+        let mut b = WriteBatch::default();
+        step(&mut sm, &mut b, replicate(1_000, 0, vec![]));
+        step(&mut sm, &mut b, seal("eu-west", 0, 900));
+        // The retry of sequence 0 (the producer got its id in eu-west).
+        let p = producer(4, 0);
+        let first = step(&mut sm, &mut b, idempotent(2_000, 1, p, 1_500));
+        assert!(matches!(first, CommandResult::Appended { .. }), "{first:?}");
+        let past_seal = |seq: i32| RecordIn {
+            key: None,
+            value: Some(bytes::Bytes::from(format!("w{seq}"))),
+            headers: vec![(
+                batch::HEADER_REINJECTED_PRODUCER.into(),
+                Some(format!("{}/0/{seq}", p.id).into()),
+            )],
+        };
+        let records = [past_seal(0), past_seal(1)];
+        let r = step(
+            &mut sm,
+            &mut b,
+            Command::Reinject {
+                from: west,
+                offset: 0,
+                proposed_hlc: 3_000,
+                count: 2,
+                batch: batch::propose(3_000, "us-east", &records, None),
+            },
+        );
+        assert_eq!(r, CommandResult::Reinjected { upto: 2 });
+        let own = sm.own_ref();
+        assert_eq!(
+            sm.applied.logs[&own].next_offset, 2,
+            "the retry and the one record never stored"
+        );
+        sm.persist(b).unwrap();
+        let stored = read::stored(sm.db.as_ref(), sm.log_key(own), 1, 2, 1 << 20).unwrap();
+        let (_, recs) = batch::records_of(&stored[0]).unwrap();
+        assert_eq!(recs[0].value.as_deref(), Some(&b"w1"[..]));
     }
 
     /// Failback as a survivor sees it: the returning region's records past
