@@ -465,6 +465,10 @@ pub struct RaftConfig {
     /// The metadata group snapshots its state and purges its log every this
     /// many entries (lease renewals add about one per node and second).
     pub meta_snapshot_entries: u64,
+    /// Each node looks this often for a partition it leads that belongs
+    /// to another node (`raft::balance`), and hands over at most one; 0
+    /// turns leadership balancing off.
+    pub balance_interval_ms: u64,
 }
 
 impl Default for RaftConfig {
@@ -477,6 +481,7 @@ impl Default for RaftConfig {
             election_timeout_ms_max: 1600,
             payload_entries_max: 16,
             meta_snapshot_entries: 10_000,
+            balance_interval_ms: 5_000,
         }
     }
 }

@@ -494,6 +494,8 @@ impl Router {
             .partition(group)
             .ok_or(PartitionError::LeaderNotAvailable)?;
         match g.leader() {
+            // Handing leadership over (raft::balance): retriable.
+            Some(l) if l == self.node_id() && g.releasing() => Err(PartitionError::NotLeader(None)),
             Some(l) if l == self.node_id() => Ok(g),
             None => Err(PartitionError::LeaderNotAvailable),
             other => Err(PartitionError::NotLeader(other)),

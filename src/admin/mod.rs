@@ -141,6 +141,9 @@ pub struct Status {
     pub region: String,
     pub kafka: String,
     pub partitions_led: usize,
+    /// Partition groups led by each node of this region, as this node's
+    /// replicas see them: the spread that `raft::balance` evens out.
+    pub leaders: std::collections::BTreeMap<u64, usize>,
     /// Milliseconds of writing this node's region lease has left, as this
     /// node acts on it; absent with one region (no lease needed).
     pub lease_ms: Option<i64>,
@@ -241,6 +244,7 @@ pub fn status_of(r: &Router) -> Status {
         node: r.node_id(),
         region: r.me.region.clone(),
         kafka: r.me.kafka.to_string(),
+        leaders: r.groups.leadership(),
         partitions_led: partitions
             .iter()
             .filter(|p| p.leader == Some(r.node_id()))

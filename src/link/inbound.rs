@@ -156,6 +156,11 @@ pub fn handle(
                 if kind == KIND_LINK_STATE {
                     return ser(&Reply::Logs(held(&g)));
                 }
+                if g.releasing() {
+                    // Handing leadership over (raft::balance): the sender
+                    // finds the new leader and resends.
+                    return ser(&Reply::NotLeader(None));
+                }
                 let ship: Ship = bincode::deserialize(&payload).map_err(|e| e.to_string())?;
                 let lane = lanes.lane(g.id, ship.log);
                 ser(&copy(&groups, &g, &lane, ship, drift_max, &metrics, timeout).await)

@@ -200,6 +200,9 @@ impl Link {
         if !due {
             return;
         }
+        if g.releasing() {
+            return; // handing leadership over: nothing new to propose
+        }
         if !closing.lock().expect("closing lock").insert(g.id) {
             return; // one close in flight per partition
         }
@@ -242,6 +245,9 @@ impl Link {
             .unwrap_or(0)
             .min(st.next_offset);
         if best <= st.remote_held {
+            return;
+        }
+        if g.releasing() {
             return;
         }
         if !holding.lock().expect("holding lock").insert(g.id) {

@@ -2,7 +2,7 @@
 //! partition groups, started and stopped as the meta group's topics change.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -17,9 +17,10 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
+use super::balance;
 use super::network::{
-    NetworkFactory, KIND_APPEND, KIND_HELD, KIND_META_RELAY, KIND_META_WRITE, KIND_PING,
-    KIND_SNAPSHOT, KIND_VOTE,
+    NetworkFactory, KIND_APPEND, KIND_CAMPAIGN, KIND_HELD, KIND_META_RELAY, KIND_META_WRITE,
+    KIND_PING, KIND_SNAPSHOT, KIND_VOTE,
 };
 use super::prevote;
 use super::types::{Command, CommandResult, GroupId, NodeId, Raft, TypeConfig, META_GROUP};
@@ -62,6 +63,9 @@ pub struct PartitionGroup {
     pub partition: u32,
     pub raft: Raft,
     pub progress: watch::Receiver<Progress>,
+    /// This node, the leader, is handing the group to another node
+    /// (`raft::balance`): it proposes nothing new meanwhile.
+    pub releasing: AtomicBool,
 }
 
 impl PartitionGroup {
@@ -70,6 +74,9 @@ impl PartitionGroup {
     }
     pub fn label(&self) -> String {
         format!("{}-{}", self.topic, self.partition)
+    }
+    pub fn releasing(&self) -> bool {
+        self.releasing.load(Ordering::Relaxed)
     }
 }
 
@@ -84,6 +91,8 @@ pub struct Groups {
     transport: Arc<Transport>,
     pub clock: Arc<Clock>,
     raft_config: Arc<openraft::Config>,
+    /// How often this node looks for a leadership handover (zero: never).
+    balance_interval: Duration,
     metrics: Arc<Metrics>,
     pub meta: Raft,
     meta_state: watch::Receiver<Arc<MetaState>>,
@@ -206,6 +215,7 @@ impl Groups {
             transport,
             clock,
             raft_config,
+            balance_interval: Duration::from_millis(raft.balance_interval_ms),
             metrics,
             meta,
             meta_state,
@@ -226,9 +236,121 @@ impl Groups {
             reconciled: watch::channel(0).0,
         });
         tokio::spawn(groups.clone().prevote_loop(shutdown.clone()));
+        tokio::spawn(groups.clone().balance_loop(shutdown.clone()));
         let g = groups.clone();
         let stopped = tokio::spawn(async move { g.reconcile_loop(shutdown).await });
         Ok((groups, stopped))
+    }
+
+    /// Every `raft.balance_interval_ms`, hands at most one group this node
+    /// leads to another node (`raft::balance`).
+    async fn balance_loop(self: Arc<Self>, shutdown: CancellationToken) {
+        if self.balance_interval.is_zero() {
+            return;
+        }
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(self.balance_interval) => {}
+            }
+            if let Some((group, to)) = self.balance_plan() {
+                self.hand_over(group, to).await;
+            }
+        }
+    }
+
+    /// The region's leadership as this node's replicas see it: groups led
+    /// per node.
+    pub fn leadership(&self) -> BTreeMap<NodeId, usize> {
+        let mut load: BTreeMap<NodeId, usize> = self.nodes_sorted.iter().map(|n| (*n, 0)).collect();
+        for g in self.partitions() {
+            if let Some(l) = g.leader() {
+                *load.entry(l).or_default() += 1;
+            }
+        }
+        load
+    }
+
+    fn balance_plan(&self) -> Option<(GroupId, NodeId)> {
+        let load = self.leadership();
+        let led: Vec<balance::Led> = self
+            .partitions()
+            .iter()
+            .filter_map(|g| {
+                let m = g.raft.metrics().borrow().clone();
+                if m.current_leader != Some(self.node_id) || g.releasing() {
+                    return None;
+                }
+                let last = m.last_log_index;
+                let ready = m
+                    .replication
+                    .as_ref()?
+                    .iter()
+                    .filter(|(n, matched)| **n != self.node_id && matched.map(|l| l.index) == last)
+                    .map(|(n, _)| *n)
+                    .collect();
+                Some(balance::Led {
+                    group: g.id,
+                    preferred: preferred_leader(
+                        &self.nodes_sorted,
+                        (g.id >> 32) as u32,
+                        g.partition,
+                    ),
+                    ready,
+                })
+            })
+            .collect();
+        balance::plan(self.node_id, &led, &load)
+    }
+
+    /// Hands `group`, which this node leads, to `to` (see `raft::balance`).
+    async fn hand_over(&self, group: GroupId, to: NodeId) {
+        let Some(g) = self.partition(group) else {
+            return;
+        };
+        let ask = self
+            .transport
+            .call(to, KIND_CAMPAIGN, group, &[], self.transport.rpc_timeout())
+            .await;
+        if let Err(e) = ask {
+            debug!(group, to, error = %e, "the node to hand leadership to did not answer");
+            return;
+        }
+        g.releasing.store(true, Ordering::Relaxed);
+        g.raft.runtime_config().heartbeat(false);
+        let started = Instant::now();
+        let limit = Duration::from_millis(2 * self.raft_config.election_timeout_max);
+        while started.elapsed() < limit && g.leader() == Some(self.node_id) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        g.raft.runtime_config().heartbeat(true);
+        g.releasing.store(false, Ordering::Relaxed);
+        let now = g.leader();
+        if now == Some(to) {
+            info!(group, topic = %g.topic, partition = g.partition, from = self.node_id, to,
+                  took_ms = started.elapsed().as_millis() as u64, "partition leadership handed over");
+        } else {
+            info!(group, to, leader = ?now, "leadership handover did not complete; leading again if still leader");
+        }
+    }
+
+    /// Asked to take over `group`: campaign until leader, for at most
+    /// twice the election timeout (the old leader has stopped its
+    /// heartbeats; followers vote once its lease ran out).
+    fn campaign(&self, group: GroupId) -> Result<(), String> {
+        let g = self
+            .partition(group)
+            .ok_or_else(|| format!("group {group} is not running on this node"))?;
+        let me = self.node_id;
+        let limit = Duration::from_millis(2 * self.raft_config.election_timeout_max);
+        tokio::spawn(async move {
+            let started = Instant::now();
+            while started.elapsed() < limit && g.leader() != Some(me) {
+                let _ = g.raft.trigger().elect().await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        Ok(())
     }
 
     pub fn meta_state(&self) -> Arc<MetaState> {
@@ -505,6 +627,7 @@ impl Groups {
                         partition: p,
                         raft,
                         progress,
+                        releasing: AtomicBool::new(false),
                     });
                     self.partitions
                         .write()
@@ -884,6 +1007,10 @@ impl Handler for Groups {
         group: GroupId,
         payload: bytes::Bytes,
     ) -> BoxFuture<'static, Result<Vec<u8>, String>> {
+        if kind == KIND_CAMPAIGN {
+            let r = self.campaign(group);
+            return Box::pin(async move { r.map(|()| Vec::new()) });
+        }
         if kind == KIND_PING {
             let answer = prevote::encode(&self.prevote_answer());
             return Box::pin(async move { Ok(answer) });

@@ -30,6 +30,9 @@ pub const KIND_META_RELAY: u8 = 5;
 pub const KIND_HELD: u8 = 6;
 /// Whether this node hears a live metadata leader (`raft::prevote`).
 pub const KIND_PING: u8 = 7;
+/// Take over leadership of a partition group, whose leader is handing it
+/// over (`raft::balance`).
+pub const KIND_CAMPAIGN: u8 = 8;
 
 pub struct NetworkFactory {
     pub transport: Arc<Transport>,
