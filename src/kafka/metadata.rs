@@ -152,13 +152,14 @@ fn describe(r: &Router, t: &TopicMeta) -> MetadataResponseTopic {
         .collect();
     let partitions = (0..t.partitions)
         .map(|p| {
-            let (leader, epoch) = match r.groups.partition(t.group(p)) {
-                Some(g) => {
-                    let m = g.raft.metrics().borrow().clone();
-                    (m.current_leader, m.current_term as i32)
-                }
-                None => (None, -1),
-            };
+            // No leader epoch (-1): each region's partition group has Raft
+            // terms of its own, and a client that moves region would take
+            // the new region's lower term for stale metadata and ignore it
+            // (librdkafka does, KIP-320), staying with a dead leader.
+            let leader = r
+                .groups
+                .partition(t.group(p))
+                .and_then(|g| g.raft.metrics().borrow().current_leader);
             let code = if leader.is_some() {
                 0
             } else {
@@ -168,7 +169,7 @@ fn describe(r: &Router, t: &TopicMeta) -> MetadataResponseTopic {
                 .with_error_code(code)
                 .with_partition_index(p as i32)
                 .with_leader_id(BrokerId(leader.map_or(-1, |l| l as i32)))
-                .with_leader_epoch(epoch)
+                .with_leader_epoch(-1)
                 .with_replica_nodes(replicas.clone())
                 .with_isr_nodes(replicas.clone())
         })
