@@ -12,21 +12,10 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{meridian, python_json, repo, require, run, Cluster};
+use common::{create, python_json, repo, require, run, Cluster};
 
 fn groups_py(args: &[&str], timeout: Duration) -> serde_json::Value {
     python_json("groups.py", args, timeout)
-}
-
-fn create(bootstrap: &str, topic: &str, partitions: u32, configs: &[&str]) {
-    let p = partitions.to_string();
-    let mut args = vec!["topic", "create", "-b", bootstrap, "-p", &p];
-    for kv in configs {
-        args.extend(["-c", kv]);
-    }
-    args.push(topic);
-    let (ok, out, err) = meridian(&args);
-    assert!(ok, "create {topic}: {out}{err}");
 }
 
 fn produce_kcat(bootstrap: &str, topic: &str, values: &[String]) {

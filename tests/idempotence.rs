@@ -10,24 +10,13 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use common::{http_get, meridian, python_json, require, Cluster};
+use common::{create, http_get, meridian, python_json, require, Cluster};
 use kafka_protocol::messages::{ApiKey, InitProducerIdRequest, InitProducerIdResponse};
 use kafka_protocol::records::{
     Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
 use meridian::client::{fetch_on, produce_on, Client, ClientError, Connection};
 use meridian::storage::producers::allocating_node;
-
-fn create(bootstrap: &str, topic: &str, partitions: u32, configs: &[&str]) {
-    let p = partitions.to_string();
-    let mut args = vec!["topic", "create", "-b", bootstrap, "-p", &p];
-    for kv in configs {
-        args.extend(["-c", kv]);
-    }
-    args.push(topic);
-    let (ok, out, err) = meridian(&args);
-    assert!(ok, "create {topic}: {out}{err}");
-}
 
 /// A batch of `n` records from producer `pid` at `epoch`, sequences from `seq`.
 fn batch(pid: i64, epoch: i16, seq: i32, n: usize, tag: &str) -> Bytes {
@@ -186,14 +175,22 @@ fn counter(c: &Cluster, region: &str, name: &str) -> u64 {
 /// are put between the two others only: their lease renewals go to the
 /// leader unhindered, so no region is failed over for the delay.
 fn regions_around_meta_leader(c: &Cluster) -> (String, String, String) {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let leader_seen_by = |n: &common::NodeInfo| -> Option<u64> {
+        let (_, body) = http_get(&n.admin, "/status")?;
+        let s: serde_json::Value = serde_json::from_str(&body).ok()?;
+        s["meta"]["leader"].as_u64()
+    };
+    let mut previous = None;
     loop {
-        let leader = c.nodes.iter().find_map(|n| {
-            let (_, body) = http_get(&n.admin, "/status")?;
-            let s: serde_json::Value = serde_json::from_str(&body).ok()?;
-            s["meta"]["leader"].as_u64()
-        });
-        if let Some(l) = leader {
+        // Every node names the same leader, twice a second apart: a
+        // settled leader, not one of a start-up election.
+        let seen: Vec<Option<u64>> = c.nodes.iter().map(leader_seen_by).collect();
+        let agreed = seen.iter().all(|l| l.is_some() && *l == seen[0]);
+        let leader = if agreed { seen[0] } else { None };
+        let stable = leader.is_some() && leader == previous;
+        previous = leader;
+        if let (true, Some(l)) = (stable, leader) {
             let m = c.node(l).region.clone();
             let others: Vec<String> = ["us-east", "eu-west", "ap-south"]
                 .into_iter()
@@ -202,8 +199,8 @@ fn regions_around_meta_leader(c: &Cluster) -> (String, String, String) {
                 .collect();
             return (m, others[0].clone(), others[1].clone());
         }
-        assert!(Instant::now() < deadline, "no metadata leader");
-        std::thread::sleep(Duration::from_millis(200));
+        assert!(Instant::now() < deadline, "no settled metadata leader");
+        std::thread::sleep(Duration::from_millis(1000));
     }
 }
 
@@ -228,8 +225,8 @@ fn assert_all_delivered(out: &serde_json::Value, n: usize) {
 }
 
 /// The producer waits for an answer less than a `sync` topic's ack takes
-/// (a round trip to every other region, at least 80 ms on the dev
-/// topology): every request fails (NOT_ENOUGH_REPLICAS, or librdkafka's own
+/// (a round trip to every other region: at least 110 ms on the dev
+/// topology, relayed or not), so its first request fails (NOT_ENOUGH_REPLICAS, or librdkafka's own
 /// timeout) and librdkafka sends the same batches again, which are
 /// answered with the batches stored the first time once the other regions
 /// hold them. The topic is pinned to us-east: librdkafka may ask any
@@ -258,7 +255,7 @@ fn a_producers_batches_sent_again_are_stored_once() {
             "orders",
             "o",
             "20",
-            r#"{"request.timeout.ms": 40}"#,
+            r#"{"request.timeout.ms": 100}"#,
         ],
         Duration::from_secs(180),
     );

@@ -401,6 +401,18 @@ pub fn meridian(args: &[&str]) -> (bool, String, String) {
     run(Command::new(EXE).args(args), Duration::from_secs(60))
 }
 
+/// Creates a topic with the CLI (`-c KEY=VALUE` for each of `configs`).
+pub fn create(bootstrap: &str, topic: &str, partitions: u32, configs: &[&str]) {
+    let p = partitions.to_string();
+    let mut args = vec!["topic", "create", "-b", bootstrap, "-p", &p];
+    for kv in configs {
+        args.extend(["-c", kv]);
+    }
+    args.push(topic);
+    let (ok, out, err) = meridian(&args);
+    assert!(ok, "create {topic}: {out}{err}");
+}
+
 pub fn require(tool: &str) {
     let ok = Command::new("sh")
         .arg("-c")
