@@ -23,6 +23,12 @@ pub fn from_wall_ms(unix_ms: i64) -> u64 {
     ((unix_ms - EPOCH_UNIX_MS).max(0) as u64) << LOGICAL_BITS
 }
 
+/// The HLC distance of `ms` milliseconds (HLCs that far apart differ by
+/// `ms` in their wall-clock part).
+pub fn span_ms(ms: u64) -> u64 {
+    ms << LOGICAL_BITS
+}
+
 /// HLC of the first of `count` records committed after a record with HLC
 /// `last`, when the leader proposed `proposed`. The records get `first`,
 /// `first + 1`, ... so HLCs strictly increase within an origin log whatever

@@ -470,10 +470,7 @@ impl Router {
                 proposed_hlc,
                 count,
                 batch,
-                settled_at: proposed_hlc
-                    + crate::hlc::from_wall_ms(
-                        crate::hlc::wall_ms(0) + self.link.cfg.clock_drift_ms_max as i64,
-                    ),
+                settled_at: proposed_hlc + crate::hlc::span_ms(self.link.cfg.clock_drift_ms_max),
             },
         };
         let again = matches!(cmd, Command::AppendIdempotent { .. }).then(|| cmd.clone());

@@ -423,7 +423,7 @@ mod tests {
     fn silent_producers_expire_by_the_partitions_clock() {
         let mut t = ProducerTable::default();
         offer(&mut t, p(1, 0, 0), 1, 0, T0);
-        let later = T0 + hlc::from_wall_ms(hlc::wall_ms(0) + EXPIRY_MS + 1);
+        let later = T0 + hlc::span_ms(EXPIRY_MS as u64 + 1);
         assert!(t.get(1, T0 + 1).is_some());
         assert!(t.get(1, later).is_none());
         assert_eq!(

@@ -620,7 +620,7 @@ impl StateMachine {
             }
         };
         if moved {
-            if let Some(origin) = self.unsettled_writer(settled_at) {
+            if let Some(origin) = self.unsettled_writer(settled_at, None) {
                 return Some(CommandResult::ProducerRefused(
                     producers::Refusal::Settling { origin },
                 ));
@@ -682,14 +682,7 @@ impl StateMachine {
         if records.iter().all(|r| producer_of(r).is_none()) {
             return Ok((count, Some(proposed.clone())));
         }
-        let own = self.own_ref().origin;
-        if let Some(origin) = self
-            .view_origins
-            .iter()
-            .copied()
-            .filter(|o| *o != own && *o != from.origin)
-            .find(|o| !settled(&self.applied.logs, *o, proposed_hlc))
-        {
+        if let Some(origin) = self.unsettled_writer(proposed_hlc, Some(from.origin)) {
             return Err(CommandResult::ProducerRefused(
                 producers::Refusal::Settling { origin },
             ));
@@ -712,15 +705,15 @@ impl StateMachine {
         ))
     }
 
-    /// A writer region whose log is not yet held here up to `hlc` (its
-    /// closed timestamp) nor up to its seal.
-    fn unsettled_writer(&self, hlc: u64) -> Option<u32> {
-        let own = self.own_ref();
+    /// A writer region, other than this one and `besides`, whose log is not
+    /// yet held here up to `hlc` (its closed timestamp) nor up to its seal.
+    fn unsettled_writer(&self, hlc: u64, besides: Option<u32>) -> Option<u32> {
+        let own = self.own_ref().origin;
         // This region's own earlier epochs are sealed and held whole.
         self.view_origins
             .iter()
             .copied()
-            .filter(|o| *o != own.origin)
+            .filter(|o| *o != own && Some(*o) != besides)
             .find(|o| !settled(&self.applied.logs, *o, hlc))
     }
 
