@@ -247,6 +247,7 @@ pub const V_CREATE_TOPICS: i16 = 5;
 pub const V_DELETE_TOPICS: i16 = 4;
 pub const V_DESCRIBE_CONFIGS: i16 = 4;
 pub const V_ALTER_CONFIGS: i16 = 1;
+pub const V_INIT_PRODUCER_ID: i16 = 2;
 
 /// A record read from Meridian, with its identity headers split out.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -315,7 +316,7 @@ impl Client {
     }
 
     /// Any reachable broker: the bootstrap list first, then known brokers.
-    async fn any(&self) -> Result<Connection, ClientError> {
+    pub async fn any(&self) -> Result<Connection, ClientError> {
         let mut last = None;
         let known: Vec<String> = self.brokers.lock().await.values().cloned().collect();
         for addr in self.bootstrap.iter().chain(known.iter()) {
@@ -659,6 +660,25 @@ impl Client {
         .await
     }
 
+    /// A new idempotent producer id and epoch (InitProducerId without a
+    /// transactional id).
+    pub async fn init_producer_id(&self) -> Result<(i64, i16), ClientError> {
+        let req = InitProducerIdRequest::default()
+            .with_transactional_id(None)
+            .with_transaction_timeout_ms(i32::MAX)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1);
+        let resp: InitProducerIdResponse = self
+            .any()
+            .await?
+            .call(ApiKey::InitProducerId, V_INIT_PRODUCER_ID, &req)
+            .await?;
+        if resp.error_code != 0 {
+            return Err(ClientError::kafka("InitProducerId", resp.error_code, None));
+        }
+        Ok((resp.producer_id.0, resp.producer_epoch))
+    }
+
     pub async fn list_offset(
         &self,
         topic: &str,
@@ -693,6 +713,61 @@ impl Client {
         })
         .await
     }
+}
+
+/// A record to write, with its headers.
+#[derive(Debug, Clone, Default)]
+pub struct OutRecord {
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+/// An idempotent producer's identity and the sequence of a batch's first
+/// record in its partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerStamp {
+    pub id: i64,
+    pub epoch: i16,
+    pub sequence: i32,
+}
+
+/// Encodes records with headers as one Kafka v2 batch, stamped with an
+/// idempotent producer's id, epoch and first sequence when given.
+pub fn encode_stamped(records: &[OutRecord], stamp: Option<ProducerStamp>) -> Bytes {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let recs: Vec<Record> = records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let headers = r
+                .headers
+                .iter()
+                .map(|(k, v)| (StrBytes::from_string(k.clone()), v.clone().map(Bytes::from)))
+                .collect();
+            let mut rec =
+                crate::kafka::records::plain(0, i, now, r.key.clone(), r.value.clone(), headers);
+            if let Some(s) = stamp {
+                rec.producer_id = s.id;
+                rec.producer_epoch = s.epoch;
+                rec.sequence = s.sequence.wrapping_add(i as i32);
+            }
+            rec
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &recs,
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .expect("encode record batch");
+    buf.freeze()
 }
 
 /// Encodes records as one Kafka v2 batch, as a producer would.

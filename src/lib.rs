@@ -7,6 +7,7 @@
 //! regions, [`view`] merges them, and [`control`] keeps the regions' write
 //! leases. [`admin`] serves operators; [`node`]
 //! ties one process together; [`dev`], [`client`] and [`bench`] serve the CLI,
+//! [`consumer`] is a group member with retry chains and dead-letter topics,
 //! [`drill`] and [`chaos`] fail regions and check the invariants.
 #![forbid(unsafe_code)]
 
@@ -27,6 +28,7 @@ pub mod drill;
 pub mod bench;
 pub mod client;
 pub mod config;
+pub mod consumer;
 pub mod dev;
 pub mod hlc;
 pub mod metrics;

@@ -72,22 +72,38 @@ enum Cmd {
         key: Option<String>,
         values: Vec<String>,
     },
-    /// Read records of one partition.
+    /// Read records of one partition; or, with --group, read a topic and
+    /// its retry chain as a member of a consumer group, accepting or
+    /// rejecting each record (docs/consumers.md#retries-and-dead-letters).
     Consume {
         #[command(flatten)]
         conn: Conn,
         #[arg(short, long)]
         topic: String,
-        #[arg(short, long, default_value_t = 0)]
+        /// Consumer group to join: read from its committed offsets, commit
+        /// each record as it is settled, until Ctrl-C (or -n records).
+        #[arg(short, long)]
+        group: Option<String>,
+        /// With --group: a shell command run for each record (its value on
+        /// stdin; MERIDIAN_TOPIC, _PARTITION, _OFFSET, _ATTEMPT, _KEY set).
+        /// Exit 0 accepts the record; any other status rejects it, with the
+        /// last line of stderr as the reason, to the chain's next topic.
+        /// Without it every record is accepted.
+        #[arg(long, requires = "group")]
+        exec: Option<String>,
+        /// With --exec: kill the command and reject the record after this long.
+        #[arg(long, default_value_t = 30_000, requires = "exec")]
+        exec_timeout_ms: u64,
+        #[arg(short, long, default_value_t = 0, conflicts_with = "group")]
         partition: i32,
         /// First offset (default: the beginning).
-        #[arg(short, long, default_value_t = 0)]
+        #[arg(short, long, default_value_t = 0, conflicts_with = "group")]
         offset: i64,
-        /// Stop after this many records.
+        /// Stop after this many records (with --group: accepted ones).
         #[arg(short = 'n', long)]
         count: Option<u64>,
         /// Stop when no record arrived for this long (0: wait forever).
-        #[arg(long, default_value_t = 2000)]
+        #[arg(long, default_value_t = 2000, conflicts_with = "group")]
         idle_ms: u64,
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
@@ -194,15 +210,34 @@ enum Format {
 
 #[derive(Subcommand)]
 enum TopicCmd {
+    /// Create a topic; or, with --retry-chain, a topic and its retry chain.
     Create {
         #[command(flatten)]
         conn: Conn,
-        name: String,
+        #[arg(
+            required_unless_present = "retry_chain",
+            conflicts_with = "retry_chain"
+        )]
+        name: Option<String>,
         #[arg(short, long, default_value_t = 1)]
         partitions: i32,
-        /// Topic config, KEY=VALUE; repeatable.
+        /// Topic config, KEY=VALUE; repeatable (with --retry-chain: for
+        /// every topic of the chain).
         #[arg(short, long = "config", value_parser = parse_kv)]
         configs: Vec<(String, String)>,
+        /// Create (or complete) the retry chain of this topic: the topic,
+        /// BASE.retry.1 .. BASE.retry.{attempts-1} and BASE.dlq.
+        #[arg(long, value_name = "BASE")]
+        retry_chain: Option<String>,
+        /// Delivery attempts before a record goes to the dead-letter topic.
+        #[arg(long, default_value_t = 3, requires = "retry_chain")]
+        attempts: u32,
+        /// Delay of the first retry topic; each next one doubles it.
+        #[arg(long, default_value_t = 1000, requires = "retry_chain")]
+        backoff_ms: u64,
+        /// Cap on a retry topic's delay.
+        #[arg(long, default_value_t = 300_000, requires = "retry_chain")]
+        backoff_max_ms: u64,
     },
     List {
         #[command(flatten)]
@@ -440,11 +475,26 @@ async fn run(cmd: Cmd) -> Result<()> {
         Cmd::Consume {
             conn,
             topic,
+            group: Some(group),
+            exec,
+            exec_timeout_ms,
+            count,
+            format,
+            ..
+        } => {
+            init_logging(Some("info,meridian::client=warn"));
+            let exec = exec.map(|c| (c, Duration::from_millis(exec_timeout_ms)));
+            run_consume_group(conn, topic, group, exec, count, format).await
+        }
+        Cmd::Consume {
+            conn,
+            topic,
             partition,
             offset,
             count,
             idle_ms,
             format,
+            ..
         } => {
             init_logging(Some("warn"));
             run_consume(conn, topic, partition, offset, count, idle_ms, format).await
@@ -631,6 +681,49 @@ async fn run_produce(
     Ok(())
 }
 
+/// Creates the topics of a retry chain, or completes them: a topic that
+/// exists already keeps its partitions and gets the chain's configs.
+async fn create_chain(
+    c: &Client,
+    plan: &[meridian::consumer::chain::ChainTopic],
+    partitions: i32,
+    configs: &BTreeMap<String, String>,
+) -> Result<()> {
+    for t in plan {
+        let mut all = configs.clone();
+        all.extend(t.configs());
+        let what = match (&t.next, t.delay_ms) {
+            (None, _) => "dead-letter topic".to_string(),
+            (Some(_), 0) => "first topic".to_string(),
+            (Some(_), d) => format!("retry topic, delay {d} ms"),
+        };
+        match c.topic(&t.name, false).await {
+            Ok(info) => {
+                let set: BTreeMap<_, _> = t.configs().into_iter().collect();
+                if !set.is_empty() {
+                    c.alter_configs(&t.name, &set, &[]).await?;
+                }
+                if info.leaders.len() as i32 != partitions {
+                    eprintln!(
+                        "note: {} has {} partition(s), not {partitions}; a rejected record moves to the same partition index, wrapped",
+                        t.name,
+                        info.leaders.len()
+                    );
+                }
+                println!("{}: exists; set as the chain's {what}", t.name);
+            }
+            Err(meridian::client::ClientError::UnknownTopic(_)) => {
+                c.create_topic(&t.name, partitions, &all)
+                    .await
+                    .with_context(|| format!("creating {}", t.name))?;
+                println!("{}: created, {partitions} partition(s), {what}", t.name);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
 async fn run_consume(
     conn: Conn,
     topic: String,
@@ -682,6 +775,83 @@ async fn run_consume(
         }
     }
     Ok(())
+}
+
+/// `meridian consume --group`: one member of `group` over `topic` and its
+/// retry chain, until Ctrl-C or `count` accepted records.
+async fn run_consume_group(
+    conn: Conn,
+    topic: String,
+    group: String,
+    exec: Option<(String, Duration)>,
+    count: Option<u64>,
+    format: Format,
+) -> Result<()> {
+    use meridian::consumer::{exec::verdict, GroupConsumer, Settings, Verdict};
+    let client = Arc::new(Client::new(&conn.bootstrap));
+    let mut member = GroupConsumer::subscribe(client, &group, &[topic], Settings::default())
+        .await
+        .context("cannot subscribe")?;
+    eprintln!(
+        "group {group}: reading {} (Ctrl-C to stop)",
+        member.topics().join(", ")
+    );
+    let stop = CancellationToken::new();
+    let on_signal = stop.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        on_signal.cancel();
+    });
+    let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let done = stop.clone();
+    let stats = member
+        .run(
+            |d| {
+                let exec = exec.clone();
+                let done = done.clone();
+                let accepted = accepted.clone();
+                async move {
+                    let v = match &exec {
+                        Some((cmd, timeout)) => verdict(cmd, &d, *timeout).await,
+                        None => Verdict::Accept,
+                    };
+                    if v == Verdict::Accept {
+                        print_accepted(&d, format);
+                        let n = accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                        if count.is_some_and(|c| n >= c) {
+                            done.cancel();
+                        }
+                    }
+                    v
+                }
+            },
+            &stop,
+        )
+        .await?;
+    eprintln!(
+        "group {group}: {} accepted, {} moved to retry topics, {} to dead-letter topics",
+        stats.accepted, stats.retried, stats.dead
+    );
+    Ok(())
+}
+
+fn print_accepted(d: &meridian::consumer::Delivery, format: Format) {
+    let r = &d.record;
+    let text = |b: &Option<Vec<u8>>| b.as_ref().map(|v| String::from_utf8_lossy(v).into_owned());
+    let line = match format {
+        Format::Text => text(&r.value).unwrap_or_default(),
+        Format::Json => serde_json::json!({
+            "topic": d.topic, "partition": r.partition, "offset": r.offset,
+            "attempt": d.attempt, "timestamp": r.timestamp,
+            "key": text(&r.key), "value": text(&r.value),
+            "headers": r.headers.iter().map(|(k, v)| (k.clone(), text(v))).collect::<BTreeMap<_, _>>(),
+            "origin": r.origin, "hlc": r.hlc,
+        })
+        .to_string(),
+    };
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
 }
 
 async fn run_dev(
@@ -784,11 +954,29 @@ async fn run_topic(cmd: TopicCmd) -> Result<()> {
             name,
             partitions,
             configs,
+            retry_chain,
+            attempts,
+            backoff_ms,
+            backoff_max_ms,
         } => {
             let c = Client::new(&conn.bootstrap);
             let configs: BTreeMap<_, _> = configs.into_iter().collect();
-            c.create_topic(&name, partitions, &configs).await?;
-            println!("created topic {name} with {partitions} partition(s)");
+            match (name, retry_chain) {
+                (_, Some(base)) => {
+                    let plan = meridian::consumer::chain::plan(
+                        &base,
+                        attempts,
+                        backoff_ms,
+                        backoff_max_ms,
+                    )?;
+                    create_chain(&c, &plan, partitions, &configs).await?;
+                }
+                (Some(name), None) => {
+                    c.create_topic(&name, partitions, &configs).await?;
+                    println!("created topic {name} with {partitions} partition(s)");
+                }
+                (None, None) => bail!("name the topic to create, or give --retry-chain BASE"),
+            }
         }
         TopicCmd::List { conn } => {
             let c = Client::new(&conn.bootstrap);

@@ -304,6 +304,11 @@ async fn rpo_backpressure(
 /// Committed batches read for a fetch.
 pub struct ReadResult {
     pub high_watermark: u64,
+    /// Where the records that are due end (`meridian.delay.ms`): the high
+    /// watermark unless the topic delays its records.
+    pub due_end: u64,
+    /// When (Unix ms) the record at `due_end` falls due, if one waits there.
+    pub next_due_ms: Option<i64>,
     pub batches: Vec<bytes::Bytes>,
 }
 
@@ -547,7 +552,9 @@ impl Router {
         }
     }
 
-    /// Committed batches from `offset`, at most about `max_bytes`.
+    /// Committed batches from `offset` that are due (a topic with
+    /// `meridian.delay.ms` holds back records younger than the delay), at
+    /// most about `max_bytes`.
     pub fn read(
         &self,
         topic: &str,
@@ -557,10 +564,32 @@ impl Router {
     ) -> Result<ReadResult, PartitionError> {
         let g = self.partition(topic, partition)?;
         let hw = g.progress.borrow().view_next;
-        let batches = read::view(self.groups.db(), g.id, offset.max(0) as u64, hw, max_bytes)
-            .map_err(|e| PartitionError::Storage(e.to_string()))?;
+        let delay = self
+            .topic(topic)
+            .map_or(0, |t| crate::topic::delay_ms(&t.configs));
+        let (due_end, next_due_ms) = if delay == 0 {
+            (hw, None)
+        } else {
+            let below = crate::topic::due_below(delay, self.groups.clock.wall_now_ms());
+            match read::view_offset_for_hlc(self.groups.db(), g.id, below, hw)
+                .map_err(|e| PartitionError::Storage(e.to_string()))?
+            {
+                Some((pos, hlc)) => (pos, Some(crate::hlc::wall_ms(hlc) + delay as i64)),
+                None => (hw, None),
+            }
+        };
+        let batches = read::view(
+            self.groups.db(),
+            g.id,
+            offset.max(0) as u64,
+            due_end,
+            max_bytes,
+        )
+        .map_err(|e| PartitionError::Storage(e.to_string()))?;
         Ok(ReadResult {
             high_watermark: hw,
+            due_end,
+            next_due_ms,
             batches,
         })
     }

@@ -225,6 +225,16 @@ pub const TOPIC_CONFIGS: &[(&str, &str, &str)] = &[
         "",
         "Optional bound (ms) on an `async` topic's unreplicated window; produce acks wait beyond it.",
     ),
+    (
+        KEY_DELAY_MS,
+        "0",
+        "A record is fetchable only once its HLC time plus this many ms has passed; a fetch stops at the first record not yet due (retry topics).",
+    ),
+    (
+        KEY_RETRY_NEXT,
+        "",
+        "The topic a record rejected by a `meridian consume --group` consumer moves to: the next retry topic, or the dead-letter topic.",
+    ),
 ];
 
 pub const KEY_REGIONS: &str = "meridian.regions";
@@ -232,6 +242,25 @@ pub const KEY_WRITERS: &str = "meridian.writers";
 pub const KEY_REPLICATION: &str = "meridian.replication";
 pub const KEY_SYNC_QUORUM: &str = "meridian.sync.quorum";
 pub const KEY_RPO_MAX_MS: &str = "meridian.rpo.max.ms";
+pub const KEY_DELAY_MS: &str = "meridian.delay.ms";
+pub const KEY_RETRY_NEXT: &str = "meridian.retry.next";
+/// Longest `meridian.delay.ms`: a week.
+pub const DELAY_MS_MAX: u64 = 7 * 24 * 3600 * 1000;
+
+/// A topic's `meridian.delay.ms` (0: records are due when committed).
+pub fn delay_ms(configs: &BTreeMap<String, String>) -> u64 {
+    configs
+        .get(KEY_DELAY_MS)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The smallest HLC not yet due at wall time `now_ms` in a topic delayed by
+/// `delay_ms`: a record is due once its HLC's wall time plus the delay has
+/// passed, so every record below this HLC is fetchable.
+pub fn due_below(delay_ms: u64, now_ms: i64) -> u64 {
+    crate::hlc::from_wall_ms(now_ms.saturating_sub(delay_ms as i64).saturating_add(1))
+}
 /// Keys that shape the global view; changing them would renumber offsets.
 pub const FIXED_AT_CREATION: [&str; 2] = [KEY_REGIONS, KEY_WRITERS];
 
@@ -469,6 +498,15 @@ pub fn validate_config(key: &str, value: &str) -> Result<(), MetaError> {
                 "`{value}` is not a positive number of milliseconds"
             ))),
         },
+        KEY_DELAY_MS => match value.parse::<u64>() {
+            Ok(n) if n <= DELAY_MS_MAX => Ok(()),
+            _ => Err(bad(format!(
+                "`{value}`: use a number of milliseconds from 0 to {DELAY_MS_MAX} (a week)"
+            ))),
+        },
+        KEY_RETRY_NEXT => {
+            validate_topic_name(value).map_err(|_| bad(format!("`{value}` is not a topic name")))
+        }
         _ => {
             let known: Vec<&str> = TOPIC_CONFIGS.iter().map(|c| c.0).collect();
             Err(bad(format!(
@@ -1003,5 +1041,31 @@ mod tests {
             e.to_string().contains("more than the topic's 2 regions"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn delayed_records_fall_due_at_hlc_plus_delay() {
+        let hlc = crate::hlc::from_wall_ms(1_800_000_000_000) + 5; // a logical tick in
+        let due_ms = crate::hlc::wall_ms(hlc) + 1000;
+        // Due once the wall clock reaches its time plus the delay, not before.
+        assert!(hlc >= due_below(1000, due_ms - 1));
+        assert!(hlc < due_below(1000, due_ms));
+        // No delay: everything up to now is due.
+        assert!(hlc < due_below(0, crate::hlc::wall_ms(hlc)));
+        let c = BTreeMap::from([(KEY_DELAY_MS.to_string(), "250".to_string())]);
+        assert_eq!(delay_ms(&c), 250);
+        assert_eq!(delay_ms(&BTreeMap::new()), 0);
+    }
+
+    #[test]
+    fn delay_and_retry_configs_are_checked() {
+        assert!(validate_config(KEY_DELAY_MS, "0").is_ok());
+        assert!(validate_config(KEY_DELAY_MS, &DELAY_MS_MAX.to_string()).is_ok());
+        let e = validate_config(KEY_DELAY_MS, "-5").unwrap_err();
+        assert!(e.to_string().contains("from 0 to"), "{e}");
+        assert!(validate_config(KEY_DELAY_MS, &(DELAY_MS_MAX + 1).to_string()).is_err());
+        assert!(validate_config(KEY_RETRY_NEXT, "orders.retry.1").is_ok());
+        let e = validate_config(KEY_RETRY_NEXT, "no spaces").unwrap_err();
+        assert!(e.to_string().contains("not a topic name"), "{e}");
     }
 }

@@ -1,6 +1,8 @@
 //! Fetch: committed record batches from the requested offsets. A fetch that
 //! finds fewer than `min_bytes` waits (long-poll) for new commits, up to
-//! `max_wait_ms` (capped by `kafka.fetch_wait_ms_max`).
+//! `max_wait_ms` (capped by `kafka.fetch_wait_ms_max`). In a topic with
+//! `meridian.delay.ms` a fetch stops at the first record not yet due, and a
+//! waiting fetch also wakes when that record falls due.
 
 use std::time::{Duration, Instant};
 
@@ -40,7 +42,7 @@ pub async fn handle(r: &Router, req: FetchRequest) -> FetchResponse {
         for w in watches.iter_mut() {
             w.borrow_and_update();
         }
-        let (resp, bytes, errors) = read_all(r, &req, max_bytes);
+        let (resp, bytes, errors, next_due_ms) = read_all(r, &req, max_bytes);
         let now = Instant::now();
         if bytes >= min_bytes || errors || now >= deadline || watches.is_empty() {
             r.metrics.fetch_requests.inc();
@@ -52,16 +54,28 @@ pub async fn handle(r: &Router, req: FetchRequest) -> FetchResponse {
         }
         let changed =
             futures::future::select_all(watches.iter_mut().map(|w| Box::pin(w.changed())));
-        // On timeout the next pass answers with what there is.
-        let _ = tokio::time::timeout(deadline - now, changed).await;
+        // On timeout the next pass answers with what there is; a delayed
+        // record falling due is read by the pass after its due time.
+        let mut until = deadline;
+        if let Some(due) = next_due_ms {
+            let wait_ms = due.saturating_sub(r.groups.clock.wall_now_ms()).max(1) as u64;
+            until = until.min(now + Duration::from_millis(wait_ms));
+        }
+        let _ = tokio::time::timeout(until - now, changed).await;
     }
 }
 
 /// Reads every requested partition once: the response, its record bytes,
-/// and whether any partition answered with an error.
-fn read_all(r: &Router, req: &FetchRequest, max_bytes: usize) -> (FetchResponse, usize, bool) {
+/// whether any partition answered with an error, and when the earliest
+/// record held back by a delay falls due (Unix ms).
+fn read_all(
+    r: &Router,
+    req: &FetchRequest,
+    max_bytes: usize,
+) -> (FetchResponse, usize, bool, Option<i64>) {
     let mut total = 0usize;
     let mut errors = false;
+    let mut next_due: Option<i64> = None;
     let mut responses = Vec::new();
     for t in &req.topics {
         let topic = t.topic.0.to_string();
@@ -95,6 +109,9 @@ fn read_all(r: &Router, req: &FetchRequest, max_bytes: usize) -> (FetchResponse,
             } else if p.fetch_offset < hw && (part_max > 0 || total == 0) {
                 match r.read(&topic, p.partition, p.fetch_offset, part_max.max(1)) {
                     Ok(res) => {
+                        if let Some(due) = res.next_due_ms {
+                            next_due = Some(next_due.map_or(due, |d| d.min(due)));
+                        }
                         let mut buf =
                             BytesMut::with_capacity(res.batches.iter().map(|b| b.len()).sum());
                         for b in &res.batches {
@@ -122,5 +139,6 @@ fn read_all(r: &Router, req: &FetchRequest, max_bytes: usize) -> (FetchResponse,
         FetchResponse::default().with_responses(responses),
         total,
         errors,
+        next_due,
     )
 }
