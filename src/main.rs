@@ -789,9 +789,23 @@ async fn run_consume_group(
 ) -> Result<()> {
     use meridian::consumer::{exec::verdict, GroupConsumer, Settings, Verdict};
     let client = Arc::new(Client::new(&conn.bootstrap));
-    let mut member = GroupConsumer::subscribe(client, &group, &[topic], Settings::default())
-        .await
-        .context("cannot subscribe")?;
+    let mut settings = Settings::default();
+    if let Some((_, timeout)) = &exec {
+        // A rebalance waits for the record in hand: give the command time.
+        let ms = timeout.as_millis() as i64 + 30_000;
+        settings.rebalance_timeout_ms = ms.clamp(60_000, i32::MAX as i64) as i32;
+    }
+    let mut member =
+        GroupConsumer::subscribe(client, &group, std::slice::from_ref(&topic), settings)
+            .await
+            .context("cannot subscribe")?;
+    if exec.is_some() && member.next_topic(&topic).is_none() {
+        eprintln!(
+            "note: {topic} has no retry chain (meridian.retry.next), so a rejected record \
+             stops this consumer before it is committed; give it one with \
+             `meridian topic create --retry-chain {topic}`"
+        );
+    }
     eprintln!(
         "group {group}: reading {} (Ctrl-C to stop)",
         member.topics().join(", ")

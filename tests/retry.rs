@@ -115,9 +115,33 @@ fn a_delayed_topic_holds_records_back_from_kcat_until_due() {
         "kcat got the record {} ms after its timestamp, before the 3000 ms delay",
         got_at - ts
     );
-    // Records not yet due do not hide the high watermark: lag shows.
     let (ok, out, _) = meridian(&["topic", "describe", "-b", &b, "slow"]);
-    assert!(ok && out.contains("meridian.delay.ms"), "{out}");
+    assert!(ok && out.contains("meridian.delay.ms = 3000"), "{out}");
+
+    // A topic without a chain has nowhere to move a rejected record: the
+    // member stops, says what to do, and commits nothing past the record.
+    let (ok, _, err) = meridian(&[
+        "consume",
+        "-b",
+        &b,
+        "-t",
+        "slow",
+        "--group",
+        "g",
+        "--exec",
+        "echo nope >&2; false",
+    ]);
+    assert!(!ok, "{err}");
+    assert!(err.contains("no retry chain"), "{err}");
+    assert!(err.contains("slow/0/0 was rejected"), "{err}");
+    let (ok, out, err) = meridian(&[
+        "consume", "-b", &b, "-t", "slow", "--group", "g", "-n", "1", "--format", "json",
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(r#""value":"late""#),
+        "the record was skipped: {out}"
+    );
 }
 
 /// `meridian consume --group` as a child process, writing JSON lines.

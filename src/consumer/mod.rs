@@ -98,7 +98,12 @@ impl Delivery {
 
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// The coordinator drops a member not heard from for this long; the
+    /// member heartbeats every third of it, also while a handler runs.
     pub session_timeout_ms: i32,
+    /// How long the group waits for members to rejoin in a rebalance; a
+    /// member rejoins once the record in hand is settled, so keep it above
+    /// the longest a handler takes.
     pub rebalance_timeout_ms: i32,
     /// How long a fetch waits for records.
     pub fetch_wait_ms: i32,
@@ -108,7 +113,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             session_timeout_ms: 10_000,
-            rebalance_timeout_ms: 30_000,
+            rebalance_timeout_ms: 60_000,
             fetch_wait_ms: 500,
         }
     }
@@ -235,6 +240,11 @@ impl GroupConsumer {
     /// The topics this member reads.
     pub fn topics(&self) -> &[String] {
         &self.topics
+    }
+
+    /// Where a record rejected in `topic` moves, if `topic` has a chain.
+    pub fn next_topic(&self, topic: &str) -> Option<&str> {
+        self.next.get(topic).map(String::as_str)
     }
 
     /// Partitions assigned in the current generation.
