@@ -498,3 +498,181 @@ fn a_move_a_crashed_member_left_half_done_is_neither_lost_nor_doubled() {
         ]
     );
 }
+
+/// Records `prefix-0..n` written by kcat with their values as keys.
+fn produce_keyed(bootstrap: &str, topic: &str, values: &[String]) {
+    let input = tempfile::NamedTempFile::new().unwrap();
+    let lines: Vec<String> = values.iter().map(|v| format!("{v}:{v}")).collect();
+    std::fs::write(input.path(), lines.join("\n") + "\n").unwrap();
+    let (ok, _, err) = run(
+        Command::new("kcat")
+            .args(["-b", bootstrap, "-P", "-t", topic, "-K:"])
+            .args(["-X", "request.required.acks=all"])
+            .arg("-l")
+            .arg(input.path()),
+        Duration::from_secs(60),
+    );
+    assert!(ok, "kcat -P: {err}");
+}
+
+fn values_of(m: &Member) -> Vec<String> {
+    m.accepted()
+        .iter()
+        .map(|r| r["value"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool, logs: &[&Member]) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !done() {
+        if Instant::now() > deadline {
+            let logs: Vec<String> = logs.iter().map(|m| m.stderr()).collect();
+            panic!("{what}: not within 90 s\n{}", logs.join("\n---\n"));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn two_members_share_a_chain_and_one_leaving_hands_its_partitions_over() {
+    require("kcat");
+    let c = Cluster::start();
+    let b = c.bootstrap();
+    let (ok, out, err) = meridian(&[
+        "topic",
+        "create",
+        "-b",
+        &b,
+        "--retry-chain",
+        "orders",
+        "--attempts",
+        "2",
+        "--backoff-ms",
+        "300",
+        "-p",
+        "4",
+    ]);
+    assert!(ok, "{out}{err}");
+    let mut m1 = Member::start(c.dir.path(), "m1", &b, "pair", HANDLER);
+    let m2 = Member::start(c.dir.path(), "m2", &b, "pair", HANDLER);
+    // Both hold partitions of one generation before records arrive.
+    let holds = |m: &Member| {
+        m.stderr()
+            .lines()
+            .rev()
+            .find(|l| l.contains("joined"))
+            .is_some_and(|l| l.contains("(\"orders\""))
+    };
+    wait_until(
+        "both members joined with partitions",
+        || holds(&m1) && holds(&m2),
+        &[&m1, &m2],
+    );
+
+    let mut first: Vec<String> = (0..40).map(|i| format!("a-{i}")).collect();
+    first.push("poison-a".into());
+    produce_keyed(&b, "orders", &first);
+    wait_until(
+        "the first wave consumed",
+        || {
+            values_of(&m1).len() + values_of(&m2).len() >= 40
+                && kcat_all(&b, "orders.dlq").len() == 1
+        },
+        &[&m1, &m2],
+    );
+    assert!(
+        !values_of(&m1).is_empty() && !values_of(&m2).is_empty(),
+        "one member read everything"
+    );
+
+    // m1 leaves; m2 takes its partitions and reads the second wave alone.
+    m1.stop();
+    let mut second: Vec<String> = (0..40).map(|i| format!("b-{i}")).collect();
+    second.push("poison-b".into());
+    produce_keyed(&b, "orders", &second);
+    wait_until(
+        "the second wave consumed",
+        || {
+            values_of(&m1).len() + values_of(&m2).len() >= 80
+                && kcat_all(&b, "orders.dlq").len() == 2
+        },
+        &[&m1, &m2],
+    );
+    std::thread::sleep(Duration::from_secs(2)); // room for a stray duplicate
+    let mut got: Vec<String> = values_of(&m1).into_iter().chain(values_of(&m2)).collect();
+    got.sort();
+    let mut want: Vec<String> = first
+        .iter()
+        .chain(second.iter())
+        .filter(|v| !v.starts_with("poison"))
+        .cloned()
+        .collect();
+    want.sort();
+    assert_eq!(got, want, "every record but the poison ones, once");
+    let dead: Vec<_> = kcat_all(&b, "orders.dlq")
+        .iter()
+        .map(|e| e["payload"].clone())
+        .collect();
+    assert_eq!(dead.len(), 2, "{dead:?}");
+}
+
+#[test]
+fn a_delayed_record_falls_due_at_the_same_time_in_every_region() {
+    require("kcat");
+    let c = Cluster::start_three();
+    let east = c.region_bootstrap("us-east");
+    create(&east, "later", 1, &["meridian.delay.ms=2500"]);
+    // Every node knows the topic before the readers ask for it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for n in &c.nodes {
+        loop {
+            let (ok, out, _) = meridian(&["topic", "describe", "later", "-b", &n.kafka]);
+            if ok && out.contains("meridian.delay.ms = 2500") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "node {}: {out}", n.id);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let (ok, out, err) = meridian(&["produce", "-b", &east, "-t", "later", "x"]);
+    assert!(ok, "{out}{err}");
+    // The record's HLC travels with it: every region holds it back until
+    // the same moment, its time plus the delay.
+    let readers: Vec<_> = ["eu-west", "ap-south", "us-east"]
+        .iter()
+        .map(|r| {
+            let b = c.region_bootstrap(r);
+            std::thread::spawn(move || {
+                let (ok, out, err) = run(
+                    Command::new("kcat").args([
+                        "-b",
+                        &b,
+                        "-C",
+                        "-t",
+                        "later",
+                        "-o",
+                        "beginning",
+                        "-c",
+                        "1",
+                        "-f",
+                        "%T %s\\n",
+                    ]),
+                    Duration::from_secs(60),
+                );
+                (ok, out, err, now_ms())
+            })
+        })
+        .collect();
+    for (r, h) in ["eu-west", "ap-south", "us-east"].iter().zip(readers) {
+        let (ok, out, err, got_at) = h.join().unwrap();
+        assert!(ok, "{r}: {err}");
+        let (ts, v) = out.trim().split_once(' ').expect("timestamp and value");
+        assert_eq!(v, "x");
+        let ts: i64 = ts.parse().unwrap();
+        assert!(
+            got_at >= ts + 2500,
+            "{r} served it {} ms after its time",
+            got_at - ts
+        );
+    }
+}
