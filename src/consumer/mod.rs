@@ -48,6 +48,8 @@ const V_OFFSET_COMMIT: i16 = 5;
 const V_OFFSET_FETCH: i16 = 5;
 /// Joins and coordinator look-ups tried before a member gives up.
 const JOIN_TRIES_MAX: u32 = 40;
+/// Commits tried before a member gives up (with backoff, about 15 s).
+const COMMIT_TRIES_MAX: u32 = 10;
 const DUPLICATE_SEQUENCE_NUMBER: i16 = 46;
 
 #[derive(Debug, thiserror::Error)]
@@ -583,30 +585,56 @@ impl GroupConsumer {
                     .with_committed_offset(offset)
                     .with_committed_leader_epoch(-1)
                     .with_committed_metadata(Some(text(metadata)))])]);
-        let resp: OffsetCommitResponse = self
-            .coordinator()
-            .await?
-            .call(ApiKey::OffsetCommit, V_OFFSET_COMMIT, &req)
-            .await?;
-        let c = resp
-            .topics
-            .iter()
-            .flat_map(|t| t.partitions.iter())
-            .map(|p| p.error_code)
-            .find(|c| *c != 0)
-            .unwrap_or(0);
-        match c {
-            0 => Ok(()),
-            c if rebalancing(c) => {
-                self.rejoin.store(true, Ordering::SeqCst);
-                Err(ConsumerError::Rebalanced)
-            }
-            c if coordinator_moved(c) => {
-                self.forget_coordinator().await;
-                self.rejoin.store(true, Ordering::SeqCst);
-                Err(ConsumerError::Rebalanced)
-            }
-            c => Err(self.error("OffsetCommit", c, "see the broker's log")),
+        let mut backoff = Duration::from_millis(100);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let r = match self.coordinator().await {
+                Ok(c) => c
+                    .call::<_, OffsetCommitResponse>(ApiKey::OffsetCommit, V_OFFSET_COMMIT, &req)
+                    .await
+                    .map_err(ConsumerError::from),
+                Err(e) => Err(e),
+            };
+            let c = match r {
+                Ok(resp) => resp
+                    .topics
+                    .iter()
+                    .flat_map(|t| t.partitions.iter())
+                    .map(|p| p.error_code)
+                    .find(|c| *c != 0)
+                    .unwrap_or(0),
+                // No answer: the same commit again is harmless.
+                Err(ConsumerError::Client(e)) if e.is_retriable() && attempt < COMMIT_TRIES_MAX => {
+                    debug!(error = %e, attempt, "commit: trying again");
+                    self.forget_coordinator().await;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            return match c {
+                0 => Ok(()),
+                c if rebalancing(c) => {
+                    self.rejoin.store(true, Ordering::SeqCst);
+                    Err(ConsumerError::Rebalanced)
+                }
+                c if coordinator_moved(c) => {
+                    self.forget_coordinator().await;
+                    self.rejoin.store(true, Ordering::SeqCst);
+                    Err(ConsumerError::Rebalanced)
+                }
+                // Not replicated in time: the commit is retried as is.
+                code::REQUEST_TIMED_OUT | code::NOT_ENOUGH_REPLICAS
+                    if attempt < COMMIT_TRIES_MAX =>
+                {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    continue;
+                }
+                c => Err(self.error("OffsetCommit", c, "see the broker's log")),
+            };
         }
     }
 
