@@ -229,15 +229,17 @@ enum TopicCmd {
         /// BASE.retry.1 .. BASE.retry.{attempts-1} and BASE.dlq.
         #[arg(long, value_name = "BASE")]
         retry_chain: Option<String>,
-        /// Delivery attempts before a record goes to the dead-letter topic.
-        #[arg(long, default_value_t = 3, requires = "retry_chain")]
-        attempts: u32,
-        /// Delay of the first retry topic; each next one doubles it.
-        #[arg(long, default_value_t = 1000, requires = "retry_chain")]
-        backoff_ms: u64,
-        /// Cap on a retry topic's delay.
-        #[arg(long, default_value_t = 300_000, requires = "retry_chain")]
-        backoff_max_ms: u64,
+        /// Delivery attempts before a record goes to the dead-letter topic
+        /// [default: 3].
+        #[arg(long)]
+        attempts: Option<u32>,
+        /// Delay of the first retry topic; each next one doubles it
+        /// [default: 1000].
+        #[arg(long)]
+        backoff_ms: Option<u64>,
+        /// Cap on a retry topic's delay [default: 300000].
+        #[arg(long)]
+        backoff_max_ms: Option<u64>,
     },
     List {
         #[command(flatten)]
@@ -979,11 +981,19 @@ async fn run_topic(cmd: TopicCmd) -> Result<()> {
                 (_, Some(base)) => {
                     let plan = meridian::consumer::chain::plan(
                         &base,
-                        attempts,
-                        backoff_ms,
-                        backoff_max_ms,
+                        attempts.unwrap_or(3),
+                        backoff_ms.unwrap_or(1000),
+                        backoff_max_ms.unwrap_or(300_000),
                     )?;
                     create_chain(&c, &plan, partitions, &configs).await?;
+                }
+                (Some(_), None)
+                    if attempts.is_some() || backoff_ms.is_some() || backoff_max_ms.is_some() =>
+                {
+                    bail!(
+                        "--attempts, --backoff-ms and --backoff-max-ms shape a retry chain: \
+                         give --retry-chain BASE instead of a topic name"
+                    )
                 }
                 (Some(name), None) => {
                     c.create_topic(&name, partitions, &configs).await?;

@@ -249,6 +249,8 @@ fn a_record_rejected_three_times_ends_in_the_dead_letter_topic() {
         "0",
     ]);
     assert!(!ok && err.contains("--attempts 0"), "{err}");
+    let (ok, _, err) = meridian(&["topic", "create", "-b", &b, "--attempts", "4", "plain"]);
+    assert!(!ok && err.contains("give --retry-chain BASE"), "{err}");
 
     // 24 records over both partitions (kcat hashes the keys).
     let mut values: Vec<String> = (0..22).map(|i| format!("order-{i}")).collect();
