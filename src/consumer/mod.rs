@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
@@ -48,6 +48,8 @@ const V_OFFSET_COMMIT: i16 = 5;
 const V_OFFSET_FETCH: i16 = 5;
 /// Joins and coordinator look-ups tried before a member gives up.
 const JOIN_TRIES_MAX: u32 = 40;
+/// Longest a member holds accepted offsets before it commits them.
+const COMMIT_EVERY: Duration = Duration::from_secs(1);
 /// Commits tried before a member gives up (with backoff, about 15 s).
 const COMMIT_TRIES_MAX: u32 = 10;
 const DUPLICATE_SEQUENCE_NUMBER: i16 = 46;
@@ -69,6 +71,14 @@ pub enum ConsumerError {
     ChainLoop(String),
     #[error("the group's membership changed; the member joins again")]
     Rebalanced,
+}
+
+/// Whether a pass over fetched records went through or stopped early (a
+/// rebalance, or stop).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Done,
+    Interrupted,
 }
 
 /// What the handler says of a record.
@@ -721,8 +731,10 @@ impl GroupConsumer {
 
     /// Reads until `stop`, handing each record to `handler` in offset order
     /// per partition and settling it before the next: accepted, its offset
-    /// is committed; rejected, it moves on first. A rebalance rejoins; a
-    /// record whose settling a rebalance interrupted is delivered again.
+    /// is committed with the others accepted (within a second, before a
+    /// move, a rebalance or leaving); rejected, it moves on first. A
+    /// rebalance rejoins; records the group did not see committed are
+    /// delivered again.
     pub async fn run<H, Fut>(
         &mut self,
         mut handler: H,
@@ -771,43 +783,92 @@ impl GroupConsumer {
                 _ = stop.cancelled() => break,
                 f = futures::future::join_all(fetches) => f,
             };
-            'partitions: for (topic, partition, r) in fetched {
+            for (topic, partition, r) in fetched {
                 let (records, _) = r?;
-                for record in records {
-                    if self.rejoin.load(Ordering::SeqCst) || stop.is_cancelled() {
-                        break 'partitions;
-                    }
-                    let key = (topic.clone(), partition);
-                    if self.positions.get(&key) != Some(&record.offset) {
-                        continue; // below the position (or a gap: fetch again)
-                    }
-                    let d = Delivery {
-                        topic: topic.clone(),
-                        attempt: chain::attempt_of(&record.headers),
-                        record,
-                    };
-                    let offset = d.record.offset;
-                    let settled = match handler(d.clone()).await {
-                        Verdict::Accept => self
-                            .commit(partition, &topic, offset + 1, "")
-                            .await
-                            .map(|()| self.stats.accepted += 1),
-                        Verdict::Reject(reason) => self.move_on(&d, &reason).await,
-                    };
-                    match settled {
-                        Ok(()) => {
-                            self.positions.insert(key, offset + 1);
-                        }
-                        Err(ConsumerError::Rebalanced) => {
-                            warn!(record = %d.position(), "the group rebalanced before the record was settled; it is delivered again");
-                            break 'partitions;
-                        }
-                        Err(e) => return Err(e),
-                    }
+                let flow = self
+                    .settle_records(&topic, partition, records, handler, stop)
+                    .await?;
+                if flow == Flow::Interrupted {
+                    break;
                 }
             }
         }
         Ok(())
+    }
+
+    /// Hands `records` of one partition to `handler` in order and settles
+    /// each. Accepted offsets are committed together: when the records
+    /// run out, at least every [`COMMIT_EVERY`], and before a move (whose
+    /// marker commit covers them).
+    async fn settle_records<H, Fut>(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        records: Vec<Consumed>,
+        handler: &mut H,
+        stop: &CancellationToken,
+    ) -> Result<Flow, ConsumerError>
+    where
+        H: FnMut(Delivery) -> Fut,
+        Fut: Future<Output = Verdict>,
+    {
+        let key = (topic.to_string(), partition);
+        let mut unsaved: Option<i64> = None;
+        let mut saved_at = Instant::now();
+        let mut flow = Flow::Done;
+        for record in records {
+            if self.rejoin.load(Ordering::SeqCst) || stop.is_cancelled() {
+                flow = Flow::Interrupted;
+                break;
+            }
+            if self.positions.get(&key) != Some(&record.offset) {
+                continue; // below the position (or a gap: fetch again)
+            }
+            let d = Delivery {
+                topic: topic.to_string(),
+                attempt: chain::attempt_of(&record.headers),
+                record,
+            };
+            let offset = d.record.offset;
+            let settled = match handler(d.clone()).await {
+                Verdict::Accept => {
+                    self.stats.accepted += 1;
+                    unsaved = Some(offset + 1);
+                    Ok(())
+                }
+                Verdict::Reject(reason) => self.move_on(&d, &reason).await.map(|()| {
+                    unsaved = None;
+                    saved_at = Instant::now();
+                }),
+            };
+            match settled {
+                Ok(()) => {
+                    self.positions.insert(key.clone(), offset + 1);
+                }
+                Err(ConsumerError::Rebalanced) => {
+                    warn!(record = %d.position(), "the group rebalanced before the record was moved on; it is delivered again");
+                    flow = Flow::Interrupted;
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+            if let Some(at) = unsaved.filter(|_| saved_at.elapsed() >= COMMIT_EVERY) {
+                self.commit(partition, topic, at, "").await?;
+                unsaved = None;
+                saved_at = Instant::now();
+            }
+        }
+        if let Some(at) = unsaved {
+            match self.commit(partition, topic, at, "").await {
+                Ok(()) => {}
+                Err(ConsumerError::Rebalanced) => {
+                    warn!(topic, partition, offset = at, "the group rebalanced before accepted records were committed; the new owner delivers them again");
+                    flow = Flow::Interrupted;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(flow)
     }
 
     /// Leaves the group so that the others take its partitions at once.
