@@ -734,7 +734,11 @@ pub struct ProducerStamp {
 
 /// Encodes records with headers as one Kafka v2 batch, stamped with an
 /// idempotent producer's id, epoch and first sequence when given.
-pub fn encode_stamped(records: &[OutRecord], stamp: Option<ProducerStamp>) -> Bytes {
+pub fn encode_stamped(
+    records: &[OutRecord],
+    stamp: Option<ProducerStamp>,
+    compression: Compression,
+) -> Bytes {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
@@ -763,7 +767,7 @@ pub fn encode_stamped(records: &[OutRecord], stamp: Option<ProducerStamp>) -> By
         &recs,
         &RecordEncodeOptions {
             version: 2,
-            compression: Compression::None,
+            compression,
         },
     )
     .expect("encode record batch");
@@ -772,27 +776,15 @@ pub fn encode_stamped(records: &[OutRecord], stamp: Option<ProducerStamp>) -> By
 
 /// Encodes records as one Kafka v2 batch, as a producer would.
 pub fn encode_batch(records: &[(Option<Bytes>, Option<Bytes>)], compression: Compression) -> Bytes {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
-    let recs: Vec<Record> = records
+    let records: Vec<OutRecord> = records
         .iter()
-        .enumerate()
-        .map(|(i, (k, v))| {
-            crate::kafka::records::plain(0, i, now, k.clone(), v.clone(), Default::default())
+        .map(|(key, value)| OutRecord {
+            key: key.clone(),
+            value: value.clone(),
+            headers: Vec::new(),
         })
         .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &recs,
-        &RecordEncodeOptions {
-            version: 2,
-            compression,
-        },
-    )
-    .expect("encode record batch");
-    buf.freeze()
+    encode_stamped(&records, None, compression)
 }
 
 pub async fn produce_on(

@@ -9,45 +9,29 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use common::{create, http_get, meridian, python_json, require, Cluster};
 use kafka_protocol::messages::{ApiKey, InitProducerIdRequest, InitProducerIdResponse};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+use kafka_protocol::records::Compression;
+use meridian::client::{
+    encode_stamped, fetch_on, produce_on, Client, ClientError, Connection, OutRecord, ProducerStamp,
 };
-use meridian::client::{fetch_on, produce_on, Client, ClientError, Connection};
 use meridian::storage::producers::allocating_node;
 
 /// A batch of `n` records from producer `pid` at `epoch`, sequences from `seq`.
 fn batch(pid: i64, epoch: i16, seq: i32, n: usize, tag: &str) -> Bytes {
-    let recs: Vec<Record> = (0..n)
-        .map(|i| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id: pid,
-            producer_epoch: epoch,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            sequence: seq + i as i32,
-            timestamp: 1_763_712_000_000,
-            key: None,
+    let records: Vec<OutRecord> = (0..n)
+        .map(|i| OutRecord {
             value: Some(Bytes::from(format!("{tag}-{i}"))),
-            headers: Default::default(),
+            ..Default::default()
         })
         .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &recs,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .unwrap();
-    buf.freeze()
+    let stamp = ProducerStamp {
+        id: pid,
+        epoch,
+        sequence: seq,
+    };
+    encode_stamped(&records, Some(stamp), Compression::None)
 }
 
 async fn init_producer_id(c: &Connection) -> InitProducerIdResponse {

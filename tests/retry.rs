@@ -59,6 +59,31 @@ fn headers(env: &serde_json::Value) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// Writes `lines` to `topic` with kcat (acks=all) and `args` (keys,
+/// headers, a partition).
+fn kcat_produce(bootstrap: &str, topic: &str, lines: &[String], args: &[&str]) {
+    let input = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(input.path(), lines.join("\n") + "\n").unwrap();
+    let (ok, _, err) = run(
+        Command::new("kcat")
+            .args(["-b", bootstrap, "-P", "-t", topic])
+            .args(["-X", "request.required.acks=all"])
+            .args(args)
+            .arg("-l")
+            .arg(input.path()),
+        Duration::from_secs(60),
+    );
+    assert!(ok, "kcat -P {topic}: {err}");
+}
+
+/// Records whose keys are their values, spread by kcat's key hash.
+fn produce_keyed(bootstrap: &str, topic: &str, values: &[String], args: &[&str]) {
+    let lines: Vec<String> = values.iter().map(|v| format!("{v}:{v}")).collect();
+    let mut all = vec!["-K:"];
+    all.extend_from_slice(args);
+    kcat_produce(bootstrap, topic, &lines, &all);
+}
+
 #[test]
 fn a_delayed_topic_holds_records_back_from_kcat_until_due() {
     require("kcat");
@@ -256,18 +281,7 @@ fn a_record_rejected_three_times_ends_in_the_dead_letter_topic() {
     let mut values: Vec<String> = (0..22).map(|i| format!("order-{i}")).collect();
     values.insert(5, "poison-1".into());
     values.insert(15, "flaky-1".into());
-    let input = tempfile::NamedTempFile::new().unwrap();
-    let lines: Vec<String> = values.iter().map(|v| format!("{v}:{v}")).collect();
-    std::fs::write(input.path(), lines.join("\n") + "\n").unwrap();
-    let (ok, _, err) = run(
-        Command::new("kcat")
-            .args(["-b", &b, "-P", "-t", "orders", "-K:", "-H", "trace=t-1"])
-            .args(["-X", "request.required.acks=all"])
-            .arg("-l")
-            .arg(input.path()),
-        Duration::from_secs(60),
-    );
-    assert!(ok, "kcat -P: {err}");
+    produce_keyed(&b, "orders", &values, &["-H", "trace=t-1"]);
 
     let mut m = Member::start(c.dir.path(), "m1", &b, "billing", HANDLER);
     let deadline = Instant::now() + Duration::from_secs(90);
@@ -397,18 +411,6 @@ fn commit_marker(bootstrap: &str, group: &str, topic: &str, offset: i64, metadat
     });
 }
 
-fn produce_kcat(bootstrap: &str, topic: &str, lines: &[&str], header: &[&str]) {
-    let input = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(input.path(), lines.join("\n") + "\n").unwrap();
-    let mut cmd = Command::new("kcat");
-    cmd.args(["-b", bootstrap, "-P", "-t", topic, "-p", "0"]);
-    for h in header {
-        cmd.args(["-H", h]);
-    }
-    let (ok, _, err) = run(cmd.arg("-l").arg(input.path()), Duration::from_secs(60));
-    assert!(ok, "kcat -P {topic}: {err}");
-}
-
 /// Waits until `m` accepted `n` records, then stops it and returns them as
 /// (topic, value) pairs, sorted.
 fn accepted_after(mut m: Member, n: usize) -> Vec<(String, String)> {
@@ -456,14 +458,22 @@ fn a_move_a_crashed_member_left_half_done_is_neither_lost_nor_doubled() {
         "300",
     ]);
     assert!(ok, "{out}{err}");
-    produce_kcat(&b, "orders", &["a0", "a1"], &[]);
+    let lines = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    kcat_produce(&b, "orders", &lines(&["a0", "a1"]), &["-p", "0"]);
 
     // Crashed after the write: the record is in the retry topic already.
-    produce_kcat(
+    kcat_produce(
         &b,
         "orders.retry.1",
-        &["a0"],
-        &["meridian.retry.attempt=1", "meridian.retry.from=orders/0/0"],
+        &lines(&["a0"]),
+        &[
+            "-p",
+            "0",
+            "-H",
+            "meridian.retry.attempt=1",
+            "-H",
+            "meridian.retry.from=orders/0/0",
+        ],
     );
     commit_marker(
         &b,
@@ -499,22 +509,6 @@ fn a_move_a_crashed_member_left_half_done_is_neither_lost_nor_doubled() {
             pair("orders.retry.1", "a0")
         ]
     );
-}
-
-/// Records `prefix-0..n` written by kcat with their values as keys.
-fn produce_keyed(bootstrap: &str, topic: &str, values: &[String]) {
-    let input = tempfile::NamedTempFile::new().unwrap();
-    let lines: Vec<String> = values.iter().map(|v| format!("{v}:{v}")).collect();
-    std::fs::write(input.path(), lines.join("\n") + "\n").unwrap();
-    let (ok, _, err) = run(
-        Command::new("kcat")
-            .args(["-b", bootstrap, "-P", "-t", topic, "-K:"])
-            .args(["-X", "request.required.acks=all"])
-            .arg("-l")
-            .arg(input.path()),
-        Duration::from_secs(60),
-    );
-    assert!(ok, "kcat -P: {err}");
 }
 
 fn values_of(m: &Member) -> Vec<String> {
@@ -573,7 +567,7 @@ fn two_members_share_a_chain_and_one_leaving_hands_its_partitions_over() {
 
     let mut first: Vec<String> = (0..40).map(|i| format!("a-{i}")).collect();
     first.push("poison-a".into());
-    produce_keyed(&b, "orders", &first);
+    produce_keyed(&b, "orders", &first, &[]);
     wait_until(
         "the first wave consumed",
         || {
@@ -591,7 +585,7 @@ fn two_members_share_a_chain_and_one_leaving_hands_its_partitions_over() {
     m1.stop();
     let mut second: Vec<String> = (0..40).map(|i| format!("b-{i}")).collect();
     second.push("poison-b".into());
-    produce_keyed(&b, "orders", &second);
+    produce_keyed(&b, "orders", &second, &[]);
     wait_until(
         "the second wave consumed",
         || {

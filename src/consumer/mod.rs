@@ -674,6 +674,7 @@ impl GroupConsumer {
                 epoch,
                 sequence,
             }),
+            kafka_protocol::records::Compression::None,
         );
         match self.client.produce(topic, partition, batch).await {
             Ok(_) => {}
