@@ -76,6 +76,27 @@ fn kcat_produce(bootstrap: &str, topic: &str, lines: &[String], args: &[&str]) {
     assert!(ok, "kcat -P {topic}: {err}");
 }
 
+/// Creates the retry chain of `orders` with `args`; returns what it printed.
+fn create_chain(b: &str, args: &[&str]) -> String {
+    let mut all = vec!["topic", "create", "-b", b, "--retry-chain", "orders"];
+    all.extend_from_slice(args);
+    let (ok, out, err) = meridian(&all);
+    assert!(ok, "{out}{err}");
+    out
+}
+
+/// Waits up to 90 s for `done`, showing the members' logs if it never is.
+fn wait_until(what: &str, mut done: impl FnMut() -> bool, logs: &[&Member]) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !done() {
+        if Instant::now() > deadline {
+            let logs: Vec<String> = logs.iter().map(|m| m.stderr()).collect();
+            panic!("{what}: not within 90 s\n{}", logs.join("\n---\n"));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Records whose keys are their values, spread by kcat's key hash.
 fn produce_keyed(bootstrap: &str, topic: &str, values: &[String], args: &[&str]) {
     let lines: Vec<String> = values.iter().map(|v| format!("{v}:{v}")).collect();
@@ -244,21 +265,7 @@ fn a_record_rejected_three_times_ends_in_the_dead_letter_topic() {
     require("kcat");
     let c = Cluster::start();
     let b = c.bootstrap();
-    let (ok, out, err) = meridian(&[
-        "topic",
-        "create",
-        "-b",
-        &b,
-        "--retry-chain",
-        "orders",
-        "--attempts",
-        "3",
-        "--backoff-ms",
-        "700",
-        "-p",
-        "2",
-    ]);
-    assert!(ok, "{out}{err}");
+    let out = create_chain(&b, &["--attempts", "3", "--backoff-ms", "700", "-p", "2"]);
     for t in ["orders", "orders.retry.1", "orders.retry.2", "orders.dlq"] {
         assert!(out.contains(&format!("{t}: created")), "{out}");
     }
@@ -284,20 +291,11 @@ fn a_record_rejected_three_times_ends_in_the_dead_letter_topic() {
     produce_keyed(&b, "orders", &values, &["-H", "trace=t-1"]);
 
     let mut m = Member::start(c.dir.path(), "m1", &b, "billing", HANDLER);
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let done = m.accepted().len() >= values.len() - 1 && !kcat_all(&b, "orders.dlq").is_empty();
-        if done {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not done in 90 s: accepted {:?}\n{}",
-            m.accepted().len(),
-            m.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    wait_until(
+        "all but the poison record accepted, the poison one in the DLQ",
+        || m.accepted().len() >= values.len() - 1 && !kcat_all(&b, "orders.dlq").is_empty(),
+        &[&m],
+    );
     // Let any stray duplicate show before stopping.
     std::thread::sleep(Duration::from_secs(2));
     let log = m.stop();
@@ -414,16 +412,11 @@ fn commit_marker(bootstrap: &str, group: &str, topic: &str, offset: i64, metadat
 /// Waits until `m` accepted `n` records, then stops it and returns them as
 /// (topic, value) pairs, sorted.
 fn accepted_after(mut m: Member, n: usize) -> Vec<(String, String)> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while m.accepted().len() < n {
-        assert!(
-            Instant::now() < deadline,
-            "accepted {:?}\n{}",
-            m.accepted(),
-            m.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_until(
+        &format!("{n} records accepted"),
+        || m.accepted().len() >= n,
+        &[&m],
+    );
     std::thread::sleep(Duration::from_secs(2)); // room for a stray duplicate
     m.stop();
     let mut v: Vec<(String, String)> = m
@@ -445,19 +438,7 @@ fn a_move_a_crashed_member_left_half_done_is_neither_lost_nor_doubled() {
     require("kcat");
     let c = Cluster::start();
     let b = c.bootstrap();
-    let (ok, out, err) = meridian(&[
-        "topic",
-        "create",
-        "-b",
-        &b,
-        "--retry-chain",
-        "orders",
-        "--attempts",
-        "2",
-        "--backoff-ms",
-        "300",
-    ]);
-    assert!(ok, "{out}{err}");
+    create_chain(&b, &["--attempts", "2", "--backoff-ms", "300"]);
     let lines = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     kcat_produce(&b, "orders", &lines(&["a0", "a1"]), &["-p", "0"]);
 
@@ -518,37 +499,12 @@ fn values_of(m: &Member) -> Vec<String> {
         .collect()
 }
 
-fn wait_until(what: &str, mut done: impl FnMut() -> bool, logs: &[&Member]) {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while !done() {
-        if Instant::now() > deadline {
-            let logs: Vec<String> = logs.iter().map(|m| m.stderr()).collect();
-            panic!("{what}: not within 90 s\n{}", logs.join("\n---\n"));
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 #[test]
 fn two_members_share_a_chain_and_one_leaving_hands_its_partitions_over() {
     require("kcat");
     let c = Cluster::start();
     let b = c.bootstrap();
-    let (ok, out, err) = meridian(&[
-        "topic",
-        "create",
-        "-b",
-        &b,
-        "--retry-chain",
-        "orders",
-        "--attempts",
-        "2",
-        "--backoff-ms",
-        "300",
-        "-p",
-        "4",
-    ]);
-    assert!(ok, "{out}{err}");
+    create_chain(&b, &["--attempts", "2", "--backoff-ms", "300", "-p", "4"]);
     let mut m1 = Member::start(c.dir.path(), "m1", &b, "pair", HANDLER);
     let m2 = Member::start(c.dir.path(), "m2", &b, "pair", HANDLER);
     // Both hold partitions of one generation before records arrive.
