@@ -188,6 +188,20 @@ fn a_delayed_topic_holds_records_back_from_kcat_until_due() {
         out.contains(r#""value":"late""#),
         "the record was skipped: {out}"
     );
+
+    // A chain that loops is refused before anything is read.
+    let (ok, _, err) = meridian(&[
+        "topic",
+        "alter",
+        "-b",
+        &b,
+        "slow",
+        "--set",
+        "meridian.retry.next=slow",
+    ]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = meridian(&["consume", "-b", &b, "-t", "slow", "--group", "g2"]);
+    assert!(!ok && err.contains("loops back on itself"), "{err}");
 }
 
 /// `meridian consume --group` as a child process, writing JSON lines.

@@ -67,7 +67,7 @@ pub enum ConsumerError {
     },
     #[error("record {0} was rejected, but its topic has no `meridian.retry.next`: give it a chain with `meridian topic create --retry-chain <topic>`")]
     NoChain(Position),
-    #[error("topic `{0}`'s retry chain loops back on itself (`meridian.retry.next`); point the last retry topic at a dead-letter topic")]
+    #[error("topic `{0}`'s retry chain (`meridian.retry.next`) loops back on itself or is longer than a chain can be; point the last retry topic at a dead-letter topic")]
     ChainLoop(String),
     #[error("the group's membership changed; the member joins again")]
     Rebalanced,
