@@ -562,11 +562,14 @@ impl Router {
         offset: i64,
         max_bytes: usize,
     ) -> Result<ReadResult, PartitionError> {
-        let g = self.partition(topic, partition)?;
+        let (group, delay) = self.with_topic(topic, partition, |t, g| {
+            (g, crate::topic::delay_ms(&t.configs))
+        })?;
+        let g = self
+            .groups
+            .partition(group)
+            .ok_or(PartitionError::LeaderNotAvailable)?;
         let hw = g.progress.borrow().view_next;
-        let delay = self
-            .topic(topic)
-            .map_or(0, |t| crate::topic::delay_ms(&t.configs));
         let (due_end, next_due_ms) = if delay == 0 {
             (hw, None)
         } else {
