@@ -58,11 +58,12 @@ const DUPLICATE_SEQUENCE_NUMBER: i16 = 46;
 pub enum ConsumerError {
     #[error(transparent)]
     Client(#[from] ClientError),
-    #[error("group `{group}`: {what} failed with error {code}; {hint}")]
+    #[error("group `{group}`: {what} failed with error {code} ({name}); {hint}")]
     Group {
         group: String,
         what: &'static str,
         code: i16,
+        name: String,
         hint: String,
     },
     #[error("record {0} was rejected, but its topic has no `meridian.retry.next`: give it a chain with `meridian topic create --retry-chain <topic>`")]
@@ -190,6 +191,26 @@ fn coordinator_moved(c: i16) -> bool {
     )
 }
 
+/// What to do about a group request the coordinator refused with `c`.
+fn refusal_hint(c: i16) -> &'static str {
+    match c {
+        code::INCONSISTENT_GROUP_PROTOCOL => {
+            "the group's members use another protocol or assignor; give every member the `range` assignor, or use another group id"
+        }
+        code::INVALID_SESSION_TIMEOUT => {
+            "the broker refuses this member's session timeout (Settings::session_timeout_ms); see `[groups] session_timeout_ms_min/_max` in the node config"
+        }
+        code::GROUP_MAX_SIZE_REACHED => {
+            "the group has as many members as `[groups] max_size` allows; stop a member or raise it"
+        }
+        code::INVALID_GROUP_ID => "give a non-empty group id",
+        code::UNKNOWN_TOPIC_OR_PARTITION => {
+            "a topic of the group was deleted; recreate it or read other topics"
+        }
+        _ => "the coordinator's node log says why",
+    }
+}
+
 impl GroupConsumer {
     /// A member of `group` reading `topics` and, for each, the retry topics
     /// of its chain (followed through `meridian.retry.next`; a chain's last
@@ -269,8 +290,15 @@ impl GroupConsumer {
             group: self.group.clone(),
             what,
             code: c,
+            name: kafka_protocol::error::ResponseError::try_from_code(c)
+                .map_or_else(|| "unknown".to_string(), |e| format!("{e:?}")),
             hint: hint.to_string(),
         }
+    }
+
+    /// The error for a refusal `c` of `what`, with what to do about it.
+    fn refused(&self, what: &'static str, c: i16) -> ConsumerError {
+        self.error(what, c, refusal_hint(c))
     }
 
     async fn coordinator(&self) -> Result<Connection, ConsumerError> {
@@ -380,13 +408,7 @@ impl GroupConsumer {
                 return Ok(None);
             }
             code::REBALANCE_IN_PROGRESS => return Ok(None),
-            c => {
-                return Err(self.error(
-                    "JoinGroup",
-                    c,
-                    "check that every member of the group uses the `range` assignor",
-                ))
-            }
+            c => return Err(self.refused("JoinGroup", c)),
         }
         let me = resp.member_id.to_string();
         {
@@ -431,7 +453,7 @@ impl GroupConsumer {
         match sync.error_code {
             0 => {}
             c if rebalancing(c) => return Ok(None),
-            c => return Err(self.error("SyncGroup", c, "join again")),
+            c => return Err(self.refused("SyncGroup", c)),
         }
         let assigned = assign::decode_assignment(sync.assignment).ok_or_else(|| {
             self.error(
@@ -473,13 +495,13 @@ impl GroupConsumer {
             .call(ApiKey::OffsetFetch, V_OFFSET_FETCH, &req)
             .await?;
         if resp.error_code != 0 {
-            return Err(self.error("OffsetFetch", resp.error_code, "join again"));
+            return Err(self.refused("OffsetFetch", resp.error_code));
         }
         for t in resp.topics {
             let topic = t.name.0.to_string();
             for p in t.partitions {
                 if p.error_code != 0 {
-                    return Err(self.error("OffsetFetch", p.error_code, "join again"));
+                    return Err(self.refused("OffsetFetch", p.error_code));
                 }
                 let committed = p.committed_offset.max(0);
                 let marker = p
@@ -643,7 +665,7 @@ impl GroupConsumer {
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                     continue;
                 }
-                c => Err(self.error("OffsetCommit", c, "see the broker's log")),
+                c => Err(self.refused("OffsetCommit", c)),
             };
         }
     }
@@ -890,5 +912,28 @@ impl GroupConsumer {
                 c.call(ApiKey::LeaveGroup, V_LEAVE_GROUP, &req).await;
             debug!(group = %self.group, ok = r.is_ok(), "left the group");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_say_what_to_do() {
+        assert!(refusal_hint(code::INCONSISTENT_GROUP_PROTOCOL).contains("`range` assignor"));
+        assert!(refusal_hint(code::GROUP_MAX_SIZE_REACHED).contains("max_size"));
+        assert!(refusal_hint(12345).contains("node log"));
+        let e = ConsumerError::Group {
+            group: "g".into(),
+            what: "JoinGroup",
+            code: code::GROUP_MAX_SIZE_REACHED,
+            name: "GroupMaxSizeReached".into(),
+            hint: refusal_hint(code::GROUP_MAX_SIZE_REACHED).into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "group `g`: JoinGroup failed with error 81 (GroupMaxSizeReached); the group has as many members as `[groups] max_size` allows; stop a member or raise it"
+        );
     }
 }
