@@ -692,8 +692,7 @@ async fn create_chain(
     configs: &BTreeMap<String, String>,
 ) -> Result<()> {
     for t in plan {
-        let mut all = configs.clone();
-        all.extend(t.configs());
+        let own: BTreeMap<String, String> = t.configs().into_iter().collect();
         let what = match (&t.next, t.delay_ms) {
             (None, _) => "dead-letter topic".to_string(),
             (Some(_), 0) => "first topic".to_string(),
@@ -701,9 +700,8 @@ async fn create_chain(
         };
         match c.topic(&t.name, false).await {
             Ok(info) => {
-                let set: BTreeMap<_, _> = t.configs().into_iter().collect();
-                if !set.is_empty() {
-                    c.alter_configs(&t.name, &set, &[]).await?;
+                if !own.is_empty() {
+                    c.alter_configs(&t.name, &own, &[]).await?;
                 }
                 if info.leaders.len() as i32 != partitions {
                     eprintln!(
@@ -715,6 +713,8 @@ async fn create_chain(
                 println!("{}: exists; set as the chain's {what}", t.name);
             }
             Err(meridian::client::ClientError::UnknownTopic(_)) => {
+                let mut all = configs.clone();
+                all.extend(own);
                 c.create_topic(&t.name, partitions, &all)
                     .await
                     .with_context(|| format!("creating {}", t.name))?;

@@ -535,17 +535,23 @@ fn two_members_share_a_chain_and_one_leaving_hands_its_partitions_over() {
         &[&m1, &m2],
     );
 
-    let mut first: Vec<String> = (0..40).map(|i| format!("a-{i}")).collect();
-    first.push("poison-a".into());
-    produce_keyed(&b, "orders", &first, &[]);
-    wait_until(
-        "the first wave consumed",
-        || {
-            values_of(&m1).len() + values_of(&m2).len() >= 40
-                && kcat_all(&b, "orders.dlq").len() == 1
-        },
-        &[&m1, &m2],
-    );
+    // A wave: 40 records and a poison one, written and then consumed by
+    // the members still in the group, which by then have read `total`.
+    let wave = |tag: &str, total: usize, dead: usize, m1: &Member, m2: &Member| {
+        let mut values: Vec<String> = (0..40).map(|i| format!("{tag}-{i}")).collect();
+        values.push(format!("poison-{tag}"));
+        produce_keyed(&b, "orders", &values, &[]);
+        wait_until(
+            &format!("wave {tag} consumed"),
+            || {
+                values_of(m1).len() + values_of(m2).len() >= total
+                    && kcat_all(&b, "orders.dlq").len() == dead
+            },
+            &[m1, m2],
+        );
+        values
+    };
+    let first = wave("a", 40, 1, &m1, &m2);
     assert!(
         !values_of(&m1).is_empty() && !values_of(&m2).is_empty(),
         "one member read everything"
@@ -553,17 +559,7 @@ fn two_members_share_a_chain_and_one_leaving_hands_its_partitions_over() {
 
     // m1 leaves; m2 takes its partitions and reads the second wave alone.
     m1.stop();
-    let mut second: Vec<String> = (0..40).map(|i| format!("b-{i}")).collect();
-    second.push("poison-b".into());
-    produce_keyed(&b, "orders", &second, &[]);
-    wait_until(
-        "the second wave consumed",
-        || {
-            values_of(&m1).len() + values_of(&m2).len() >= 80
-                && kcat_all(&b, "orders.dlq").len() == 2
-        },
-        &[&m1, &m2],
-    );
+    let second = wave("b", 80, 2, &m1, &m2);
     std::thread::sleep(Duration::from_secs(2)); // room for a stray duplicate
     let mut got: Vec<String> = values_of(&m1).into_iter().chain(values_of(&m2)).collect();
     got.sort();
