@@ -405,6 +405,8 @@ struct NodeFileConfig {
     control: ControlConfig,
     #[serde(default)]
     groups: GroupsConfig,
+    #[serde(default)]
+    admin: AdminConfig,
     /// Topics to create at start (docs/replication.md#topics-file).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     topics: Option<PathBuf>,
@@ -420,8 +422,27 @@ pub struct KafkaConfig {
     pub request_bytes_max: u32,
     /// Largest record batch accepted in a produce request (MESSAGE_TOO_LARGE above).
     pub batch_bytes_max: u32,
-    /// Client connections served at once; more wait in the accept queue.
+    /// What one partition's batches in a produce request may decompress to
+    /// (MESSAGE_TOO_LARGE above); decompression stops the moment it passes.
+    pub batch_uncompressed_bytes_max: u32,
+    /// Produce batches decoded at once off the async workers (compressed
+    /// or large ones); more wait their turn.
+    pub decode_concurrency_max: u32,
+    /// Client connections open at once; a connection past it is accepted
+    /// and closed at once, with a log line.
     pub connections_max: u32,
+    /// Client connections open at once from one IP address (as Kafka's
+    /// `max.connections.per.ip`); past it, accepted and closed.
+    pub connections_per_ip_max: u32,
+    /// A connection without a request for this long is closed (Kafka's
+    /// `connections.max.idle.ms`).
+    pub connections_max_idle_ms: u64,
+    /// A response not taken by the client within this long closes the
+    /// connection (a client that stopped reading).
+    pub write_timeout_ms: u64,
+    /// Bytes of requests and responses held in memory at once, over all
+    /// connections; a connection whose next request does not fit waits.
+    pub in_flight_bytes_max: u64,
     /// Requests of one connection processed concurrently (pipelining).
     pub in_flight_requests_max: u32,
     /// Upper bound on a fetch's long-poll wait, whatever the client asks.
@@ -442,7 +463,13 @@ impl Default for KafkaConfig {
         KafkaConfig {
             request_bytes_max: 100 * 1024 * 1024,
             batch_bytes_max: 4 * 1024 * 1024,
+            batch_uncompressed_bytes_max: 4 * 1024 * 1024,
+            decode_concurrency_max: 2,
             connections_max: 1024,
+            connections_per_ip_max: 256,
+            connections_max_idle_ms: 600_000,
+            write_timeout_ms: 30_000,
+            in_flight_bytes_max: 256 * 1024 * 1024,
             in_flight_requests_max: 64,
             fetch_wait_ms_max: 30_000,
             fetch_bytes_max: 50 * 1024 * 1024,
@@ -462,6 +489,13 @@ pub struct RaftConfig {
     pub election_timeout_ms_max: u64,
     /// Entries per AppendEntries RPC.
     pub payload_entries_max: u64,
+    /// Bytes per AppendEntries RPC (at least one entry is always sent):
+    /// the RPC must fit `transport.frame_bytes_max` and its deadline (the
+    /// heartbeat interval).
+    pub append_bytes_max: u64,
+    /// Largest Raft entry a produce may create, as stored (records after
+    /// decompression, with Meridian's headers): MESSAGE_TOO_LARGE above.
+    pub entry_bytes_max: u64,
     /// The metadata group snapshots its state and purges its log every this
     /// many entries (lease renewals add about one per node and second).
     pub meta_snapshot_entries: u64,
@@ -480,6 +514,8 @@ impl Default for RaftConfig {
             election_timeout_ms_min: 800,
             election_timeout_ms_max: 1600,
             payload_entries_max: 16,
+            append_bytes_max: 16 * 1024 * 1024,
+            entry_bytes_max: 8 * 1024 * 1024,
             meta_snapshot_entries: 10_000,
             balance_interval_ms: 5_000,
         }
@@ -637,6 +673,23 @@ pub struct RuntimeConfig {
     pub worker_threads: usize,
 }
 
+/// The admin HTTP port: what it lets a caller change.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Serve `POST /faults` (simulated cuts, loss, delay and clock skew).
+    /// Off by default: a skewed clock poisons HLCs for good. `meridian dev`
+    /// and `meridian chaos` turn it on for the clusters they start.
+    pub faults: bool,
+    /// Bearer token that every mutating admin request must carry
+    /// (`Authorization: Bearer <token>`); required when `faults` is on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+/// Shortest admin token accepted: guessing it must be hopeless.
+pub const ADMIN_TOKEN_LEN_MIN: usize = 16;
+
 /// Mutual TLS between nodes. Without this section a development CA is
 /// generated (see `dev_ca_dir`).
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
@@ -663,10 +716,83 @@ pub struct NodeConfig {
     pub link: LinkConfig,
     pub control: ControlConfig,
     pub groups: GroupsConfig,
+    pub admin: AdminConfig,
     /// Topics this node creates at start unless they exist.
     pub topics: Vec<TopicDecl>,
     pub topics_path: Option<PathBuf>,
     pub tls: Option<TlsConfig>,
+}
+
+/// Room an RPC's own fields take in a transport frame, beside its entries
+/// or batches.
+pub const RPC_OVERHEAD_BYTES: u64 = 64 * 1024;
+
+/// How the size limits must nest so that everything a client may send can
+/// also be stored, replicated in the region and copied to other regions:
+/// a produce batch decompresses within `kafka.batch_uncompressed_bytes_max`,
+/// which fits one Raft entry (`raft.entry_bytes_max`); an entry fits one
+/// AppendEntries (`raft.append_bytes_max`), and so does a link copy (at most
+/// `link.batch_bytes_max` plus the one batch that crosses it); an
+/// AppendEntries fits one transport frame.
+fn size_limit_problems(
+    k: &KafkaConfig,
+    r: &RaftConfig,
+    t: &TransportConfig,
+    l: &LinkConfig,
+) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    let (batch, uncompressed) = (
+        k.batch_bytes_max as u64,
+        k.batch_uncompressed_bytes_max as u64,
+    );
+    let largest = (k.request_bytes_max as u64).max(k.fetch_bytes_max as u64);
+    if k.in_flight_bytes_max < largest {
+        out.push((
+            "kafka.in_flight_bytes_max",
+            format!(
+                "{} cannot hold one request of kafka.request_bytes_max ({}) or one fetch response of kafka.fetch_bytes_max ({}); raise it to at least {largest}",
+                k.in_flight_bytes_max, k.request_bytes_max, k.fetch_bytes_max
+            ),
+        ));
+    }
+    if uncompressed < batch {
+        out.push((
+            "kafka.batch_uncompressed_bytes_max",
+            format!(
+                "{uncompressed} is smaller than kafka.batch_bytes_max ({batch}): an uncompressed batch of the allowed size would be refused; raise it"
+            ),
+        ));
+    }
+    if r.entry_bytes_max < uncompressed {
+        out.push((
+            "raft.entry_bytes_max",
+            format!(
+                "{} is smaller than kafka.batch_uncompressed_bytes_max ({uncompressed}): batches accepted at that limit could not be stored; raise it",
+                r.entry_bytes_max
+            ),
+        ));
+    }
+    let copy = (l.batch_bytes_max as u64).saturating_add(r.entry_bytes_max);
+    if r.append_bytes_max < copy {
+        out.push((
+            "raft.append_bytes_max",
+            format!(
+                "{} cannot carry a link copy of link.batch_bytes_max ({}) plus one entry of raft.entry_bytes_max ({}); raise it to at least {copy} or lower those",
+                r.append_bytes_max, l.batch_bytes_max, r.entry_bytes_max
+            ),
+        ));
+    }
+    let frame = r.append_bytes_max.saturating_add(RPC_OVERHEAD_BYTES);
+    if (t.frame_bytes_max as u64) < frame {
+        out.push((
+            "transport.frame_bytes_max",
+            format!(
+                "{} cannot carry an AppendEntries of raft.append_bytes_max ({}) bytes; raise it to at least {frame} or lower raft.append_bytes_max",
+                t.frame_bytes_max, r.append_bytes_max
+            ),
+        ));
+    }
+    out
 }
 
 /// A Raft group's timing: `prefix` names the settings (`raft.` or
@@ -783,7 +909,21 @@ impl NodeConfig {
             );
         }
         for (key, v) in [
+            (
+                "kafka.batch_uncompressed_bytes_max",
+                k.batch_uncompressed_bytes_max as u64,
+            ),
+            (
+                "kafka.decode_concurrency_max",
+                k.decode_concurrency_max as u64,
+            ),
             ("kafka.connections_max", k.connections_max as u64),
+            (
+                "kafka.connections_per_ip_max",
+                k.connections_per_ip_max as u64,
+            ),
+            ("kafka.connections_max_idle_ms", k.connections_max_idle_ms),
+            ("kafka.write_timeout_ms", k.write_timeout_ms),
             (
                 "kafka.in_flight_requests_max",
                 k.in_flight_requests_max as u64,
@@ -814,16 +954,33 @@ impl NodeConfig {
                 p.add(key, "must be at least 1");
             }
         }
-        if (f.transport.frame_bytes_max as u64)
-            < (k.batch_bytes_max as u64) * r.payload_entries_max.max(1)
-        {
-            p.add(
-                "transport.frame_bytes_max",
-                format!(
-                    "{} cannot carry raft.payload_entries_max ({}) batches of kafka.batch_bytes_max ({}) bytes; raise it or lower those",
-                    f.transport.frame_bytes_max, r.payload_entries_max, k.batch_bytes_max
-                ),
-            );
+        for (key, v) in [
+            ("raft.append_bytes_max", r.append_bytes_max),
+            ("raft.entry_bytes_max", r.entry_bytes_max),
+        ] {
+            if v == 0 {
+                p.add(key, "must be at least 1");
+            }
+        }
+        for (key, why) in size_limit_problems(k, r, &f.transport, &f.link) {
+            p.add(key, why);
+        }
+        match &f.admin.token {
+            Some(t)
+                if t.len() < ADMIN_TOKEN_LEN_MIN || t.chars().any(|c| !c.is_ascii_graphic()) =>
+            {
+                p.add(
+                    "admin.token",
+                    format!(
+                        "must be at least {ADMIN_TOKEN_LEN_MIN} printable ASCII characters without spaces (try `openssl rand -hex 16`)"
+                    ),
+                );
+            }
+            None if f.admin.faults => p.add(
+                "admin.faults",
+                "fault injection needs admin.token: set one, or turn admin.faults off",
+            ),
+            _ => {}
         }
         let topology_path = resolve(&f.topology);
         let topology = match Topology::load(&topology_path) {
@@ -925,6 +1082,7 @@ impl NodeConfig {
             link: f.link,
             control: f.control,
             groups: f.groups,
+            admin: f.admin,
             topics,
             topics_path,
             tls: f.tls.map(|t| TlsConfig {
@@ -953,6 +1111,7 @@ impl NodeConfig {
         data_dir: &Path,
         runtime: RuntimeConfig,
         topics: Option<&Path>,
+        admin: AdminConfig,
     ) -> std::io::Result<()> {
         let f = NodeFileConfig {
             node_id: node_id as i64,
@@ -966,6 +1125,7 @@ impl NodeConfig {
             link: LinkConfig::default(),
             control: ControlConfig::default(),
             groups: GroupsConfig::default(),
+            admin,
             topics: topics.map(Path::to_path_buf),
             tls: None,
         };
@@ -1121,6 +1281,38 @@ ms = 80
 
     fn topo(text: &str) -> Result<Topology, ConfigError> {
         Topology::parse(Path::new("t.toml"), text)
+    }
+
+    #[test]
+    fn the_default_size_limits_nest_and_each_broken_rule_names_its_key() {
+        let (k, r, t, l) = (
+            KafkaConfig::default(),
+            RaftConfig::default(),
+            TransportConfig::default(),
+            LinkConfig::default(),
+        );
+        assert!(size_limit_problems(&k, &r, &t, &l).is_empty());
+        let keys = |k: &KafkaConfig, r: &RaftConfig, t: &TransportConfig, l: &LinkConfig| {
+            size_limit_problems(k, r, t, l)
+                .into_iter()
+                .map(|(key, _)| key)
+                .collect::<Vec<_>>()
+        };
+        let mut k2 = k.clone();
+        k2.batch_uncompressed_bytes_max = k.batch_bytes_max - 1;
+        assert_eq!(
+            keys(&k2, &r, &t, &l),
+            ["kafka.batch_uncompressed_bytes_max"]
+        );
+        let mut r2 = r.clone();
+        r2.entry_bytes_max = k.batch_uncompressed_bytes_max as u64 - 1;
+        assert_eq!(keys(&k, &r2, &t, &l), ["raft.entry_bytes_max"]);
+        let mut l2 = l.clone();
+        l2.batch_bytes_max = (r.append_bytes_max - r.entry_bytes_max + 1) as u32;
+        assert_eq!(keys(&k, &r, &t, &l2), ["raft.append_bytes_max"]);
+        let mut t2 = t.clone();
+        t2.frame_bytes_max = r.append_bytes_max as u32;
+        assert_eq!(keys(&k, &r, &t2, &l), ["transport.frame_bytes_max"]);
     }
 
     #[test]
@@ -1286,6 +1478,42 @@ configs = { "retention.ms" = "1000" }
     }
 
     #[test]
+    fn the_example_config_loads_and_shows_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/node.example.toml");
+        let c = NodeConfig::load(&path).unwrap();
+        assert_eq!(c.kafka, KafkaConfig::default());
+        assert_eq!(c.raft, RaftConfig::default());
+        assert_eq!(c.transport, TransportConfig::default());
+        assert_eq!(c.link, LinkConfig::default());
+        assert_eq!(c.admin, AdminConfig::default());
+    }
+
+    #[test]
+    fn fault_injection_is_off_by_default_and_needs_a_token() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("topo.toml"), GOOD).unwrap();
+        let path = dir.path().join("node.toml");
+        let base = "node_id = 2\ntopology = \"topo.toml\"\ndata_dir = \"d2\"\n";
+        let c = NodeConfig::parse(&path, base).unwrap();
+        assert_eq!(c.admin, AdminConfig::default());
+        assert!(!c.admin.faults);
+        let e = NodeConfig::parse(&path, &format!("{base}[admin]\nfaults = true\n")).unwrap_err();
+        assert_eq!(e.problems[0].key, "admin.faults", "{e}");
+        let e = NodeConfig::parse(
+            &path,
+            &format!("{base}[admin]\nfaults = true\ntoken = \"short\"\n"),
+        )
+        .unwrap_err();
+        assert_eq!(e.problems[0].key, "admin.token", "{e}");
+        let c = NodeConfig::parse(
+            &path,
+            &format!("{base}[admin]\nfaults = true\ntoken = \"0123456789abcdef\"\n"),
+        )
+        .unwrap();
+        assert!(c.admin.faults);
+    }
+
+    #[test]
     fn written_config_reads_back() {
         let dir = tempfile::tempdir().unwrap();
         let topo_path = dir.path().join("topo.toml");
@@ -1298,10 +1526,15 @@ configs = { "retention.ms" = "1000" }
             &dir.path().join("d1"),
             RuntimeConfig { worker_threads: 1 },
             None,
+            AdminConfig {
+                faults: true,
+                token: Some("0123456789abcdef".into()),
+            },
         )
         .unwrap();
         let c = NodeConfig::load(&path).unwrap();
         assert_eq!(c.node_id, 1);
+        assert!(c.admin.faults);
         assert_eq!(c.kafka, KafkaConfig::default());
         assert_eq!(c.runtime.worker_threads, 1);
     }

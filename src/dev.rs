@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::config::{NodeConfig, RuntimeConfig, Topology};
+use crate::config::{AdminConfig, NodeConfig, RuntimeConfig, Topology};
 use crate::transport::tls;
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +50,10 @@ fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> 
 #[derive(Serialize, serde::Deserialize)]
 pub struct ClusterFile {
     pub regions: Vec<ClusterRegion>,
+    /// The nodes' `admin.token` (`meridian dev` makes one per start);
+    /// never served by `/topology`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_token: Option<String>,
 }
 
 #[derive(Serialize, serde::Deserialize)]
@@ -126,6 +130,8 @@ pub struct DevCluster {
     pub dir: PathBuf,
     pub topology: Topology,
     children: Vec<(u64, Child)>,
+    /// The nodes' `admin.token`.
+    pub admin_token: String,
     _temp: Option<tempfile::TempDir>,
 }
 
@@ -162,6 +168,7 @@ impl DevCluster {
             dir: dir.clone(),
             topology: topology.clone(),
             children: Vec::new(),
+            admin_token: String::new(),
             _temp: temp,
         };
         // The nodes share this machine: give each its share of the cores.
@@ -175,8 +182,16 @@ impl DevCluster {
         let runtime = RuntimeConfig {
             worker_threads: (cores / nodes).max(1),
         };
+        // Fault injection is on for the clusters `meridian dev` starts,
+        // behind a token made for this start (in cluster.json).
+        let admin = AdminConfig {
+            faults: true,
+            token: Some(uuid::Uuid::new_v4().simple().to_string()),
+        };
+        cluster.admin_token = admin.token.clone().expect("token set");
         let mut file = ClusterFile {
             regions: Vec::new(),
+            admin_token: admin.token.clone(),
         };
         for r in &topology.regions {
             let mut nodes = Vec::new();
@@ -189,6 +204,7 @@ impl DevCluster {
                     &dir.join(format!("node-{}", n.id)),
                     runtime.clone(),
                     topics,
+                    admin.clone(),
                 )
                 .map_err(io("cannot write", &config))?;
                 if !settings.is_empty() {
@@ -404,7 +420,7 @@ impl Drop for DevCluster {
 /// A minimal HTTP/1.0 GET for health checks and `meridian status`:
 /// returns the status code and the body.
 pub async fn http_get(addr: &str, path: &str, timeout: Duration) -> std::io::Result<(u16, String)> {
-    http_request(addr, "GET", path, "", timeout).await
+    http_request(addr, "GET", path, "", None, timeout).await
 }
 
 /// A minimal HTTP/1.0 request with a JSON body (empty for none): returns
@@ -414,13 +430,15 @@ pub async fn http_request(
     method: &str,
     path: &str,
     body: &str,
+    token: Option<&str>,
     timeout: Duration,
 ) -> std::io::Result<(u16, String)> {
+    let auth = token.map_or_else(String::new, |t| format!("Authorization: Bearer {t}\r\n"));
     tokio::time::timeout(timeout, async {
         let mut s = tokio::net::TcpStream::connect(addr).await?;
         s.write_all(
             format!(
-                "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
                 body.len()
             )
             .as_bytes(),

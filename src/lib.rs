@@ -33,4 +33,5 @@ pub mod dev;
 pub mod hlc;
 pub mod metrics;
 pub mod node;
+pub mod supervise;
 pub mod topic;

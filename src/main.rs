@@ -158,6 +158,10 @@ enum Cmd {
         /// Write the report as Markdown, with a timeline chart, to this file.
         #[arg(long)]
         report: Option<PathBuf>,
+        /// The nodes' `admin.token`, for `--mode isolate` (which sets
+        /// faults); a `meridian dev` cluster.json carries its own.
+        #[arg(long, env = "MERIDIAN_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
     },
 }
 
@@ -516,6 +520,7 @@ async fn run(cmd: Cmd) -> Result<()> {
             rate,
             json,
             report,
+            admin_token,
         } => {
             init_logging(Some("warn"));
             run_drill(
@@ -529,6 +534,7 @@ async fn run(cmd: Cmd) -> Result<()> {
                     down: Duration::from_secs(down_s),
                     rate,
                     partitions: 2,
+                    admin_token,
                 },
                 json,
                 report,

@@ -25,6 +25,7 @@ pub struct Metrics {
     pub fsync_waiters: Histogram,
     pub kafka_connections: Gauge,
     pub kafka_bad_requests: Counter,
+    pub kafka_connections_refused: Counter,
     pub raft_leader_groups: Gauge,
     pub raft_term: Family<Labels, Gauge>,
     /// Per topic, partition and remote region (set by the partition leader).
@@ -36,6 +37,8 @@ pub struct Metrics {
     /// Per topic and partition: acknowledged own records no other region holds.
     pub rpo_exposure_records: Family<Labels, Gauge>,
     pub link_batches_sent: Counter,
+    /// Restarts of supervised background loops (`supervise`), by loop.
+    pub loop_restarts: Family<Labels, Counter>,
     pub link_errors: Counter,
     pub clock_drift_refusals: Counter,
     pub sync_ack_timeouts: Counter,
@@ -98,6 +101,7 @@ impl Metrics {
             fsync_waiters: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             kafka_connections: Gauge::default(),
             kafka_bad_requests: Counter::default(),
+            kafka_connections_refused: Counter::default(),
             raft_leader_groups: Gauge::default(),
             raft_term: Family::default(),
             link_lag_records: Family::default(),
@@ -106,6 +110,7 @@ impl Metrics {
             closed_age_ms: Family::default(),
             rpo_exposure_records: Family::default(),
             link_batches_sent: Counter::default(),
+            loop_restarts: Family::default(),
             link_errors: Counter::default(),
             clock_drift_refusals: Counter::default(),
             sync_ack_timeouts: Counter::default(),
@@ -183,6 +188,11 @@ impl Metrics {
             m.kafka_bad_requests.clone(),
         );
         registry.register(
+            "kafka_connections_refused",
+            "Client connections closed at once: kafka.connections_max or kafka.connections_per_ip_max reached",
+            m.kafka_connections_refused.clone(),
+        );
+        registry.register(
             "raft_leader_groups",
             "Raft groups this node leads",
             m.raft_leader_groups.clone(),
@@ -216,6 +226,11 @@ impl Metrics {
             "rpo_exposure_records",
             "Acknowledged records of this region that no other region holds",
             m.rpo_exposure_records.clone(),
+        );
+        registry.register(
+            "loop_restarts",
+            "Background loops restarted after they failed or stopped early",
+            m.loop_restarts.clone(),
         );
         registry.register(
             "link_batches_sent",

@@ -19,6 +19,7 @@ use crate::raft::groups::GroupError;
 use crate::raft::Groups;
 use crate::router::Router;
 use crate::storage::{Db, DbError};
+use crate::supervise;
 use crate::transport::faults::Faults;
 use crate::transport::{tls::TlsError, TlsMaterial, Transport, TransportError};
 
@@ -54,8 +55,37 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
     run_inner(config, shutdown).instrument(span).await
 }
 
+/// File descriptors the node needs besides client connections: RocksDB's
+/// files, QUIC sockets, the admin port.
+const FDS_BESIDES_CLIENTS: u64 = 512;
+
+/// Raises the soft open-files limit to the hard one, so that
+/// `kafka.connections_max` is what refuses connections, not EMFILE at
+/// accept (which leaves new connections waiting in the backlog); warns if
+/// even the hard limit is too low.
+fn raise_open_files_limit(connections_max: u32) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    let soft = if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        hard
+    } else {
+        soft
+    };
+    let need = connections_max as u64 + FDS_BESIDES_CLIENTS;
+    if soft < need {
+        warn!(
+            open_files_limit = soft,
+            need,
+            "the open-files limit is below kafka.connections_max plus {FDS_BESIDES_CLIENTS}: raise it (ulimit -n, LimitNOFILE=) or lower kafka.connections_max"
+        );
+    }
+}
+
 async fn run_inner(config: NodeConfig, shutdown: CancellationToken) -> Result<(), NodeError> {
     let me = config.me().clone();
+    raise_open_files_limit(config.kafka.connections_max);
     std::fs::create_dir_all(&config.data_dir).map_err(|cause| NodeError::DataDir {
         path: config.data_dir.display().to_string(),
         cause,
@@ -110,7 +140,12 @@ async fn run_inner(config: NodeConfig, shutdown: CancellationToken) -> Result<()
         }),
         shutdown.clone(),
     );
-    tokio::spawn(link.clone().run(shutdown.clone()));
+    {
+        let (l, s) = (link.clone(), shutdown.clone());
+        supervise::spawn("link", shutdown.clone(), metrics.clone(), move || {
+            l.clone().run(s.clone())
+        });
+    }
 
     let fence = crate::control::Fence::new(
         groups.clone(),
@@ -127,31 +162,49 @@ async fn run_inner(config: NodeConfig, shutdown: CancellationToken) -> Result<()
         metrics: metrics.clone(),
         fence: fence.clone(),
         producer_ids,
+        decode_permits: tokio::sync::Semaphore::new(config.kafka.decode_concurrency_max as usize),
+        entry_bytes_max: config.raft.entry_bytes_max,
     });
-    tokio::spawn(
-        Arc::new(crate::control::failover::Failover {
-            groups: groups.clone(),
-            link: link.clone(),
-            transport: transport.clone(),
-            topology: config.topology.clone(),
-            me: me.clone(),
-            cfg: config.control.clone(),
-            margin_ms: config.link.clock_drift_ms_max,
-            metrics: metrics.clone(),
-            failing_back: Default::default(),
-            warned: Default::default(),
-        })
-        .run(shutdown.clone()),
-    );
-    tokio::spawn(crate::control::run_leases(
-        groups.clone(),
-        config.topology.clone(),
-        me.clone(),
-        config.control.clone(),
-        fence,
-        metrics.clone(),
-        shutdown.clone(),
-    ));
+    let failover = Arc::new(crate::control::failover::Failover {
+        groups: groups.clone(),
+        link: link.clone(),
+        transport: transport.clone(),
+        topology: config.topology.clone(),
+        me: me.clone(),
+        cfg: config.control.clone(),
+        margin_ms: config.link.clock_drift_ms_max,
+        metrics: metrics.clone(),
+        failing_back: Default::default(),
+        warned: Default::default(),
+    });
+    {
+        let s = shutdown.clone();
+        supervise::spawn("failover", shutdown.clone(), metrics.clone(), move || {
+            failover.clone().run(s.clone())
+        });
+    }
+    {
+        let (g, t, m, c, f, mx, s) = (
+            groups.clone(),
+            config.topology.clone(),
+            me.clone(),
+            config.control.clone(),
+            fence,
+            metrics.clone(),
+            shutdown.clone(),
+        );
+        supervise::spawn("leases", shutdown.clone(), metrics.clone(), move || {
+            crate::control::run_leases(
+                g.clone(),
+                t.clone(),
+                m.clone(),
+                c.clone(),
+                f.clone(),
+                mx.clone(),
+                s.clone(),
+            )
+        });
+    }
     link.set_router(&router);
     if !config.topics.is_empty() {
         tokio::spawn(ensure_topics(
@@ -162,27 +215,51 @@ async fn run_inner(config: NodeConfig, shutdown: CancellationToken) -> Result<()
     }
     let coordinator =
         crate::group::coordinator::Coordinator::new(router.clone(), config.groups.clone());
-    tokio::spawn(coordinator.clone().run(shutdown.clone()));
-    tokio::spawn(crate::kafka::server::serve(
-        kafka_listener,
-        router.clone(),
-        coordinator,
-        shutdown.clone(),
-    ));
+    {
+        let (c, s) = (coordinator.clone(), shutdown.clone());
+        supervise::spawn(
+            "group coordinator",
+            shutdown.clone(),
+            metrics.clone(),
+            move || c.clone().run(s.clone()),
+        );
+    }
+    {
+        let (l, r, s) = (
+            crate::kafka::server::Listener::new(kafka_listener, &config.kafka),
+            router.clone(),
+            shutdown.clone(),
+        );
+        supervise::spawn(
+            "kafka listener",
+            shutdown.clone(),
+            metrics.clone(),
+            move || {
+                crate::kafka::server::serve(l.clone(), r.clone(), coordinator.clone(), s.clone())
+            },
+        );
+    }
     tokio::spawn(admin::serve(
         admin_listener,
         router.clone(),
+        config.admin.clone(),
         shutdown.clone(),
     ));
-    let g = groups.clone();
-    let stop = shutdown.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        while !stop.is_cancelled() {
-            tick.tick().await;
-            g.update_metrics();
-        }
-    });
+    {
+        let (g, stop) = (groups.clone(), shutdown.clone());
+        supervise::spawn("metrics", shutdown.clone(), metrics.clone(), move || {
+            let (g, stop) = (g.clone(), stop.clone());
+            async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tick.tick() => g.update_metrics(),
+                    }
+                }
+            }
+        });
+    }
     info!(kafka = %me.kafka, admin = %me.admin, quic = %me.quic, data_dir = %config.data_dir.display(), "node started");
     shutdown.cancelled().await;
     info!("shutting down");

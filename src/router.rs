@@ -49,6 +49,10 @@ pub enum PartitionError {
     /// An idempotent producer's batch refused by its sequence.
     #[error("{}", producer_refusal(.0))]
     Producer(Refusal),
+    /// The batch, as it would be stored, is larger than one Raft entry
+    /// may be (`raft.entry_bytes_max`).
+    #[error("the batch is {bytes} bytes as stored, more than raft.entry_bytes_max ({max}); send smaller batches")]
+    TooLarge { bytes: u64, max: u64 },
 }
 
 fn producer_refusal(r: &Refusal) -> String {
@@ -321,6 +325,11 @@ pub struct Router {
     pub metrics: Arc<Metrics>,
     pub fence: crate::control::Fence,
     pub producer_ids: crate::kafka::producer_ids::ProducerIds,
+    /// Produce batches decoded off the async workers at once
+    /// (`kafka.decode_concurrency_max`).
+    pub decode_permits: tokio::sync::Semaphore,
+    /// `raft.entry_bytes_max`: no produce creates a larger entry.
+    pub entry_bytes_max: u64,
 }
 
 impl Router {
@@ -462,6 +471,12 @@ impl Router {
         let count = records.len() as u32;
         let proposed_hlc = self.groups.clock.reserve(count as u64);
         let batch = batch::propose(proposed_hlc, &self.me.region, &records, producer);
+        if batch.len() as u64 > self.entry_bytes_max {
+            return Err(PartitionError::TooLarge {
+                bytes: batch.len() as u64,
+                max: self.entry_bytes_max,
+            });
+        }
         let cmd = match producer {
             None => Command::Append {
                 proposed_hlc,

@@ -36,6 +36,10 @@ fn drill(mode: &str) -> serde_json::Value {
         "-",
         "--report",
         report.to_str().unwrap(),
+        // Found by an admin address, the drill has no cluster.json to
+        // read the token from.
+        "--admin-token",
+        &c.admin_token,
     ]);
     assert!(ok, "drill --mode {mode} failed:\n{out}\n{err}");
     let md = std::fs::read_to_string(&report).expect("markdown report");

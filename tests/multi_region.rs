@@ -633,7 +633,7 @@ fn copies_from_a_clock_too_far_ahead_are_refused_until_it_is_fixed() {
     let set_skew = |ms: i64| {
         for n in c.region_nodes("eu-west") {
             let body = format!(r#"{{"skew_ms": {ms}}}"#);
-            let (code, out) = common::http_post(&n.admin, "/faults", &body).expect("faults");
+            let (code, out) = c.admin_post(&n.admin, "/faults", &body).expect("faults");
             assert_eq!(code, 200, "{out}");
         }
     };

@@ -1,11 +1,15 @@
 //! Admin HTTP for operators: `/healthz`, `/status` (JSON), `/metrics`
-//! (Prometheus text).
+//! (Prometheus text), `/topology`; and `/faults`, whose `POST` (the one
+//! mutating endpoint) is served only when the node config enables fault
+//! injection, to callers that present the config's admin token.
 
 use std::sync::Arc;
 
+use crate::config::AdminConfig;
 use crate::transport::faults::FaultState;
+use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Json;
@@ -15,17 +19,37 @@ use tokio_util::sync::CancellationToken;
 
 use crate::router::Router;
 
-pub async fn serve(listener: TcpListener, router: Arc<Router>, shutdown: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    router: Arc<Router>,
+    admin: AdminConfig,
+    shutdown: CancellationToken,
+) {
+    let admin = Arc::new(admin);
+    let post_faults = move |State(r): State<Arc<Router>>, headers: HeaderMap, body: Bytes| {
+        let admin = admin.clone();
+        async move {
+            match authorize(&admin, &headers) {
+                Ok(()) => set_faults(&r, &body),
+                Err(refused) => refused,
+            }
+        }
+    };
     let app = axum::Router::new()
         .route("/healthz", get(healthz))
         .route("/status", get(status))
         .route("/metrics", get(metrics))
-        .route("/faults", get(get_faults).post(set_faults))
+        .route("/faults", get(get_faults).post(post_faults))
         .route("/topology", get(topology))
         .with_state(router);
-    let _ = axum::serve(listener, app)
+    // axum's accept loop retries failed accepts itself; an error here
+    // means the admin port is gone, which must not go unnoticed.
+    if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await;
+        .await
+    {
+        tracing::error!(error = %e, "the admin HTTP server stopped; /healthz and /metrics are down");
+    }
 }
 
 /// 200 when the node can take writes: with several regions, while its
@@ -320,6 +344,7 @@ async fn status(State(r): State<Arc<Router>>) -> Json<Status> {
 /// --admin` finds a cluster it did not start.
 async fn topology(State(r): State<Arc<Router>>) -> Json<crate::dev::ClusterFile> {
     Json(crate::dev::ClusterFile {
+        admin_token: None,
         regions: r
             .topology
             .regions
@@ -346,10 +371,42 @@ async fn get_faults(State(r): State<Arc<Router>>) -> Json<FaultState> {
     Json(r.link.transport.faults.state())
 }
 
+/// Whether a request may change this node's faults: only if the node
+/// config turned fault injection on, and only with its token.
+fn authorize(admin: &AdminConfig, headers: &HeaderMap) -> Result<(), (StatusCode, String)> {
+    if !admin.faults {
+        return Err((
+            StatusCode::FORBIDDEN,
+            "fault injection is off on this node; set admin.faults = true and admin.token in its config to allow it\n".into(),
+        ));
+    }
+    let Some(token) = admin.token.as_deref() else {
+        // Config validation refuses faults without a token.
+        return Err((StatusCode::FORBIDDEN, "no admin.token configured\n".into()));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(g) if same_secret(g.trim().as_bytes(), token.as_bytes()) => Ok(()),
+        Some(_) => Err((StatusCode::FORBIDDEN, "wrong admin token\n".into())),
+        None => Err((
+            StatusCode::UNAUTHORIZED,
+            "send the node's admin.token as `Authorization: Bearer <token>`\n".into(),
+        )),
+    }
+}
+
+/// Compares secrets in time that does not depend on where they differ.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// Replaces this node's simulated faults (cuts and extra delay between
 /// regions). Each node applies its own: set the same state on every node.
-async fn set_faults(State(r): State<Arc<Router>>, body: axum::body::Bytes) -> (StatusCode, String) {
-    let s: FaultState = match serde_json::from_slice(&body) {
+fn set_faults(r: &Router, body: &[u8]) -> (StatusCode, String) {
+    let s: FaultState = match serde_json::from_slice(body) {
         Ok(s) => s,
         Err(e) => return (StatusCode::BAD_REQUEST, format!("bad fault state: {e}\n")),
     };
@@ -360,5 +417,38 @@ async fn set_faults(State(r): State<Arc<Router>>, body: axum::body::Bytes) -> (S
             (StatusCode::OK, "ok\n".into())
         }
         Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(auth: Option<&str>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Some(a) = auth {
+            h.insert(header::AUTHORIZATION, a.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn faults_need_the_config_switch_and_the_token() {
+        let token = "0123456789abcdef";
+        let off = AdminConfig::default();
+        let on = AdminConfig {
+            faults: true,
+            token: Some(token.into()),
+        };
+        let bearer = format!("Bearer {token}");
+        let code = |a: &AdminConfig, h: Option<&str>| authorize(a, &headers(h)).err().map(|e| e.0);
+        assert_eq!(code(&off, Some(&bearer)), Some(StatusCode::FORBIDDEN));
+        assert_eq!(code(&on, None), Some(StatusCode::UNAUTHORIZED));
+        assert_eq!(
+            code(&on, Some("Bearer 0123456789abcdeX")),
+            Some(StatusCode::FORBIDDEN)
+        );
+        assert_eq!(code(&on, Some(token)), Some(StatusCode::UNAUTHORIZED));
+        assert_eq!(code(&on, Some(&bearer)), None);
     }
 }

@@ -350,8 +350,15 @@ impl Runner {
             async move {
                 // Dead and paused nodes take no faults; they get them when
                 // they come back.
-                let _ =
-                    http_request(&admin, "POST", "/faults", &body, Duration::from_secs(2)).await;
+                let _ = http_request(
+                    &admin,
+                    "POST",
+                    "/faults",
+                    &body,
+                    Some(&self.cluster.admin_token),
+                    Duration::from_secs(2),
+                )
+                .await;
             }
         });
         futures::future::join_all(posts).await;

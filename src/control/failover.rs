@@ -70,6 +70,9 @@ impl Failover {
     /// this node leads. Publishes seals and epochs in metrics.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         if self.topology.regions.len() < 2 {
+            // One region: nothing to fail over to. Returning early would
+            // look like a failure to the supervisor.
+            shutdown.cancelled().await;
             return;
         }
         let mut tick = tokio::time::interval(Duration::from_millis(200));

@@ -120,6 +120,8 @@ pub async fn run_leases(
 ) {
     let margin_ms = fence.margin_ms;
     if topology.regions.len() < 2 {
+        // One region needs no lease; wait for shutdown like the others.
+        shutdown.cancelled().await;
         return;
     }
     let timing = Timing {

@@ -138,6 +138,8 @@ pub struct Plan {
     /// Records per second per writer (one per region and topic).
     pub rate: u32,
     pub partitions: u32,
+    /// Token for the nodes' `POST /faults`; else the one in cluster.json.
+    pub admin_token: Option<String>,
 }
 
 struct Drill {
@@ -228,10 +230,29 @@ pub async fn run(plan: Plan) -> Result<Report, DrillError> {
 
 impl Drill {
     async fn post_faults(&self, body: &str) -> Result<(), DrillError> {
+        let token = self
+            .plan
+            .admin_token
+            .as_deref()
+            .or(self.w.cluster.admin_token.as_deref());
         for a in self.w.cluster.admins() {
-            // Nodes that are down take no faults; that is fine.
-            let _ =
-                crate::dev::http_request(&a, "POST", "/faults", body, Duration::from_secs(3)).await;
+            let r = crate::dev::http_request(
+                &a,
+                "POST",
+                "/faults",
+                body,
+                token,
+                Duration::from_secs(3),
+            )
+            .await;
+            // Nodes that are down take no faults; that is fine. A node
+            // that refuses them makes the drill meaningless: stop.
+            if let Ok((401 | 403, why)) = r {
+                return Err(DrillError::Step(format!(
+                    "node {a} refused to set faults: {}; the nodes need admin.faults = true and the drill their admin.token (--admin-token)",
+                    why.trim()
+                )));
+            }
         }
         Ok(())
     }

@@ -40,7 +40,7 @@ pub fn decode_header(mut frame: Bytes) -> Result<(ApiKey, RequestHeader, Bytes),
             DecodeError::Header {
                 api,
                 version,
-                reason: e.to_string(),
+                reason: format!("{e:#}"),
             }
         })?;
     Ok((api, header, frame))
@@ -57,7 +57,7 @@ pub fn decode_body(
         api,
         version: header.request_api_version,
         correlation_id: header.correlation_id,
-        reason: e.to_string(),
+        reason: format!("{e:#}"),
     })
 }
 
@@ -142,5 +142,92 @@ mod tests {
         if let Ok((api, h, body)) = decode_header(junk.freeze()) {
             let _ = decode_body(api, &h, body);
         }
+    }
+
+    /// A Metadata v9 request whose topic array claims `count` elements and
+    /// carries none.
+    fn metadata_v9_claiming(count: u32) -> Bytes {
+        let mut f = BytesMut::from(
+            &frame_of(
+                ApiKey::Metadata,
+                9,
+                &kafka_protocol::messages::MetadataRequest::default(),
+            )[..],
+        );
+        // Header v2: api key, version, correlation id, client id
+        // ("test"), no tagged fields: 2 + 2 + 4 + 2 + 4 + 1 bytes.
+        f.truncate(15);
+        // Compact array length is count + 1, as an unsigned varint.
+        let mut n = count as u64 + 1;
+        while n >= 0x80 {
+            f.put_u8((n as u8 & 0x7f) | 0x80);
+            n >>= 7;
+        }
+        f.put_u8(n as u8);
+        f.put_slice(&[0, 0, 0, 0]);
+        f.freeze()
+    }
+
+    #[test]
+    fn an_array_count_beyond_the_frame_is_refused_before_anything_is_reserved() {
+        // Without the vendored patch this asks the allocator for ~300 GB
+        // and the process aborts.
+        let (api, h, body) = decode_header(metadata_v9_claiming(u32::MAX - 1)).unwrap();
+        let e = decode_body(api, &h, body).unwrap_err();
+        assert!(e.to_string().contains("claims"), "{e}");
+        // A count that is merely a little too large fails the same way.
+        let (api, h, body) = decode_header(metadata_v9_claiming(1000)).unwrap();
+        assert!(decode_body(api, &h, body).is_err());
+    }
+
+    /// One uncompressed v2 record batch of one small record, then its
+    /// record count or its record's header count patched to `i32::MAX`.
+    fn batch(patch_record_count: bool, patch_headers: bool) -> Bytes {
+        use kafka_protocol::records::{Compression, RecordBatchEncoder, RecordEncodeOptions};
+        let record = crate::kafka::records::plain(
+            0,
+            0,
+            0,
+            None,
+            Some(Bytes::from_static(b"v")),
+            Default::default(),
+        );
+        let mut buf = BytesMut::new();
+        let opts = RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        };
+        RecordBatchEncoder::encode(&mut buf, [&record], &opts).unwrap();
+        if patch_record_count {
+            // baseOffset 8, length 4, leader epoch 4, magic 1, crc 4,
+            // attributes 2, lastOffsetDelta 4, two timestamps 16,
+            // producer id 8, epoch 2, base sequence 4: count at 57.
+            buf[57..61].copy_from_slice(&i32::MAX.to_be_bytes());
+        }
+        if patch_headers {
+            // The record (at 61, after its one-byte size varint) ends with
+            // its header count, varint 0; replace that by the zigzag varint
+            // of i32::MAX, four bytes longer, and fix both lengths.
+            buf.truncate(buf.len() - 1);
+            buf.put_slice(&[0xfe, 0xff, 0xff, 0xff, 0x0f]);
+            let record = (buf.len() - 62) as u8;
+            buf[61] = record << 1;
+            let len = (buf.len() - 12) as i32;
+            buf[8..12].copy_from_slice(&len.to_be_bytes());
+        }
+        let crc = crc32c::crc32c(&buf[21..]);
+        buf[17..21].copy_from_slice(&crc.to_be_bytes());
+        buf.freeze()
+    }
+
+    #[test]
+    fn record_and_header_counts_beyond_the_batch_are_refused() {
+        use kafka_protocol::records::RecordBatchDecoder;
+        let ok = RecordBatchDecoder::decode(&mut batch(false, false)).unwrap();
+        assert_eq!(ok.records.len(), 1);
+        let e = RecordBatchDecoder::decode(&mut batch(true, false)).unwrap_err();
+        assert!(e.to_string().contains("record_count"), "{e}");
+        let e = RecordBatchDecoder::decode(&mut batch(false, true)).unwrap_err();
+        assert!(e.to_string().contains("num_headers"), "{e}");
     }
 }

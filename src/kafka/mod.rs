@@ -1,7 +1,10 @@
 //! The Kafka client protocol, decoded with the kafka-protocol crate. One file
 //! per API; handlers know nothing of Raft or RocksDB and call the router.
 
+pub mod admission;
 pub mod codec;
+pub mod decompress;
+pub mod log_limit;
 pub mod producer_ids;
 pub mod records;
 pub mod server;
@@ -17,6 +20,8 @@ mod list_offsets;
 mod metadata;
 mod produce;
 mod unsupported;
+
+pub use api_versions::SUPPORTED;
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::protocol::StrBytes;
@@ -37,6 +42,7 @@ pub(crate) fn partition_error_code(e: &PartitionError) -> i16 {
         // Retriable: the client refreshes metadata, which points elsewhere.
         PartitionError::Fenced(_) => ResponseError::NotLeaderOrFollower.code(),
         PartitionError::EpochPending { .. } => ResponseError::LeaderNotAvailable.code(),
+        PartitionError::TooLarge { .. } => ResponseError::MessageTooLarge.code(),
         PartitionError::Producer(r) => match r {
             Refusal::DuplicateOld => ResponseError::DuplicateSequenceNumber.code(),
             Refusal::OutOfOrder { .. } => ResponseError::OutOfOrderSequenceNumber.code(),

@@ -9,16 +9,18 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use futures::future::BoxFuture;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
 use kafka_protocol::records::{Record, RecordBatchDecoder};
 
+use super::decompress::{Budget, DecompressError, RequestBudget};
 use super::{partition_error_code, text};
 use crate::raft::types::RecordIn;
 use crate::router::{AppendTicket, PartitionError, Router};
+use crate::storage::batch::broker_reserved_header;
 use crate::storage::producers::{seq_add, Producer};
 
 /// Why a partition's batch was refused before it reached Raft.
@@ -30,7 +32,12 @@ enum Refused {
 /// A partition's records, and the idempotent producer that sent them.
 type Decoded = (Vec<RecordIn>, Option<Producer>);
 
-fn decode(records: Option<Bytes>, max: usize) -> Result<Decoded, Refused> {
+fn decode(
+    records: Option<Bytes>,
+    max: usize,
+    uncompressed_max: usize,
+    request: Arc<RequestBudget>,
+) -> Result<Decoded, Refused> {
     let Some(mut bytes) = records else {
         return Err(Refused::Code(
             ResponseError::CorruptMessage.code(),
@@ -46,15 +53,30 @@ fn decode(records: Option<Bytes>, max: usize) -> Result<Decoded, Refused> {
             ),
         ));
     }
-    let sets = RecordBatchDecoder::decode_all(&mut bytes)
-        .map_err(|e| Refused::Code(ResponseError::CorruptMessage.code(), e.to_string()))?;
-    let kafka: Vec<Record> = sets
-        .into_iter()
-        .flat_map(|s| s.records)
-        .filter(|r| !r.control)
-        .collect();
+    let budget = Budget::new(uncompressed_max, request);
+    let decompress =
+        |data: &mut Bytes, codec| -> anyhow::Result<Bytes> { Ok(budget.decompress(data, codec)?) };
+    let mut kafka: Vec<Record> = Vec::new();
+    while bytes.has_remaining() {
+        let set = RecordBatchDecoder::decode_with_custom_compression(&mut bytes, Some(decompress))
+            .map_err(|e| match e.downcast_ref::<DecompressError>() {
+                Some(
+                    e
+                    @ (DecompressError::TooLarge { .. } | DecompressError::RequestTooLarge { .. }),
+                ) => Refused::Code(ResponseError::MessageTooLarge.code(), e.to_string()),
+                _ => Refused::Code(ResponseError::CorruptMessage.code(), format!("{e:#}")),
+            })?;
+        kafka.extend(set.records.into_iter().filter(|r| !r.control));
+    }
     let producer = producer_of(&kafka)?;
-    let records: Vec<RecordIn> = kafka.into_iter().map(RecordIn::from_kafka).collect();
+    let records: Vec<RecordIn> = kafka
+        .into_iter()
+        .map(|r| {
+            let mut r = RecordIn::from_kafka(r);
+            r.headers.retain(|(k, _)| !broker_reserved_header(k));
+            r
+        })
+        .collect();
     if records.is_empty() {
         return Err(Refused::Code(
             ResponseError::InvalidRecord.code(),
@@ -62,6 +84,67 @@ fn decode(records: Option<Bytes>, max: usize) -> Result<Decoded, Refused> {
         ));
     }
     Ok((records, producer))
+}
+
+/// Batches up to this size, uncompressed, are decoded on the async worker
+/// that received them; anything larger or compressed goes to the blocking
+/// pool, at most `kafka.decode_concurrency_max` at once, so that a burst of
+/// bombs cannot stall heartbeats and lease renewals.
+const INLINE_DECODE_BYTES_MAX: usize = 64 * 1024;
+
+/// Offset of a v2 record batch's attributes (whose low 3 bits name the codec).
+const ATTRIBUTES_OFFSET: usize = 21;
+/// Offset of a record batch's length (of what follows it).
+const LENGTH_OFFSET: usize = 8;
+
+/// Whether any batch in `records` is compressed, or cannot be told (a
+/// header cut short): walks the batch headers without decoding them.
+fn compressed(records: &[u8]) -> bool {
+    let mut at = 0usize;
+    while at < records.len() {
+        let (Some(len), Some(attributes_low)) = (
+            records.get(at + LENGTH_OFFSET..at + LENGTH_OFFSET + 4),
+            records.get(at + ATTRIBUTES_OFFSET + 1),
+        ) else {
+            return true;
+        };
+        if attributes_low & 0x07 != 0 {
+            return true;
+        }
+        let len = u32::from_be_bytes(len.try_into().expect("4 bytes")) as usize;
+        at = at.saturating_add(LENGTH_OFFSET + 4).saturating_add(len);
+    }
+    false
+}
+
+async fn decode_bounded(
+    r: &Router,
+    records: Option<Bytes>,
+    request: &Arc<RequestBudget>,
+) -> Result<Decoded, Refused> {
+    let max = r.kafka.batch_bytes_max as usize;
+    let uncompressed_max = r.kafka.batch_uncompressed_bytes_max as usize;
+    let request = request.clone();
+    let heavy = records
+        .as_ref()
+        .is_some_and(|b| b.len() > INLINE_DECODE_BYTES_MAX || compressed(b));
+    if !heavy {
+        return decode(records, max, uncompressed_max, request);
+    }
+    let _permit = r.decode_permits.acquire().await.map_err(|_| {
+        Refused::Code(
+            ResponseError::UnknownServerError.code(),
+            "the node is shutting down".into(),
+        )
+    })?;
+    tokio::task::spawn_blocking(move || decode(records, max, uncompressed_max, request))
+        .await
+        .unwrap_or_else(|e| {
+            Err(Refused::Code(
+                ResponseError::UnknownServerError.code(),
+                format!("decoding the batch failed: {e}"),
+            ))
+        })
 }
 
 /// The idempotent producer of a partition's records: every record must
@@ -124,11 +207,14 @@ pub async fn submit(
         max_ms
     });
     let mut parts = Vec::new();
+    // All partitions of the request together decompress to at most
+    // kafka.request_bytes_max.
+    let request = RequestBudget::new(r.kafka.request_bytes_max as usize);
     for t in req.topic_data {
         let topic = t.name.0.to_string();
         for p in t.partition_data {
             let bytes = p.records.as_ref().map_or(0, |b| b.len() as u64);
-            let (ticket, records) = match decode(p.records, r.kafka.batch_bytes_max as usize) {
+            let (ticket, records) = match decode_bounded(r, p.records, &request).await {
                 Ok((recs, producer)) => {
                     let n = recs.len() as u64;
                     let t = r
@@ -211,4 +297,120 @@ pub async fn submit(
             ),
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::BytesMut;
+    use indexmap::IndexMap;
+    use kafka_protocol::protocol::StrBytes;
+    use kafka_protocol::records::{Compression, RecordBatchEncoder, RecordEncodeOptions};
+
+    use super::*;
+
+    fn batch(compression: Compression, value: &[u8], headers: &[(&str, &str)]) -> Bytes {
+        let mut h = IndexMap::new();
+        for (k, v) in headers {
+            h.insert(
+                StrBytes::from_string(k.to_string()),
+                Some(Bytes::copy_from_slice(v.as_bytes())),
+            );
+        }
+        let record =
+            crate::kafka::records::plain(0, 0, 0, None, Some(Bytes::copy_from_slice(value)), h);
+        let mut buf = BytesMut::new();
+        let opts = RecordEncodeOptions {
+            version: 2,
+            compression,
+        };
+        RecordBatchEncoder::encode(&mut buf, [&record], &opts).unwrap();
+        buf.freeze()
+    }
+
+    fn code(r: Result<Decoded, Refused>) -> i16 {
+        match r {
+            Err(Refused::Code(c, _)) => c,
+            Err(Refused::Partition(e)) => panic!("{e}"),
+            Ok(_) => 0,
+        }
+    }
+
+    #[test]
+    fn broker_headers_are_stripped_and_others_kept() {
+        let b = batch(
+            Compression::None,
+            b"v",
+            &[
+                ("app", "1"),
+                ("meridian.reinjected.from", "us-east/0/7"),
+                ("meridian.hlc", "1"),
+                ("meridian.retry.attempt", "2"),
+            ],
+        );
+        let (records, _) = decode(Some(b), 1 << 20, 1 << 20, RequestBudget::new(usize::MAX))
+            .unwrap_or_else(|_| panic!());
+        let names: Vec<&str> = records[0].headers.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, ["app", "meridian.retry.attempt"]);
+    }
+
+    #[test]
+    fn a_batch_that_decompresses_past_the_limit_is_message_too_large() {
+        let zeros = vec![0u8; 2 << 20];
+        for c in [
+            Compression::Gzip,
+            Compression::Snappy,
+            Compression::Lz4,
+            Compression::Zstd,
+        ] {
+            let b = batch(c, &zeros, &[]);
+            assert!(b.len() < 1 << 20, "{c:?} compresses zeros");
+            assert_eq!(
+                code(decode(
+                    Some(b.clone()),
+                    1 << 20,
+                    1 << 20,
+                    RequestBudget::new(usize::MAX)
+                )),
+                ResponseError::MessageTooLarge.code(),
+                "{c:?}"
+            );
+            // Under a limit that holds it, the same batch is accepted.
+            assert_eq!(
+                code(decode(
+                    Some(b),
+                    1 << 20,
+                    4 << 20,
+                    RequestBudget::new(usize::MAX)
+                )),
+                0,
+                "{c:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_compressed_batch_behind_a_plain_one_is_seen() {
+        let plain = batch(Compression::None, b"v", &[]);
+        let zstd = batch(Compression::Zstd, b"v", &[]);
+        assert!(!compressed(&plain));
+        assert!(compressed(&[&plain[..], &zstd[..]].concat()));
+        assert!(
+            compressed(&plain[..20]),
+            "a cut header counts as compressed"
+        );
+    }
+
+    #[test]
+    fn the_compressed_limit_still_applies_first() {
+        let b = batch(Compression::None, &[1u8; 2000], &[]);
+        assert_eq!(
+            code(decode(
+                Some(b),
+                1000,
+                1 << 20,
+                RequestBudget::new(usize::MAX)
+            )),
+            ResponseError::MessageTooLarge.code()
+        );
+    }
 }

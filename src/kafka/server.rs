@@ -3,22 +3,26 @@
 //! A connection's requests are read and *submitted* one after another (so
 //! produce requests enter their partitions' logs in arrival order), then
 //! complete concurrently; responses go back in request order, as Kafka
-//! clients require. In-flight requests per connection and connections per
-//! node are bounded.
+//! clients require. In-flight requests per connection, connections per
+//! node and per client address, idle time, the time a client may take to
+//! read a response, and the bytes of requests and responses held over all
+//! connections are bounded (`kafka.*` in docs/operations.md).
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
 use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseKind};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
+use super::admission::{Admission, ByteBudget};
 use super::codec::{self, DecodeError};
+use super::log_limit::LogLimit;
 use super::{
     api_versions, create_topics, delete_topics, describe_configs, fetch, groups,
     incremental_alter_configs, list_offsets, metadata, produce, producer_ids, unsupported,
@@ -30,36 +34,78 @@ use crate::router::Router;
 /// for `acks = 0` produce requests.
 pub type Pending = BoxFuture<'static, Option<BytesMut>>;
 
+/// Log lines a second, at most, for events any client can cause at will
+/// (bad requests, refused connections); the rest are counted.
+static CLIENT_EVENTS: LazyLock<LogLimit> = LazyLock::new(|| LogLimit::new(20));
+
+macro_rules! client_warn {
+    ($($arg:tt)+) => {
+        if let Some(suppressed) = CLIENT_EVENTS.admit(Instant::now()) {
+            warn!(suppressed, $($arg)+);
+        }
+    };
+}
+
 /// A request frame must arrive whole within this time once its length is read.
 const FRAME_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// What the listener keeps across restarts of its accept loop: the socket,
+/// the connections open, the bytes in flight.
+pub struct Listener {
+    pub socket: TcpListener,
+    admission: Arc<Admission>,
+    budget: Arc<ByteBudget>,
+}
+
+impl Listener {
+    pub fn new(socket: TcpListener, k: &crate::config::KafkaConfig) -> Arc<Self> {
+        Arc::new(Listener {
+            socket,
+            admission: Admission::new(
+                k.connections_max as usize,
+                k.connections_per_ip_max as usize,
+            ),
+            budget: ByteBudget::new(k.in_flight_bytes_max),
+        })
+    }
+}
+
 pub async fn serve(
-    listener: TcpListener,
+    listener: Arc<Listener>,
     router: Arc<Router>,
     coordinator: Arc<Coordinator>,
     shutdown: CancellationToken,
 ) {
-    let permits = Arc::new(Semaphore::new(router.kafka.connections_max as usize));
+    let (admission, budget) = (&listener.admission, &listener.budget);
     loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
-        };
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
-            a = listener.accept() => match a {
+            a = listener.socket.accept() => match a {
                 Ok(a) => a,
                 Err(e) => {
-                    warn!(error = %e, "accept failed");
+                    // Out of file descriptors, usually (a flood): back
+                    // off a little, and say so at most 20 times a second.
+                    client_warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
         };
+        // Accept first, then refuse: the listener never stops accepting.
+        let ticket = match admission.admit(peer.ip()) {
+            Ok(t) => t,
+            Err(why) => {
+                router.metrics.kafka_connections_refused.inc();
+                client_warn!(%peer, %why, "closing a new client connection at once");
+                drop(stream);
+                continue;
+            }
+        };
         let router = router.clone();
         let conn = Conn {
             coordinator: coordinator.clone(),
             host: format!("/{}", peer.ip()),
+            budget: budget.clone(),
         };
         let shutdown = shutdown.clone();
         tokio::spawn(
@@ -69,7 +115,7 @@ pub async fn serve(
                     debug!(error = %e, "connection ended");
                 }
                 router.metrics.kafka_connections.dec();
-                drop(permit);
+                drop(ticket);
             }
             .instrument(tracing::debug_span!("kafka_conn", %peer)),
         );
@@ -81,6 +127,22 @@ struct Conn {
     coordinator: Arc<Coordinator>,
     /// The client's address, as DescribeGroups shows members' hosts.
     host: String,
+    /// `kafka.in_flight_bytes_max`, shared by every connection.
+    budget: Arc<ByteBudget>,
+}
+
+/// TCP keepalive probes find peers that vanished without a FIN (a host
+/// that lost power, a dropped NAT entry) long before the idle timeout.
+const KEEPALIVE_TIME: Duration = Duration::from_secs(60);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+
+fn keepalive(stream: &TcpStream) {
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_TIME)
+        .with_interval(KEEPALIVE_INTERVAL);
+    if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(&ka) {
+        debug!(error = %e, "cannot set TCP keepalive");
+    }
 }
 
 async fn connection(
@@ -90,14 +152,34 @@ async fn connection(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let _ = stream.set_nodelay(true);
+    keepalive(&stream);
     let (mut rd, mut wr) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<tokio::task::JoinHandle<Option<BytesMut>>>(
         router.kafka.in_flight_requests_max as usize,
     );
+    let write_timeout = Duration::from_millis(router.kafka.write_timeout_ms);
+    let budget = conn.budget.clone();
     let writer = tokio::spawn(async move {
         while let Some(h) = rx.recv().await {
             match h.await {
-                Ok(Some(buf)) => wr.write_all(&buf).await?,
+                Ok(Some(buf)) => {
+                    // Only the response about to be written takes budget
+                    // (in request order, so that later ones waiting
+                    // cannot starve the first), and gives it back once
+                    // written or timed out.
+                    let held = budget.hold(buf.len()).await;
+                    match tokio::time::timeout(write_timeout, wr.write_all(&buf)).await {
+                        Ok(r) => r?,
+                        Err(_) => {
+                            client_warn!(
+                                bytes = buf.len(),
+                                "closing connection: the client took no response for kafka.write_timeout_ms"
+                            );
+                            return Err(std::io::ErrorKind::TimedOut.into());
+                        }
+                    }
+                    drop(held);
+                }
                 Ok(None) => {}
                 Err(e) => return Err(std::io::Error::other(e)),
             }
@@ -105,32 +187,44 @@ async fn connection(
         Ok::<_, std::io::Error>(())
     });
     let max = router.kafka.request_bytes_max as usize;
+    let idle = Duration::from_millis(router.kafka.connections_max_idle_ms);
     loop {
         let len = tokio::select! {
             _ = shutdown.cancelled() => break,
-            l = rd.read_i32() => match l {
-                Ok(l) => l,
-                Err(_) => break, // the client closed the connection
+            l = tokio::time::timeout(idle, rd.read_i32()) => match l {
+                Ok(Ok(l)) => l,
+                Ok(Err(_)) => break, // the client closed the connection
+                Err(_) => {
+                    debug!("closing connection: idle for kafka.connections_max_idle_ms");
+                    break;
+                }
             },
         };
         if len < 0 || len as usize > max {
-            warn!(
+            client_warn!(
                 len,
-                max, "closing connection: request size is outside 0..=kafka.request_bytes_max"
+                max,
+                "closing connection: request size is outside 0..=kafka.request_bytes_max"
             );
             router.metrics.kafka_bad_requests.inc();
             break;
         }
+        // The request's bytes are taken from the budget before they are
+        // allocated, and given back once its response is built.
+        let request_held = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            h = conn.budget.hold(len as usize) => h,
+        };
         let mut buf = vec![0u8; len as usize];
         match tokio::time::timeout(FRAME_READ_TIMEOUT, rd.read_exact(&mut buf)).await {
             Ok(Ok(_)) => {}
             Ok(Err(_)) => {
-                warn!(len, "closing connection: request truncated by the client");
+                client_warn!(len, "closing connection: request truncated by the client");
                 router.metrics.kafka_bad_requests.inc();
                 break;
             }
             Err(_) => {
-                warn!(
+                client_warn!(
                     len,
                     "closing connection: request frame incomplete after 30 s"
                 );
@@ -140,12 +234,20 @@ async fn connection(
         }
         match dispatch(&router, &conn, Bytes::from(buf)).await {
             Ok(pending) => {
-                if tx.send(tokio::spawn(pending)).await.is_err() {
+                let task = tokio::spawn(async move {
+                    let resp = pending.await;
+                    // Given back before the response takes its share in
+                    // the writer: a cycle of requests waiting on responses
+                    // waiting on requests cannot form.
+                    drop(request_held);
+                    resp
+                });
+                if tx.send(task).await.is_err() {
                     break; // the writer failed: the client is gone
                 }
             }
             Err(e) => {
-                warn!(error = %e, "closing connection: undecodable request");
+                client_warn!(error = %e, "closing connection: undecodable request");
                 router.metrics.kafka_bad_requests.inc();
                 break;
             }
@@ -195,17 +297,28 @@ async fn dispatch(router: &Arc<Router>, conn: &Conn, frame: Bytes) -> Result<Pen
         let resp = ResponseKind::ApiVersions(api_versions::unsupported_version());
         return Ok(Box::pin(async move { encode(api, 0, cid, resp) }));
     }
-    let req = codec::decode_body(api, &header, body)?;
+    // The API and version are checked before the body is decoded: a body
+    // Meridian will not serve is parsed only to build the error answer of
+    // the few APIs that have one, and otherwise the connection is closed.
     if !api_versions::supports(api, version) {
-        info!(
-            ?api,
-            version, "answering an unsupported API or version with an error"
-        );
+        if !unsupported::answers(api) {
+            return Err(not_served(api, &header));
+        }
+        if let Some(suppressed) = CLIENT_EVENTS.admit(Instant::now()) {
+            info!(
+                suppressed,
+                ?api,
+                version,
+                "answering an unsupported API or version with an error"
+            );
+        }
+        let req = codec::decode_body(api, &header, body)?;
         return match unsupported::response(req) {
             Some(resp) => Ok(ready(api, &header, resp)),
             None => Err(not_served(api, &header)),
         };
     }
+    let req = codec::decode_body(api, &header, body)?;
     let r = router.clone();
     let c = conn.coordinator.clone();
     let client_id = header

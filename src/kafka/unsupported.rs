@@ -17,6 +17,26 @@ use super::text;
 
 const CODE: i16 = ResponseError::UnsupportedVersion.code();
 
+/// The APIs `response` answers; the body of any other unsupported request
+/// is never decoded.
+pub fn answers(api: ApiKey) -> bool {
+    matches!(
+        api,
+        ApiKey::FindCoordinator
+            | ApiKey::InitProducerId
+            | ApiKey::JoinGroup
+            | ApiKey::SyncGroup
+            | ApiKey::Heartbeat
+            | ApiKey::LeaveGroup
+            | ApiKey::ListGroups
+            | ApiKey::SaslHandshake
+            | ApiKey::DescribeGroups
+            | ApiKey::DeleteGroups
+            | ApiKey::OffsetCommit
+            | ApiKey::OffsetFetch
+    )
+}
+
 pub fn response(req: RequestKind) -> Option<ResponseKind> {
     let msg = || Some(text("not supported by this Meridian version"));
     Some(match req {

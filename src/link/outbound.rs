@@ -79,6 +79,10 @@ impl Link {
     /// partitions, until `shutdown`.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let mut copiers: HashMap<(GroupId, String), CancellationToken> = HashMap::new();
+        // Every copier of this run stops with it, also when it fails and
+        // its supervisor starts another run (which starts its own copiers).
+        let run_stop = shutdown.child_token();
+        let _stop_copiers = run_stop.clone().drop_guard();
         let closing: Arc<std::sync::Mutex<HashSet<GroupId>>> = Default::default();
         // Closes are checked four times per close interval, so that a
         // record waiting on this region's closed timestamp waits little;
@@ -129,14 +133,17 @@ impl Link {
                     if let std::collections::hash_map::Entry::Vacant(e) =
                         copiers.entry((g.id, r.clone()))
                     {
-                        let stop = shutdown.child_token();
+                        let stop = run_stop.child_token();
                         e.insert(stop.clone());
                         let span = tracing::info_span!("link", region = %self.me.region, node = self.me.id, group = g.id, to = %r);
-                        tokio::spawn(
-                            self.clone()
-                                .copier(g.clone(), r.clone(), stop)
-                                .instrument(span),
-                        );
+                        let (link, g, r) = (self.clone(), g.clone(), r.clone());
+                        let name = "link copier";
+                        let s = stop.clone();
+                        crate::supervise::spawn(name, stop, self.metrics.clone(), move || {
+                            link.clone()
+                                .copier(g.clone(), r.clone(), s.clone())
+                                .instrument(span.clone())
+                        });
                     }
                 }
                 self.close_if_idle(&g, &policy, &closing);
@@ -397,6 +404,9 @@ impl Link {
     ) {
         let nodes = self.region_nodes(&region);
         if nodes.is_empty() {
+            // A region without nodes (the topology forbids it): nothing
+            // to copy to, until stopped.
+            stop.cancelled().await;
             return;
         }
         let backoff_max = Duration::from_millis(self.cfg.retry_backoff_ms_max);
@@ -464,7 +474,11 @@ impl Link {
                 Some(done) = pipe.calls.next(), if !idle => done,
                 r = progress.changed(), if room => {
                     if r.is_err() {
-                        return; // the partition is gone
+                        // The partition is gone; `run` stops this copier
+                        // at its next tick (returning now would look like
+                        // a failure to the supervisor).
+                        stop.cancelled().await;
+                        return;
                     }
                     continue;
                 }

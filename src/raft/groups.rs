@@ -91,6 +91,8 @@ pub struct Groups {
     transport: Arc<Transport>,
     pub clock: Arc<Clock>,
     raft_config: Arc<openraft::Config>,
+    /// `raft.append_bytes_max`, for every group's network.
+    append_bytes_max: u64,
     /// How often this node looks for a leadership handover (zero: never).
     balance_interval: Duration,
     metrics: Arc<Metrics>,
@@ -202,6 +204,7 @@ impl Groups {
             &transport,
             &clock,
             &meta_config,
+            raft.append_bytes_max,
         )
         .await?;
         let meta_log = LogStore::new(db.clone(), META_GROUP);
@@ -215,6 +218,7 @@ impl Groups {
             transport,
             clock,
             raft_config,
+            append_bytes_max: raft.append_bytes_max,
             balance_interval: Duration::from_millis(raft.balance_interval_ms),
             metrics,
             meta,
@@ -235,8 +239,19 @@ impl Groups {
             ),
             reconciled: watch::channel(0).0,
         });
-        tokio::spawn(groups.clone().prevote_loop(shutdown.clone()));
-        tokio::spawn(groups.clone().balance_loop(shutdown.clone()));
+        for (name, balance) in [("prevote", false), ("balance", true)] {
+            let (g, s) = (groups.clone(), shutdown.clone());
+            crate::supervise::spawn(name, shutdown.clone(), groups.metrics.clone(), move || {
+                let (g, s) = (g.clone(), s.clone());
+                async move {
+                    if balance {
+                        g.balance_loop(s).await
+                    } else {
+                        g.prevote_loop(s).await
+                    }
+                }
+            });
+        }
         let g = groups.clone();
         let stopped = tokio::spawn(async move { g.reconcile_loop(shutdown).await });
         Ok((groups, stopped))
@@ -246,6 +261,7 @@ impl Groups {
     /// leads to another node (`raft::balance`).
     async fn balance_loop(self: Arc<Self>, shutdown: CancellationToken) {
         if self.balance_interval.is_zero() {
+            shutdown.cancelled().await;
             return;
         }
         loop {
@@ -460,8 +476,12 @@ impl Groups {
             .filter(|n| *n != self.node_id)
             .collect();
         let answers: Arc<Mutex<HashMap<NodeId, (Instant, prevote::Answer)>>> = Default::default();
+        // The pings end with this run of the loop, also when it fails and
+        // its supervisor starts another run (with pings of its own).
+        let run_stop = shutdown.child_token();
+        let _stop_pings = run_stop.clone().drop_guard();
         for peer in peers.clone() {
-            let (this, answers, stop) = (self.clone(), answers.clone(), shutdown.clone());
+            let (this, answers, stop) = (self.clone(), answers.clone(), run_stop.clone());
             tokio::spawn(async move {
                 while !stop.is_cancelled() {
                     let r = this
@@ -616,6 +636,7 @@ impl Groups {
                 &self.transport,
                 &self.clock,
                 &self.raft_config,
+                self.append_bytes_max,
             )
             .await
             {
@@ -853,6 +874,7 @@ async fn open_group(
     transport: &Arc<Transport>,
     clock: &Arc<Clock>,
     config: &Arc<openraft::Config>,
+    append_bytes_max: u64,
 ) -> Result<Raft, GroupError> {
     let start_err = |reason: String| GroupError::Start { group, reason };
     let mut log = LogStore::new(db.clone(), group);
@@ -872,6 +894,7 @@ async fn open_group(
     let network = NetworkFactory {
         transport: transport.clone(),
         group,
+        append_bytes_max,
     };
     let raft = Raft::new(node_id, config.clone(), network, log, sm)
         .instrument(tracing::info_span!("raft", region, node = node_id, group))

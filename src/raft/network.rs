@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -14,7 +15,7 @@ use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::types::{GroupId, NodeId, TypeConfig};
+use super::types::{entry_bytes, GroupId, NodeId, TypeConfig};
 use crate::transport::{Transport, TransportError};
 
 pub const KIND_APPEND: u8 = 1;
@@ -37,6 +38,8 @@ pub const KIND_CAMPAIGN: u8 = 8;
 pub struct NetworkFactory {
     pub transport: Arc<Transport>,
     pub group: GroupId,
+    /// `raft.append_bytes_max`.
+    pub append_bytes_max: u64,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -47,6 +50,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             transport: self.transport.clone(),
             group: self.group,
             target,
+            append_bytes_max: self.append_bytes_max,
         }
     }
 }
@@ -55,6 +59,24 @@ pub struct Network {
     transport: Arc<Transport>,
     group: GroupId,
     target: NodeId,
+    append_bytes_max: u64,
+}
+
+/// How many of `sizes` (entry sizes in log order) one AppendEntries may
+/// carry within `max` bytes: as many as fit, and always at least one (a
+/// single entry is never larger than `raft.entry_bytes_max`, which the
+/// config keeps below `max`).
+pub fn entries_within(sizes: impl IntoIterator<Item = u64>, max: u64) -> usize {
+    let mut total = 0u64;
+    let mut n = 0;
+    for size in sizes {
+        total = total.saturating_add(size);
+        if total > max && n > 0 {
+            break;
+        }
+        n += 1;
+    }
+    n
 }
 
 type RpcErr<E> = RPCError<NodeId, BasicNode, E>;
@@ -95,6 +117,16 @@ impl RaftNetwork<TypeConfig> for Network {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr<RaftError<NodeId>>> {
+        // openraft bounds an AppendEntries by entry count only; bound it by
+        // bytes too, so that it fits the transport frame and its deadline
+        // (the heartbeat interval). openraft sends fewer entries at once
+        // when told how many fit.
+        let fit = entries_within(rpc.entries.iter().map(entry_bytes), self.append_bytes_max);
+        if fit < rpc.entries.len() {
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(fit as u64),
+            ));
+        }
         self.call(KIND_APPEND, &rpc, &option).await
     }
 
@@ -113,5 +145,19 @@ impl RaftNetwork<TypeConfig> for Network {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RpcErr<RaftError<NodeId>>> {
         self.call(KIND_VOTE, &rpc, &option).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::entries_within;
+
+    #[test]
+    fn appends_are_cut_by_bytes_and_carry_at_least_one_entry() {
+        assert_eq!(entries_within([10, 10, 10], 30), 3);
+        assert_eq!(entries_within([10, 10, 10], 29), 2);
+        assert_eq!(entries_within([40, 10], 30), 1, "one entry always goes");
+        assert_eq!(entries_within([], 30), 0);
+        assert_eq!(entries_within([u64::MAX, 1], 30), 1);
     }
 }

@@ -37,6 +37,16 @@ pub type LogId = openraft::LogId<NodeId>;
 pub type Entry = openraft::Entry<TypeConfig>;
 pub type StorageError = openraft::StorageError<NodeId>;
 
+/// What an entry weighs: its exact size as stored and sent (bincode), for
+/// every kind of entry. Memory bounds, the AppendEntries byte cap and the
+/// entry size limit all count with this, so no kind of entry can pass for
+/// smaller than it is.
+pub fn entry_bytes(e: &Entry) -> u64 {
+    // Serializing an in-memory entry cannot fail; if it ever did, weigh it
+    // as too large rather than free.
+    bincode::serialized_size(e).unwrap_or(u64::MAX)
+}
+
 /// One record as a producer sent it. Timestamps are not kept: the record's
 /// timestamp is its HLC, fixed when it is committed. `Bytes` lets the
 /// leader refer to the request's buffer instead of copying it.

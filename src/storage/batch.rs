@@ -30,6 +30,17 @@ pub const HEADER_REINJECTED_HLC: &str = "meridian.reinjected.hlc";
 /// stored again.
 pub const HEADER_REINJECTED_PRODUCER: &str = "meridian.reinjected.producer";
 
+/// Headers the broker writes and trusts (the ones above, and any it adds
+/// later under `meridian.`). A produced record's headers by these names
+/// are dropped before it is stored: a forged `meridian.reinjected.*` would
+/// make failback skip a record, a forged `meridian.hlc` would lie to
+/// readers. `meridian.retry.*` is kept: Meridian's consumer (a client)
+/// writes those on records it moves down a retry chain, and the broker
+/// never reads them.
+pub fn broker_reserved_header(name: &str) -> bool {
+    name.starts_with("meridian.") && !name.starts_with("meridian.retry.")
+}
+
 /// Identity of a stored batch: records `base_offset ..` with HLCs
 /// `first_hlc ..`, one apart (see `hlc::assign_first`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,11 +10,11 @@ use std::ops::{Bound, RangeBounds};
 use std::sync::{Arc, Mutex};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
-use openraft::{AnyError, EntryPayload, OptionalSend, RaftLogReader, StorageIOError, Vote};
+use openraft::{AnyError, OptionalSend, RaftLogReader, StorageIOError, Vote};
 use rocksdb::WriteBatch;
 
 use super::{key, Db, CF_RAFT_LOG, CF_RAFT_STATE};
-use crate::raft::types::{Command, Entry, GroupId, LogId, NodeId, StorageError, TypeConfig};
+use crate::raft::types::{Entry, GroupId, LogId, NodeId, StorageError, TypeConfig};
 
 const TAG_VOTE: u64 = 1;
 const TAG_COMMITTED: u64 = 2;
@@ -35,10 +35,9 @@ struct Recent {
 }
 
 fn entry_bytes(e: &Entry) -> usize {
-    match &e.payload {
-        EntryPayload::Normal(Command::Append { batch, .. }) => batch.len(),
-        _ => 64,
-    }
+    crate::raft::types::entry_bytes(e)
+        .try_into()
+        .unwrap_or(usize::MAX)
 }
 
 impl Recent {
@@ -307,7 +306,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use openraft::{CommittedLeaderId, Entry as RaftEntry};
+    use crate::raft::types::Command;
+    use openraft::{CommittedLeaderId, Entry as RaftEntry, EntryPayload};
 
     fn entry(index: u64, value_len: usize) -> Entry {
         RaftEntry {
@@ -346,6 +346,53 @@ mod tests {
         r.push(&entry(2, RECENT_BYTES_MAX));
         assert_eq!(indexes(r.get(2, 3)), Some(vec![2]));
         assert!(r.bytes <= RECENT_BYTES_MAX + 64);
+    }
+
+    #[test]
+    fn every_kind_of_entry_counts_its_bytes() {
+        // Idempotent appends, cross-region copies and re-injections carry
+        // batches as large as plain appends do; each must weigh its batch.
+        let big = || bytes::Bytes::from(vec![0u8; RECENT_BYTES_MAX / 2]);
+        let payloads = [
+            Command::AppendIdempotent {
+                proposed_hlc: 1,
+                count: 1,
+                batch: big(),
+                settled_at: 0,
+            },
+            Command::Replicate {
+                origin: 1,
+                epoch: 0,
+                closed: 0,
+                closed_at: 0,
+                batches: vec![big(), big()],
+            },
+            Command::Reinject {
+                from: crate::view::LogRef {
+                    origin: 1,
+                    epoch: 0,
+                },
+                offset: 0,
+                proposed_hlc: 1,
+                count: 1,
+                batch: big(),
+            },
+        ];
+        for p in payloads {
+            let e = RaftEntry {
+                log_id: LogId::new(CommittedLeaderId::new(1, 1), 1),
+                payload: EntryPayload::Normal(p),
+            };
+            assert!(entry_bytes(&e) >= RECENT_BYTES_MAX / 2);
+            let mut r = Recent::default();
+            for i in 1..=4 {
+                r.push(&RaftEntry {
+                    log_id: LogId::new(CommittedLeaderId::new(1, 1), i),
+                    payload: e.payload.clone(),
+                });
+            }
+            assert!(r.entries.len() <= 2, "{} entries held", r.entries.len());
+        }
     }
 
     #[tokio::test]

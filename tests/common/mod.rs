@@ -51,6 +51,8 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     dev: Child,
     pub nodes: Vec<NodeInfo>,
+    /// The nodes' `admin.token`, from cluster.json.
+    pub admin_token: String,
     /// Nodes restarted by the test, outside `meridian dev`.
     restarted: Vec<Child>,
 }
@@ -78,10 +80,15 @@ impl Cluster {
     /// Sets the fault layer of every node (JSON as admin `/faults` takes).
     pub fn set_faults(&self, json: &str) {
         for n in &self.nodes {
-            if let Some((code, body)) = http_post(&n.admin, "/faults", json) {
+            if let Some((code, body)) = self.admin_post(&n.admin, "/faults", json) {
                 assert_eq!(code, 200, "node {}: {body}", n.id);
             }
         }
+    }
+
+    /// POSTs to a node's admin endpoint with the cluster's admin token.
+    pub fn admin_post(&self, addr: &str, path: &str, body: &str) -> Option<(u16, String)> {
+        http_post(addr, path, body, Some(&self.admin_token))
     }
 
     /// Starts the one-region topology and waits until it is up.
@@ -119,6 +126,7 @@ impl Cluster {
             dir,
             dev,
             nodes: Vec::new(),
+            admin_token: String::new(),
             restarted: Vec::new(),
         };
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -143,6 +151,10 @@ impl Cluster {
             &std::fs::read_to_string(c.cluster_dir().join("cluster.json")).unwrap(),
         )
         .unwrap();
+        c.admin_token = json["admin_token"]
+            .as_str()
+            .expect("cluster.json names the admin token")
+            .to_string();
         for (r, n) in json["regions"]
             .as_array()
             .unwrap()
@@ -329,13 +341,14 @@ pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
 }
 
 /// Blocking HTTP/1.0 POST of a JSON body: status code and body.
-pub fn http_post(addr: &str, path: &str, body: &str) -> Option<(u16, String)> {
+pub fn http_post(addr: &str, path: &str, body: &str, token: Option<&str>) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let auth = token.map_or_else(String::new, |t| format!("Authorization: Bearer {t}\r\n"));
     write!(
         s,
-        "POST {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "POST {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .ok()?;
