@@ -55,6 +55,30 @@ pub enum PartitionError {
     TooLarge { bytes: u64, max: u64 },
 }
 
+/// The rule of [`Router::check_readable`]: `me` serves reads when it is
+/// the leader and has applied an entry of the current term (a new leader's
+/// first entry commits everything before it, so its view then holds all
+/// its predecessor showed). Not the leader: NOT_LEADER_OR_FOLLOWER, the
+/// client refreshes its metadata; not ready yet: LEADER_NOT_AVAILABLE,
+/// retriable, for a moment.
+pub fn readable(
+    me: NodeId,
+    leader: Option<NodeId>,
+    term: u64,
+    applied_term: Option<u64>,
+) -> Result<(), PartitionError> {
+    match leader {
+        Some(l) if l == me => {}
+        None => return Err(PartitionError::LeaderNotAvailable),
+        other => return Err(PartitionError::NotLeader(other)),
+    }
+    if applied_term.is_some_and(|t| t >= term) {
+        Ok(())
+    } else {
+        Err(PartitionError::LeaderNotAvailable)
+    }
+}
+
 fn producer_refusal(r: &Refusal) -> String {
     match r {
         Refusal::DuplicateOld => {
@@ -612,6 +636,22 @@ impl Router {
         })
     }
 
+    /// Whether this node may answer a client's Fetch or ListOffsets for the
+    /// partition: only its region's leader may, once it applied an entry of
+    /// its own term. A follower's view, or a new leader's before that
+    /// entry, can lag what the old leader showed a consumer, and an offset
+    /// past it would look out of range and reset the consumer.
+    pub fn check_readable(&self, topic: &str, partition: i32) -> Result<(), PartitionError> {
+        let g = self.partition(topic, partition)?;
+        let m = g.raft.metrics().borrow().clone();
+        readable(
+            self.node_id(),
+            m.current_leader,
+            m.current_term,
+            m.last_applied.map(|l| l.leader_id.term),
+        )
+    }
+
     pub fn high_watermark(&self, topic: &str, partition: i32) -> Result<u64, PartitionError> {
         Ok(self
             .partition(topic, partition)?
@@ -826,4 +866,35 @@ async fn forward(
     let payload = bincode::serialize(&f).expect("serialize forward");
     link.call_leader(&home, KIND_LINK_FORWARD, group, &payload, timeout)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_leader_that_applied_its_own_term_serves_reads() {
+        // Leader, caught up with its term.
+        assert!(readable(1, Some(1), 5, Some(5)).is_ok());
+        // A follower (or a stale leader): clients refresh metadata.
+        assert!(matches!(
+            readable(1, Some(2), 5, Some(5)),
+            Err(PartitionError::NotLeader(Some(2)))
+        ));
+        // No leader yet.
+        assert!(matches!(
+            readable(1, None, 5, Some(4)),
+            Err(PartitionError::LeaderNotAvailable)
+        ));
+        // A new leader whose first entry is not applied yet: its view may
+        // lag what its predecessor showed; retriable.
+        assert!(matches!(
+            readable(1, Some(1), 6, Some(5)),
+            Err(PartitionError::LeaderNotAvailable)
+        ));
+        assert!(matches!(
+            readable(1, Some(1), 6, None),
+            Err(PartitionError::LeaderNotAvailable)
+        ));
+    }
 }

@@ -91,7 +91,10 @@ fn read_all(
                 .with_aborted_transactions(Some(vec![]))
                 .with_preferred_read_replica(BrokerId(-1))
                 .with_records(Some(Default::default()));
-            let hw = match r.high_watermark(&topic, p.partition) {
+            let hw = match r
+                .check_readable(&topic, p.partition)
+                .and_then(|()| r.high_watermark(&topic, p.partition))
+            {
                 Ok(hw) => hw as i64,
                 Err(e) => {
                     data.error_code = partition_error_code(&e);

@@ -14,6 +14,7 @@ const EARLIEST: i64 = -2;
 const MAX_TIMESTAMP: i64 = -3;
 
 fn lookup(r: &Router, topic: &str, partition: i32, ts: i64) -> Result<(i64, i64), PartitionError> {
+    r.check_readable(topic, partition)?;
     let hw = r.high_watermark(topic, partition)? as i64;
     Ok(match ts {
         LATEST => (hw, -1),

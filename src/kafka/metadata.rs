@@ -59,7 +59,7 @@ pub async fn handle(r: &Router, req: MetadataRequest) -> MetadataResponse {
     };
     MetadataResponse::default()
         .with_brokers(brokers)
-        .with_cluster_id(Some(text(format!("meridian-{}", r.me.region))))
+        .with_cluster_id(Some(text(cluster_id(&r.region_names()))))
         .with_controller_id(BrokerId(r.groups.meta_leader().map_or(-1, |l| l as i32)))
         .with_topics(topics)
 }
@@ -99,6 +99,18 @@ async fn topic(r: &Router, name: &str, allow_create: bool) -> MetadataResponseTo
 /// partition leaders. A region cut off from the others cannot know their
 /// current leaders; a broker that is not the leader answers
 /// NOT_LEADER_OR_FOLLOWER, and the client asks that region for metadata.
+/// The cluster id every broker of every region reports: the regions form
+/// one cluster (one metadata group, one topic namespace, clients sent from
+/// one region to another), and librdkafka treats brokers with different
+/// ids as a misconfiguration ("a client must not be simultaneously
+/// connected to multiple clusters"). Derived from the set of regions, so
+/// every node computes the same one without asking.
+pub fn cluster_id(regions: &[String]) -> String {
+    let mut names = regions.to_vec();
+    names.sort();
+    format!("meridian-{}", names.join("+"))
+}
+
 fn elsewhere(r: &Router, t: &TopicMeta) -> Option<Vec<u64>> {
     let policy = r.policy(t);
     if r.fence.may_write(&policy.regions) {
@@ -180,4 +192,17 @@ fn describe(r: &Router, t: &TopicMeta) -> MetadataResponseTopic {
         .with_partitions(partitions)
         .with_is_internal(t.name == crate::group::offsets::TOPIC)
         .with_topic_authorized_operations(i32::MIN)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cluster_id;
+
+    #[test]
+    fn every_region_reports_the_same_cluster_id() {
+        let a = cluster_id(&["us-east".into(), "eu-west".into(), "ap-south".into()]);
+        let b = cluster_id(&["ap-south".into(), "us-east".into(), "eu-west".into()]);
+        assert_eq!(a, b);
+        assert_eq!(a, "meridian-ap-south+eu-west+us-east");
+    }
 }
