@@ -68,7 +68,8 @@ impl Admission {
     }
 
     /// Open connections in all, and from `ip`.
-    pub fn open(&self, ip: IpAddr) -> (usize, usize) {
+    #[cfg(test)]
+    fn open(&self, ip: IpAddr) -> (usize, usize) {
         let open = self.open.lock().expect("admission lock");
         (open.total, open.by_ip.get(&ip).copied().unwrap_or(0))
     }
@@ -162,7 +163,8 @@ impl ByteBudget {
     }
 
     /// Bytes not held now.
-    pub fn free_bytes(&self) -> u64 {
+    #[cfg(test)]
+    fn free_bytes(&self) -> u64 {
         self.units.available_permits() as u64 * UNIT
     }
 }

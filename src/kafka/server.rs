@@ -52,7 +52,7 @@ const FRAME_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// What the listener keeps across restarts of its accept loop: the socket,
 /// the connections open, the bytes in flight.
 pub struct Listener {
-    pub socket: TcpListener,
+    socket: TcpListener,
     admission: Arc<Admission>,
     budget: Arc<ByteBudget>,
 }
