@@ -522,6 +522,9 @@ impl Default for RaftConfig {
     }
 }
 
+/// The longest `transport.idle_timeout_ms`.
+pub const IDLE_TIMEOUT_MS_MAX: u64 = 600_000;
+
 /// QUIC transport limits.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
@@ -530,6 +533,11 @@ pub struct TransportConfig {
     pub connect_timeout_ms: u64,
     pub rpc_timeout_ms: u64,
     pub streams_max: u32,
+    /// A connection whose peer sent nothing (not even a keep-alive, sent
+    /// every quarter of this) for this long is closed, and the calls in
+    /// flight on it fail at once: a SIGKILLed or cut-off node is noticed
+    /// after this rather than after each call's whole deadline.
+    pub idle_timeout_ms: u64,
 }
 
 impl Default for TransportConfig {
@@ -539,6 +547,7 @@ impl Default for TransportConfig {
             connect_timeout_ms: 2_000,
             rpc_timeout_ms: 5_000,
             streams_max: 512,
+            idle_timeout_ms: 1_500,
         }
     }
 }
@@ -939,6 +948,7 @@ impl NodeConfig {
                 f.transport.connect_timeout_ms,
             ),
             ("transport.streams_max", f.transport.streams_max as u64),
+            ("transport.idle_timeout_ms", f.transport.idle_timeout_ms),
             ("link.batch_bytes_max", f.link.batch_bytes_max as u64),
             ("link.close_interval_ms", f.link.close_interval_ms),
             ("link.idle_close_interval_ms", f.link.idle_close_interval_ms),
@@ -953,6 +963,15 @@ impl NodeConfig {
             if v == 0 {
                 p.add(key, "must be at least 1");
             }
+        }
+        if f.transport.idle_timeout_ms > IDLE_TIMEOUT_MS_MAX {
+            p.add(
+                "transport.idle_timeout_ms",
+                format!(
+                    "{} is more than {IDLE_TIMEOUT_MS_MAX} (10 minutes); a dead peer would hold its calls that long",
+                    f.transport.idle_timeout_ms
+                ),
+            );
         }
         for (key, v) in [
             ("raft.append_bytes_max", r.append_bytes_max),

@@ -38,6 +38,19 @@ pub fn next_copy(
     closed_only
 }
 
+/// The node a copier tries after `target` failed or did not lead: the next
+/// one in the region's list, so that after its partition leader died each
+/// other node is tried before the dead one again (a counter of its own
+/// could land on the dead node again, and each try of it costs a connect
+/// timeout). Pure, for tests.
+pub fn next_node(
+    nodes: &[crate::config::NodeId],
+    target: crate::config::NodeId,
+) -> crate::config::NodeId {
+    let i = nodes.iter().position(|n| *n == target).map_or(0, |i| i + 1);
+    nodes[i % nodes.len()]
+}
+
 /// How often a partition's leader closes its origin log: every
 /// `link.close_interval_ms` while records of some origin are waiting for
 /// the view here or were written lately; every
@@ -414,7 +427,9 @@ impl Link {
         let max_requests = self.cfg.in_flight_requests_max.max(1) as usize;
         let mut backoff = Duration::from_millis(50);
         let mut target = nodes[0];
-        let mut rotate = 0usize;
+        // Nodes tried without success since the last answer: the backoff
+        // doubles once per round over the region's nodes, not per node.
+        let mut tried = 0usize;
         let mut pipe = Pipe::default();
         let mut progress = g.progress.clone();
         let dest_origin = origin_id(&region);
@@ -499,6 +514,7 @@ impl Link {
                         failing = false;
                     }
                     backoff = Duration::from_millis(50);
+                    tried = 0;
                     pipe.answered(&m, sent.as_ref());
                     let own = g.progress.borrow().own();
                     let acked = pipe.theirs.as_ref().and_then(|t| t.get(&own)).copied();
@@ -511,19 +527,20 @@ impl Link {
                     continue;
                 }
                 Ok(Reply::NotLeader(_)) => {
-                    rotate += 1;
-                    target = nodes[rotate % nodes.len()];
+                    target = next_node(&nodes, target);
+                    tried += 1;
                 }
                 Ok(Reply::Refused(msg)) => {
                     warn!(node = target, reason = %msg, "region refused a copy");
+                    tried = 0; // the same node again, after a doubled backoff
                 }
                 Err(e) => {
                     if !failing {
                         warn!(node = target, error = %e, "cannot copy to region; retrying");
                         failing = true;
                     }
-                    rotate += 1;
-                    target = nodes[rotate % nodes.len()];
+                    target = next_node(&nodes, target);
+                    tried += 1;
                 }
             }
             // Start over from what the region says it holds.
@@ -533,7 +550,9 @@ impl Link {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(backoff) => {}
             }
-            backoff = (backoff * 2).min(backoff_max);
+            if tried % nodes.len() == 0 {
+                backoff = (backoff * 2).min(backoff_max);
+            }
         }
     }
 
@@ -635,6 +654,27 @@ mod tests {
         Held {
             next_offset: n,
             closed: c,
+        }
+    }
+
+    #[test]
+    fn a_copier_tries_every_other_node_before_the_one_that_failed() {
+        let nodes = [7, 8, 9];
+        assert_eq!(next_node(&nodes, 8), 9);
+        assert_eq!(next_node(&nodes, 9), 7);
+        assert_eq!(next_node(&nodes, 7), 8);
+        // A hinted leader outside the list (the topology changed): the first.
+        assert_eq!(next_node(&nodes, 4), 7);
+        // From any node, a round visits each node once.
+        for start in nodes {
+            let mut seen = vec![start];
+            let mut t = start;
+            for _ in 1..nodes.len() {
+                t = next_node(&nodes, t);
+                seen.push(t);
+            }
+            seen.sort_unstable();
+            assert_eq!(seen, nodes);
         }
     }
 

@@ -72,10 +72,18 @@ fn quic_transport_config(cfg: &TransportConfig) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_bidi_streams(cfg.streams_max.into());
     t.max_concurrent_uni_streams(0u32.into());
-    t.keep_alive_interval(Some(Duration::from_millis(500)));
-    // A peer silent this long is gone; Raft's own timeouts are shorter.
+    // A peer silent for `idle_timeout_ms` is gone: its connection closes and
+    // every call in flight on it fails now, not at its deadline. Without
+    // this, a copy in flight to a SIGKILLed partition leader held the link
+    // (and every region's view of that partition) for the whole RPC
+    // deadline. Live peers send a keep-alive every quarter of it.
+    let idle = Duration::from_millis(
+        cfg.idle_timeout_ms
+            .clamp(1, crate::config::IDLE_TIMEOUT_MS_MAX),
+    );
+    t.keep_alive_interval(Some(idle / 4));
     t.max_idle_timeout(Some(
-        quinn::IdleTimeout::try_from(Duration::from_secs(5)).expect("5 s is a valid idle timeout"),
+        quinn::IdleTimeout::try_from(idle).expect("clamped to a valid idle timeout"),
     ));
     // Let path-MTU discovery go past Ethernet sizes: on loopback and jumbo-
     // frame networks, large datagrams cut the packets (and syscalls) per Raft
@@ -421,6 +429,104 @@ mod tests {
         // A caller that waits gets its answer.
         a.call(2, 1, 0, b"x", Duration::from_secs(3)).await.unwrap();
         assert_eq!(finished.load(Ordering::SeqCst), 1);
+        stop.cancel();
+    }
+
+    /// Answers kind 8 after a minute, anything else at once.
+    struct Hang;
+    impl Handler for Hang {
+        fn handle(
+            &self,
+            kind: u8,
+            _: u64,
+            _: Bytes,
+        ) -> BoxFuture<'static, Result<Vec<u8>, String>> {
+            Box::pin(async move {
+                if kind == 8 {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                }
+                Ok(Vec::new())
+            })
+        }
+    }
+
+    /// A UDP relay to `to`: forwards both ways until `cut`, then drops
+    /// everything, as a SIGKILLed or cut-off peer would (no close, no reset).
+    async fn relay(to: SocketAddr, cut: Arc<std::sync::atomic::AtomicBool>) -> SocketAddr {
+        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = sock.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut client = None;
+            let mut buf = vec![0u8; 65536];
+            while let Ok((n, from)) = sock.recv_from(&mut buf).await {
+                if cut.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue;
+                }
+                let dest = if from == to {
+                    match client {
+                        Some(c) => c,
+                        None => continue,
+                    }
+                } else {
+                    client = Some(from);
+                    to
+                };
+                let _ = sock.send_to(&buf[..n], dest).await;
+            }
+        });
+        addr
+    }
+
+    /// A call in flight to a peer that goes silent fails once the peer was
+    /// silent for `transport.idle_timeout_ms`, not at the call's deadline
+    /// (issue 16, item 10: a link copy to a SIGKILLed partition leader held
+    /// every region's view of the partition for the 5 s RPC deadline). A
+    /// peer that is alive but slow is kept alive by keep-alives.
+    #[tokio::test]
+    async fn a_call_to_a_peer_gone_silent_fails_within_the_idle_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = TransportConfig {
+            idle_timeout_ms: 400,
+            ..TransportConfig::default()
+        };
+        let (a_addr, b_addr) = (free_udp(), free_udp());
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let via = relay(b_addr, cut.clone()).await;
+        let bind = |addr, to_b, dir: &std::path::Path| {
+            let peers: HashMap<_, _> = [(1, a_addr), (2, to_b)].into_iter().collect();
+            Transport::bind(
+                cfg.clone(),
+                addr,
+                peers,
+                &TlsMaterial::dev(dir).unwrap(),
+                faults::Faults::new(&crate::config::Topology::default(), "r"),
+            )
+            .unwrap()
+        };
+        let a = bind(a_addr, via, &dir.path().join("a"));
+        let b = bind(b_addr, b_addr, &dir.path().join("b"));
+        let stop = CancellationToken::new();
+        b.serve(Arc::new(Hang), stop.clone());
+        a.call(2, 1, 0, b"x", Duration::from_secs(5)).await.unwrap();
+        // Alive but slow: the call runs to its deadline, well past the idle
+        // timeout, and the connection still serves afterwards.
+        let e = a.call(2, 8, 0, b"x", Duration::from_millis(1500)).await;
+        assert!(matches!(e, Err(TransportError::Timeout { .. })), "{e:?}");
+        a.call(2, 1, 0, b"x", Duration::from_secs(5)).await.unwrap();
+        // Gone silent: the call fails soon after the idle timeout.
+        let started = std::time::Instant::now();
+        let call = a.call(2, 8, 0, b"x", Duration::from_secs(30));
+        let cutter = async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        };
+        let (e, ()) = tokio::join!(call, cutter);
+        assert!(e.is_err(), "a call to a silent peer succeeded");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "a call to a silent peer took {:?} to fail: {e:?}",
+            started.elapsed()
+        );
         stop.cancel();
     }
 
