@@ -968,7 +968,7 @@ impl NodeConfig {
             p.add(
                 "transport.idle_timeout_ms",
                 format!(
-                    "{} is more than {IDLE_TIMEOUT_MS_MAX} (10 minutes); a dead peer would hold its calls that long",
+                    "{} is more than {IDLE_TIMEOUT_MS_MAX} (10 minutes), and a dead peer would hold its calls that long; set at most {IDLE_TIMEOUT_MS_MAX} (the default is 1500)",
                     f.transport.idle_timeout_ms
                 ),
             );

@@ -340,21 +340,32 @@ mod tests {
         }
     }
 
+    /// A transport bound to `addr`, knowing `peers`, with the dev CA of
+    /// `dir`'s parent.
+    fn bind_at(
+        cfg: &TransportConfig,
+        addr: SocketAddr,
+        peers: HashMap<NodeId, SocketAddr>,
+        dir: &std::path::Path,
+    ) -> Arc<Transport> {
+        Transport::bind(
+            cfg.clone(),
+            addr,
+            peers,
+            &TlsMaterial::dev(dir).unwrap(),
+            faults::Faults::new(&crate::config::Topology::default(), "r"),
+        )
+        .unwrap()
+    }
+
     /// Two bound transports, nodes 1 and 2, with dev CAs from `dirs`.
     fn pair(cfg: TransportConfig, dirs: [&std::path::Path; 2]) -> (Arc<Transport>, Arc<Transport>) {
         let (a_addr, b_addr) = (free_udp(), free_udp());
         let peers: HashMap<_, _> = [(1, a_addr), (2, b_addr)].into_iter().collect();
-        let bind = |addr, dir: &std::path::Path| {
-            Transport::bind(
-                cfg.clone(),
-                addr,
-                peers.clone(),
-                &TlsMaterial::dev(dir).unwrap(),
-                faults::Faults::new(&crate::config::Topology::default(), "r"),
-            )
-            .unwrap()
-        };
-        (bind(a_addr, dirs[0]), bind(b_addr, dirs[1]))
+        (
+            bind_at(&cfg, a_addr, peers.clone(), dirs[0]),
+            bind_at(&cfg, b_addr, peers, dirs[1]),
+        )
     }
 
     fn free_udp() -> SocketAddr {
@@ -492,19 +503,9 @@ mod tests {
         let (a_addr, b_addr) = (free_udp(), free_udp());
         let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let via = relay(b_addr, cut.clone()).await;
-        let bind = |addr, to_b, dir: &std::path::Path| {
-            let peers: HashMap<_, _> = [(1, a_addr), (2, to_b)].into_iter().collect();
-            Transport::bind(
-                cfg.clone(),
-                addr,
-                peers,
-                &TlsMaterial::dev(dir).unwrap(),
-                faults::Faults::new(&crate::config::Topology::default(), "r"),
-            )
-            .unwrap()
-        };
-        let a = bind(a_addr, via, &dir.path().join("a"));
-        let b = bind(b_addr, b_addr, &dir.path().join("b"));
+        let peers = |to_b| [(1, a_addr), (2, to_b)].into_iter().collect();
+        let a = bind_at(&cfg, a_addr, peers(via), &dir.path().join("a"));
+        let b = bind_at(&cfg, b_addr, peers(b_addr), &dir.path().join("b"));
         let stop = CancellationToken::new();
         b.serve(Arc::new(Hang), stop.clone());
         a.call(2, 1, 0, b"x", Duration::from_secs(5)).await.unwrap();
