@@ -657,6 +657,13 @@ pub struct GroupsConfig {
     /// Upper bound on an OffsetCommit's wait for its record to commit
     /// (and, for a commit of a `sync` topic, to reach the other regions).
     pub commit_timeout_ms: u64,
+    /// A coordinator with members renews its group's presence record this
+    /// often, so that members connecting to other regions meet here
+    /// (docs/consumers.md#one-group-across-regions).
+    pub presence_renew_ms: u64,
+    /// Another region's presence not renewed for this long no longer draws
+    /// members there (its region or coordinator is gone).
+    pub presence_ttl_ms: u64,
 }
 
 impl Default for GroupsConfig {
@@ -668,6 +675,8 @@ impl Default for GroupsConfig {
             session_timeout_ms_max: 1_800_000,
             max_size: 1_000,
             commit_timeout_ms: 10_000,
+            presence_renew_ms: 2_000,
+            presence_ttl_ms: 10_000,
         }
     }
 }
@@ -889,6 +898,21 @@ impl NodeConfig {
             if v == 0 {
                 p.add(key, "must be at least 1");
             }
+        }
+        if !(100..=60_000).contains(&g.presence_renew_ms) {
+            p.add(
+                "groups.presence_renew_ms",
+                format!("{} is out of range (100 to 60000)", g.presence_renew_ms),
+            );
+        }
+        if g.presence_ttl_ms < 2 * g.presence_renew_ms {
+            p.add(
+                "groups.presence_ttl_ms",
+                format!(
+                    "{} must be at least twice groups.presence_renew_ms ({}), or one late renewal moves the group",
+                    g.presence_ttl_ms, g.presence_renew_ms
+                ),
+            );
         }
         if r.payload_entries_max == 0 {
             p.add("raft.payload_entries_max", "must be at least 1");

@@ -81,6 +81,14 @@ fn each_bad_file_is_explained() {
             ],
         ),
         (
+            TOPO.into(),
+            format!("{NODE}[groups]\npresence_renew_ms = 5000\npresence_ttl_ms = 6000\n"),
+            vec![
+                "groups.presence_ttl_ms",
+                "at least twice groups.presence_renew_ms",
+            ],
+        ),
+        (
             TOPO.replace("quic = \"127.0.0.1:7001\"", "quic = \"nowhere\""),
             NODE.into(),
             vec!["region[0].node[0].quic", "`nowhere` is not an IP:port"],

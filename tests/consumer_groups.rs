@@ -432,3 +432,55 @@ fn a_group_resumes_in_another_region_where_it_committed_after_its_region_fails()
     assert!(again.is_empty(), "re-read after moving region: {again:?}");
     assert_eq!(seen.len(), 60, "every record consumed once: {rest:?}");
 }
+
+/// Issue 16, item 10, second finding: a member that joins a group through
+/// another region's brokers while the group has members in its region
+/// joins that group (its region's coordinator sends it there), instead of
+/// forming a second group that assigns every partition again and re-reads
+/// what the first committed. Records are written throughout, so two groups
+/// would both read them.
+#[test]
+fn a_member_joining_through_another_region_joins_the_same_group() {
+    require("python3");
+    let c = Cluster::start_three();
+    let south = c.region_bootstrap("ap-south");
+    let east = c.region_bootstrap("us-east");
+    create(&south, "spans", 4, &["meridian.replication=sync"]);
+    let v = groups_py(
+        &["span", &south, &east, "spans", "spanning", "100", "4", "8"],
+        Duration::from_secs(180),
+    );
+    let members = v["members"].as_array().unwrap().clone();
+    let written = v["written"].as_u64().unwrap() as usize;
+    let seen = tally(&members);
+    let dups: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        dups.is_empty(),
+        "{} records read twice, e.g. {:?}",
+        dups.len(),
+        &dups[..dups.len().min(5)]
+    );
+    assert_eq!(seen.len(), written, "every record read");
+    let settled: Vec<Vec<i64>> = members
+        .iter()
+        .map(|m| {
+            m["settled"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p.as_i64().unwrap())
+                .collect()
+        })
+        .collect();
+    let mut all: Vec<i64> = settled.iter().flatten().copied().collect();
+    all.sort();
+    assert_eq!(
+        all,
+        vec![0, 1, 2, 3],
+        "one group: its three members share the four partitions: {settled:?}"
+    );
+    assert!(
+        !settled[2].is_empty(),
+        "the member that came through us-east holds partitions: {settled:?}"
+    );
+}

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::offsets::{self, Folded, Key, Value};
+use super::presence::{self, Meet};
 use super::state::{code, Group, Join, JoinReply, Limits, Now, Out, SyncReply};
 use crate::config::{GroupsConfig, NodeSpec};
 use crate::raft::types::GroupId;
@@ -155,7 +156,25 @@ pub struct Coordinator {
     creating: tokio::sync::Mutex<()>,
     /// Groups warned about committing in two regions, and when.
     warned: Mutex<HashMap<String, i64>>,
+    /// The presence this node announces for the groups it coordinates.
+    announced: Mutex<HashMap<String, Announced>>,
 }
+
+/// What this node announced of one group's presence
+/// ([`presence`]), and when.
+struct Announced {
+    /// HLC since which the group has members in this region.
+    since: u64,
+    /// Members last written; None before the first write succeeded.
+    written: Option<u32>,
+    /// When it was last written or tried (`Coordinator::now`).
+    at_ms: u64,
+    /// A write is under way.
+    writing: bool,
+}
+
+/// Retry delay for a presence write that failed or changed.
+const PRESENCE_RETRY_MS: u64 = 200;
 
 /// The error code a failed commit answers with; all are retriable.
 fn commit_code(e: PartitionError) -> i16 {
@@ -181,6 +200,7 @@ impl Coordinator {
             folded: Mutex::new(HashMap::new()),
             creating: tokio::sync::Mutex::new(()),
             warned: Mutex::new(HashMap::new()),
+            announced: Mutex::new(HashMap::new()),
         })
     }
 
@@ -225,27 +245,206 @@ impl Coordinator {
                     (id, ours)
                 })
                 .collect();
-            let mut inner = self.inner.lock().expect("groups");
-            for (id, ours) in mine {
-                if !ours {
-                    info!(group = %id, "no longer this group's coordinator; its members join the new one");
-                    inner.drop_group(&id);
-                    continue;
+            let mut sizes = HashMap::new();
+            {
+                let mut inner = self.inner.lock().expect("groups");
+                for (id, ours) in mine {
+                    if !ours {
+                        info!(group = %id, "no longer this group's coordinator; its members join the new one");
+                        inner.drop_group(&id);
+                        continue;
+                    }
+                    let Some(g) = inner.groups.get_mut(&id) else {
+                        continue;
+                    };
+                    let outs = g.tick(now);
+                    let idle = g.is_idle();
+                    let size = g.size() as u32;
+                    self.delivered(inner.deliver(&id, outs));
+                    if idle {
+                        inner.drop_group(&id);
+                    } else {
+                        sizes.insert(id, size);
+                    }
                 }
-                let Some(g) = inner.groups.get_mut(&id) else {
-                    continue;
-                };
-                let outs = g.tick(now);
-                let idle = g.is_idle();
-                self.delivered(inner.deliver(&id, outs));
-                if idle {
-                    inner.drop_group(&id);
+                let m = &self.router.metrics;
+                m.groups_coordinated.set(inner.groups.len() as i64);
+                m.group_members
+                    .set(inner.groups.values().map(|g| g.members.len() as i64).sum());
+            }
+            self.announce(&sizes);
+        }
+    }
+
+    /// Writes the presence of the groups with members here when it
+    /// changed or is due for renewal, and once more, empty, when a group
+    /// went from here (`sizes`: groups coordinated here and their members).
+    fn announce(self: &Arc<Self>, sizes: &HashMap<String, u32>) {
+        let now = self.now();
+        let renew = self.cfg.presence_renew_ms;
+        let mut due = Vec::new();
+        {
+            let mut announced = self.announced.lock().expect("announced");
+            for group in sizes.keys() {
+                if !announced.contains_key(group) {
+                    let since = self.anchored_since(group);
+                    announced.insert(
+                        group.clone(),
+                        Announced {
+                            since,
+                            written: None,
+                            at_ms: 0,
+                            writing: false,
+                        },
+                    );
                 }
             }
-            let m = &self.router.metrics;
-            m.groups_coordinated.set(inner.groups.len() as i64);
-            m.group_members
-                .set(inner.groups.values().map(|g| g.members.len() as i64).sum());
+            announced.retain(|group, a| {
+                let size = sizes.get(group).copied().unwrap_or(0);
+                if a.writing {
+                    return true;
+                }
+                // Gone from here, and nothing (more) to retract.
+                if size == 0 && a.written.is_none_or(|w| w == 0) {
+                    return false;
+                }
+                let waited = now.saturating_sub(a.at_ms);
+                let changed = a.written != Some(size) && waited >= PRESENCE_RETRY_MS;
+                if changed || (size > 0 && waited >= renew) {
+                    a.writing = true;
+                    a.at_ms = now;
+                    due.push((group.clone(), size, a.since));
+                }
+                true
+            });
+        }
+        for (group, size, since) in due {
+            let me = self.clone();
+            tokio::spawn(async move {
+                let ok = me.write_presence(&group, size, since).await;
+                let mut announced = me.announced.lock().expect("announced");
+                if let Some(a) = announced.get_mut(&group) {
+                    a.writing = false;
+                    a.at_ms = me.now();
+                    if ok {
+                        a.written = Some(size);
+                    }
+                }
+            });
+        }
+    }
+
+    /// Since when `group` has members in this region: from this region's
+    /// live presence when the group only changed coordinator here (a
+    /// leader change), so it keeps its claim; else now.
+    fn anchored_since(&self, group: &str) -> u64 {
+        let clock = &self.router.groups.clock;
+        let own = self.own_origin();
+        let gid = self.partition_of(group).map(|(_, gid)| gid);
+        let folded = self.folded.lock().expect("folded");
+        gid.and_then(|gid| folded.get(&gid)?.presence.get(group)?.get(&own).copied())
+            .filter(|s| {
+                s.members > 0
+                    && clock.wall_now_ms() - crate::hlc::wall_ms(s.at)
+                        <= self.cfg.presence_ttl_ms as i64
+            })
+            .map_or_else(|| clock.now(), |s| s.since)
+    }
+
+    /// Appends one presence record of `group`; whether it committed here.
+    async fn write_presence(&self, group: &str, members: u32, since: u64) -> bool {
+        let Ok((p, _)) = self.is_mine(group) else {
+            return false;
+        };
+        let value = presence::Value {
+            node: self.router.node_id(),
+            members,
+            since,
+        };
+        let records = vec![presence::record(group, &value)];
+        let submitted = self
+            .router
+            .submit_append(
+                offsets::TOPIC,
+                p as i32,
+                records,
+                None,
+                self.commit_timeout(),
+            )
+            .await;
+        let result = match submitted {
+            Ok(ticket) => ticket.wait(self.commit_timeout()).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(_) => true,
+            Err(e) => {
+                debug!(group, error = %e, "group presence not written; retrying");
+                false
+            }
+        }
+    }
+
+    /// This region's origin id.
+    fn own_origin(&self) -> u32 {
+        self.router
+            .topology
+            .node(self.router.node_id())
+            .map_or(0, |n| crate::storage::origin_id(&n.region))
+    }
+
+    /// Where `group` meets, by the presence records folded here
+    /// ([`presence::meeting_place`]).
+    fn meeting(&self, group: &str, gid: GroupId) -> Meet {
+        let own_since = self
+            .announced
+            .lock()
+            .expect("announced")
+            .get(group)
+            .map(|a| a.since);
+        let seen: Vec<(u32, presence::Seen)> = self
+            .folded
+            .lock()
+            .expect("folded")
+            .get(&gid)
+            .and_then(|f| f.presence.get(group))
+            .map(|m| m.iter().map(|(o, s)| (*o, *s)).collect())
+            .unwrap_or_default();
+        if seen.is_empty() {
+            return Meet::Here;
+        }
+        let meta = self.router.groups.meta_state();
+        let regions = self.router.region_names();
+        let failed = |origin: u32| {
+            regions
+                .iter()
+                .find(|r| crate::storage::origin_id(r) == origin)
+                .is_some_and(|r| meta.seal_of(r).is_some())
+        };
+        let now = presence::Now {
+            own: self.own_origin(),
+            own_since,
+            now_ms: self.router.groups.clock.wall_now_ms(),
+            ttl_ms: self.cfg.presence_ttl_ms,
+        };
+        presence::meeting_place(now, seen, failed)
+    }
+
+    /// Ok when this node coordinates `group` now and the group meets in
+    /// this region: NOT_COORDINATOR when it meets in another (the member
+    /// looks the coordinator up again and is sent there).
+    fn coordinates(&self, group: &str) -> Result<(u32, GroupId), (i16, String)> {
+        let (p, gid) = self.is_mine(group)?;
+        let _ = self.fold(gid);
+        match self.meeting(group, gid) {
+            Meet::Here => Ok((p, gid)),
+            Meet::There { node, .. } => {
+                debug!(group, node, "group meets in another region");
+                Err(err(
+                    code::NOT_COORDINATOR,
+                    "the group meets in another region",
+                ))
+            }
         }
     }
 
@@ -326,6 +525,17 @@ impl Coordinator {
         let (_, gid) = self
             .partition_of(group)
             .ok_or_else(|| err(code::COORDINATOR_NOT_AVAILABLE, "no offsets topic yet"))?;
+        // A group with members in another region meets there.
+        let _ = self.fold(gid);
+        if let Meet::There { node, .. } = self.meeting(group, gid) {
+            if let Some(n) = self.router.topology.node(node) {
+                debug!(
+                    group,
+                    node, "group meets in another region; sending the member there"
+                );
+                return Ok(n.clone());
+            }
+        }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
         loop {
             let leader = self.router.groups.partition(gid).and_then(|g| g.leader());
@@ -355,7 +565,7 @@ impl Coordinator {
         if group.is_empty() {
             return fail(code::INVALID_GROUP_ID);
         }
-        if let Err((e, _)) = self.is_mine(group) {
+        if let Err((e, _)) = self.coordinates(group) {
             return fail(e);
         }
         let wait_ms = j.spec.rebalance_timeout_ms.max(j.spec.session_timeout_ms);
@@ -411,7 +621,7 @@ impl Coordinator {
                 ..Default::default()
             })
         };
-        if let Err((e, _)) = self.is_mine(group) {
+        if let Err((e, _)) = self.coordinates(group) {
             return fail(e);
         }
         let mut inner = self.inner.lock().expect("groups");
@@ -445,7 +655,7 @@ impl Coordinator {
     }
 
     pub fn heartbeat(&self, group: &str, member: &str, generation: i32) -> i16 {
-        if let Err((e, _)) = self.is_mine(group) {
+        if let Err((e, _)) = self.coordinates(group) {
             return e;
         }
         let mut inner = self.inner.lock().expect("groups");
@@ -500,7 +710,7 @@ impl Coordinator {
             |r: Vec<PartitionCode>| -> futures::future::BoxFuture<'static, Vec<PartitionCode>> {
                 Box::pin(async move { r })
             };
-        let (p, gid) = match self.is_mine(&req.group) {
+        let (p, gid) = match self.coordinates(&req.group) {
             Ok(x) => x,
             Err((c, _)) => return ready(all(c)),
         };

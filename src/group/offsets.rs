@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use super::presence::{self, Seen};
 use crate::raft::types::{GroupId, RecordIn};
 use crate::storage::state_machine::{read, LogState};
 use crate::storage::{batch, Db, DbError, LogKey};
@@ -144,6 +145,9 @@ pub struct Folded {
     /// How far each origin log is folded.
     cursors: BTreeMap<LogRef, u64>,
     pub commits: HashMap<Key, Committed>,
+    /// The latest presence of each region, per group
+    /// ([`super::presence`]).
+    pub presence: HashMap<String, BTreeMap<u32, Seen>>,
 }
 
 impl Folded {
@@ -190,6 +194,8 @@ impl Folded {
                     if let Some(g) = fold(&mut self.commits, r, hlc, log.origin) {
                         let e = seen.entry((g, log.origin)).or_default();
                         *e = (*e).max(hlc);
+                    } else {
+                        self.fold_presence(r, hlc, log.origin);
                     }
                     reached = offset + 1;
                 }
@@ -201,6 +207,32 @@ impl Folded {
             done,
             groups: seen.into_iter().map(|((g, o), h)| (g, o, h)).collect(),
         })
+    }
+
+    /// Keeps the latest presence record of each region. A re-injected one
+    /// is old news written again under another region's name: skipped.
+    fn fold_presence(&mut self, r: &RecordIn, hlc: u64, origin: u32) {
+        if r.headers
+            .iter()
+            .any(|(k, _)| k == batch::HEADER_REINJECTED_FROM)
+        {
+            return;
+        }
+        let Some((group, v)) = presence::parse(r) else {
+            return;
+        };
+        let by_region = self.presence.entry(group).or_default();
+        if by_region.get(&origin).is_none_or(|s| s.at < hlc) {
+            by_region.insert(
+                origin,
+                Seen {
+                    node: v.node,
+                    members: v.members,
+                    since: v.since,
+                    at: hlc,
+                },
+            );
+        }
     }
 
     /// Groups with commits here (tombstones aside).
@@ -274,8 +306,8 @@ mod tests {
         fold(&mut c, &record(&key("g", 0), None), 200, 1);
         fold(&mut c, &record(&key("g", 0), Some(&commit(4))), 100, 2);
         let f = Folded {
-            cursors: BTreeMap::new(),
             commits: c,
+            ..Default::default()
         };
         assert!(f.of_group("g").is_empty());
         assert!(f.groups().is_empty());

@@ -184,6 +184,11 @@ impl Group {
     }
 
     /// Nothing to keep: no member, nobody about to join.
+    /// Members, counting those still joining.
+    pub fn size(&self) -> usize {
+        self.members.len() + self.pending.len()
+    }
+
     pub fn is_idle(&self) -> bool {
         self.members.is_empty() && self.pending.is_empty()
     }

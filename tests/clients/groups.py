@@ -12,6 +12,13 @@
   groups.py steady BOOTSTRAP TOPIC GROUP MEMBERS WANT [TIMEOUT_MS]
       Runs MEMBERS consumers of GROUP until they consumed WANT records
       (produced by someone else meanwhile); prints the same JSON as share.
+  groups.py span BOOTSTRAP OTHER TOPIC GROUP RATE BEFORE_S AFTER_S [TIMEOUT_MS]
+      Writes "v-i" at RATE records/s into TOPIC through BOOTSTRAP while
+      two members of GROUP read it through BOOTSTRAP; BEFORE_S seconds
+      after both hold partitions, a third member joins GROUP through OTHER
+      (another region's brokers); AFTER_S seconds later the writing stops.
+      Once every record written was read, prints the share JSON (the
+      third member last) with "written": how many records were written.
   groups.py consume BOOTSTRAP TOPIC GROUP WANT [IDLE_MS]
       One member of GROUP consumes until WANT records arrived or none for
       IDLE_MS, committing each synchronously, then closes; prints JSON
@@ -163,6 +170,52 @@ def share(bootstrap, topic, group, strategy, n, first, second, timeout_ms=90000)
     report(members, settled)
 
 
+def span(bootstrap, other, topic, group, rate, before_s, after_s, timeout_ms=120000):
+    deadline = time.time() + timeout_ms / 1000
+    probe = Producer({"bootstrap.servers": bootstrap})
+    total = len(probe.list_topics(topic, timeout=10).topics[topic].partitions)
+    stop = threading.Event()
+    written = [0]
+
+    def write():
+        p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 5})
+        start = time.time()
+        while not stop.is_set():
+            due = start + written[0] / rate
+            if time.time() < due:
+                time.sleep(min(0.01, due - time.time()))
+                continue
+            v = f"v-{written[0]}"
+            p.produce(topic, value=v.encode(), key=v.encode())
+            p.poll(0)
+            written[0] += 1
+        if p.flush(30) != 0:
+            raise SystemExit("records left unacknowledged")
+
+    w = threading.Thread(target=write, daemon=True)
+    w.start()
+    members = [Member(bootstrap, topic, group, i) for i in range(2)]
+    for m in members:
+        m.t.start()
+    while time.time() < deadline and not all(m.assignments and m.assignments[-1] for m in members):
+        time.sleep(0.1)
+    time.sleep(before_s)
+    far = Member(other, topic, group, 2)
+    far.t.start()
+    members.append(far)
+    time.sleep(after_s)
+    stop.set()
+    w.join()
+    wait_for(members, written[0], deadline)
+    time.sleep(1.0)  # a duplicate would arrive now
+    settled = [sorted(m.held) for m in members]
+    for m in members:
+        m.close()
+    print(json.dumps({"written": written[0], "total": total, "members": [
+        {"values": m.values, "assignments": m.assignments, "uncommitted": m.uncommitted,
+         "settled": settled[i]} for i, m in enumerate(members)]}))
+
+
 def steady(bootstrap, topic, group, n, want, timeout_ms=120000):
     deadline = time.time() + timeout_ms / 1000
     members = [Member(bootstrap, topic, group, i) for i in range(n)]
@@ -227,6 +280,9 @@ if __name__ == "__main__":
     elif cmd == "steady":
         b, t, g = args[:3]
         steady(b, t, g, *map(int, args[3:]))
+    elif cmd == "span":
+        b, o, t, g = args[:4]
+        span(b, o, t, g, *map(int, args[4:]))
     elif cmd == "consume":
         b, t, g = args[:3]
         consume(b, t, g, *map(int, args[3:]))
