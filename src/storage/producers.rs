@@ -101,6 +101,26 @@ pub struct StoredBatch {
     pub count: u32,
 }
 
+/// Sequences a producer skipped here: it wrote them through a region that
+/// was failed over before they were copied (an `async` topic's tail past
+/// the seal), and went on after them here. They come back only by
+/// re-injection at that region's failback, which must keep them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gap {
+    pub epoch: i16,
+    pub first_seq: i32,
+    pub last_seq: i32,
+}
+
+impl Gap {
+    fn holds(&self, epoch: i16, seq: i32) -> bool {
+        self.epoch == epoch && behind(self.first_seq, seq) <= behind(self.first_seq, self.last_seq)
+    }
+}
+
+/// Gaps remembered per producer: one per failover it lived through.
+pub const GAPS_KEPT: usize = 8;
+
 /// What is remembered of one producer in one partition.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProducerState {
@@ -109,6 +129,37 @@ pub struct ProducerState {
     pub batches: Vec<StoredBatch>,
     /// HLC of the producer's newest batch here.
     pub last_hlc: u64,
+    /// Oldest first; at most [`GAPS_KEPT`].
+    pub gaps: Vec<Gap>,
+}
+
+/// [`ProducerState`] as stored before gaps were kept.
+#[derive(Deserialize)]
+struct ProducerStateV1 {
+    epoch: i16,
+    batches: Vec<StoredBatch>,
+    last_hlc: u64,
+}
+
+impl ProducerState {
+    /// Decodes a stored state, also one written before gaps were kept
+    /// (shorter: it ends where `gaps` begins).
+    pub fn decode(bytes: &[u8]) -> Result<ProducerState, bincode::Error> {
+        bincode::deserialize::<ProducerState>(bytes).or_else(|e| {
+            let old: ProducerStateV1 = bincode::deserialize(bytes).map_err(|_| e)?;
+            Ok(ProducerState {
+                epoch: old.epoch,
+                batches: old.batches,
+                last_hlc: old.last_hlc,
+                gaps: Vec::new(),
+            })
+        })
+    }
+}
+
+/// Whether `got` lies past `expected` (a gap), not before it (an overlap).
+pub fn is_ahead(expected: i32, got: i32) -> bool {
+    (1..=SEQ_SPAN / 2).contains(&behind(expected, got))
 }
 
 impl ProducerState {
@@ -173,9 +224,13 @@ impl ProducerTable {
 
     /// Whether producer `id` stored sequence `seq` of `epoch` here: it is
     /// at or below the producer's last stored sequence of that epoch.
+    /// A sequence in one of its gaps was not stored here.
     pub fn has_stored(&self, id: i64, epoch: i16, seq: i32, now_hlc: u64) -> bool {
-        self.get(id, now_hlc)
-            .is_some_and(|st| st.epoch == epoch && behind(seq, st.last().last_seq) <= SEQ_SPAN / 2)
+        self.get(id, now_hlc).is_some_and(|st| {
+            st.epoch == epoch
+                && behind(seq, st.last().last_seq) <= SEQ_SPAN / 2
+                && !st.gaps.iter().any(|g| g.holds(epoch, seq))
+        })
     }
 
     /// The answer to a batch of `count` records from `p`, arriving at `now_hlc`.
@@ -233,12 +288,24 @@ impl ProducerTable {
             if !self.producers.contains_key(&p.id) {
                 self.make_room(last_hlc);
             }
+            // A producer first seen past sequence 0 (accepted only after
+            // its region was failed over): what came before is a gap.
+            let gaps = if b.first_seq != 0 && is_ahead(0, b.first_seq) {
+                vec![Gap {
+                    epoch: p.epoch,
+                    first_seq: 0,
+                    last_seq: seq_add(b.first_seq, -1),
+                }]
+            } else {
+                Vec::new()
+            };
             self.producers.insert(
                 p.id,
                 ProducerState {
                     epoch: p.epoch,
                     batches: vec![b],
                     last_hlc,
+                    gaps,
                 },
             );
             self.changed.insert(p.id);
@@ -248,6 +315,22 @@ impl ProducerTable {
         if p.epoch < st.epoch || st.batches.iter().any(|x| x.first_seq == b.first_seq) {
             return;
         }
+        let expected = seq_add(st.last().last_seq, 1);
+        if b.first_seq != expected && is_ahead(expected, b.first_seq) {
+            st.gaps.push(Gap {
+                epoch: p.epoch,
+                first_seq: expected,
+                last_seq: seq_add(b.first_seq, -1),
+            });
+            if st.gaps.len() > GAPS_KEPT {
+                st.gaps.remove(0);
+            }
+        }
+        // A batch that arrives after one past it (copies of two logs)
+        // fills the gap it leaves.
+        st.gaps.retain(|g| {
+            !(g.epoch == p.epoch && (g.holds(p.epoch, b.first_seq) || g.holds(p.epoch, b.last_seq)))
+        });
         st.batches.push(b);
         if st.batches.len() > BATCHES_KEPT {
             st.batches.remove(0);
@@ -322,6 +405,61 @@ mod tests {
             base_offset,
             count,
         }
+    }
+
+    #[test]
+    fn a_state_stored_before_gaps_were_kept_still_loads() {
+        #[derive(Serialize)]
+        struct V1 {
+            epoch: i16,
+            batches: Vec<StoredBatch>,
+            last_hlc: u64,
+        }
+        let b = stored(p(1, 2, 0), 3, 10);
+        let old = bincode::serialize(&V1 {
+            epoch: 2,
+            batches: vec![b],
+            last_hlc: 77,
+        })
+        .unwrap();
+        let st = ProducerState::decode(&old).unwrap();
+        assert_eq!(
+            (st.epoch, st.batches.clone(), st.last_hlc),
+            (2, vec![b], 77)
+        );
+        assert!(st.gaps.is_empty());
+        let mut new = st.clone();
+        new.gaps.push(Gap {
+            epoch: 2,
+            first_seq: 3,
+            last_seq: 5,
+        });
+        assert_eq!(
+            ProducerState::decode(&bincode::serialize(&new).unwrap()).unwrap(),
+            new
+        );
+        assert!(ProducerState::decode(&old[..old.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn skipped_sequences_are_a_gap_that_counts_as_not_stored() {
+        let mut t = ProducerTable::default();
+        t.record(p(1, 0, 0), stored(p(1, 0, 0), 2, 0), T0);
+        // 2 and 3 skipped (a failed-over region's tail).
+        t.record(p(1, 0, 4), stored(p(1, 0, 4), 2, 2), T0 + 1);
+        let has = |t: &ProducerTable, seq| t.has_stored(1, 0, seq, T0 + 2);
+        assert_eq!(
+            (0..7).map(|s| has(&t, s)).collect::<Vec<_>>(),
+            [true, true, false, false, true, true, false]
+        );
+        // A producer first seen past 0: everything before is a gap.
+        t.record(p(2, 0, 3), stored(p(2, 0, 3), 1, 4), T0);
+        assert!(!t.has_stored(2, 0, 0, T0) && !t.has_stored(2, 0, 2, T0));
+        assert!(t.has_stored(2, 0, 3, T0));
+        // A copy that arrives late fills its gap.
+        t.record(p(1, 0, 2), stored(p(1, 0, 2), 2, 9), T0 + 3);
+        assert!(has(&t, 2) && has(&t, 3));
+        assert!(is_ahead(2, 4) && !is_ahead(4, 2) && !is_ahead(4, 4));
     }
 
     /// Checks and, when new, stores: what the state machine does.

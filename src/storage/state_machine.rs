@@ -626,7 +626,21 @@ impl StateMachine {
                 ));
             }
         }
-        let refusal = match self.producers.check(p, count, now_hlc) {
+        let verdict = self.producers.check(p, count, now_hlc);
+        if self.skips_a_sealed_tail(p, verdict, now_hlc) {
+            // The gap says the producer wrote elsewhere since: only once
+            // every open writer log is held here can it lie in a failed
+            // over region's tail alone.
+            if !moved {
+                if let Some(origin) = self.unsettled_writer(settled_at, None) {
+                    return Some(CommandResult::ProducerRefused(
+                        producers::Refusal::Settling { origin },
+                    ));
+                }
+            }
+            return None;
+        }
+        let refusal = match verdict {
             Verdict::Append => return None,
             Verdict::Duplicate(d) => {
                 return Some(CommandResult::Duplicate {
@@ -647,6 +661,47 @@ impl StateMachine {
             Verdict::StaleEpoch { current } => producers::Refusal::StaleEpoch { current },
         };
         Some(CommandResult::ProducerRefused(refusal))
+    }
+
+    /// Whether a producer's batch is refused only for sequences it may
+    /// have stored in a failed-over region past the seal: the batch lies
+    /// past the producer's last one here (or the producer is new here and
+    /// past sequence 0), and a writer region is failed over (its log
+    /// sealed, no later epoch of it here yet). Such records were
+    /// acknowledged there (an `async` topic's tail) and come back by
+    /// re-injection at failback; answering OUT_OF_ORDER_SEQUENCE_NUMBER or
+    /// UNKNOWN_PRODUCER_ID instead is fatal to librdkafka's idempotent
+    /// producer, or makes it start a new epoch and send again what may be
+    /// stored. So the batch is stored (once every open writer log is held
+    /// here, `check_producer`), and the skipped sequences are kept as a
+    /// gap, which re-injection does not take for stored.
+    fn skips_a_sealed_tail(&self, p: Producer, verdict: Verdict, now_hlc: u64) -> bool {
+        let gap = match verdict {
+            Verdict::OutOfOrder { expected } => {
+                producers::is_ahead(expected, p.base_sequence)
+                    && self
+                        .producers
+                        .get(p.id, now_hlc)
+                        .is_some_and(|st| st.epoch == p.epoch)
+            }
+            Verdict::UnknownProducer => true,
+            _ => false,
+        };
+        gap && self.failed_over_writer()
+    }
+
+    /// Whether another writer region's log is sealed here with no later
+    /// epoch of that region begun: the region is failed over.
+    fn failed_over_writer(&self) -> bool {
+        let own = self.own_ref().origin;
+        let logs = &self.applied.logs;
+        logs.iter().any(|(l, s)| {
+            l.origin != own
+                && s.sealed.is_some()
+                && !logs
+                    .keys()
+                    .any(|m| m.origin == l.origin && m.epoch > l.epoch)
+        })
     }
 
     /// The records of a re-injection (from sealed log `from`) to append:
@@ -1105,7 +1160,7 @@ fn load_producers(db: &Db, group: GroupId) -> Result<ProducerTable, super::DbErr
     let mut states = Vec::new();
     for r in db.range(CF_PRODUCERS, &group.to_be_bytes(), 0, u64::MAX) {
         let (id, v) = r?;
-        let st: ProducerState = bincode::deserialize(&v).map_err(|e| super::DbError::Corrupt {
+        let st = ProducerState::decode(&v).map_err(|e| super::DbError::Corrupt {
             cf: CF_PRODUCERS,
             reason: e.to_string(),
         })?;
@@ -2052,6 +2107,96 @@ mod tests {
         let stored = read::stored(sm.db.as_ref(), sm.log_key(own), 1, 2, 1 << 20).unwrap();
         let (_, recs) = batch::records_of(&stored[0]).unwrap();
         assert_eq!(recs[0].value.as_deref(), Some(&b"w1"[..]));
+    }
+
+    /// Issue 16, item 10, third finding: an idempotent producer wrote an
+    /// `async` topic through eu-west, which acknowledged sequences 0 to 3
+    /// but was failed over with only 0 and 1 copied here. The producer goes
+    /// on here at 4: stored (not OUT_OF_ORDER_SEQUENCE_NUMBER, fatal to
+    /// librdkafka), with 2 and 3 kept as a gap, so that failback re-injects
+    /// them and drops only what the producer sent again here.
+    #[tokio::test]
+    async fn a_producer_past_a_sealed_regions_tail_goes_on_and_its_tail_comes_back_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = machine(dir.path());
+        let west = LogRef {
+            origin: origin_id("eu-west"),
+            epoch: EPOCH_FIRST,
+        };
+        let mut b = WriteBatch::default();
+        let p = producer(4, 0);
+        let records = vec![
+            RecordIn {
+                key: None,
+                value: Some(bytes::Bytes::from_static(b"w")),
+                headers: vec![],
+            };
+            2
+        ];
+        let h = BatchHeader {
+            base_offset: 0,
+            count: 2,
+            first_hlc: 900,
+        };
+        let copy = batch::store(h, &batch::propose(900, "eu-west", &records, Some(p)));
+        step(&mut sm, &mut b, replicate(1_000, 2, vec![copy.into()]));
+        let at = |seq| Producer {
+            base_sequence: seq,
+            ..p
+        };
+        // Before the seal: a gap is refused, as Kafka refuses it.
+        step(&mut sm, &mut b, replicate(9_000, 2, vec![]));
+        assert_eq!(
+            step(&mut sm, &mut b, idempotent(4_000, 1, at(4), 5_000)),
+            CommandResult::ProducerRefused(producers::Refusal::OutOfOrder {
+                expected: 2,
+                got: 4
+            })
+        );
+        step(&mut sm, &mut b, seal("eu-west", 2, 901));
+        let r = step(&mut sm, &mut b, idempotent(10_000, 1, at(4), 10_500));
+        assert!(matches!(r, CommandResult::Appended { .. }), "{r:?}");
+        assert!(matches!(
+            step(&mut sm, &mut b, idempotent(10_100, 1, at(4), 10_600)),
+            CommandResult::Duplicate { .. }
+        ));
+        // Sequences before the producer's last are not stored again.
+        assert!(matches!(
+            step(&mut sm, &mut b, idempotent(10_200, 2, at(1), 10_700)),
+            CommandResult::ProducerRefused(producers::Refusal::DuplicateOld)
+        ));
+        // Failback re-injects 2, 3 and 4: 4 was sent again here.
+        let past_seal = |seq: i32| RecordIn {
+            key: None,
+            value: Some(bytes::Bytes::from(format!("w{seq}"))),
+            headers: vec![(
+                batch::HEADER_REINJECTED_PRODUCER.into(),
+                Some(format!("{}/0/{seq}", p.id).into()),
+            )],
+        };
+        let records = [past_seal(2), past_seal(3), past_seal(4)];
+        let r = step(
+            &mut sm,
+            &mut b,
+            Command::Reinject {
+                from: west,
+                offset: 2,
+                proposed_hlc: 11_000,
+                count: 3,
+                batch: batch::propose(11_000, "us-east", &records, None),
+            },
+        );
+        assert_eq!(r, CommandResult::Reinjected { upto: 5 });
+        let own = sm.own_ref();
+        assert_eq!(
+            sm.applied.logs[&own].next_offset, 3,
+            "4 once, then 2 and 3 re-injected"
+        );
+        sm.persist(b).unwrap();
+        let stored = read::stored(sm.db.as_ref(), sm.log_key(own), 1, 3, 1 << 20).unwrap();
+        let (_, recs) = batch::records_of(&stored[0]).unwrap();
+        let values: Vec<_> = recs.iter().map(|r| r.value.clone().unwrap()).collect();
+        assert_eq!(values, vec![&b"w2"[..], &b"w3"[..]]);
     }
 
     /// Failback as a survivor sees it: the returning region's records past
