@@ -321,13 +321,21 @@ impl Coordinator {
         for (group, size, since) in due {
             let me = self.clone();
             tokio::spawn(async move {
-                let ok = me.write_presence(&group, size, since).await;
+                let written = me.write_presence(&group, size, since).await;
                 let mut announced = me.announced.lock().expect("announced");
-                if let Some(a) = announced.get_mut(&group) {
-                    a.writing = false;
-                    a.at_ms = me.now();
-                    if ok {
-                        a.written = Some(size);
+                match written {
+                    // Another node coordinates the group now; it announces.
+                    None => {
+                        announced.remove(&group);
+                    }
+                    Some(ok) => {
+                        if let Some(a) = announced.get_mut(&group) {
+                            a.writing = false;
+                            a.at_ms = me.now();
+                            if ok {
+                                a.written = Some(size);
+                            }
+                        }
                     }
                 }
             });
@@ -351,10 +359,11 @@ impl Coordinator {
             .map_or_else(|| clock.now(), |s| s.since)
     }
 
-    /// Appends one presence record of `group`; whether it committed here.
-    async fn write_presence(&self, group: &str, members: u32, since: u64) -> bool {
+    /// Appends one presence record of `group`: whether it committed here,
+    /// or None when this node no longer coordinates the group.
+    async fn write_presence(&self, group: &str, members: u32, since: u64) -> Option<bool> {
         let Ok((p, _)) = self.is_mine(group) else {
-            return false;
+            return None;
         };
         let value = presence::Value {
             node: self.router.node_id(),
@@ -377,10 +386,10 @@ impl Coordinator {
             Err(e) => Err(e),
         };
         match result {
-            Ok(_) => true,
+            Ok(_) => Some(true),
             Err(e) => {
                 debug!(group, error = %e, "group presence not written; retrying");
-                false
+                Some(false)
             }
         }
     }
