@@ -366,8 +366,8 @@ fn a_batch_retried_in_another_region_after_a_failover_is_stored_once() {
 /// there, a fatal error that stops a librdkafka producer (and a producer
 /// made anew sends its unacknowledged records again, stored twice). Now
 /// every producer keeps writing, every survivor's view holds each record
-/// once, and lacks only acknowledged records of the lost region's tail
-/// (`async`: re-injected when it returns).
+/// once, and lacks only records the lost region acknowledged before it
+/// was killed (its `async` tail, re-injected when it returns).
 #[test]
 fn idempotent_producers_in_every_region_outlive_a_region_kill_without_duplicates() {
     require("python3");
@@ -416,9 +416,12 @@ fn idempotent_producers_in_every_region_outlive_a_region_kill_without_duplicates
     }
     for (region, v) in out["views"].as_object().unwrap() {
         assert_eq!(v["dups"], 0, "{region}'s view: {out}");
+        // What a view may lack is ap-south's tail: records acknowledged
+        // there before the kill, by any region's producer (librdkafka
+        // writes through whichever region's broker its metadata names).
         assert_eq!(
-            v["missing"], v["missing_of_victim"],
-            "{region}'s view lacks only records of ap-south's tail: {out}"
+            v["missing_acked_after_kill"], 0,
+            "{region}'s view lacks no record acknowledged after the kill: {out}"
         );
         assert!(
             v["missing"].as_u64().unwrap() <= 200,

@@ -1,9 +1,11 @@
 //! The group coordinator of one node. A group is coordinated, in each
 //! region, by the leader of the `__consumer_offsets` partition the group
-//! hashes to: the region its members connect to coordinates it. Membership
-//! lives in memory there ([`state::Group`]); a coordinator change (leader
-//! change, failover) makes members join again, and committed offsets, which
-//! are records of that partition, survive it.
+//! hashes to: the region its members connect to coordinates it, unless the
+//! group already has members in another region, which then coordinates it
+//! ([`super::presence`]). Membership lives in memory there
+//! ([`state::Group`]); a coordinator change (leader change, failover)
+//! makes members join again, and committed offsets, which are records of
+//! that partition, survive it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -346,17 +348,30 @@ impl Coordinator {
     /// live presence when the group only changed coordinator here (a
     /// leader change), so it keeps its claim; else now.
     fn anchored_since(&self, group: &str) -> u64 {
+        self.own_presence_since(group)
+            .unwrap_or_else(|| self.router.groups.clock.now())
+    }
+
+    /// The `since` of this region's own live presence of `group`, as
+    /// folded here (written by this region's coordinator, whichever node
+    /// that is now).
+    fn own_presence_since(&self, group: &str) -> Option<u64> {
         let clock = &self.router.groups.clock;
         let own = self.own_origin();
-        let gid = self.partition_of(group).map(|(_, gid)| gid);
+        let gid = self.partition_of(group)?.1;
         let folded = self.folded.lock().expect("folded");
-        gid.and_then(|gid| folded.get(&gid)?.presence.get(group)?.get(&own).copied())
+        folded
+            .get(&gid)?
+            .presence
+            .get(group)?
+            .get(&own)
+            .copied()
             .filter(|s| {
                 s.members > 0
                     && clock.wall_now_ms() - crate::hlc::wall_ms(s.at)
                         <= self.cfg.presence_ttl_ms as i64
             })
-            .map_or_else(|| clock.now(), |s| s.since)
+            .map(|s| s.since)
     }
 
     /// Appends one presence record of `group`: whether it committed here,
@@ -405,12 +420,16 @@ impl Coordinator {
     /// Where `group` meets, by the presence records folded here
     /// ([`presence::meeting_place`]).
     fn meeting(&self, group: &str, gid: GroupId) -> Meet {
-        let own_since = self
+        // This node's claim if it coordinates the group, else this
+        // region's as its coordinator announced it: every node of a region
+        // sends members to the same place.
+        let announced = self
             .announced
             .lock()
             .expect("announced")
             .get(group)
             .map(|a| a.since);
+        let own_since = announced.or_else(|| self.own_presence_since(group));
         let seen: Vec<(u32, presence::Seen)> = self
             .folded
             .lock()
@@ -436,7 +455,12 @@ impl Coordinator {
             now_ms: self.router.groups.clock.wall_now_ms(),
             ttl_ms: self.cfg.presence_ttl_ms,
         };
-        presence::meeting_place(now, seen, failed)
+        match presence::meeting_place(now, seen, failed) {
+            // A node this topology does not know (a record written by
+            // hand): nowhere to send members.
+            Meet::There { node, .. } if self.router.topology.node(node).is_none() => Meet::Here,
+            m => m,
+        }
     }
 
     /// Ok when this node coordinates `group` now and the group meets in
@@ -448,6 +472,18 @@ impl Coordinator {
         match self.meeting(group, gid) {
             Meet::Here => Ok((p, gid)),
             Meet::There { node, .. } => {
+                // Members here (joined before the other region's presence
+                // arrived) go there; the group here empties at once, so
+                // its presence no longer claims the group.
+                let mut inner = self.inner.lock().expect("groups");
+                if inner.groups.contains_key(group) {
+                    info!(
+                        group,
+                        node, "the group meets in another region; its members here are sent there"
+                    );
+                    inner.drop_group(group);
+                }
+                drop(inner);
                 debug!(group, node, "group meets in another region");
                 Err(err(
                     code::NOT_COORDINATOR,
@@ -918,7 +954,7 @@ impl Coordinator {
                     .find(|r| crate::storage::origin_id(r) == *origin)
                     .unwrap_or_else(|| format!("origin {origin}"));
                 warn!(group = %group, other_region = %region,
-                    "consumer group also commits in another region: its members connect to two regions, and each region coordinates its own members as the whole group (records are read twice); connect all members to one region");
+                    "consumer group also commits in another region: two regions claimed it at once, or it just moved here; members connecting to two regions meet in one of them (docs/consumers.md#one-group-across-regions)");
             }
         }
         let mut warned = self.warned.lock().expect("warned");

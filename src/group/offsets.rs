@@ -221,8 +221,17 @@ impl Folded {
         let Some((group, v)) = presence::parse(r) else {
             return;
         };
-        let by_region = self.presence.entry(group).or_default();
-        if by_region.get(&origin).is_none_or(|s| s.at < hlc) {
+        let by_region = self.presence.entry(group.clone()).or_default();
+        if by_region.get(&origin).is_some_and(|s| s.at >= hlc) {
+            return;
+        }
+        if v.members == 0 {
+            // Emptied: nothing left to draw members (kept out of memory).
+            by_region.remove(&origin);
+            if by_region.is_empty() {
+                self.presence.remove(&group);
+            }
+        } else {
             by_region.insert(
                 origin,
                 Seen {

@@ -183,12 +183,12 @@ impl Group {
         }
     }
 
-    /// Nothing to keep: no member, nobody about to join.
     /// Members, counting those still joining.
     pub fn size(&self) -> usize {
         self.members.len() + self.pending.len()
     }
 
+    /// Nothing to keep: no member, nobody about to join.
     pub fn is_idle(&self) -> bool {
         self.members.is_empty() && self.pending.is_empty()
     }

@@ -116,10 +116,22 @@ impl Gap {
     fn holds(&self, epoch: i16, seq: i32) -> bool {
         self.epoch == epoch && behind(self.first_seq, seq) <= behind(self.first_seq, self.last_seq)
     }
+
+    /// Whether sequences `first..=last` lie wholly in the gap.
+    fn covers(&self, epoch: i16, first: i32, last: i32) -> bool {
+        self.holds(epoch, first)
+            && self.holds(epoch, last)
+            && behind(self.first_seq, first) <= behind(self.first_seq, last)
+    }
 }
 
 /// Gaps remembered per producer: one per failover it lived through.
 pub const GAPS_KEPT: usize = 8;
+/// A producer's batch may skip sequences a failed-over region holds only
+/// if that region was heard from this close to the producer's last batch
+/// here (or, for a producer new here, to the batch): about a librdkafka
+/// producer's default message timeout, the longest it retries.
+pub const GAP_WINDOW_MS: u64 = 300_000;
 
 /// What is remembered of one producer in one partition.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -261,6 +273,16 @@ impl ProducerTable {
         {
             return Verdict::Duplicate(*b);
         }
+        // Sequences skipped past a failed-over region's tail, sent now
+        // (a batch refused as settling while a later one was stored): they
+        // were never stored here.
+        if st
+            .gaps
+            .iter()
+            .any(|g| g.covers(p.epoch, p.base_sequence, last))
+        {
+            return Verdict::Append;
+        }
         let expected = seq_add(st.last().last_seq, 1);
         if p.base_sequence == expected {
             return Verdict::Append;
@@ -315,23 +337,57 @@ impl ProducerTable {
         if p.epoch < st.epoch || st.batches.iter().any(|x| x.first_seq == b.first_seq) {
             return;
         }
-        let expected = seq_add(st.last().last_seq, 1);
-        if b.first_seq != expected && is_ahead(expected, b.first_seq) {
-            st.gaps.push(Gap {
-                epoch: p.epoch,
-                first_seq: expected,
-                last_seq: seq_add(b.first_seq, -1),
-            });
-            if st.gaps.len() > GAPS_KEPT {
-                st.gaps.remove(0);
+        if let Some(i) = st
+            .gaps
+            .iter()
+            .position(|g| g.covers(p.epoch, b.first_seq, b.last_seq))
+        {
+            // Fills (part of) a gap: what is left of it stays, and the
+            // batch takes its place in sequence order, so the last batch
+            // stays the one with the highest sequence.
+            let g = st.gaps.remove(i);
+            if b.last_seq != g.last_seq {
+                st.gaps.insert(
+                    i,
+                    Gap {
+                        first_seq: seq_add(b.last_seq, 1),
+                        ..g
+                    },
+                );
             }
+            if b.first_seq != g.first_seq {
+                st.gaps.insert(
+                    i,
+                    Gap {
+                        last_seq: seq_add(b.first_seq, -1),
+                        ..g
+                    },
+                );
+            }
+            let at = st
+                .batches
+                .iter()
+                .position(|x| is_ahead(b.first_seq, x.first_seq))
+                .unwrap_or(st.batches.len());
+            st.batches.insert(at, b);
+        } else {
+            let expected = seq_add(st.last().last_seq, 1);
+            if b.first_seq != expected && is_ahead(expected, b.first_seq) {
+                st.gaps.push(Gap {
+                    epoch: p.epoch,
+                    first_seq: expected,
+                    last_seq: seq_add(b.first_seq, -1),
+                });
+                if st.gaps.len() > GAPS_KEPT {
+                    st.gaps.remove(0);
+                }
+            }
+            // A batch that overlaps a gap only in part (copies of two logs
+            // in another order): the gap is no longer known.
+            st.gaps
+                .retain(|g| !(g.holds(p.epoch, b.first_seq) || g.holds(p.epoch, b.last_seq)));
+            st.batches.push(b);
         }
-        // A batch that arrives after one past it (copies of two logs)
-        // fills the gap it leaves.
-        st.gaps.retain(|g| {
-            !(g.epoch == p.epoch && (g.holds(p.epoch, b.first_seq) || g.holds(p.epoch, b.last_seq)))
-        });
-        st.batches.push(b);
         if st.batches.len() > BATCHES_KEPT {
             st.batches.remove(0);
         }
@@ -456,9 +512,24 @@ mod tests {
         t.record(p(2, 0, 3), stored(p(2, 0, 3), 1, 4), T0);
         assert!(!t.has_stored(2, 0, 0, T0) && !t.has_stored(2, 0, 2, T0));
         assert!(t.has_stored(2, 0, 3, T0));
+        // A batch inside a gap (one refused as settling while a later one
+        // was stored) is stored, not taken for an old duplicate.
+        assert_eq!(t.check(p(1, 0, 3), 1, T0 + 2), Verdict::Append);
+        t.record(p(1, 0, 3), stored(p(1, 0, 3), 1, 9), T0 + 3);
+        assert!(has(&t, 3) && !has(&t, 2), "the gap is split");
+        assert_eq!(
+            t.check(p(1, 0, 3), 1, T0 + 3),
+            Verdict::Duplicate(stored(p(1, 0, 3), 1, 9))
+        );
+        assert_eq!(
+            t.check(p(1, 0, 6), 1, T0 + 3),
+            Verdict::Append,
+            "the sequence goes on after 5"
+        );
         // A copy that arrives late fills its gap.
-        t.record(p(1, 0, 2), stored(p(1, 0, 2), 2, 9), T0 + 3);
+        t.record(p(1, 0, 2), stored(p(1, 0, 2), 1, 9), T0 + 3);
         assert!(has(&t, 2) && has(&t, 3));
+        assert_eq!(t.check(p(1, 0, 6), 1, T0 + 3), Verdict::Append);
         assert!(is_ahead(2, 4) && !is_ahead(4, 2) && !is_ahead(4, 4));
     }
 

@@ -666,8 +666,8 @@ impl StateMachine {
     /// Whether a producer's batch is refused only for sequences it may
     /// have stored in a failed-over region past the seal: the batch lies
     /// past the producer's last one here (or the producer is new here and
-    /// past sequence 0), and a writer region is failed over (its log
-    /// sealed, no later epoch of it here yet). Such records were
+    /// past sequence 0), and a log here was sealed recently enough to hold
+    /// them ([`StateMachine::sealed_near`]). Such records were
     /// acknowledged there (an `async` topic's tail) and come back by
     /// re-injection at failback; answering OUT_OF_ORDER_SEQUENCE_NUMBER or
     /// UNKNOWN_PRODUCER_ID instead is fatal to librdkafka's idempotent
@@ -676,31 +676,29 @@ impl StateMachine {
     /// here, `check_producer`), and the skipped sequences are kept as a
     /// gap, which re-injection does not take for stored.
     fn skips_a_sealed_tail(&self, p: Producer, verdict: Verdict, now_hlc: u64) -> bool {
-        let gap = match verdict {
-            Verdict::OutOfOrder { expected } => {
-                producers::is_ahead(expected, p.base_sequence)
-                    && self
-                        .producers
-                        .get(p.id, now_hlc)
-                        .is_some_and(|st| st.epoch == p.epoch)
+        match verdict {
+            Verdict::OutOfOrder { expected } if producers::is_ahead(expected, p.base_sequence) => {
+                self.producers
+                    .get(p.id, now_hlc)
+                    .is_some_and(|st| st.epoch == p.epoch && self.sealed_near(st.last_hlc))
             }
-            Verdict::UnknownProducer => true,
+            Verdict::UnknownProducer => self.sealed_near(now_hlc),
             _ => false,
-        };
-        gap && self.failed_over_writer()
+        }
     }
 
-    /// Whether another writer region's log is sealed here with no later
-    /// epoch of that region begun: the region is failed over.
-    fn failed_over_writer(&self) -> bool {
-        let own = self.own_ref().origin;
-        let logs = &self.applied.logs;
-        logs.iter().any(|(l, s)| {
-            l.origin != own
+    /// Whether a log other than this region's current one is sealed here,
+    /// and its region was heard from (its closed timestamp) within
+    /// [`producers::GAP_WINDOW_MS`] of `hlc`: it may hold records written
+    /// after `hlc` that no other region holds. A log sealed long before
+    /// (an old failover, a pinned topic's planned handover) does not.
+    fn sealed_near(&self, hlc: u64) -> bool {
+        let own = self.own_ref();
+        let window = crate::hlc::span_ms(producers::GAP_WINDOW_MS);
+        self.applied.logs.iter().any(|(l, s)| {
+            *l != own
                 && s.sealed.is_some()
-                && !logs
-                    .keys()
-                    .any(|m| m.origin == l.origin && m.epoch > l.epoch)
+                && s.closed.max(s.last_hlc).saturating_add(window) >= hlc
         })
     }
 
@@ -2160,6 +2158,16 @@ mod tests {
             step(&mut sm, &mut b, idempotent(10_100, 1, at(4), 10_600)),
             CommandResult::Duplicate { .. }
         ));
+        // Long after the seal (a producer new here, past 0), no more.
+        let late = crate::hlc::span_ms(producers::GAP_WINDOW_MS) + 20_000;
+        let stranger = Producer {
+            id: p.id + 1,
+            ..at(3)
+        };
+        assert_eq!(
+            step(&mut sm, &mut b, idempotent(late, 1, stranger, late)),
+            CommandResult::ProducerRefused(producers::Refusal::UnknownProducer)
+        );
         // Sequences before the producer's last are not stored again.
         assert!(matches!(
             step(&mut sm, &mut b, idempotent(10_200, 2, at(1), 10_700)),
