@@ -385,17 +385,7 @@ impl Coordinator {
             members,
             since,
         };
-        let records = vec![presence::record(group, &value)];
-        let submitted = self
-            .router
-            .submit_append(
-                offsets::TOPIC,
-                p as i32,
-                records,
-                None,
-                self.commit_timeout(),
-            )
-            .await;
+        let submitted = self.submit(p, vec![presence::record(group, &value)]).await;
         let result = match submitted {
             Ok(ticket) => ticket.wait(self.commit_timeout()).await,
             Err(e) => Err(e),
@@ -854,15 +844,14 @@ impl Coordinator {
         Duration::from_millis(self.cfg.commit_timeout_ms)
     }
 
-    /// Proposes commit records to offsets partition `p`.
-    async fn propose(
+    /// Appends records (commits, presence) to offsets partition `p` in
+    /// this region.
+    async fn submit(
         &self,
         p: u32,
         records: Vec<crate::raft::types::RecordIn>,
-        data_policy: Option<&Policy>,
-    ) -> Result<AppendTicket, i16> {
-        let ticket = self
-            .router
+    ) -> Result<AppendTicket, PartitionError> {
+        self.router
             .submit_append(
                 offsets::TOPIC,
                 p as i32,
@@ -871,11 +860,20 @@ impl Coordinator {
                 self.commit_timeout(),
             )
             .await
-            .map_err(|e| {
-                self.router.metrics.offset_commit_errors.inc();
-                debug!(error = %e, "offset commit not proposed");
-                commit_code(e)
-            })?;
+    }
+
+    /// Proposes commit records to offsets partition `p`.
+    async fn propose(
+        &self,
+        p: u32,
+        records: Vec<crate::raft::types::RecordIn>,
+        data_policy: Option<&Policy>,
+    ) -> Result<AppendTicket, i16> {
+        let ticket = self.submit(p, records).await.map_err(|e| {
+            self.router.metrics.offset_commit_errors.inc();
+            debug!(error = %e, "offset commit not proposed");
+            commit_code(e)
+        })?;
         Ok(match data_policy {
             Some(pol) => ticket.requiring(pol),
             None => ticket,

@@ -1890,6 +1890,38 @@ mod tests {
         batch::propose(hlc, "us-east", &vec![r; n], None)
     }
 
+    /// eu-west's stored batch of producer `p`'s first two records
+    /// (offsets 0 and 1, HLCs from 900), as the link copies it here.
+    fn west_copy(p: Producer) -> bytes::Bytes {
+        let records = vec![
+            RecordIn {
+                key: None,
+                value: Some(bytes::Bytes::from_static(b"w")),
+                headers: vec![],
+            };
+            2
+        ];
+        let h = BatchHeader {
+            base_offset: 0,
+            count: 2,
+            first_hlc: 900,
+        };
+        batch::store(h, &batch::propose(900, "eu-west", &records, Some(p))).into()
+    }
+
+    /// Producer `p`'s record `seq` (epoch 0) as failback re-injects it:
+    /// value `w<seq>`, its producer header.
+    fn reinjected(p: Producer, seq: i32) -> RecordIn {
+        RecordIn {
+            key: None,
+            value: Some(bytes::Bytes::from(format!("w{seq}"))),
+            headers: vec![(
+                batch::HEADER_REINJECTED_PRODUCER.into(),
+                Some(format!("{}/0/{seq}", p.id).into()),
+            )],
+        }
+    }
+
     fn producer(node: u64, seq: i32) -> Producer {
         Producer {
             id: ((node << producers::PID_NODE_SHIFT) | 7) as i64,
@@ -1982,21 +2014,7 @@ mod tests {
         let mut b = WriteBatch::default();
         step(&mut sm, &mut b, Command::Close { hlc: 500 });
         let p = producer(4, 0);
-        let records = vec![
-            RecordIn {
-                key: None,
-                value: Some(bytes::Bytes::from_static(b"w")),
-                headers: vec![],
-            };
-            2
-        ];
-        let h = BatchHeader {
-            base_offset: 0,
-            count: 2,
-            first_hlc: 900,
-        };
-        let copy = batch::store(h, &batch::propose(900, "eu-west", &records, Some(p)));
-        step(&mut sm, &mut b, replicate(1_000, 2, vec![copy.into()]));
+        step(&mut sm, &mut b, replicate(1_000, 2, vec![west_copy(p)]));
         // eu-west's log is closed at 1000 here: not up to 5000.
         assert_eq!(
             step(&mut sm, &mut b, idempotent(4_000, 2, p, 5_000)),
@@ -2075,14 +2093,7 @@ mod tests {
         let p = producer(4, 0);
         let first = step(&mut sm, &mut b, idempotent(2_000, 1, p, 1_500));
         assert!(matches!(first, CommandResult::Appended { .. }), "{first:?}");
-        let past_seal = |seq: i32| RecordIn {
-            key: None,
-            value: Some(bytes::Bytes::from(format!("w{seq}"))),
-            headers: vec![(
-                batch::HEADER_REINJECTED_PRODUCER.into(),
-                Some(format!("{}/0/{seq}", p.id).into()),
-            )],
-        };
+        let past_seal = |seq| reinjected(p, seq);
         let records = [past_seal(0), past_seal(1)];
         let r = step(
             &mut sm,
@@ -2123,21 +2134,7 @@ mod tests {
         };
         let mut b = WriteBatch::default();
         let p = producer(4, 0);
-        let records = vec![
-            RecordIn {
-                key: None,
-                value: Some(bytes::Bytes::from_static(b"w")),
-                headers: vec![],
-            };
-            2
-        ];
-        let h = BatchHeader {
-            base_offset: 0,
-            count: 2,
-            first_hlc: 900,
-        };
-        let copy = batch::store(h, &batch::propose(900, "eu-west", &records, Some(p)));
-        step(&mut sm, &mut b, replicate(1_000, 2, vec![copy.into()]));
+        step(&mut sm, &mut b, replicate(1_000, 2, vec![west_copy(p)]));
         let at = |seq| Producer {
             base_sequence: seq,
             ..p
@@ -2174,14 +2171,7 @@ mod tests {
             CommandResult::ProducerRefused(producers::Refusal::DuplicateOld)
         ));
         // Failback re-injects 2, 3 and 4: 4 was sent again here.
-        let past_seal = |seq: i32| RecordIn {
-            key: None,
-            value: Some(bytes::Bytes::from(format!("w{seq}"))),
-            headers: vec![(
-                batch::HEADER_REINJECTED_PRODUCER.into(),
-                Some(format!("{}/0/{seq}", p.id).into()),
-            )],
-        };
+        let past_seal = |seq| reinjected(p, seq);
         let records = [past_seal(2), past_seal(3), past_seal(4)];
         let r = step(
             &mut sm,
