@@ -660,6 +660,14 @@ impl Router {
             .view_next)
     }
 
+    /// The high watermark and the records committed here that the view
+    /// will take in (`Progress::view_pending`).
+    pub fn view_extent(&self, topic: &str, partition: i32) -> Result<(u64, u64), PartitionError> {
+        let g = self.partition(topic, partition)?;
+        let p = g.progress.borrow();
+        Ok((p.view_next, p.view_pending))
+    }
+
     /// Offset and HLC of the first record whose timestamp is at or after `unix_ms`.
     pub fn offset_for_time(
         &self,

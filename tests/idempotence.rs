@@ -155,45 +155,6 @@ fn counter(c: &Cluster, region: &str, name: &str) -> u64 {
         .sum()
 }
 
-/// The region of the metadata group's leader, and the two others. Delays
-/// are put between the two others only: their lease renewals go to the
-/// leader unhindered, so no region is failed over for the delay.
-fn regions_around_meta_leader(c: &Cluster) -> (String, String, String) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let leader_seen_by = |n: &common::NodeInfo| -> Option<u64> {
-        let (_, body) = http_get(&n.admin, "/status")?;
-        let s: serde_json::Value = serde_json::from_str(&body).ok()?;
-        s["meta"]["leader"].as_u64()
-    };
-    let mut previous = None;
-    loop {
-        // Every node names the same leader, twice a second apart: a
-        // settled leader, not one of a start-up election.
-        let seen: Vec<Option<u64>> = c.nodes.iter().map(leader_seen_by).collect();
-        let agreed = seen.iter().all(|l| l.is_some() && *l == seen[0]);
-        let leader = if agreed { seen[0] } else { None };
-        let stable = leader.is_some() && leader == previous;
-        previous = leader;
-        if let (true, Some(l)) = (stable, leader) {
-            let m = c.node(l).region.clone();
-            let others: Vec<String> = ["us-east", "eu-west", "ap-south"]
-                .into_iter()
-                .filter(|r| *r != m)
-                .map(String::from)
-                .collect();
-            return (m, others[0].clone(), others[1].clone());
-        }
-        assert!(Instant::now() < deadline, "no settled metadata leader");
-        std::thread::sleep(Duration::from_millis(1000));
-    }
-}
-
-fn delay(c: &Cluster, a: &str, b: &str, ms: u64) {
-    c.set_faults(&format!(
-        r#"{{"delay": [{{"a": "{a}", "b": "{b}", "ms": {ms}}}]}}"#
-    ));
-}
-
 fn tally(values: &serde_json::Value) -> BTreeMap<String, usize> {
     let mut seen = BTreeMap::new();
     for v in values.as_array().unwrap() {
@@ -223,7 +184,7 @@ fn assert_all_delivered(out: &serde_json::Value, n: usize) {
 fn a_producers_batches_sent_again_are_stored_once() {
     require("python3");
     let c = Cluster::start_three();
-    let (_meta, home, far) = regions_around_meta_leader(&c);
+    let (_meta, home, far) = c.regions_around_meta_leader();
     let boot = c.region_bootstrap(&home);
     let writers = format!("meridian.writers=home:{home}");
     create(
@@ -236,7 +197,7 @@ fn a_producers_batches_sent_again_are_stored_once() {
             "meridian.sync.quorum=3",
         ],
     );
-    delay(&c, &home, &far, 4000);
+    c.delay(&home, &far, 4000);
     let producer = {
         let boot = boot.clone();
         std::thread::spawn(move || {
@@ -287,7 +248,7 @@ fn a_producers_batches_sent_again_are_stored_once() {
 fn a_batch_retried_in_another_region_after_a_failover_is_stored_once() {
     require("python3");
     let mut c = Cluster::start_three();
-    let (survivor, home, far) = regions_around_meta_leader(&c);
+    let (survivor, home, far) = c.regions_around_meta_leader();
     let boot = c.region_bootstrap(&home);
     create(
         &boot,
@@ -295,7 +256,7 @@ fn a_batch_retried_in_another_region_after_a_failover_is_stored_once() {
         1,
         &["meridian.replication=sync", "meridian.sync.quorum=3"],
     );
-    delay(&c, &home, &far, 30000);
+    c.delay(&home, &far, 30000);
     let producer = {
         let boot = boot.clone();
         std::thread::spawn(move || {

@@ -3,10 +3,13 @@
 //! NOT_LEADER_OR_FOLLOWER, and a consumer at the tip (confluent-kafka,
 //! auto.offset.reset=latest) keeps its position when the leader is killed
 //! and another takes over, instead of being told its offset is out of
-//! range and skipping records.
+//! range and skipping records. And an offset that another region's view
+//! already shows is waited for, not called out of range, in a region that
+//! holds the records but has not merged them yet.
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -114,4 +117,83 @@ async fn a_consumer_at_the_tip_keeps_its_position_across_a_leader_change() {
         expected.len(),
         out["errors"]
     );
+}
+
+/// Region `y` takes `x`'s records into its view as soon as they arrive;
+/// `x` takes its own in only once `y` is known to hold them, a round trip
+/// later (4 s added to it here). Meanwhile `y`'s high watermark is ahead
+/// of `x`'s, and a consumer moving from `y` to `x` at `y`'s position (a
+/// group's commit made in `y`) asks `x` for an offset past its high
+/// watermark. `x` holds those records: it answers no records and no
+/// error, and serves the records once its view reached the offset. (The
+/// topic is held by `x` and `y` only, so no third region relays between
+/// them; the metadata leader's region is the third, so no lease is
+/// hindered by the delay.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offset_another_regions_view_shows_is_waited_for_not_out_of_range() {
+    let c = Cluster::start_three();
+    let (_meta, x, y) = c.regions_around_meta_leader();
+    let mut cx = Client::new(&c.region_bootstrap(&x));
+    let mut cy = Client::new(&c.region_bootstrap(&y));
+    cx.timeout = Duration::from_secs(10);
+    cy.timeout = Duration::from_secs(10);
+    let configs: BTreeMap<String, String> =
+        [("meridian.regions".to_string(), format!("{x},{y}"))].into();
+    cx.create_topic("ahead", 1, &configs).await.unwrap();
+    produce_to(&cx, "ahead", "warm".into()).await;
+    c.delay(&x, &y, 4000);
+    let started = Instant::now();
+    let mut round = 0;
+    let mut written = 1;
+    let (conn, ahead) = loop {
+        // The window is about 2 s long; a round that misses it (a loaded
+        // machine) tries again with new records.
+        assert!(round < 5, "{y}'s view was never ahead of {x}'s");
+        for i in 0..5 {
+            produce_to(&cx, "ahead", format!("r{round}-{i}")).await;
+        }
+        written += 5;
+        let y_hw = loop {
+            // (Right after the topic was created, `y` may not know it yet.)
+            let hw = cy
+                .list_offset("ahead", 0, -1)
+                .await
+                .map_or(-1, |(hw, _)| hw);
+            if hw == written {
+                break hw;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "{y} took in {hw} of {written} records"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let conn = cx.leader("ahead", 0).await.unwrap();
+        match fetch_on(&conn, "ahead", 0, y_hw, 0).await {
+            Ok((recs, hw)) if hw < y_hw => {
+                assert!(recs.is_empty(), "records past the high watermark: {recs:?}");
+                break (conn, y_hw);
+            }
+            Ok(_) => round += 1,
+            Err(e) => panic!("{x} answered {e} for offset {y_hw}, which {y}'s view shows"),
+        }
+    };
+    // The position holds: the next record written is read from it.
+    produce_to(&cx, "ahead", "next".into()).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (recs, _) = fetch_on(&conn, "ahead", 0, ahead, 2000).await.unwrap();
+        if let Some(r) = recs.first() {
+            assert_eq!(r.offset, ahead);
+            assert_eq!(r.value.as_deref(), Some(&b"next"[..]), "{recs:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{x} never served offset {ahead}");
+    }
+}
+
+/// Produces one record to partition 0 of `topic`.
+async fn produce_to(client: &Client, topic: &str, value: String) {
+    let batch = encode_batch(&[(None, Some(Bytes::from(value)))], Compression::None);
+    client.produce(topic, 0, batch).await.unwrap();
 }

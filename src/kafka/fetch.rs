@@ -3,6 +3,14 @@
 //! `max_wait_ms` (capped by `kafka.fetch_wait_ms_max`). In a topic with
 //! `meridian.delay.ms` a fetch stops at the first record not yet due, and a
 //! waiting fetch also wakes when that record falls due.
+//!
+//! A fetch offset past the high watermark is not out of range while the
+//! records up to it are committed here but not yet in the view: another
+//! region's view can be ahead of this one's by what its merge took in
+//! first (a consumer group's commit made there, see docs/consumers.md).
+//! Such a fetch waits, and answers no records until the view reaches it,
+//! as a Kafka follower answers an offset between its and the leader's
+//! high watermark.
 
 use std::time::{Duration, Instant};
 
@@ -65,6 +73,34 @@ pub async fn handle(r: &Router, req: FetchRequest) -> FetchResponse {
     }
 }
 
+/// Where a fetch offset stands in a partition's view here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Position {
+    /// Below the high watermark: there are records to read.
+    Read,
+    /// At the high watermark, or past it by no more than the records
+    /// committed here that the view has still to take in: nothing to read
+    /// yet, and no error.
+    Wait,
+    /// Negative, or past everything committed here.
+    OutOfRange,
+}
+
+/// Classifies `offset` against the view's high watermark `hw` and the
+/// records `pending` for it (`Progress::view_pending`).
+pub fn position(offset: i64, hw: u64, pending: u64) -> Position {
+    let Ok(offset) = u64::try_from(offset) else {
+        return Position::OutOfRange;
+    };
+    if offset < hw {
+        Position::Read
+    } else if offset - hw <= pending {
+        Position::Wait
+    } else {
+        Position::OutOfRange
+    }
+}
+
 /// Reads every requested partition once: the response, its record bytes,
 /// whether any partition answered with an error, and when the earliest
 /// record held back by a delay falls due (Unix ms).
@@ -91,11 +127,11 @@ fn read_all(
                 .with_aborted_transactions(Some(vec![]))
                 .with_preferred_read_replica(BrokerId(-1))
                 .with_records(Some(Default::default()));
-            let hw = match r
+            let (hw, pending) = match r
                 .check_readable(&topic, p.partition)
-                .and_then(|()| r.high_watermark(&topic, p.partition))
+                .and_then(|()| r.view_extent(&topic, p.partition))
             {
-                Ok(hw) => hw as i64,
+                Ok((hw, pending)) => (hw as i64, pending),
                 Err(e) => {
                     data.error_code = partition_error_code(&e);
                     errors = true;
@@ -106,10 +142,11 @@ fn read_all(
             data.high_watermark = hw;
             data.last_stable_offset = hw;
             data.log_start_offset = 0;
-            if p.fetch_offset < 0 || p.fetch_offset > hw {
+            let position = position(p.fetch_offset, hw as u64, pending);
+            if position == Position::OutOfRange {
                 data.error_code = ResponseError::OffsetOutOfRange.code();
                 errors = true;
-            } else if p.fetch_offset < hw && (part_max > 0 || total == 0) {
+            } else if position == Position::Read && (part_max > 0 || total == 0) {
                 match r.read(&topic, p.partition, p.fetch_offset, part_max.max(1)) {
                     Ok(res) => {
                         if let Some(due) = res.next_due_ms {
@@ -144,4 +181,23 @@ fn read_all(
         errors,
         next_due,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_offset_is_out_of_range_only_past_what_is_committed_here() {
+        assert_eq!(position(-1, 10, 5), Position::OutOfRange);
+        assert_eq!(position(i64::MIN, 0, 0), Position::OutOfRange);
+        assert_eq!(position(0, 10, 0), Position::Read);
+        assert_eq!(position(9, 10, 0), Position::Read);
+        assert_eq!(position(10, 10, 0), Position::Wait);
+        assert_eq!(position(11, 10, 0), Position::OutOfRange);
+        assert_eq!(position(15, 10, 5), Position::Wait);
+        assert_eq!(position(16, 10, 5), Position::OutOfRange);
+        assert_eq!(position(i64::MAX, u64::MAX, 0), Position::Read);
+        assert_eq!(position(i64::MAX, 0, u64::MAX), Position::Wait);
+    }
 }

@@ -76,6 +76,10 @@ pub struct Progress {
     pub last_hlc: u64,
     /// Length of the global view: the partition's Kafka high watermark.
     pub view_next: u64,
+    /// Records committed here that will enter the view but have not yet
+    /// (`held_for_view`): offsets up to `view_next + view_pending` exist
+    /// in the view of a region that merged further.
+    pub view_pending: u64,
     pub view_last_hlc: u64,
     /// The view's watermark: the smallest closed timestamp of the writer origins.
     pub watermark: u64,
@@ -291,6 +295,7 @@ impl StateMachine {
                     next_offset: own.next_offset,
                     last_hlc: own.last_hlc,
                     view_next: self.applied.view_next,
+                    view_pending: held_for_view(&self.applied.logs, &self.view_origins),
                     view_last_hlc: self.applied.view_last_hlc,
                     watermark: self.watermark(),
                     logs: Arc::new(self.applied.logs.clone()),
@@ -1153,6 +1158,20 @@ pub fn settled(logs: &BTreeMap<LogRef, LogState>, origin: u32, hlc: u64) -> bool
         })
 }
 
+/// How many records held in `logs` of the view's origins are not in the
+/// view yet, and will be: below a log's seal, if it has one. (A sealed
+/// log's records past the seal never enter the view; the re-injected
+/// copies of those are counted in the log that re-injects them.)
+pub fn held_for_view(logs: &BTreeMap<LogRef, LogState>, view_origins: &[u32]) -> u64 {
+    logs.iter()
+        .filter(|(l, _)| view_origins.contains(&l.origin))
+        .map(|(_, st)| {
+            let end = st.sealed.map_or(st.next_offset, |e| e.min(st.next_offset));
+            end.saturating_sub(st.merged)
+        })
+        .sum()
+}
+
 /// The idempotent producers' state of `group`, as stored.
 fn load_producers(db: &Db, group: GroupId) -> Result<ProducerTable, super::DbError> {
     let mut states = Vec::new();
@@ -1390,6 +1409,28 @@ pub mod read {
 mod tests {
     use super::*;
     use crate::raft::types::RecordIn;
+
+    #[test]
+    fn records_held_for_the_view_stop_at_a_seal_and_skip_other_origins() {
+        let log = |origin, epoch| LogRef { origin, epoch };
+        let st = |next_offset, merged, sealed| LogState {
+            next_offset,
+            merged,
+            sealed,
+            ..Default::default()
+        };
+        let logs: BTreeMap<LogRef, LogState> = [
+            (log(1, 0), st(10, 4, None)),    // 6 to come
+            (log(2, 0), st(20, 5, Some(8))), // 3 below the seal
+            (log(2, 1), st(7, 7, None)),     // all merged
+            (log(3, 0), st(50, 0, None)),    // not a view origin
+            (log(1, 1), st(3, 5, Some(2))),  // merged past its seal: none
+        ]
+        .into();
+        assert_eq!(held_for_view(&logs, &[1, 2]), 9);
+        assert_eq!(held_for_view(&logs, &[]), 0);
+        assert_eq!(held_for_view(&BTreeMap::new(), &[1]), 0);
+    }
 
     /// Applies `cmd` and advances the view, as a committed entry does.
     fn step(sm: &mut StateMachine, b: &mut WriteBatch, cmd: Command) -> CommandResult {

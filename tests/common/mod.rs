@@ -73,6 +73,46 @@ impl Cluster {
             .join(",")
     }
 
+    /// The region of the metadata group's leader, and the two others. Delays
+    /// are put between the two others only: their lease renewals go to the
+    /// leader unhindered, so no region is failed over for the delay.
+    pub fn regions_around_meta_leader(&self) -> (String, String, String) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let leader_seen_by = |n: &NodeInfo| -> Option<u64> {
+            let (_, body) = http_get(&n.admin, "/status")?;
+            let s: serde_json::Value = serde_json::from_str(&body).ok()?;
+            s["meta"]["leader"].as_u64()
+        };
+        let mut previous = None;
+        loop {
+            // Every node names the same leader, twice a second apart: a
+            // settled leader, not one of a start-up election.
+            let seen: Vec<Option<u64>> = self.nodes.iter().map(leader_seen_by).collect();
+            let agreed = seen.iter().all(|l| l.is_some() && *l == seen[0]);
+            let leader = if agreed { seen[0] } else { None };
+            let stable = leader.is_some() && leader == previous;
+            previous = leader;
+            if let (true, Some(l)) = (stable, leader) {
+                let m = self.node(l).region.clone();
+                let others: Vec<String> = ["us-east", "eu-west", "ap-south"]
+                    .into_iter()
+                    .filter(|r| *r != m)
+                    .map(String::from)
+                    .collect();
+                return (m, others[0].clone(), others[1].clone());
+            }
+            assert!(Instant::now() < deadline, "no settled metadata leader");
+            std::thread::sleep(Duration::from_millis(1000));
+        }
+    }
+
+    /// Adds `ms` to the round trip between regions `a` and `b`.
+    pub fn delay(&self, a: &str, b: &str, ms: u64) {
+        self.set_faults(&format!(
+            r#"{{"delay": [{{"a": "{a}", "b": "{b}", "ms": {ms}}}]}}"#
+        ));
+    }
+
     pub fn region_nodes(&self, region: &str) -> Vec<&NodeInfo> {
         self.nodes.iter().filter(|n| n.region == region).collect()
     }
