@@ -173,6 +173,7 @@ async fn run_inner(config: NodeConfig, shutdown: CancellationToken) -> Result<()
         me: me.clone(),
         cfg: config.control.clone(),
         margin_ms: config.link.clock_drift_ms_max,
+        entry_bytes_max: config.raft.entry_bytes_max,
         metrics: metrics.clone(),
         failing_back: Default::default(),
         warned: Default::default(),

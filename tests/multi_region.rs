@@ -940,7 +940,23 @@ fn wait_sealed(c: &Cluster, region: &str, since: std::time::Instant) -> serde_js
 #[test]
 fn a_failed_over_region_fails_back_and_reinjects_what_only_it_held() {
     require("python3");
-    let c = Cluster::start_three();
+    fails_back_and_reinjects(Cluster::start_three());
+}
+
+/// The same, with re-injection requests smaller than one stored batch
+/// with its re-injection headers (`link.batch_bytes_max` of 600 bytes
+/// holds about three of these records): each request ends inside a batch
+/// and the next starts there, and every stranded record comes back once.
+#[test]
+fn a_failback_reinjects_a_batch_over_several_requests() {
+    require("python3");
+    fails_back_and_reinjects(Cluster::start_with_args(
+        &repo().join("regions/dev.toml"),
+        &["--set".as_ref(), "link.batch_bytes_max=600".as_ref()],
+    ));
+}
+
+fn fails_back_and_reinjects(c: Cluster) {
     create(&c, "fb", 1, &[]);
     for r in REGIONS {
         wait_config(&c, r, "fb", "meridian.writers", "all");

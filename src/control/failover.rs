@@ -33,6 +33,7 @@ use crate::link::{FailbackReq, Link};
 use crate::metrics::Metrics;
 use crate::raft::groups::HeldQuery;
 use crate::raft::network::KIND_HELD;
+use crate::raft::types::RecordIn;
 use crate::raft::types::{Command, CommandResult, GroupId, META_GROUP};
 use crate::raft::{Groups, PartitionGroup};
 use crate::storage::batch;
@@ -56,6 +57,8 @@ pub struct Failover {
     pub me: NodeSpec,
     pub cfg: ControlConfig,
     pub margin_ms: u64,
+    /// `raft.entry_bytes_max`: a re-injection request stays within it.
+    pub entry_bytes_max: u64,
     pub metrics: Arc<Metrics>,
     /// Partitions whose failback runs now.
     pub failing_back: Mutex<HashSet<GroupId>>,
@@ -199,7 +202,7 @@ impl Failover {
                 if !leading() {
                     return Err("no longer the partition leader".into());
                 }
-                let req = self.reinjection(key, pos, st.next_offset)?;
+                let req = self.reinjection(key, pos, st.next_offset, &target)?;
                 match self.link.failback_call(&target, g.id, &req, timeout).await {
                     Ok(upto) => {
                         reinjected += upto.saturating_sub(pos);
@@ -260,38 +263,40 @@ impl Failover {
         Ok(())
     }
 
-    /// The next re-injection request: whole stored batches of `key` from
-    /// `from` (before `to`), their records flagged with their original id
-    /// and HLC.
+    /// The next re-injection request: the stored records of `key` from
+    /// `from` (before `to`), flagged with their original id and HLC; as
+    /// many as fit `link.batch_bytes_max` and `raft.entry_bytes_max` with
+    /// those headers (at least one), so that neither the request nor the
+    /// Raft entry it becomes outgrows what the transport and AppendEntries
+    /// carry. It may end inside a stored batch; the next one starts there.
+    /// `target` is the region that proposes them.
     fn reinjection(
         &self,
         key: crate::storage::LogKey,
         from: u64,
         to: u64,
+        target: &str,
     ) -> Result<FailbackReq, String> {
-        let batches = read::stored(
-            self.groups.db(),
-            key,
-            from,
-            to,
-            self.link.cfg.batch_bytes_max as usize,
-        )
-        .map_err(|e| e.to_string())?;
+        let budget = (self.link.cfg.batch_bytes_max as usize).min(self.entry_bytes_max as usize);
+        let batches =
+            read::stored(self.groups.db(), key, from, to, budget).map_err(|e| e.to_string())?;
         let mut records = Vec::new();
         let mut offset = None;
-        for b in &batches {
+        let mut bytes = BATCH_HEADER_BYTES;
+        'batches: for b in &batches {
             let (h, recs) = batch::records_of(b)?;
             let producer = batch::producer_of(&b[batch::HEADER_LEN..]);
-            offset.get_or_insert(h.base_offset);
             for (i, mut r) in recs.into_iter().enumerate() {
+                let at = h.base_offset + i as u64;
+                if at < from {
+                    continue; // the previous request ended inside this batch
+                }
+                if at >= to {
+                    break 'batches;
+                }
                 r.headers
                     .retain(|(k, _)| k != batch::HEADER_ORIGIN && k != batch::HEADER_HLC);
-                let id = format!(
-                    "{}/{}/{}",
-                    self.me.region,
-                    key.epoch,
-                    h.base_offset + i as u64
-                );
+                let id = format!("{}/{}/{at}", self.me.region, key.epoch);
                 let hlc = h.first_hlc + i as u64;
                 r.headers
                     .push((batch::HEADER_REINJECTED_FROM.to_string(), Some(id.into())));
@@ -306,6 +311,12 @@ impl Failover {
                         Some(format!("{}/{}/{seq}", p.id, p.epoch).into()),
                     ));
                 }
+                let size = record_bytes(&r, target);
+                if !records.is_empty() && bytes + size > budget {
+                    break 'batches;
+                }
+                bytes += size;
+                offset.get_or_insert(at);
                 records.push(r);
             }
         }
@@ -652,6 +663,53 @@ impl Failover {
                     Err(e) => debug!(group = id, error = %e, "cannot seal the log yet"),
                 }
             }
+        }
+    }
+}
+
+/// A Kafka v2 record batch's header, before its records.
+pub const BATCH_HEADER_BYTES: usize = 61;
+
+/// An upper bound of the bytes `r` takes in a record batch proposed by
+/// region `origin` (`batch::propose`, which adds the origin and HLC
+/// headers): its key, value and headers, and the most their lengths and
+/// the record's fixed fields take as varints.
+pub fn record_bytes(r: &RecordIn, origin: &str) -> usize {
+    let len = |b: &Option<bytes::Bytes>| b.as_ref().map_or(0, |b| b.len());
+    let headers: usize = r.headers.iter().map(|(k, v)| k.len() + len(v) + 10).sum();
+    let stamped = batch::HEADER_ORIGIN.len() + origin.len() + batch::HEADER_HLC.len() + 20 + 20;
+    len(&r.key) + len(&r.value) + headers + stamped + 5 * 5 + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_bytes_bounds_what_a_proposed_batch_holds() {
+        let records: Vec<RecordIn> = (0..200)
+            .map(|i| RecordIn {
+                key: (i % 3 == 0).then(|| bytes::Bytes::from(vec![b'k'; i])),
+                value: (i % 7 != 0).then(|| bytes::Bytes::from(vec![b'v'; i * 50])),
+                headers: (0..i % 4)
+                    .map(|h| {
+                        (
+                            format!("h{h}"),
+                            Some(bytes::Bytes::from(vec![b'x'; h * 300])),
+                        )
+                    })
+                    .collect(),
+            })
+            .collect();
+        for n in [1, 2, 50, 200] {
+            let got = batch::propose(u64::MAX / 2, "ap-south", &records[..n], None).len();
+            let bound: usize = BATCH_HEADER_BYTES
+                + records[..n]
+                    .iter()
+                    .map(|r| record_bytes(r, "ap-south"))
+                    .sum::<usize>();
+            assert!(got <= bound, "{n} records: {got} bytes, bound {bound}");
+            assert!(bound < got * 2 + 200 * n, "a loose bound: {got} vs {bound}");
         }
     }
 }
