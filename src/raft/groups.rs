@@ -253,7 +253,21 @@ impl Groups {
             });
         }
         let g = groups.clone();
-        let stopped = tokio::spawn(async move { g.reconcile_loop(shutdown).await });
+        let stopped = tokio::spawn(async move {
+            let (r, s) = (g.clone(), shutdown.clone());
+            crate::supervise::supervise(
+                "reconcile".into(),
+                shutdown,
+                g.metrics.clone(),
+                move || r.clone().reconcile_loop(s.clone()),
+            )
+            .await;
+            // Also after a failed run: every group stops with the node.
+            for p in g.partitions() {
+                let _ = p.raft.shutdown().await;
+            }
+            let _ = g.meta.shutdown().await;
+        });
         Ok((groups, stopped))
     }
 
@@ -564,14 +578,10 @@ impl Groups {
             let meta = rx.borrow_and_update().clone();
             self.reconcile(&meta).await;
             tokio::select! {
-                _ = shutdown.cancelled() => break,
-                r = rx.changed() => if r.is_err() { break },
+                _ = shutdown.cancelled() => return,
+                r = rx.changed() => if r.is_err() { return },
             }
         }
-        for g in self.partitions() {
-            let _ = g.raft.shutdown().await;
-        }
-        let _ = self.meta.shutdown().await;
     }
 
     async fn reconcile(&self, meta: &MetaState) {
