@@ -155,6 +155,27 @@ fn counter(c: &Cluster, region: &str, name: &str) -> u64 {
         .sum()
 }
 
+/// `idempotent.py produce` on its own thread, with librdkafka's
+/// `request.timeout.ms`, bounded by `secs`.
+fn produce_in_background(
+    boot: &str,
+    topic: &str,
+    prefix: &str,
+    waves: &str,
+    request_timeout_ms: u64,
+    secs: u64,
+) -> std::thread::JoinHandle<serde_json::Value> {
+    let args: Vec<String> = ["produce", boot, topic, prefix, waves]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([format!(r#"{{"request.timeout.ms": {request_timeout_ms}}}"#)])
+        .collect();
+    std::thread::spawn(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        idempotent_py(&args, Duration::from_secs(secs))
+    })
+}
+
 fn tally(values: &serde_json::Value) -> BTreeMap<String, usize> {
     let mut seen = BTreeMap::new();
     for v in values.as_array().unwrap() {
@@ -198,22 +219,7 @@ fn a_producers_batches_sent_again_are_stored_once() {
         ],
     );
     c.delay(&home, &far, 4000);
-    let producer = {
-        let boot = boot.clone();
-        std::thread::spawn(move || {
-            idempotent_py(
-                &[
-                    "produce",
-                    &boot,
-                    "orders",
-                    "o",
-                    "20",
-                    r#"{"request.timeout.ms": 1500}"#,
-                ],
-                Duration::from_secs(180),
-            )
-        })
-    };
+    let producer = produce_in_background(&boot, "orders", "o", "20", 1500, 180);
     let deadline = Instant::now() + Duration::from_secs(60);
     while counter(&c, &home, "meridian_idempotent_duplicates_total") == 0 {
         assert!(
@@ -257,22 +263,7 @@ fn a_batch_retried_in_another_region_after_a_failover_is_stored_once() {
         &["meridian.replication=sync", "meridian.sync.quorum=3"],
     );
     c.delay(&home, &far, 30000);
-    let producer = {
-        let boot = boot.clone();
-        std::thread::spawn(move || {
-            idempotent_py(
-                &[
-                    "produce",
-                    &boot,
-                    "ledger",
-                    "l",
-                    "1,9",
-                    r#"{"request.timeout.ms": 20000}"#,
-                ],
-                Duration::from_secs(200),
-            )
-        })
-    };
+    let producer = produce_in_background(&boot, "ledger", "l", "1,9", 20000, 200);
     let held = |c: &Cluster| {
         c.region_nodes(&survivor).iter().any(|n| {
             let Some((200, body)) = http_get(&n.admin, "/status") else {
