@@ -282,7 +282,7 @@ impl Failover {
             read::stored(self.groups.db(), key, from, to, budget).map_err(|e| e.to_string())?;
         let mut records = Vec::new();
         let mut offset = None;
-        let mut bytes = BATCH_HEADER_BYTES;
+        let mut bytes = batch::BATCH_HEADER_BYTES;
         'batches: for b in &batches {
             let (h, recs) = batch::records_of(b)?;
             let producer = batch::producer_of(&b[batch::HEADER_LEN..]);
@@ -667,9 +667,6 @@ impl Failover {
     }
 }
 
-/// A Kafka v2 record batch's header, before its records.
-pub const BATCH_HEADER_BYTES: usize = 61;
-
 /// An upper bound of the bytes `r` takes in a record batch proposed by
 /// region `origin` (`batch::propose`, which adds the origin and HLC
 /// headers): its key, value and headers, and the most their lengths and
@@ -703,7 +700,7 @@ mod tests {
             .collect();
         for n in [1, 2, 50, 200] {
             let got = batch::propose(u64::MAX / 2, "ap-south", &records[..n], None).len();
-            let bound: usize = BATCH_HEADER_BYTES
+            let bound: usize = batch::BATCH_HEADER_BYTES
                 + records[..n]
                     .iter()
                     .map(|r| record_bytes(r, "ap-south"))

@@ -230,13 +230,17 @@ pub fn restamp(h: BatchHeader, origin: &str, proposed: &[u8]) -> Result<Vec<u8>,
     Ok(encode_as(h, origin, &records, producer_of(proposed)))
 }
 
+/// A Kafka v2 record batch's header, before its records.
+pub const BATCH_HEADER_BYTES: usize = 61;
+
 fn estimate(records: &[RecordIn]) -> usize {
-    61 + records
-        .iter()
-        .map(|r| {
-            40 + r.key.as_ref().map_or(0, |k| k.len()) + r.value.as_ref().map_or(0, |v| v.len())
-        })
-        .sum::<usize>()
+    BATCH_HEADER_BYTES
+        + records
+            .iter()
+            .map(|r| {
+                40 + r.key.as_ref().map_or(0, |k| k.len()) + r.value.as_ref().map_or(0, |v| v.len())
+            })
+            .sum::<usize>()
 }
 
 /// The Kafka batch of stored records `from .. to` (origin offsets, inside
