@@ -440,6 +440,9 @@ pub struct KafkaConfig {
     /// A response not taken by the client within this long closes the
     /// connection (a client that stopped reading).
     pub write_timeout_ms: u64,
+    /// A request must arrive whole within this long of its length (a
+    /// client that trickles a request holds its bytes of the budget).
+    pub request_read_timeout_ms: u64,
     /// Bytes of requests and responses held in memory at once, over all
     /// connections; a connection whose next request does not fit waits.
     pub in_flight_bytes_max: u64,
@@ -469,6 +472,7 @@ impl Default for KafkaConfig {
             connections_per_ip_max: 256,
             connections_max_idle_ms: 600_000,
             write_timeout_ms: 30_000,
+            request_read_timeout_ms: 30_000,
             in_flight_bytes_max: 256 * 1024 * 1024,
             in_flight_requests_max: 64,
             fetch_wait_ms_max: 30_000,
@@ -957,6 +961,7 @@ impl NodeConfig {
             ),
             ("kafka.connections_max_idle_ms", k.connections_max_idle_ms),
             ("kafka.write_timeout_ms", k.write_timeout_ms),
+            ("kafka.request_read_timeout_ms", k.request_read_timeout_ms),
             (
                 "kafka.in_flight_requests_max",
                 k.in_flight_requests_max as u64,

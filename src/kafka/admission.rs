@@ -122,9 +122,20 @@ mod tests {
 
 /// The bytes of requests and responses held at once over all connections
 /// (`kafka.in_flight_bytes_max`), counted in KiB. A connection takes a
-/// request's bytes before it allocates the request and a response's bytes
-/// before it writes the response, and gives them back once done; while the
-/// budget is spent, connections stop reading new requests.
+/// request's bytes before it allocates the request, and gives them back
+/// once the response is built; a response holds its bytes from when it is
+/// built (a fetch: from before it reads records, at its size bound) until
+/// it is written or the connection is closed. While the budget is spent,
+/// connections stop reading new requests and fetches wait to read.
+///
+/// Responses take their bytes in request order on each connection (see
+/// [`Turn`]), and nothing waits for bytes while it holds others it took
+/// before (waiters queue first come, first served, the first in line
+/// collecting what comes free): so every holder gives its bytes back
+/// within a bounded time (a request once it is served, a response once
+/// the client reads it or `kafka.write_timeout_ms` closes the
+/// connection), without waiting for a waiter, and the budget cannot
+/// deadlock.
 #[derive(Debug)]
 pub struct ByteBudget {
     units: Arc<tokio::sync::Semaphore>,
@@ -158,6 +169,35 @@ impl ByteBudget {
             .expect("budget semaphore is never closed")
     }
 
+    /// Makes `held` hold `bytes`: gives back what it holds beyond them, or
+    /// takes the rest if it is free now; otherwise gives everything back
+    /// first and waits for all of it (never waiting while holding).
+    pub async fn fit(self: &Arc<Self>, mut held: Held, bytes: usize) -> Held {
+        let want = self.units_for(bytes) as usize;
+        let have = held.num_permits();
+        if have > want {
+            drop(held.split(have - want));
+            return held;
+        }
+        if have == want {
+            return held;
+        }
+        match self
+            .units
+            .clone()
+            .try_acquire_many_owned((want - have) as u32)
+        {
+            Ok(more) => {
+                held.merge(more);
+                held
+            }
+            Err(_) => {
+                drop(held);
+                self.hold(bytes).await
+            }
+        }
+    }
+
     fn units_for(&self, bytes: usize) -> u32 {
         (bytes as u64).div_ceil(UNIT).clamp(1, self.total as u64) as u32
     }
@@ -185,5 +225,109 @@ mod budget_tests {
         assert_eq!(b.free_bytes(), 0);
         drop(all);
         assert_eq!(b.free_bytes(), 10 * UNIT);
+    }
+
+    #[tokio::test]
+    async fn fit_shrinks_grows_and_never_waits_holding() {
+        let b = ByteBudget::new(10 * UNIT);
+        let h = b.hold(4 * 1024).await;
+        let h = b.fit(h, 1024).await;
+        assert_eq!(b.free_bytes(), 9 * UNIT, "shrunk to 1 KiB");
+        let h = b.fit(h, 6 * 1024).await;
+        assert_eq!(b.free_bytes(), 4 * UNIT, "grown from what was free");
+        // 11 KiB (the whole budget, clamped) do not fit while `other`
+        // holds 4 KiB: it gives its 6 KiB back and waits in line for all
+        // of it, which comes once `other` is gone.
+        let other = b.hold(4 * 1024).await;
+        let grow = tokio::spawn({
+            let b = b.clone();
+            async move { b.fit(h, 11 * 1024).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!grow.is_finished());
+        drop(other);
+        let h = grow.await.unwrap();
+        assert_eq!(b.free_bytes(), 0);
+        drop(h);
+        assert_eq!(b.free_bytes(), 10 * UNIT);
+    }
+}
+
+/// One connection's place in line to hold response bytes. Responses take
+/// their bytes in request order: a response waits for its turn (the one
+/// before it holds its bytes, or has none to hold), takes its bytes, and
+/// passes the turn on. So the responses of a connection that hold bytes
+/// are always the first ones not yet written, and a response waiting for
+/// bytes never waits behind a later one of its own connection that holds
+/// them.
+#[derive(Debug)]
+pub struct Turn {
+    mine: tokio::sync::oneshot::Receiver<()>,
+    next: tokio::sync::oneshot::Sender<()>,
+}
+
+/// The turn, while it is held; dropping it passes it on.
+#[derive(Debug)]
+pub struct MyTurn(#[allow(dead_code)] tokio::sync::oneshot::Sender<()>);
+
+/// Hands out a connection's turns in request order.
+#[derive(Debug)]
+pub struct Line {
+    last: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl Default for Line {
+    fn default() -> Self {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        drop(tx); // the first request's turn has come
+        Line { last: rx }
+    }
+}
+
+impl Line {
+    /// The turn of the next request, after every one handed out before.
+    pub fn take(&mut self) -> Turn {
+        let (next, last) = tokio::sync::oneshot::channel();
+        Turn {
+            mine: std::mem::replace(&mut self.last, last),
+            next,
+        }
+    }
+}
+
+impl Turn {
+    /// Waits until every earlier response holds its bytes or is gone. A
+    /// request without a response waits for its turn too, and drops it at
+    /// once: a turn dropped unawaited would let the next response go
+    /// before an earlier one.
+    pub async fn wait(self) -> MyTurn {
+        // Sent or dropped: either way the one before is done with it.
+        let _ = self.mine.await;
+        MyTurn(self.next)
+    }
+}
+
+#[cfg(test)]
+mod turn_tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn turns_come_in_order_whatever_order_they_are_awaited_in() {
+        let mut line = Line::default();
+        let (a, b, c) = (line.take(), line.take(), line.take());
+        let c = tokio::spawn(c.wait());
+        let b = tokio::spawn(b.wait());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!b.is_finished() && !c.is_finished(), "a holds the turn");
+        let a = a.wait().await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!b.is_finished(), "a has not passed it yet");
+        drop(a);
+        let b = b.await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!c.is_finished());
+        drop(b);
+        c.await.unwrap();
     }
 }

@@ -11,7 +11,13 @@
 //! Such a fetch waits, and answers no records until the view reaches it,
 //! as a Kafka follower answers an offset between its and the leader's
 //! high watermark.
+//!
+//! Each read first holds its response's size bound from the listener's
+//! byte budget (`kafka.in_flight_bytes_max`): the bytes the client allows
+//! (`max_bytes`, and each partition's `partition_max_bytes`), never more
+//! than `kafka.fetch_bytes_max`. A long-poll holds nothing while it waits.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -20,11 +26,18 @@ use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, Partition
 use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse};
 use tokio::sync::watch;
 
+use super::admission::{ByteBudget, Held};
 use super::partition_error_code;
 use crate::router::Router;
 use crate::storage::state_machine::Progress;
 
-pub async fn handle(r: &Router, req: FetchRequest) -> FetchResponse {
+/// Serves a fetch; the response comes with the budget it holds (its size
+/// bound: fit it to the encoded size).
+pub async fn handle(
+    r: &Router,
+    req: FetchRequest,
+    budget: &Arc<ByteBudget>,
+) -> (FetchResponse, Held) {
     let started = Instant::now();
     let wait =
         Duration::from_millis((req.max_wait_ms.max(0) as u64).min(r.kafka.fetch_wait_ms_max));
@@ -35,6 +48,7 @@ pub async fn handle(r: &Router, req: FetchRequest) -> FetchResponse {
         r.kafka.fetch_bytes_max as usize
     };
     let min_bytes = req.min_bytes.max(0) as usize;
+    let bound = size_bound(&req, max_bytes);
     // Receivers of every requested partition's progress, to wake on commits.
     let mut watches: Vec<watch::Receiver<Progress>> = req
         .topics
@@ -50,6 +64,7 @@ pub async fn handle(r: &Router, req: FetchRequest) -> FetchResponse {
         for w in watches.iter_mut() {
             w.borrow_and_update();
         }
+        let held = budget.hold(bound).await;
         let (resp, bytes, errors, next_due_ms) = read_all(r, &req, max_bytes);
         let now = Instant::now();
         if bytes >= min_bytes || errors || now >= deadline || watches.is_empty() {
@@ -58,8 +73,9 @@ pub async fn handle(r: &Router, req: FetchRequest) -> FetchResponse {
             r.metrics
                 .fetch_latency
                 .observe(started.elapsed().as_secs_f64());
-            return resp;
+            return (resp, held);
         }
+        drop((resp, held));
         let changed =
             futures::future::select_all(watches.iter_mut().map(|w| Box::pin(w.changed())));
         // On timeout the next pass answers with what there is; a delayed
@@ -71,6 +87,27 @@ pub async fn handle(r: &Router, req: FetchRequest) -> FetchResponse {
         }
         let _ = tokio::time::timeout(until - now, changed).await;
     }
+}
+
+/// Encoded bytes a partition's answer takes besides its records, about.
+const PARTITION_OVERHEAD: usize = 64;
+
+/// The most a response to `req` can hold, about: the records the client
+/// allows (at most `max_bytes`, and the sum of its partitions' own
+/// limits) and each partition's fields. A read returns one batch even when
+/// the limits are smaller, as Kafka does; the budget is fitted to the
+/// encoded response afterwards.
+pub fn size_bound(req: &FetchRequest, max_bytes: usize) -> usize {
+    let partitions = req.topics.iter().flat_map(|t| &t.partitions);
+    let allowed = partitions
+        .clone()
+        .map(|p| p.partition_max_bytes.max(0) as usize)
+        .fold(0usize, usize::saturating_add);
+    let fields = partitions
+        .count()
+        .saturating_add(req.topics.len())
+        .saturating_mul(PARTITION_OVERHEAD);
+    allowed.min(max_bytes).saturating_add(fields)
 }
 
 /// Where a fetch offset stands in a partition's view here.
@@ -186,6 +223,35 @@ fn read_all(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn request(partition_max: &[i32]) -> FetchRequest {
+        use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+        let partitions = partition_max
+            .iter()
+            .map(|&m| FetchPartition::default().with_partition_max_bytes(m))
+            .collect();
+        FetchRequest::default().with_topics(vec![FetchTopic::default().with_partitions(partitions)])
+    }
+
+    #[test]
+    fn the_size_bound_is_what_the_client_allows_within_the_cap() {
+        let fields = |n: usize| (n + 1) * PARTITION_OVERHEAD;
+        // librdkafka's defaults: 1 MiB a partition, 50 MiB in all.
+        assert_eq!(
+            size_bound(&request(&[1 << 20; 3]), 50 << 20),
+            (3 << 20) + fields(3)
+        );
+        assert_eq!(
+            size_bound(&request(&[1 << 20; 80]), 50 << 20),
+            (50 << 20) + fields(80)
+        );
+        assert_eq!(size_bound(&request(&[-1, 0]), 50 << 20), fields(2));
+        assert_eq!(
+            size_bound(&request(&[i32::MAX; 4]), 8 << 20),
+            (8 << 20) + fields(4)
+        );
+        assert_eq!(size_bound(&FetchRequest::default(), 1 << 20), 0);
+    }
 
     #[test]
     fn an_offset_is_out_of_range_only_past_what_is_committed_here() {

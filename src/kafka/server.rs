@@ -5,22 +5,23 @@
 //! complete concurrently; responses go back in request order, as Kafka
 //! clients require. In-flight requests per connection, connections per
 //! node and per client address, idle time, the time a client may take to
-//! read a response, and the bytes of requests and responses held over all
-//! connections are bounded (`kafka.*` in docs/operations.md).
+//! send a request and to read a response, and the bytes of requests and
+//! responses held over all connections are bounded (`kafka.*` in
+//! docs/operations.md; how the byte budget cannot deadlock: [`ByteBudget`]).
 
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
-use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseKind};
+use kafka_protocol::messages::{ApiKey, FetchRequest, RequestHeader, RequestKind, ResponseKind};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
-use super::admission::{Admission, ByteBudget};
+use super::admission::{Admission, ByteBudget, Held, Line};
 use super::codec::{self, DecodeError};
 use super::log_limit::LogLimit;
 use super::{
@@ -45,9 +46,6 @@ macro_rules! client_warn {
         }
     };
 }
-
-/// A request frame must arrive whole within this time once its length is read.
-const FRAME_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What the listener keeps across restarts of its accept loop: the socket,
 /// the connections open, the bytes in flight.
@@ -154,43 +152,38 @@ async fn connection(
     let _ = stream.set_nodelay(true);
     keepalive(&stream);
     let (mut rd, mut wr) = stream.into_split();
-    let (tx, mut rx) = mpsc::channel::<tokio::task::JoinHandle<Option<BytesMut>>>(
+    let (tx, mut rx) = mpsc::channel::<tokio::task::JoinHandle<Option<(BytesMut, Held)>>>(
         router.kafka.in_flight_requests_max as usize,
     );
     let write_timeout = Duration::from_millis(router.kafka.write_timeout_ms);
-    let budget = conn.budget.clone();
+    // Set when the writer stops (the client is gone or stopped reading):
+    // the reader stops too, and the requests still being served are
+    // cancelled, giving their bytes back.
+    let writer_gone = CancellationToken::new();
+    let gone = writer_gone.clone();
     let writer = tokio::spawn(async move {
-        while let Some(h) = rx.recv().await {
-            match h.await {
-                Ok(Some(buf)) => {
-                    // Only the response about to be written takes budget
-                    // (in request order, so that later ones waiting
-                    // cannot starve the first), and gives it back once
-                    // written or timed out.
-                    let held = budget.hold(buf.len()).await;
-                    match tokio::time::timeout(write_timeout, wr.write_all(&buf)).await {
-                        Ok(r) => r?,
-                        Err(_) => {
-                            client_warn!(
-                                bytes = buf.len(),
-                                "closing connection: the client took no response for kafka.write_timeout_ms"
-                            );
-                            return Err(std::io::ErrorKind::TimedOut.into());
-                        }
-                    }
-                    drop(held);
-                }
-                Ok(None) => {}
-                Err(e) => return Err(std::io::Error::other(e)),
+        let _gone = gone.drop_guard();
+        let result = async {
+            while let Some(h) = rx.recv().await {
+                write_response(h, &mut wr, write_timeout).await?;
             }
+            Ok::<_, std::io::Error>(())
         }
-        Ok::<_, std::io::Error>(())
+        .await;
+        rx.close();
+        while let Some(h) = rx.recv().await {
+            h.abort();
+        }
+        result
     });
     let max = router.kafka.request_bytes_max as usize;
     let idle = Duration::from_millis(router.kafka.connections_max_idle_ms);
+    let read_timeout = Duration::from_millis(router.kafka.request_read_timeout_ms);
+    let mut line = Line::default();
     loop {
         let len = tokio::select! {
             _ = shutdown.cancelled() => break,
+            _ = writer_gone.cancelled() => break,
             l = tokio::time::timeout(idle, rd.read_i32()) => match l {
                 Ok(Ok(l)) => l,
                 Ok(Err(_)) => break, // the client closed the connection
@@ -213,10 +206,11 @@ async fn connection(
         // allocated, and given back once its response is built.
         let request_held = tokio::select! {
             _ = shutdown.cancelled() => break,
+            _ = writer_gone.cancelled() => break,
             h = conn.budget.hold(len as usize) => h,
         };
         let mut buf = vec![0u8; len as usize];
-        match tokio::time::timeout(FRAME_READ_TIMEOUT, rd.read_exact(&mut buf)).await {
+        match tokio::time::timeout(read_timeout, rd.read_exact(&mut buf)).await {
             Ok(Ok(_)) => {}
             Ok(Err(_)) => {
                 client_warn!(len, "closing connection: request truncated by the client");
@@ -226,22 +220,42 @@ async fn connection(
             Err(_) => {
                 client_warn!(
                     len,
-                    "closing connection: request frame incomplete after 30 s"
+                    "closing connection: request frame incomplete after kafka.request_read_timeout_ms"
                 );
                 router.metrics.kafka_bad_requests.inc();
                 break;
             }
         }
+        let turn = line.take();
+        let budget = conn.budget.clone();
         match dispatch(&router, &conn, Bytes::from(buf)).await {
-            Ok(pending) => {
-                let task = tokio::spawn(async move {
-                    let resp = pending.await;
-                    // Given back before the response takes its share in
-                    // the writer: a cycle of requests waiting on responses
-                    // waiting on requests cannot form.
-                    drop(request_held);
-                    resp
-                });
+            Ok(served) => {
+                // The request's bytes go back before its response waits
+                // for its own: nothing waits for bytes while holding some.
+                let task = match served {
+                    Served::Built(pending) => tokio::spawn(async move {
+                        let resp = pending.await;
+                        drop(request_held);
+                        let turn = turn.wait().await;
+                        let buf = resp?;
+                        let held = budget.hold(buf.len()).await;
+                        drop(turn);
+                        Some((buf, held))
+                    }),
+                    Served::Fetch { req, version, cid } => {
+                        let router = router.clone();
+                        tokio::spawn(async move {
+                            drop(request_held);
+                            let turn = turn.wait().await;
+                            let (resp, held) = fetch::handle(&router, req, &budget).await;
+                            let buf =
+                                encode(ApiKey::Fetch, version, cid, ResponseKind::Fetch(resp))?;
+                            let held = budget.fit(held, buf.len()).await;
+                            drop(turn);
+                            Some((buf, held))
+                        })
+                    }
+                };
                 if tx.send(task).await.is_err() {
                     break; // the writer failed: the client is gone
                 }
@@ -255,6 +269,48 @@ async fn connection(
     }
     drop(tx);
     writer.await.map_err(std::io::Error::other)?
+}
+
+/// Writes one response once it is served; its bytes go back to the budget
+/// once it is written, or with the connection.
+async fn write_response(
+    h: tokio::task::JoinHandle<Option<(BytesMut, Held)>>,
+    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    timeout: Duration,
+) -> std::io::Result<()> {
+    let Some((buf, held)) = h.await.map_err(std::io::Error::other)? else {
+        return Ok(()); // no response: an acks = 0 produce
+    };
+    match tokio::time::timeout(timeout, wr.write_all(&buf)).await {
+        Ok(r) => r?,
+        Err(_) => {
+            client_warn!(
+                bytes = buf.len(),
+                "closing connection: the client took no response for kafka.write_timeout_ms"
+            );
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+    }
+    drop(held);
+    Ok(())
+}
+
+/// What a request becomes once it is decoded.
+enum Served {
+    /// A response being built; it takes its bytes from the budget once built.
+    Built(Pending),
+    /// A fetch, which holds its response's size bound before it reads.
+    Fetch {
+        req: FetchRequest,
+        version: i16,
+        cid: i32,
+    },
+}
+
+impl From<Pending> for Served {
+    fn from(p: Pending) -> Self {
+        Served::Built(p)
+    }
 }
 
 fn ready(api: ApiKey, header: &RequestHeader, resp: ResponseKind) -> Pending {
@@ -288,14 +344,16 @@ fn not_served(api: ApiKey, header: &RequestHeader) -> DecodeError {
     }
 }
 
-async fn dispatch(router: &Arc<Router>, conn: &Conn, frame: Bytes) -> Result<Pending, DecodeError> {
+async fn dispatch(router: &Arc<Router>, conn: &Conn, frame: Bytes) -> Result<Served, DecodeError> {
     let (api, header, body) = codec::decode_header(frame)?;
     let version = header.request_api_version;
     if api == ApiKey::ApiVersions && !api_versions::supports(api, version) {
         // Answer in v0, which every client reads, listing what we support.
         let cid = header.correlation_id;
         let resp = ResponseKind::ApiVersions(api_versions::unsupported_version());
-        return Ok(Box::pin(async move { encode(api, 0, cid, resp) }));
+        return Ok(Served::Built(Box::pin(
+            async move { encode(api, 0, cid, resp) },
+        )));
     }
     // The API and version are checked before the body is decoded: a body
     // Meridian will not serve is parsed only to build the error answer of
@@ -314,11 +372,20 @@ async fn dispatch(router: &Arc<Router>, conn: &Conn, frame: Bytes) -> Result<Pen
         }
         let req = codec::decode_body(api, &header, body)?;
         return match unsupported::response(req) {
-            Some(resp) => Ok(ready(api, &header, resp)),
+            Some(resp) => Ok(ready(api, &header, resp).into()),
             None => Err(not_served(api, &header)),
         };
     }
-    let req = codec::decode_body(api, &header, body)?;
+    let req = match codec::decode_body(api, &header, body)? {
+        RequestKind::Fetch(req) => {
+            return Ok(Served::Fetch {
+                req,
+                version,
+                cid: header.correlation_id,
+            })
+        }
+        other => other,
+    };
     let r = router.clone();
     let c = conn.coordinator.clone();
     let client_id = header
@@ -328,7 +395,7 @@ async fn dispatch(router: &Arc<Router>, conn: &Conn, frame: Bytes) -> Result<Pen
     let host = conn.host.clone();
     let (v, cid) = (version, header.correlation_id);
     let done = move |resp: ResponseKind| encode(api, v, cid, resp);
-    Ok(match req {
+    Ok(Served::Built(match req {
         RequestKind::ApiVersions(_) => ready(
             api,
             &header,
@@ -349,9 +416,6 @@ async fn dispatch(router: &Arc<Router>, conn: &Conn, frame: Bytes) -> Result<Pen
             &header,
             ResponseKind::InitProducerId(producer_ids::handle(&r.producer_ids, req)),
         ),
-        RequestKind::Fetch(req) => {
-            Box::pin(async move { done(ResponseKind::Fetch(fetch::handle(&r, req).await)) })
-        }
         RequestKind::ListOffsets(req) => {
             Box::pin(async move { done(ResponseKind::ListOffsets(list_offsets::handle(&r, req))) })
         }
@@ -426,5 +490,5 @@ async fn dispatch(router: &Arc<Router>, conn: &Conn, frame: Bytes) -> Result<Pen
             Some(resp) => ready(api, &header, resp),
             None => return Err(not_served(api, &header)),
         },
-    })
+    }))
 }
