@@ -24,6 +24,8 @@ pub struct Metrics {
     pub fsync_latency: Histogram,
     pub fsync_waiters: Histogram,
     pub kafka_connections: Gauge,
+    /// Bytes of the Kafka listener's budget held now (`kafka.in_flight_bytes_max`).
+    pub kafka_in_flight_bytes: Gauge,
     pub kafka_bad_requests: Counter,
     pub kafka_connections_refused: Counter,
     pub raft_leader_groups: Gauge,
@@ -100,6 +102,7 @@ impl Metrics {
             fsync_latency: latency_histogram(),
             fsync_waiters: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             kafka_connections: Gauge::default(),
+            kafka_in_flight_bytes: Gauge::default(),
             kafka_bad_requests: Counter::default(),
             kafka_connections_refused: Counter::default(),
             raft_leader_groups: Gauge::default(),
@@ -181,6 +184,11 @@ impl Metrics {
             "kafka_connections",
             "Open Kafka client connections",
             m.kafka_connections.clone(),
+        );
+        registry.register(
+            "kafka_in_flight_bytes",
+            "Bytes of requests and responses held now (at most kafka.in_flight_bytes_max)",
+            m.kafka_in_flight_bytes.clone(),
         );
         registry.register(
             "kafka_bad_requests",

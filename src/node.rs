@@ -227,7 +227,7 @@ async fn run_inner(config: NodeConfig, shutdown: CancellationToken) -> Result<()
     }
     {
         let (l, r, s) = (
-            crate::kafka::server::Listener::new(kafka_listener, &config.kafka),
+            crate::kafka::server::Listener::new(kafka_listener, &config.kafka, &metrics),
             router.clone(),
             shutdown.clone(),
         );

@@ -140,15 +140,58 @@ mod tests {
 pub struct ByteBudget {
     units: Arc<tokio::sync::Semaphore>,
     total: u32,
+    /// Bytes held now (`kafka_in_flight_bytes`).
+    gauge: Gauge,
 }
 
 /// Bytes held from a [`ByteBudget`]; dropping it gives them back.
-pub type Held = tokio::sync::OwnedSemaphorePermit;
+#[derive(Debug)]
+pub struct Held {
+    units: tokio::sync::OwnedSemaphorePermit,
+    /// `kafka_in_flight_bytes`, which counts what every `Held` holds.
+    gauge: Gauge,
+}
+
+impl Held {
+    fn new(units: tokio::sync::OwnedSemaphorePermit, gauge: &Gauge) -> Self {
+        gauge.inc_by(bytes_of(units.num_permits()));
+        Held {
+            units,
+            gauge: gauge.clone(),
+        }
+    }
+
+    /// Gives back `n` of the units held.
+    fn release(&mut self, n: usize) {
+        if let Some(back) = self.units.split(n) {
+            self.gauge.dec_by(bytes_of(n));
+            drop(back);
+        }
+    }
+
+    /// Adds units to those held.
+    fn add(&mut self, more: tokio::sync::OwnedSemaphorePermit) {
+        self.gauge.inc_by(bytes_of(more.num_permits()));
+        self.units.merge(more);
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.gauge.dec_by(bytes_of(self.units.num_permits()));
+    }
+}
+
+type Gauge = prometheus_client::metrics::gauge::Gauge;
+
+fn bytes_of(units: usize) -> i64 {
+    (units as u64).saturating_mul(UNIT) as i64
+}
 
 const UNIT: u64 = 1024;
 
 impl ByteBudget {
-    pub fn new(bytes: u64) -> Arc<Self> {
+    pub fn new(bytes: u64, gauge: Gauge) -> Arc<Self> {
         let total = (bytes / UNIT).clamp(
             1,
             tokio::sync::Semaphore::MAX_PERMITS.min(u32::MAX as usize) as u64,
@@ -156,44 +199,47 @@ impl ByteBudget {
         Arc::new(ByteBudget {
             units: Arc::new(tokio::sync::Semaphore::new(total as usize)),
             total,
+            gauge,
         })
     }
 
     /// Waits until `bytes` fit (anything larger than the whole budget
     /// takes all of it), and holds them.
     pub async fn hold(self: &Arc<Self>, bytes: usize) -> Held {
-        self.units
+        let units = self
+            .units
             .clone()
             .acquire_many_owned(self.units_for(bytes))
             .await
-            .expect("budget semaphore is never closed")
+            .expect("budget semaphore is never closed");
+        Held::new(units, &self.gauge)
     }
 
     /// Makes `held` hold `bytes`: gives back what it holds beyond them, or
     /// takes the rest if it is free now; otherwise gives everything back
-    /// first and waits for all of it (never waiting while holding).
-    pub async fn fit(self: &Arc<Self>, mut held: Held, bytes: usize) -> Held {
+    /// first and waits in line for all of it (never waiting while holding).
+    pub async fn fit(self: &Arc<Self>, held: &mut Held, bytes: usize) {
         let want = self.units_for(bytes) as usize;
-        let have = held.num_permits();
+        let have = held.units.num_permits();
         if have > want {
-            drop(held.split(have - want));
-            return held;
-        }
-        if have == want {
-            return held;
-        }
-        match self
-            .units
-            .clone()
-            .try_acquire_many_owned((want - have) as u32)
-        {
-            Ok(more) => {
-                held.merge(more);
-                held
-            }
-            Err(_) => {
-                drop(held);
-                self.hold(bytes).await
+            held.release(have - want);
+        } else if have < want {
+            match self
+                .units
+                .clone()
+                .try_acquire_many_owned((want - have) as u32)
+            {
+                Ok(more) => held.add(more),
+                Err(_) => {
+                    held.release(have);
+                    let all = self
+                        .units
+                        .clone()
+                        .acquire_many_owned(want as u32)
+                        .await
+                        .expect("budget semaphore is never closed");
+                    held.add(all);
+                }
             }
         }
     }
@@ -215,7 +261,7 @@ mod budget_tests {
 
     #[tokio::test]
     async fn holds_wait_for_room_and_oversized_ones_take_everything() {
-        let b = ByteBudget::new(10 * UNIT);
+        let b = ByteBudget::new(10 * UNIT, Gauge::default());
         let a = b.hold(6 * 1024).await;
         assert_eq!(b.free_bytes(), 4 * UNIT);
         let waiting = tokio::time::timeout(std::time::Duration::from_millis(50), b.hold(5 * 1024));
@@ -229,11 +275,11 @@ mod budget_tests {
 
     #[tokio::test]
     async fn fit_shrinks_grows_and_never_waits_holding() {
-        let b = ByteBudget::new(10 * UNIT);
-        let h = b.hold(4 * 1024).await;
-        let h = b.fit(h, 1024).await;
+        let b = ByteBudget::new(10 * UNIT, Gauge::default());
+        let mut h = b.hold(4 * 1024).await;
+        b.fit(&mut h, 1024).await;
         assert_eq!(b.free_bytes(), 9 * UNIT, "shrunk to 1 KiB");
-        let h = b.fit(h, 6 * 1024).await;
+        b.fit(&mut h, 6 * 1024).await;
         assert_eq!(b.free_bytes(), 4 * UNIT, "grown from what was free");
         // 11 KiB (the whole budget, clamped) do not fit while `other`
         // holds 4 KiB: it gives its 6 KiB back and waits in line for all
@@ -241,15 +287,20 @@ mod budget_tests {
         let other = b.hold(4 * 1024).await;
         let grow = tokio::spawn({
             let b = b.clone();
-            async move { b.fit(h, 11 * 1024).await }
+            async move {
+                b.fit(&mut h, 11 * 1024).await;
+                h
+            }
         });
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         assert!(!grow.is_finished());
         drop(other);
         let h = grow.await.unwrap();
         assert_eq!(b.free_bytes(), 0);
+        assert_eq!(b.gauge.get(), 10 * 1024, "the gauge counts what is held");
         drop(h);
         assert_eq!(b.free_bytes(), 10 * UNIT);
+        assert_eq!(b.gauge.get(), 0);
     }
 }
 

@@ -45,6 +45,11 @@ impl RequestBudget {
             left: AtomicUsize::new(max),
         })
     }
+
+    /// What the request's batches decompressed to so far.
+    pub fn used(&self) -> usize {
+        self.max - self.left.load(Ordering::Relaxed)
+    }
 }
 
 /// What one partition's batches may still decompress to.

@@ -16,6 +16,7 @@ use kafka_protocol::messages::produce_response::{PartitionProduceResponse, Topic
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
 use kafka_protocol::records::{Record, RecordBatchDecoder};
 
+use super::admission::{ByteBudget, Held};
 use super::decompress::{Budget, DecompressError, RequestBudget};
 use super::{partition_error_code, text};
 use crate::raft::types::RecordIn;
@@ -185,6 +186,9 @@ fn producer_of(records: &[Record]) -> Result<Option<Producer>, Refused> {
     Ok(Some(p))
 }
 
+/// What a decoded record takes besides its key, value and headers' bytes.
+const RECORD_BYTES: usize = std::mem::size_of::<RecordIn>();
+
 struct Part {
     topic: String,
     index: i32,
@@ -194,10 +198,17 @@ struct Part {
 }
 
 /// Proposes every partition's batch now; the returned future waits for the
-/// commits and builds the response (`None` for `acks = 0`).
+/// commits and builds the response (`None` for `acks = 0`). `held` holds
+/// the request's `frame_bytes` of the listener's budget; before each
+/// partition's records are proposed it is made to hold what the batches
+/// decompressed to as well, with the decoded records' own size, until the
+/// response is built.
 pub async fn submit(
     r: &Arc<Router>,
     req: ProduceRequest,
+    budget: &Arc<ByteBudget>,
+    held: &mut Held,
+    frame_bytes: usize,
 ) -> BoxFuture<'static, Option<ProduceResponse>> {
     let started = Instant::now();
     let max_ms = r.kafka.produce_timeout_ms_max;
@@ -210,6 +221,7 @@ pub async fn submit(
     // All partitions of the request together decompress to at most
     // kafka.request_bytes_max.
     let request = RequestBudget::new(r.kafka.request_bytes_max as usize);
+    let mut decoded_records = 0usize;
     for t in req.topic_data {
         let topic = t.name.0.to_string();
         for p in t.partition_data {
@@ -217,6 +229,11 @@ pub async fn submit(
             let (ticket, records) = match decode_bounded(r, p.records, &request).await {
                 Ok((recs, producer)) => {
                     let n = recs.len() as u64;
+                    decoded_records += recs.len();
+                    let decoded = request
+                        .used()
+                        .saturating_add(decoded_records.saturating_mul(RECORD_BYTES));
+                    budget.fit(held, frame_bytes.saturating_add(decoded)).await;
                     let t = r
                         .submit_append(&topic, p.index, recs, producer, timeout)
                         .await

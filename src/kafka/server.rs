@@ -56,14 +56,18 @@ pub struct Listener {
 }
 
 impl Listener {
-    pub fn new(socket: TcpListener, k: &crate::config::KafkaConfig) -> Arc<Self> {
+    pub fn new(
+        socket: TcpListener,
+        k: &crate::config::KafkaConfig,
+        metrics: &crate::metrics::Metrics,
+    ) -> Arc<Self> {
         Arc::new(Listener {
             socket,
             admission: Admission::new(
                 k.connections_max as usize,
                 k.connections_per_ip_max as usize,
             ),
-            budget: ByteBudget::new(k.in_flight_bytes_max),
+            budget: ByteBudget::new(k.in_flight_bytes_max, metrics.kafka_in_flight_bytes.clone()),
         })
     }
 }
@@ -204,7 +208,7 @@ async fn connection(
         }
         // The request's bytes are taken from the budget before they are
         // allocated, and given back once its response is built.
-        let request_held = tokio::select! {
+        let mut request_held = tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = writer_gone.cancelled() => break,
             h = conn.budget.hold(len as usize) => h,
@@ -228,7 +232,7 @@ async fn connection(
         }
         let turn = line.take();
         let budget = conn.budget.clone();
-        match dispatch(&router, &conn, Bytes::from(buf)).await {
+        match dispatch(&router, &conn, Bytes::from(buf), &mut request_held).await {
             Ok(served) => {
                 // The request's bytes go back before its response waits
                 // for its own: nothing waits for bytes while holding some.
@@ -247,10 +251,10 @@ async fn connection(
                         tokio::spawn(async move {
                             drop(request_held);
                             let turn = turn.wait().await;
-                            let (resp, held) = fetch::handle(&router, req, &budget).await;
+                            let (resp, mut held) = fetch::handle(&router, req, &budget).await;
                             let buf =
                                 encode(ApiKey::Fetch, version, cid, ResponseKind::Fetch(resp))?;
-                            let held = budget.fit(held, buf.len()).await;
+                            budget.fit(&mut held, buf.len()).await;
                             drop(turn);
                             Some((buf, held))
                         })
@@ -344,7 +348,15 @@ fn not_served(api: ApiKey, header: &RequestHeader) -> DecodeError {
     }
 }
 
-async fn dispatch(router: &Arc<Router>, conn: &Conn, frame: Bytes) -> Result<Served, DecodeError> {
+/// Decodes a request and starts serving it; `held` holds the request's
+/// bytes, and a produce adds what its batches decompress to.
+async fn dispatch(
+    router: &Arc<Router>,
+    conn: &Conn,
+    frame: Bytes,
+    held: &mut Held,
+) -> Result<Served, DecodeError> {
+    let frame_bytes = frame.len();
     let (api, header, body) = codec::decode_header(frame)?;
     let version = header.request_api_version;
     if api == ApiKey::ApiVersions && !api_versions::supports(api, version) {
@@ -405,7 +417,7 @@ async fn dispatch(router: &Arc<Router>, conn: &Conn, frame: Bytes) -> Result<Ser
             Box::pin(async move { done(ResponseKind::Metadata(metadata::handle(&r, req).await)) })
         }
         RequestKind::Produce(req) => {
-            let pending = produce::submit(&r, req).await;
+            let pending = produce::submit(&r, req, &conn.budget, held, frame_bytes).await;
             Box::pin(async move {
                 let resp = pending.await?;
                 done(ResponseKind::Produce(resp))
