@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn, Instrument};
+use tracing::{debug, error, info, warn, Instrument};
 
 use crate::admin;
 use crate::config::NodeConfig;
@@ -46,6 +46,8 @@ pub enum NodeError {
     Raft(#[from] GroupError),
     #[error(transparent)]
     ProducerIds(#[from] crate::kafka::producer_ids::ProducerIdError),
+    #[error("{what} stopped while the node was running ({why}); the node stops rather than run without it")]
+    Stopped { what: &'static str, why: String },
 }
 
 /// Runs the node until `shutdown` is cancelled.
@@ -133,7 +135,7 @@ async fn run_inner(config: NodeConfig, shutdown: CancellationToken) -> Result<()
         config.link.clone(),
         metrics.clone(),
     );
-    transport.serve(
+    let transport_serving = transport.serve(
         Arc::new(Dispatch {
             groups: groups.clone(),
             link: link.clone(),
@@ -240,7 +242,7 @@ async fn run_inner(config: NodeConfig, shutdown: CancellationToken) -> Result<()
             },
         );
     }
-    tokio::spawn(admin::serve(
+    let admin_serving = tokio::spawn(admin::serve(
         admin_listener,
         router.clone(),
         config.admin.clone(),
@@ -262,7 +264,24 @@ async fn run_inner(config: NodeConfig, shutdown: CancellationToken) -> Result<()
         });
     }
     info!(kafka = %me.kafka, admin = %me.admin, quic = %me.quic, data_dir = %config.data_dir.display(), "node started");
-    shutdown.cancelled().await;
+    // These two own a socket bound once, so they cannot be restarted like
+    // the supervised loops: one that ends before shutdown stops the node,
+    // which exits non-zero saying which.
+    let stopped = tokio::select! {
+        biased; // both end after shutdown too: that is no failure
+        _ = shutdown.cancelled() => None,
+        r = transport_serving => Some(("the node-to-node transport's accept loop", r)),
+        r = admin_serving => Some(("the admin HTTP server", r)),
+    };
+    let failed = stopped.map(|(what, r)| {
+        let why = match r {
+            Ok(()) => "it returned".to_string(),
+            Err(e) => e.to_string(),
+        };
+        error!(what, %why, "stopping the node: a part it cannot run without ended");
+        shutdown.cancel();
+        NodeError::Stopped { what, why }
+    });
     info!("shutting down");
     // The reconcile loop shuts every Raft group down; wait for it, bounded.
     if tokio::time::timeout(GROUPS_STOP_TIMEOUT, groups_stopped)
@@ -271,7 +290,7 @@ async fn run_inner(config: NodeConfig, shutdown: CancellationToken) -> Result<()
     {
         warn!("Raft groups did not stop within {GROUPS_STOP_TIMEOUT:?}; exiting anyway");
     }
-    Ok(())
+    failed.map_or(Ok(()), Err)
 }
 
 /// Creates the topics of the topics file that do not exist, retrying while
