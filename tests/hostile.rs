@@ -33,13 +33,16 @@ use rand::{Rng, SeedableRng};
 const RSS_MAX: u64 = 768 * 1024 * 1024;
 
 const PER_IP_MAX: usize = 24;
+const CONNECTIONS_MAX: usize = 64;
 const IDLE_MS: u64 = 3_000;
+const READ_TIMEOUT_MS: u64 = 2_000;
 
 fn settings() -> Vec<std::ffi::OsString> {
     [
         format!("kafka.connections_per_ip_max={PER_IP_MAX}"),
-        "kafka.connections_max=64".to_string(),
+        format!("kafka.connections_max={CONNECTIONS_MAX}"),
         format!("kafka.connections_max_idle_ms={IDLE_MS}"),
+        format!("kafka.request_read_timeout_ms={READ_TIMEOUT_MS}"),
         "kafka.write_timeout_ms=3000".to_string(),
         // Random fetches must not park connections for long.
         "kafka.fetch_wait_ms_max=200".to_string(),
@@ -349,6 +352,63 @@ async fn hostile_input_does_not_stop_the_node() {
         assert!(closed(&mut s), "idle connection still open");
     }
 
+    // 5b. A flood from many addresses, each under the per-IP limit: past
+    //     kafka.connections_max in all, new connections are accepted and
+    //     closed, and once the flood is gone the listener serves again.
+    let spread: Vec<TcpStream> = (0..CONNECTIONS_MAX + 16)
+        .filter_map(|i| from_address(&format!("127.0.3.{}", 2 + i % 200), &target))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // At once, so that the node is full only briefly (the bystander's
+    // client retries a connection refused meanwhile).
+    let mut over = 0;
+    for mut s in &spread {
+        s.set_nonblocking(true).unwrap();
+        if matches!(s.read(&mut [0u8; 1]), Ok(0)) {
+            over += 1;
+        }
+    }
+    assert!(
+        over >= 16,
+        "{over} of {} connections refused past kafka.connections_max={CONNECTIONS_MAX}",
+        spread.len()
+    );
+    drop(spread);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut s = from_address("127.0.4.2", &target).expect("a connection");
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let asked = s.write_all(&request(
+            ApiKey::ApiVersions,
+            3,
+            &ApiVersionsRequest::default(),
+        ));
+        let mut len = [0u8; 4];
+        if asked.is_ok() && s.read_exact(&mut len).is_ok() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no connection served after the flood closed"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // 5c. A request that never arrives whole: the connection is closed
+    //     kafka.request_read_timeout_ms after its length, and its bytes
+    //     go back to the budget.
+    let mut slow = connect(&target);
+    let whole = request(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
+    slow.write_all(&whole[..whole.len() - 2]).unwrap();
+    let sent_at = Instant::now();
+    slow.set_read_timeout(Some(Duration::from_millis(READ_TIMEOUT_MS * 4)))
+        .unwrap();
+    assert!(closed(&mut slow), "a trickled request kept its connection");
+    assert!(
+        sent_at.elapsed() >= Duration::from_millis(READ_TIMEOUT_MS / 2),
+        "closed before kafka.request_read_timeout_ms"
+    );
+
     // 6. The admin port: no faults without the token.
     let admin = &c.nodes[0].admin;
     let body = r#"{"skew_ms": 100000}"#;
@@ -374,7 +434,7 @@ async fn hostile_input_does_not_stop_the_node() {
         .await
         .unwrap();
     eprintln!("fuzz: {sent} frames in {:?}", started.elapsed());
-    assert!(sent >= frames);
+    assert_eq!(sent, frames, "the node stopped taking frames (seed {seed})");
 
     // The node is alive and well, served the bystander throughout, and
     // never held more than RSS_MAX.
@@ -520,14 +580,18 @@ fn corpus() -> Vec<(ApiKey, i16, Vec<u8>)> {
 /// 300 ms (no answer: an `acks = 0` produce, a long poll; a new connection
 /// follows). Connections come from rotating loopback addresses, so that a
 /// hundred thousand of them neither hit the per-address limit nor run out
-/// of ports. Returns how many frames the node read.
+/// of ports. Returns how many frames the node took; fewer than `frames`
+/// when a thousand connections or writes in a row failed.
 fn fuzz(addr: &str, seed: u64, frames: usize) -> usize {
     let mut rng = StdRng::seed_from_u64(seed);
     let corpus = corpus();
     let mut sent = 0;
     let mut source = 0u32;
     let mut conn: Option<TcpStream> = None;
-    while sent < frames {
+    // Connections or writes failed in a row: a node that stopped
+    // accepting ends the loop short of `frames`.
+    let mut failing = 0;
+    while sent < frames && failing < 1_000 {
         let mut s = match conn.take() {
             Some(s) => s,
             None => {
@@ -536,6 +600,7 @@ fn fuzz(addr: &str, seed: u64, frames: usize) -> usize {
                 match from_address(&ip, addr) {
                     Some(s) => s,
                     None => {
+                        failing += 1;
                         std::thread::sleep(Duration::from_millis(10));
                         continue;
                     }
@@ -559,10 +624,12 @@ fn fuzz(addr: &str, seed: u64, frames: usize) -> usize {
             let l = rng.gen_range(-8i32..=(body.len() as i32 + 8));
             f[..4].copy_from_slice(&l.to_be_bytes());
         }
-        sent += 1;
         if s.write_all(&f).is_err() {
-            continue;
+            failing += 1;
+            continue; // closed before the frame: send another
         }
+        failing = 0;
+        sent += 1;
         if lying {
             let _ = s.shutdown(std::net::Shutdown::Write);
             let _ = s.take(64 << 20).read_to_end(&mut Vec::new());
@@ -630,4 +697,49 @@ fn mutate(rng: &mut StdRng, base: &[u8]) -> Vec<u8> {
         }
     }
     b
+}
+
+/// `raft.entry_bytes_max` holds for what is stored, not only for what the
+/// client sent: Meridian adds an origin and an HLC header to every record,
+/// so a batch of many small records within every Kafka limit can grow past
+/// the Raft entry limit. It is refused with MESSAGE_TOO_LARGE before it is
+/// proposed; a smaller batch of the same records is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_that_outgrows_a_raft_entry_once_stored_is_refused() {
+    const LIMIT: usize = 64 * 1024;
+    let args: Vec<std::ffi::OsString> = [
+        format!("kafka.batch_bytes_max={LIMIT}"),
+        format!("kafka.batch_uncompressed_bytes_max={LIMIT}"),
+        format!("raft.entry_bytes_max={LIMIT}"),
+    ]
+    .into_iter()
+    .flat_map(|s| ["--set".into(), s.into()])
+    .collect();
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(|s| s.as_os_str()).collect();
+    let c = Cluster::start_with_args(&common::repo().join("regions/one-region.toml"), &args);
+    let client = Client::new(&c.bootstrap());
+    client
+        .create_topic("entries", 1, &Default::default())
+        .await
+        .unwrap();
+    let records = |n: usize| -> Vec<(Option<Bytes>, Option<Bytes>)> {
+        (0..n)
+            .map(|i| (None, Some(Bytes::from(format!("{i:020}")))))
+            .collect()
+    };
+    let big = encode_batch(&records(1_000), Compression::None);
+    assert!(
+        big.len() < LIMIT / 2,
+        "the batch as sent ({} bytes) is within the Kafka limits",
+        big.len()
+    );
+    assert_eq!(
+        code_of(client.produce("entries", 0, big).await),
+        Some(MESSAGE_TOO_LARGE),
+        "a batch stored larger than raft.entry_bytes_max"
+    );
+    let small = encode_batch(&records(100), Compression::None);
+    assert_eq!(client.produce("entries", 0, small).await.unwrap(), 0);
+    let log = c.log(c.nodes[0].id);
+    assert!(!log.contains("panicked"), "{log}");
 }
