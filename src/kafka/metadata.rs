@@ -94,11 +94,6 @@ async fn topic(r: &Router, name: &str, allow_create: bool) -> MetadataResponseTo
     }
 }
 
-/// Where a fenced region sends its clients: the first other region that
-/// holds the topic, by topology order, with the brokers its placement makes
-/// partition leaders. A region cut off from the others cannot know their
-/// current leaders; a broker that is not the leader answers
-/// NOT_LEADER_OR_FOLLOWER, and the client asks that region for metadata.
 /// The cluster id every broker of every region reports: the regions form
 /// one cluster (one metadata group, one topic namespace, clients sent from
 /// one region to another), and librdkafka treats brokers with different
@@ -111,6 +106,11 @@ pub fn cluster_id(regions: &[String]) -> String {
     format!("meridian-{}", names.join("+"))
 }
 
+/// Where a fenced region sends its clients: the first other region that
+/// holds the topic, by topology order, with the brokers its placement makes
+/// partition leaders. A region cut off from the others cannot know their
+/// current leaders; a broker that is not the leader answers
+/// NOT_LEADER_OR_FOLLOWER, and the client asks that region for metadata.
 fn elsewhere(r: &Router, t: &TopicMeta) -> Option<Vec<u64>> {
     let policy = r.policy(t);
     if r.fence.may_write(&policy.regions) {
