@@ -176,6 +176,28 @@ fn produce_in_background(
     })
 }
 
+/// Every node's `/status` of `topic`'s partitions, one line a node, for
+/// failure messages.
+fn partition_status(c: &Cluster, topic: &str) -> String {
+    let mut out = String::new();
+    for n in &c.nodes {
+        let parts = http_get(&n.admin, "/status")
+            .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
+            .map(|s| {
+                let mine: Vec<&serde_json::Value> = s["partitions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|p| p["topic"] == topic)
+                    .collect();
+                serde_json::to_string(&mine).unwrap_or_default()
+            })
+            .unwrap_or_else(|| "no /status".into());
+        out.push_str(&format!("  node {} ({}): {parts}\n", n.id, n.region));
+    }
+    out
+}
+
 fn tally(values: &serde_json::Value) -> BTreeMap<String, usize> {
     let mut seen = BTreeMap::new();
     for v in values.as_array().unwrap() {
@@ -250,46 +272,63 @@ fn a_producers_batches_sent_again_are_stored_once() {
 /// region (the metadata lists every region's brokers) and sends the batch
 /// again; it is answered with the dead region's copy once the failover
 /// sealed that region's log, and the producer's next records follow.
+///
+/// librdkafka may write through another region than the one it was
+/// bootstrapped in: after its first metadata it connects to any broker
+/// listed (docs/replication.md, "Not yet"). So the link between the two
+/// regions other than the metadata leader's is slowed, and the producer's
+/// region is whichever of them its first record was stored in; a first
+/// record stored in the metadata leader's region is acknowledged at once:
+/// then the link is mended, the producer finishes, and the scenario starts
+/// again with a new topic.
 #[test]
 fn a_batch_retried_in_another_region_after_a_failover_is_stored_once() {
     require("python3");
     let mut c = Cluster::start_three();
-    let (survivor, home, far) = c.regions_around_meta_leader();
-    let boot = c.region_bootstrap(&home);
-    create(
-        &boot,
-        "ledger",
-        1,
-        &["meridian.replication=sync", "meridian.sync.quorum=3"],
-    );
-    c.delay(&home, &far, 30000);
-    let producer = produce_in_background(&boot, "ledger", "l", "1,9", 20000, 200);
-    let held = |c: &Cluster| {
-        c.region_nodes(&survivor).iter().any(|n| {
-            let Some((200, body)) = http_get(&n.admin, "/status") else {
-                return false;
-            };
-            let s: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-            s["partitions"].as_array().is_some_and(|ps| {
-                ps.iter().any(|p| {
-                    p["topic"] == "ledger"
-                        && p["origin_logs"].as_array().is_some_and(|ls| {
-                            ls.iter().any(|l| {
-                                l["origin"] == home.as_str() && l["next_offset"].as_u64() >= Some(1)
-                            })
-                        })
-                })
-            })
-        })
-    };
-    let deadline = Instant::now() + Duration::from_secs(40);
-    while !held(&c) {
-        assert!(
-            Instant::now() < deadline,
-            "{survivor} never held {home}'s copy"
+    let (survivor, a, b) = c.regions_around_meta_leader();
+    let boot = c.region_bootstrap(&a);
+    let mut attempt = 0;
+    let (topic, producer, home) = loop {
+        attempt += 1;
+        c.delay(&a, &b, 30000);
+        let topic = format!("ledger{attempt}");
+        create(
+            &boot,
+            &topic,
+            1,
+            &["meridian.replication=sync", "meridian.sync.quorum=3"],
         );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        let producer = produce_in_background(&boot, &topic, "l", "1,9", 20000, 200);
+        let deadline = Instant::now() + Duration::from_secs(40);
+        let origin = loop {
+            if let Some(o) = first_origin(&c, &survivor, &topic) {
+                break o;
+            }
+            if Instant::now() >= deadline || producer.is_finished() {
+                let status = partition_status(&c, &topic);
+                let out = if producer.is_finished() {
+                    format!("{:?}", producer.join())
+                } else {
+                    "still producing".into()
+                };
+                panic!("{survivor} never held a record of {topic}; producer: {out}; the partition on every node:\n{status}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        eprintln!("{topic}: the first record was written through {origin} (bootstrap {a})");
+        if origin != survivor {
+            break (topic, producer, origin);
+        }
+        assert!(
+            attempt < 3,
+            "librdkafka wrote through {survivor}, the metadata leader's region, three times"
+        );
+        // Mended, the slow link holds none of its records back.
+        eprintln!("{topic}: the producer wrote through {survivor}; again with a new topic");
+        c.set_faults("{}");
+        assert_all_delivered(&producer.join().unwrap(), 10);
+    };
+    let far = if home == a { b } else { a };
     let ids: Vec<u64> = c.region_nodes(&home).iter().map(|n| n.id).collect();
     for id in ids {
         c.kill9(id);
@@ -304,13 +343,13 @@ fn a_batch_retried_in_another_region_after_a_failover_is_stored_once() {
         &survivors,
         "--set",
         "meridian.sync.quorum=2",
-        "ledger",
+        &topic,
     ]);
     assert!(ok, "alter: {o}{e}");
     let out = producer.join().unwrap();
     assert_all_delivered(&out, 10);
     let read = idempotent_py(
-        &["read", &survivors, "ledger", "1", "10", "8000"],
+        &["read", &survivors, &topic, "1", "10", "8000"],
         Duration::from_secs(60),
     );
     let seen = tally(&read["values"]);
@@ -326,6 +365,26 @@ fn a_batch_retried_in_another_region_after_a_failover_is_stored_once() {
         retried >= 1,
         "no surviving region saw a retry of {home}'s batch: {out}"
     );
+}
+
+/// The region whose origin log of `topic`'s partition 0 holds a record,
+/// as a node of `region` sees it.
+fn first_origin(c: &Cluster, region: &str, topic: &str) -> Option<String> {
+    c.region_nodes(region).iter().find_map(|n| {
+        let (200, body) = http_get(&n.admin, "/status")? else {
+            return None;
+        };
+        let s: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let p = s["partitions"]
+            .as_array()?
+            .iter()
+            .find(|p| p["topic"] == topic)?;
+        p["origin_logs"]
+            .as_array()?
+            .iter()
+            .find(|l| l["next_offset"].as_u64() >= Some(1))
+            .and_then(|l| Some(l["origin"].as_str()?.to_string()))
+    })
 }
 
 /// Issue 16, item 10, third finding: idempotent producers in every region
