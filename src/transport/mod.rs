@@ -391,7 +391,7 @@ mod tests {
         };
         let (a, b) = pair(cfg, [&dir.path().join("a"), &dir.path().join("b")]);
         let stop = CancellationToken::new();
-        let _ = b.serve(Arc::new(Echo), stop.clone());
+        b.serve(Arc::new(Echo), stop.clone());
         let t = Duration::from_secs(5);
         let r = a.call(2, 1, 7, b"hi", t).await.unwrap();
         assert_eq!(&r[..8], &7u64.to_be_bytes());
@@ -435,7 +435,7 @@ mod tests {
         );
         let stop = CancellationToken::new();
         let (started, finished) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
-        let _ = b.serve(
+        b.serve(
             Arc::new(Slow(started.clone(), finished.clone())),
             stop.clone(),
         );
@@ -514,7 +514,7 @@ mod tests {
         let a = bind_at(&cfg, a_addr, peers(via), &dir.path().join("a"));
         let b = bind_at(&cfg, b_addr, peers(b_addr), &dir.path().join("b"));
         let stop = CancellationToken::new();
-        let _ = b.serve(Arc::new(Hang), stop.clone());
+        b.serve(Arc::new(Hang), stop.clone());
         a.call(2, 1, 0, b"x", Duration::from_secs(5)).await.unwrap();
         // Alive but slow: the call runs to its deadline, well past the idle
         // timeout, and the connection still serves afterwards.
@@ -547,7 +547,7 @@ mod tests {
             [&d1.path().join("a"), &d2.path().join("b")],
         );
         let stop = CancellationToken::new();
-        let _ = b.serve(Arc::new(Echo), stop.clone());
+        b.serve(Arc::new(Echo), stop.clone());
         assert!(a.call(2, 1, 0, b"x", Duration::from_secs(3)).await.is_err());
         stop.cancel();
     }
