@@ -123,10 +123,13 @@ mod tests {
 /// The bytes of requests and responses held at once over all connections
 /// (`kafka.in_flight_bytes_max`), counted in KiB. A connection takes a
 /// request's bytes before it allocates the request, and gives them back
-/// once the response is built; a response holds its bytes from when it is
-/// built (a fetch: from before it reads records, at its size bound) until
-/// it is written or the connection is closed. While the budget is spent,
-/// connections stop reading new requests and fetches wait to read.
+/// once the response is built (a fetch: once it is decoded); a response
+/// holds its bytes from its turn (a fetch: from before it reads records,
+/// at its size bound) until it is written or the connection is closed.
+/// While the budget is spent, connections stop reading new requests and
+/// fetches wait to read. Not counted: what waits for its turn (a decoded
+/// fetch, a built response), which holding would let a spent budget stop
+/// the turn's holder for good; that takes a budget of its own.
 ///
 /// Responses take their bytes in request order on each connection (see
 /// [`Turn`]), and nothing waits for bytes while it holds others it took
@@ -163,6 +166,9 @@ impl Held {
 
     /// Gives back `n` of the units held.
     fn release(&mut self, n: usize) {
+        if n == 0 {
+            return;
+        }
         if let Some(back) = self.units.split(n) {
             self.gauge.dec_by(bytes_of(n));
             drop(back);
@@ -219,28 +225,40 @@ impl ByteBudget {
     /// takes the rest if it is free now; otherwise gives everything back
     /// first and waits in line for all of it (never waiting while holding).
     pub async fn fit(self: &Arc<Self>, held: &mut Held, bytes: usize) {
+        if self.try_fit(held, bytes) {
+            return;
+        }
+        let want = self.units_for(bytes);
+        held.release(held.units.num_permits());
+        let all = self
+            .units
+            .clone()
+            .acquire_many_owned(want)
+            .await
+            .expect("budget semaphore is never closed");
+        held.add(all);
+    }
+
+    /// Makes `held` hold `bytes` without waiting: gives back what it holds
+    /// beyond them, or takes the rest if it is free now. Returns false,
+    /// holding what it held, when the rest is not free.
+    pub fn try_fit(self: &Arc<Self>, held: &mut Held, bytes: usize) -> bool {
         let want = self.units_for(bytes) as usize;
         let have = held.units.num_permits();
-        if have > want {
+        if have >= want {
             held.release(have - want);
-        } else if have < want {
-            match self
-                .units
-                .clone()
-                .try_acquire_many_owned((want - have) as u32)
-            {
-                Ok(more) => held.add(more),
-                Err(_) => {
-                    held.release(have);
-                    let all = self
-                        .units
-                        .clone()
-                        .acquire_many_owned(want as u32)
-                        .await
-                        .expect("budget semaphore is never closed");
-                    held.add(all);
-                }
+            return true;
+        }
+        match self
+            .units
+            .clone()
+            .try_acquire_many_owned((want - have) as u32)
+        {
+            Ok(more) => {
+                held.add(more);
+                true
             }
+            Err(_) => false,
         }
     }
 
@@ -300,6 +318,21 @@ mod budget_tests {
         assert_eq!(b.gauge.get(), 10 * 1024, "the gauge counts what is held");
         drop(h);
         assert_eq!(b.free_bytes(), 10 * UNIT);
+        assert_eq!(b.gauge.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn try_fit_grows_only_from_what_is_free_and_keeps_what_it_held() {
+        let b = ByteBudget::new(10 * UNIT, Gauge::default());
+        let mut h = b.hold(2 * 1024).await;
+        assert!(b.try_fit(&mut h, 5 * 1024), "3 KiB more are free");
+        assert_eq!(b.free_bytes(), 5 * UNIT);
+        let other = b.hold(4 * 1024).await;
+        assert!(!b.try_fit(&mut h, 8 * 1024), "3 KiB more are not free");
+        assert_eq!(b.free_bytes(), UNIT, "it kept its 5 KiB");
+        assert!(b.try_fit(&mut h, 1024), "shrinking always fits");
+        assert_eq!(b.free_bytes(), 5 * UNIT);
+        drop((h, other));
         assert_eq!(b.gauge.get(), 0);
     }
 }

@@ -200,9 +200,10 @@ struct Part {
 /// Proposes every partition's batch now; the returned future waits for the
 /// commits and builds the response (`None` for `acks = 0`). `held` holds
 /// the request's `frame_bytes` of the listener's budget; before each
-/// partition's records are proposed it is made to hold what the batches
-/// decompressed to as well, with the decoded records' own size, until the
-/// response is built.
+/// partition's records are proposed it takes what the batches decompressed
+/// to as well, with the decoded records' own size, if that is free then,
+/// and holds it until the response is built. When it is not free the
+/// produce goes on holding its frame's bytes only.
 pub async fn submit(
     r: &Arc<Router>,
     req: ProduceRequest,
@@ -233,7 +234,11 @@ pub async fn submit(
                     let decoded = request
                         .used()
                         .saturating_add(decoded_records.saturating_mul(RECORD_BYTES));
-                    budget.fit(held, frame_bytes.saturating_add(decoded)).await;
+                    // Never waits: a produce that waited for bytes would
+                    // have to give back its frame's first (the budget must
+                    // never wait while holding), though the frame and its
+                    // records stay in memory.
+                    budget.try_fit(held, frame_bytes.saturating_add(decoded));
                     let t = r
                         .submit_append(&topic, p.index, recs, producer, timeout)
                         .await

@@ -260,8 +260,11 @@ async fn connection(
                         })
                     }
                 };
-                if tx.send(task).await.is_err() {
-                    break; // the writer failed: the client is gone
+                if let Err(unsent) = tx.send(task).await {
+                    // The writer failed (the client is gone): the request
+                    // still being served gives its bytes back now.
+                    unsent.0.abort();
+                    break;
                 }
             }
             Err(e) => {
