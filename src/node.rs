@@ -270,13 +270,20 @@ async fn run_inner(config: NodeConfig, shutdown: CancellationToken) -> Result<()
     let stopped = tokio::select! {
         biased; // both end after shutdown too: that is no failure
         _ = shutdown.cancelled() => None,
-        r = transport_serving => Some(("the node-to-node transport's accept loop", r)),
-        r = admin_serving => Some(("the admin HTTP server", r)),
+        r = transport_serving => Some((
+            "the node-to-node transport's accept loop",
+            r.map_err(|e| e.to_string()),
+        )),
+        r = admin_serving => Some((
+            "the admin HTTP server",
+            r.map_err(|e| e.to_string())
+                .and_then(|served| served.map_err(|e| e.to_string())),
+        )),
     };
     let failed = stopped.map(|(what, r)| {
         let why = match r {
             Ok(()) => "it returned".to_string(),
-            Err(e) => e.to_string(),
+            Err(e) => e,
         };
         error!(what, %why, "stopping the node: a part it cannot run without ended");
         shutdown.cancel();

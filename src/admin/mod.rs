@@ -19,12 +19,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::router::Router;
 
+/// Serves the admin endpoints until `shutdown`; an error means the admin
+/// port is gone.
 pub async fn serve(
     listener: TcpListener,
     router: Arc<Router>,
     admin: AdminConfig,
     shutdown: CancellationToken,
-) {
+) -> std::io::Result<()> {
     let admin = Arc::new(admin);
     let post_faults = move |State(r): State<Arc<Router>>, headers: HeaderMap, body: Bytes| {
         let admin = admin.clone();
@@ -43,13 +45,10 @@ pub async fn serve(
         .route("/topology", get(topology))
         .with_state(router);
     // axum's accept loop retries failed accepts itself; an error here
-    // means the admin port is gone, which must not go unnoticed.
-    if let Err(e) = axum::serve(listener, app)
+    // means the admin port is gone, which the node does not run without.
+    axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
-    {
-        tracing::error!(error = %e, "the admin HTTP server stopped; /healthz and /metrics are down");
-    }
 }
 
 /// 200 when the node can take writes: with several regions, while its

@@ -133,7 +133,6 @@ impl Transport {
         Duration::from_millis(self.cfg.rpc_timeout_ms)
     }
 
-    /// Accepts connections until `shutdown`.
     /// Accepts connections from other nodes until `shutdown`; the task
     /// ends early only if the endpoint closed, which the node treats as
     /// fatal (the socket cannot be bound again while the node runs).
