@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use common::Cluster;
+use common::{rss, Cluster};
 use indexmap::IndexMap;
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Encodable, StrBytes};
@@ -39,8 +39,8 @@ const CONNECTIONS_MAX: usize = 64;
 const IDLE_MS: u64 = 3_000;
 const READ_TIMEOUT_MS: u64 = 2_000;
 
-fn settings() -> Vec<std::ffi::OsString> {
-    [
+fn settings() -> Vec<String> {
+    vec![
         format!("kafka.connections_per_ip_max={PER_IP_MAX}"),
         format!("kafka.connections_max={CONNECTIONS_MAX}"),
         format!("kafka.connections_max_idle_ms={IDLE_MS}"),
@@ -49,9 +49,6 @@ fn settings() -> Vec<std::ffi::OsString> {
         // Random fetches must not park connections for long.
         "kafka.fetch_wait_ms_max=200".to_string(),
     ]
-    .into_iter()
-    .flat_map(|s| ["--set".into(), s.into()])
-    .collect()
 }
 
 fn connect(addr: &str) -> TcpStream {
@@ -96,15 +93,6 @@ fn request(api: ApiKey, version: i16, req: &impl Encodable) -> Vec<u8> {
     let mut buf = header(api, version);
     req.encode(&mut buf, version).unwrap();
     framed(&buf)
-}
-
-fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
 }
 
 /// A v2 batch of one record, with `patch` applied to its bytes and the
@@ -182,9 +170,7 @@ fn bystander(bootstrap: String, stop: Arc<AtomicBool>, ok: Arc<AtomicU64>, faile
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_input_does_not_stop_the_node() {
-    let args = settings();
-    let args: Vec<&std::ffi::OsStr> = args.iter().map(|s| s.as_os_str()).collect();
-    let c = Cluster::start_with_args(&common::repo().join("regions/one-region.toml"), &args);
+    let c = Cluster::one_region_set(&settings());
     let target = c.nodes[0].kafka.clone();
     let pids: Vec<u32> = c.nodes.iter().map(|n| n.pid).collect();
     let client = Client::new(&c.bootstrap());
@@ -803,16 +789,11 @@ fn mutate(rng: &mut StdRng, base: &[u8]) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_that_outgrows_a_raft_entry_once_stored_is_refused() {
     const LIMIT: usize = 64 * 1024;
-    let args: Vec<std::ffi::OsString> = [
+    let c = Cluster::one_region_set(&[
         format!("kafka.batch_bytes_max={LIMIT}"),
         format!("kafka.batch_uncompressed_bytes_max={LIMIT}"),
         format!("raft.entry_bytes_max={LIMIT}"),
-    ]
-    .into_iter()
-    .flat_map(|s| ["--set".into(), s.into()])
-    .collect();
-    let args: Vec<&std::ffi::OsStr> = args.iter().map(|s| s.as_os_str()).collect();
-    let c = Cluster::start_with_args(&common::repo().join("regions/one-region.toml"), &args);
+    ]);
     let client = Client::new(&c.bootstrap());
     client
         .create_topic("entries", 1, &Default::default())

@@ -11,7 +11,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use common::Cluster;
+use common::{rss, Cluster};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Encodable, StrBytes};
 use kafka_protocol::records::Compression;
@@ -29,15 +29,6 @@ const SILENT: usize = 4;
 /// budget on responses, the partition leader builds all of them:
 /// 4 × 64 × 4 MiB = 1 GiB.
 const GROWTH_MAX: u64 = 256 << 20;
-
-fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
 
 fn fetch_frame(correlation_id: i32) -> Vec<u8> {
     let version = 11;
@@ -87,12 +78,7 @@ async fn a_client_that_never_reads_holds_the_budget_not_memory_and_is_disconnect
         // The partition leader stays where it is.
         "raft.balance_interval_ms=0".to_string(),
     ];
-    let args: Vec<std::ffi::OsString> = settings
-        .iter()
-        .flat_map(|s| ["--set".into(), s.into()])
-        .collect();
-    let args: Vec<&std::ffi::OsStr> = args.iter().map(|s| s.as_os_str()).collect();
-    let c = Cluster::start_with_args(&common::repo().join("regions/one-region.toml"), &args);
+    let c = Cluster::one_region_set(&settings);
     let client = Client::new(&c.bootstrap());
     client
         .create_topic("big", 1, &Default::default())

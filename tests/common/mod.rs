@@ -140,6 +140,17 @@ impl Cluster {
         Self::start_with_args(topology, &[])
     }
 
+    /// Starts the one-region topology with node config `settings`
+    /// (`key=value`, as `meridian dev --set` takes them).
+    pub fn one_region_set(settings: &[String]) -> Cluster {
+        let args: Vec<std::ffi::OsString> = settings
+            .iter()
+            .flat_map(|s| ["--set".into(), s.into()])
+            .collect();
+        let args: Vec<&std::ffi::OsStr> = args.iter().map(|s| s.as_os_str()).collect();
+        Self::start_with_args(&repo().join("regions/one-region.toml"), &args)
+    }
+
     /// Starts `meridian dev` on `topology` with more arguments.
     pub fn start_with_args(topology: &Path, args: &[&std::ffi::OsStr]) -> Cluster {
         let dir = tempfile::Builder::new()
@@ -366,6 +377,16 @@ fn named_log_tail(out: &str, lines: usize) -> String {
 }
 
 /// Blocking HTTP/1.0 GET: status code and body.
+/// A process's resident memory in bytes (0 once it is gone).
+pub fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
 pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).ok()?;
