@@ -8,12 +8,46 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use bytes::Bytes;
 use common::{meridian, python_json, repo, require, Cluster};
+use kafka_protocol::records::Compression;
+use meridian::client::{encode_batch, produce_on, ClientError, Connection};
 
 const REGIONS: [&str; 3] = ["us-east", "eu-west", "ap-south"];
 
 fn geo(args: &[&str], timeout: Duration) -> serde_json::Value {
     python_json("geo.py", args, timeout)
+}
+
+/// One record to each of `topic`'s `partitions` through every node of
+/// `region`, on connections of their own (no metadata, no retries).
+fn write_to_every_node(
+    c: &Cluster,
+    region: &str,
+    topic: &str,
+    partitions: i32,
+) -> Vec<Result<i64, ClientError>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut out = Vec::new();
+        for n in c.region_nodes(region) {
+            let conn = match Connection::connect(&n.kafka, Duration::from_secs(5), 4).await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    out.push(Err(e));
+                    continue;
+                }
+            };
+            for p in 0..partitions {
+                let batch = encode_batch(&[(None, Some(Bytes::from("direct")))], Compression::None);
+                out.push(produce_on(&conn, topic, p, batch, -1).await);
+            }
+        }
+        out
+    })
 }
 
 /// Produces at a steady rate with the client's default retries, as an
@@ -593,9 +627,17 @@ fn an_isolated_region_is_fenced_and_its_clients_move_elsewhere() {
         p.errors
     );
     assert_eq!(p.acked.len(), 200);
+    // librdkafka may have been writing through another region already
+    // (it connects to any broker the metadata lists), so us-east is also
+    // asked directly, by every node, bypassing metadata: all refuse.
+    let direct = write_to_every_node(&c, "us-east", "fo", 2);
+    assert!(
+        direct.iter().all(|r| r.is_err()),
+        "a cut-off us-east node took a write: {direct:?}"
+    );
     assert!(
         metric_sum(&c, "us-east", "meridian_fenced_produces_total") > 0.0,
-        "us-east never refused a write while cut off"
+        "us-east never refused a write while cut off: {direct:?}"
     );
     for n in c.region_nodes("us-east") {
         let (code, body) = common::http_get(&n.admin, "/healthz").expect("healthz");
