@@ -164,6 +164,11 @@ impl Held {
         }
     }
 
+    /// The bytes held, in whole KiB.
+    pub fn bytes(&self) -> usize {
+        bytes_of(self.units.num_permits()) as usize
+    }
+
     /// Gives back `n` of the units held.
     fn release(&mut self, n: usize) {
         if n == 0 {
@@ -327,6 +332,7 @@ mod budget_tests {
         let mut h = b.hold(2 * 1024).await;
         assert!(b.try_fit(&mut h, 5 * 1024), "3 KiB more are free");
         assert_eq!(b.free_bytes(), 5 * UNIT);
+        assert_eq!(h.bytes(), 5 * 1024);
         let other = b.hold(4 * 1024).await;
         assert!(!b.try_fit(&mut h, 8 * 1024), "3 KiB more are not free");
         assert_eq!(b.free_bytes(), UNIT, "it kept its 5 KiB");

@@ -199,7 +199,7 @@ struct Part {
 
 /// Proposes every partition's batch now; the returned future waits for the
 /// commits and builds the response (`None` for `acks = 0`). `held` holds
-/// the request's `frame_bytes` of the listener's budget; before each
+/// the request's frame of the listener's budget; before each
 /// partition's records are proposed it takes what the batches decompressed
 /// to as well, with the decoded records' own size, if that is free then,
 /// and holds it until the response is built. When it is not free the
@@ -209,7 +209,6 @@ pub async fn submit(
     req: ProduceRequest,
     budget: &Arc<ByteBudget>,
     held: &mut Held,
-    frame_bytes: usize,
 ) -> BoxFuture<'static, Option<ProduceResponse>> {
     let started = Instant::now();
     let max_ms = r.kafka.produce_timeout_ms_max;
@@ -222,6 +221,7 @@ pub async fn submit(
     // All partitions of the request together decompress to at most
     // kafka.request_bytes_max.
     let request = RequestBudget::new(r.kafka.request_bytes_max as usize);
+    let frame_bytes = held.bytes();
     let mut decoded_records = 0usize;
     for t in req.topic_data {
         let topic = t.name.0.to_string();

@@ -359,7 +359,6 @@ async fn dispatch(
     frame: Bytes,
     held: &mut Held,
 ) -> Result<Served, DecodeError> {
-    let frame_bytes = frame.len();
     let (api, header, body) = codec::decode_header(frame)?;
     let version = header.request_api_version;
     if api == ApiKey::ApiVersions && !api_versions::supports(api, version) {
@@ -420,7 +419,7 @@ async fn dispatch(
             Box::pin(async move { done(ResponseKind::Metadata(metadata::handle(&r, req).await)) })
         }
         RequestKind::Produce(req) => {
-            let pending = produce::submit(&r, req, &conn.budget, held, frame_bytes).await;
+            let pending = produce::submit(&r, req, &conn.budget, held).await;
             Box::pin(async move {
                 let resp = pending.await?;
                 done(ResponseKind::Produce(resp))
