@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{create, http_get, meridian, python_json, require, Cluster};
+use common::{create, http_get, meridian, python_json, require, topic_partitions, Cluster};
 use kafka_protocol::messages::{ApiKey, InitProducerIdRequest, InitProducerIdResponse};
 use kafka_protocol::records::Compression;
 use meridian::client::{
@@ -181,18 +181,10 @@ fn produce_in_background(
 fn partition_status(c: &Cluster, topic: &str) -> String {
     let mut out = String::new();
     for n in &c.nodes {
-        let parts = http_get(&n.admin, "/status")
-            .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
-            .map(|s| {
-                let mine: Vec<&serde_json::Value> = s["partitions"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter(|p| p["topic"] == topic)
-                    .collect();
-                serde_json::to_string(&mine).unwrap_or_default()
-            })
-            .unwrap_or_else(|| "no /status".into());
+        let parts = topic_partitions(&n.admin, topic).map_or_else(
+            || "no /status".into(),
+            |ps| serde_json::to_string(&ps).unwrap_or_default(),
+        );
         out.push_str(&format!("  node {} ({}): {parts}\n", n.id, n.region));
     }
     out
@@ -391,15 +383,7 @@ fn a_batch_retried_in_another_region_after_a_failover_is_stored_once() {
 /// as a node of `region` sees it.
 fn first_origin(c: &Cluster, region: &str, topic: &str) -> Option<String> {
     c.region_nodes(region).iter().find_map(|n| {
-        let (200, body) = http_get(&n.admin, "/status")? else {
-            return None;
-        };
-        let s: serde_json::Value = serde_json::from_str(&body).ok()?;
-        let p = s["partitions"]
-            .as_array()?
-            .iter()
-            .find(|p| p["topic"] == topic)?;
-        p["origin_logs"]
+        topic_partitions(&n.admin, topic)?.first()?["origin_logs"]
             .as_array()?
             .iter()
             .find(|l| l["next_offset"].as_u64() >= Some(1))

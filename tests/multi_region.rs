@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{meridian, python_json, repo, require, Cluster};
+use common::{meridian, python_json, repo, require, status, topic_partitions, Cluster};
 use kafka_protocol::records::Compression;
 use meridian::client::{encode_batch, produce_on, ClientError, Connection};
 
@@ -713,12 +713,8 @@ fn copies_from_a_clock_too_far_ahead_are_refused_until_it_is_fixed() {
         .region_nodes("us-east")
         .iter()
         .map(|n| {
-            let s = status(&n.admin)?;
-            let p = s["partitions"]
-                .as_array()?
-                .iter()
-                .find(|p| p["topic"] == "skew")?;
-            let logs = p["origin_logs"].as_array()?;
+            let parts = topic_partitions(&n.admin, "skew")?;
+            let logs = parts.first()?["origin_logs"].as_array()?;
             Some(
                 logs.iter()
                     .filter(|l| l["origin"] == "eu-west")
@@ -743,12 +739,6 @@ fn copies_from_a_clock_too_far_ahead_are_refused_until_it_is_fixed() {
     }
     let views = views_of(&c, "skew", 1, 5);
     check_views(&views, &p.acked);
-}
-
-/// A node's `/status`, if it answers.
-fn status(admin: &str) -> Option<serde_json::Value> {
-    let (_, body) = common::http_get(admin, "/status")?;
-    serde_json::from_str(&body).ok()
 }
 
 fn meta_status(c: &Cluster, id: u64) -> Option<serde_json::Value> {

@@ -376,7 +376,6 @@ fn named_log_tail(out: &str, lines: usize) -> String {
     format!("last {lines} lines of {path}:\n{tail}\n")
 }
 
-/// Blocking HTTP/1.0 GET: status code and body.
 /// A process's resident memory in bytes (0 once it is gone).
 pub fn rss(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -387,6 +386,27 @@ pub fn rss(pid: u32) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// A node's `/status`, if it answers.
+pub fn status(admin: &str) -> Option<serde_json::Value> {
+    let (_, body) = http_get(admin, "/status")?;
+    serde_json::from_str(&body).ok()
+}
+
+/// The `/status` entries of `topic`'s partitions on the node at `admin`,
+/// if it answers.
+pub fn topic_partitions(admin: &str, topic: &str) -> Option<Vec<serde_json::Value>> {
+    let s = status(admin)?;
+    Some(
+        s["partitions"]
+            .as_array()?
+            .iter()
+            .filter(|p| p["topic"] == topic)
+            .cloned()
+            .collect(),
+    )
+}
+
+/// Blocking HTTP/1.0 GET: status code and body.
 pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).ok()?;
