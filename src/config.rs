@@ -448,6 +448,18 @@ pub struct KafkaConfig {
     pub in_flight_bytes_max: u64,
     /// Requests of one connection processed concurrently (pipelining).
     pub in_flight_requests_max: u32,
+    /// Bytes of one connection's decoded fetches and built responses
+    /// waiting for their turn behind an earlier response (outside
+    /// `in_flight_bytes_max`); at or past it the connection stops reading.
+    pub connection_queued_bytes_max: u64,
+    /// TCP keepalive on client connections: the first probe after this
+    /// long without traffic.
+    pub tcp_keepalive_time_ms: u64,
+    /// TCP keepalive: probes this far apart after the first.
+    pub tcp_keepalive_interval_ms: u64,
+    /// Log lines a second, at most, for what any client can cause at will
+    /// (bad requests, refused connections); the rest are counted.
+    pub client_log_lines_per_sec: u32,
     /// Upper bound on a fetch's long-poll wait, whatever the client asks.
     pub fetch_wait_ms_max: u64,
     /// Upper bound on the bytes of one fetch response.
@@ -475,6 +487,10 @@ impl Default for KafkaConfig {
             request_read_timeout_ms: 30_000,
             in_flight_bytes_max: 256 * 1024 * 1024,
             in_flight_requests_max: 64,
+            connection_queued_bytes_max: 1024 * 1024,
+            tcp_keepalive_time_ms: 60_000,
+            tcp_keepalive_interval_ms: 10_000,
+            client_log_lines_per_sec: 20,
             fetch_wait_ms_max: 30_000,
             fetch_bytes_max: 50 * 1024 * 1024,
             produce_timeout_ms_max: 30_000,
@@ -507,6 +523,12 @@ pub struct RaftConfig {
     /// to another node (`raft::balance`), and hands over at most one; 0
     /// turns leadership balancing off.
     pub balance_interval_ms: u64,
+    /// Each Raft group keeps its newest entries in memory for its
+    /// followers and its state machine: at most this many...
+    pub log_cache_entries_max: u64,
+    /// ...and at most this many bytes (every entry counted by its encoded
+    /// size; the newest entry is kept even if larger).
+    pub log_cache_bytes_max: u64,
 }
 
 impl Default for RaftConfig {
@@ -522,9 +544,14 @@ impl Default for RaftConfig {
             entry_bytes_max: 8 * 1024 * 1024,
             meta_snapshot_entries: 10_000,
             balance_interval_ms: 5_000,
+            log_cache_entries_max: 256,
+            log_cache_bytes_max: 4 * 1024 * 1024,
         }
     }
 }
+
+/// The longest TCP keepalive time or interval Linux takes (32767 s).
+pub const TCP_KEEPALIVE_MS_MAX: u64 = 32_767_000;
 
 /// The longest `transport.idle_timeout_ms`.
 pub const IDLE_TIMEOUT_MS_MAX: u64 = 600_000;
@@ -658,6 +685,9 @@ pub struct GroupsConfig {
     pub session_timeout_ms_max: u64,
     /// Members of one group, at most (GROUP_MAX_SIZE_REACHED above).
     pub max_size: u32,
+    /// Largest `metadata` string an offset commit may carry
+    /// (OFFSET_METADATA_TOO_LARGE above; Kafka's `offset.metadata.max.bytes`).
+    pub offset_metadata_bytes_max: u32,
     /// Upper bound on an OffsetCommit's wait for its record to commit
     /// (and, for a commit of a `sync` topic, to reach the other regions).
     pub commit_timeout_ms: u64,
@@ -678,6 +708,7 @@ impl Default for GroupsConfig {
             session_timeout_ms_min: 6_000,
             session_timeout_ms_max: 1_800_000,
             max_size: 1_000,
+            offset_metadata_bytes_max: 4_096,
             commit_timeout_ms: 10_000,
             presence_renew_ms: 2_000,
             presence_ttl_ms: 10_000,
@@ -966,6 +997,14 @@ impl NodeConfig {
                 "kafka.in_flight_requests_max",
                 k.in_flight_requests_max as u64,
             ),
+            (
+                "kafka.connection_queued_bytes_max",
+                k.connection_queued_bytes_max,
+            ),
+            (
+                "kafka.client_log_lines_per_sec",
+                k.client_log_lines_per_sec as u64,
+            ),
             ("kafka.request_bytes_max", k.request_bytes_max as u64),
             (
                 "transport.frame_bytes_max",
@@ -1003,8 +1042,24 @@ impl NodeConfig {
             );
         }
         for (key, v) in [
+            ("kafka.tcp_keepalive_time_ms", k.tcp_keepalive_time_ms),
+            (
+                "kafka.tcp_keepalive_interval_ms",
+                k.tcp_keepalive_interval_ms,
+            ),
+        ] {
+            if !(1_000..=TCP_KEEPALIVE_MS_MAX).contains(&v) || v % 1_000 != 0 {
+                p.add(
+                    key,
+                    format!("{v} is not whole seconds from 1000 to {TCP_KEEPALIVE_MS_MAX} (TCP counts keepalive in whole seconds, at most 32767)"),
+                );
+            }
+        }
+        for (key, v) in [
             ("raft.append_bytes_max", r.append_bytes_max),
             ("raft.entry_bytes_max", r.entry_bytes_max),
+            ("raft.log_cache_entries_max", r.log_cache_entries_max),
+            ("raft.log_cache_bytes_max", r.log_cache_bytes_max),
         ] {
             if v == 0 {
                 p.add(key, "must be at least 1");
@@ -1507,6 +1562,38 @@ configs = { "retention.ms" = "1000" }
             e.to_string()
                 .contains("more than twice control.meta_heartbeat_ms"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn connection_and_cache_limits_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("topo.toml"), GOOD).unwrap();
+        let path = dir.path().join("node.toml");
+        let base = "node_id = 1\ntopology = \"topo.toml\"\ndata_dir = \"d\"\n";
+        let problems = |extra: &str| -> Vec<String> {
+            NodeConfig::parse(&path, &format!("{base}{extra}"))
+                .unwrap_err()
+                .problems
+                .into_iter()
+                .map(|p| p.key)
+                .collect()
+        };
+        assert_eq!(
+            problems(
+                "[kafka]\ntcp_keepalive_time_ms = 1500\ntcp_keepalive_interval_ms = 40000000\n\
+                 connection_queued_bytes_max = 0\nclient_log_lines_per_sec = 0\n"
+            ),
+            [
+                "kafka.connection_queued_bytes_max",
+                "kafka.client_log_lines_per_sec",
+                "kafka.tcp_keepalive_time_ms",
+                "kafka.tcp_keepalive_interval_ms"
+            ]
+        );
+        assert_eq!(
+            problems("[raft]\nlog_cache_entries_max = 0\nlog_cache_bytes_max = 0\n"),
+            ["raft.log_cache_entries_max", "raft.log_cache_bytes_max"]
         );
     }
 

@@ -26,8 +26,10 @@ pub struct Metrics {
     pub kafka_connections: Gauge,
     /// Bytes of the Kafka listener's budget held now (`kafka.in_flight_bytes_max`).
     pub kafka_in_flight_bytes: Gauge,
+    pub kafka_queued_bytes: Gauge,
     pub kafka_bad_requests: Counter,
     pub kafka_connections_refused: Counter,
+    pub kafka_decode_waits: Counter,
     pub raft_leader_groups: Gauge,
     pub raft_term: Family<Labels, Gauge>,
     /// Per topic, partition and remote region (set by the partition leader).
@@ -103,8 +105,10 @@ impl Metrics {
             fsync_waiters: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             kafka_connections: Gauge::default(),
             kafka_in_flight_bytes: Gauge::default(),
+            kafka_queued_bytes: Gauge::default(),
             kafka_bad_requests: Counter::default(),
             kafka_connections_refused: Counter::default(),
+            kafka_decode_waits: Counter::default(),
             raft_leader_groups: Gauge::default(),
             raft_term: Family::default(),
             link_lag_records: Family::default(),
@@ -191,6 +195,11 @@ impl Metrics {
             m.kafka_in_flight_bytes.clone(),
         );
         registry.register(
+            "kafka_queued_bytes",
+            "Bytes of decoded fetches and built responses waiting for their turn, over all connections (see kafka.connection_queued_bytes_max)",
+            m.kafka_queued_bytes.clone(),
+        );
+        registry.register(
             "kafka_bad_requests",
             "Kafka requests that could not be decoded",
             m.kafka_bad_requests.clone(),
@@ -199,6 +208,11 @@ impl Metrics {
             "kafka_connections_refused",
             "Client connections closed at once: kafka.connections_max or kafka.connections_per_ip_max reached",
             m.kafka_connections_refused.clone(),
+        );
+        registry.register(
+            "kafka_decode_waits",
+            "Produce batches that waited for a place to decode (kafka.decode_concurrency_max)",
+            m.kafka_decode_waits.clone(),
         );
         registry.register(
             "raft_leader_groups",

@@ -262,6 +262,20 @@ fn three_python_members_share_a_topic_and_rebalance_when_one_leaves() {
             "commits deleted: {a}"
         );
     }
+
+    // A commit's metadata may be groups.offset_metadata_bytes_max long
+    // (4096 by default, as Kafka's offset.metadata.max.bytes), no longer.
+    for (bytes, want) in [
+        // (Clear of the edge: a client may count a terminator.)
+        ("4000", serde_json::Value::Null),
+        ("5000", "OFFSET_METADATA_TOO_LARGE".into()),
+    ] {
+        let m = groups_py(
+            &["metadata", &b, "orders", "pm", bytes],
+            Duration::from_secs(60),
+        );
+        assert_eq!(m["error"], want, "{bytes} bytes of metadata: {m}");
+    }
 }
 
 /// The clients' other assignors work unchanged: the broker never reads

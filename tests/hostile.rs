@@ -38,6 +38,9 @@ const PER_IP_MAX: usize = 24;
 const CONNECTIONS_MAX: usize = 64;
 const IDLE_MS: u64 = 3_000;
 const READ_TIMEOUT_MS: u64 = 2_000;
+/// `kafka.client_log_lines_per_sec`: the fuzz loop alone causes thousands
+/// of log-worthy events.
+const CLIENT_LOG_LINES: u64 = 5;
 
 fn settings() -> Vec<String> {
     vec![
@@ -48,6 +51,9 @@ fn settings() -> Vec<String> {
         "kafka.write_timeout_ms=3000".to_string(),
         // Random fetches must not park connections for long.
         "kafka.fetch_wait_ms_max=200".to_string(),
+        format!("kafka.client_log_lines_per_sec={CLIENT_LOG_LINES}"),
+        // Bombs from several clients at once must queue for it.
+        "kafka.decode_concurrency_max=1".to_string(),
     ]
 }
 
@@ -276,6 +282,35 @@ async fn hostile_input_does_not_stop_the_node() {
         );
     }
 
+    // ... and from four clients at once: they take turns to decompress,
+    //     kafka.decode_concurrency_max at a time, and each is refused.
+    let waits_before = metric(&c.nodes, "meridian_kafka_decode_waits_total");
+    let burst: Vec<_> = (0..4)
+        .map(|_| {
+            let (bootstrap, gz) = (c.bootstrap(), gz.clone());
+            tokio::spawn(async move {
+                let client = Client::new(&bootstrap);
+                let mut codes = Vec::new();
+                for _ in 0..8 {
+                    let r = client
+                        .produce("hostile", 0, batch_with_records(1, &gz))
+                        .await;
+                    codes.push(code_of(r));
+                }
+                codes
+            })
+        })
+        .collect();
+    for b in burst {
+        assert_eq!(b.await.unwrap(), [Some(MESSAGE_TOO_LARGE); 8]);
+    }
+    let waits = metric(&c.nodes, "meridian_kafka_decode_waits_total") - waits_before;
+    eprintln!("{waits} decodes waited for kafka.decode_concurrency_max");
+    assert!(
+        waits > 0,
+        "no decode waited for kafka.decode_concurrency_max"
+    );
+
     // 4. Headers under `meridian.` are dropped from produced records.
     let mut headers = IndexMap::new();
     for (k, v) in [
@@ -462,6 +497,39 @@ async fn hostile_input_does_not_stop_the_node() {
         "{log}"
     );
     assert!(!log.contains("panicked"), "seed {seed}: {log}");
+    // What clients cause is logged at most CLIENT_LOG_LINES a second
+    // (a one-second window starts with its first line, so one second of
+    // the clock can hold two windows' worth), and the lines dropped are
+    // counted in the next one.
+    let mut per_second: std::collections::BTreeMap<&str, u64> = Default::default();
+    for l in log.lines().filter(|l| l.contains(" suppressed=")) {
+        // 2026-12-06T17:25:19.088843Z: up to the whole second.
+        *per_second.entry(l.get(..19).unwrap_or(l)).or_default() += 1;
+    }
+    let busiest = per_second.iter().max_by_key(|(_, n)| **n);
+    eprintln!("busiest second of client log lines: {busiest:?}");
+    assert!(
+        busiest.is_some_and(|(_, n)| *n <= 2 * CLIENT_LOG_LINES),
+        "{busiest:?}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains(" suppressed=") && !l.contains(" suppressed=0 ")),
+        "no line tells of suppressed ones"
+    );
+}
+
+/// A counter's sum over `nodes`' `/metrics`.
+fn metric(nodes: &[common::NodeInfo], name: &str) -> u64 {
+    nodes
+        .iter()
+        .filter_map(|n| common::http_get(&n.admin, "/metrics"))
+        .flat_map(|(_, body)| {
+            body.lines()
+                .filter_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
 }
 
 /// Connects from a chosen loopback address.

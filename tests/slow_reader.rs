@@ -2,7 +2,9 @@
 //! item 3): its responses hold the listener's byte budget
 //! (`kafka.in_flight_bytes_max`) instead of memory without a bound, the
 //! node goes on serving other clients, and `kafka.write_timeout_ms`
-//! disconnects the client that stopped reading.
+//! disconnects the client that stopped reading. And a client that
+//! pipelines behind a long poll: what waits for its turn is bounded by
+//! `kafka.connection_queued_bytes_max`.
 
 mod common;
 
@@ -30,31 +32,43 @@ const SILENT: usize = 4;
 /// 4 × 64 × 4 MiB = 1 GiB.
 const GROWTH_MAX: u64 = 256 << 20;
 
-fn fetch_frame(correlation_id: i32) -> Vec<u8> {
-    let version = 11;
+/// A request frame: length, header, body.
+fn frame(api: ApiKey, version: i16, correlation_id: i32, body: &impl Encodable) -> Vec<u8> {
     let mut buf = BytesMut::new();
     RequestHeader::default()
-        .with_request_api_key(ApiKey::Fetch as i16)
+        .with_request_api_key(api as i16)
         .with_request_api_version(version)
         .with_correlation_id(correlation_id)
         .with_client_id(Some(StrBytes::from_static_str("silent")))
-        .encode(&mut buf, ApiKey::Fetch.request_header_version(version))
+        .encode(&mut buf, api.request_header_version(version))
         .unwrap();
-    FetchRequest::default()
-        .with_replica_id(BrokerId(-1))
-        .with_max_wait_ms(0)
-        .with_max_bytes(FETCH_MAX)
-        .with_topics(vec![fetch_request::FetchTopic::default()
-            .with_topic(TopicName(StrBytes::from_static_str("big")))
-            .with_partitions(vec![fetch_request::FetchPartition::default()
-                .with_partition(0)
-                .with_fetch_offset(0)
-                .with_partition_max_bytes(FETCH_MAX)])])
-        .encode(&mut buf, version)
-        .unwrap();
+    body.encode(&mut buf, version).unwrap();
     let mut out = (buf.len() as i32).to_be_bytes().to_vec();
     out.extend_from_slice(&buf);
     out
+}
+
+fn fetch(topic: &'static str, wait_ms: i32, max_bytes: i32) -> FetchRequest {
+    FetchRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_max_wait_ms(wait_ms)
+        .with_min_bytes(1)
+        .with_max_bytes(max_bytes)
+        .with_topics(vec![fetch_request::FetchTopic::default()
+            .with_topic(TopicName(StrBytes::from_static_str(topic)))
+            .with_partitions(vec![fetch_request::FetchPartition::default()
+                .with_partition(0)
+                .with_fetch_offset(0)
+                .with_partition_max_bytes(max_bytes)])])
+}
+
+fn fetch_frame(correlation_id: i32) -> Vec<u8> {
+    frame(
+        ApiKey::Fetch,
+        11,
+        correlation_id,
+        &fetch("big", 0, FETCH_MAX),
+    )
 }
 
 /// A connection with a small receive window, so that the kernel takes
@@ -172,4 +186,106 @@ async fn a_client_that_never_reads_holds_the_budget_not_memory_and_is_disconnect
         );
         assert!(read < all / 2, "{read} bytes of {all} delivered");
     }
+}
+
+/// The correlation id of the next response on `s`.
+fn next_response(s: &mut TcpStream) -> i32 {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).unwrap();
+    let mut body = vec![0u8; i32::from_be_bytes(len) as usize];
+    s.read_exact(&mut body).unwrap();
+    i32::from_be_bytes(body[..4].try_into().unwrap())
+}
+
+fn queued_bytes(admin: &str) -> i64 {
+    let (_, metrics) = common::http_get(admin, "/metrics").expect("metrics");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("meridian_kafka_queued_bytes "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("meridian_kafka_queued_bytes in /metrics")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_reads_nothing_more_while_its_queue_is_full() {
+    const WAIT_MS: i32 = 15_000;
+    let settings = [
+        // One response waiting for its turn fills the queue.
+        "kafka.connection_queued_bytes_max=1".to_string(),
+        "raft.balance_interval_ms=0".to_string(),
+    ];
+    let c = Cluster::one_region_set(&settings);
+    let client = Client::new(&c.bootstrap());
+    client
+        .create_topic("quiet", 1, &Default::default())
+        .await
+        .unwrap();
+    // The leader serves reads (it has applied an entry of its term).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client.fetch("quiet", 0, 0, 100).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "no leader serves reads of `quiet`"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let leader = client.topic("quiet", false).await.unwrap().leaders[0];
+    let leader = c.node(leader as u64);
+
+    // One connection pipelines a fetch that long-polls the empty
+    // partition, a Metadata request (answered at once, its response
+    // waits behind the fetch's) and a CreateTopics.
+    let create = CreateTopicsRequest::default()
+        .with_topics(vec![creatable_topic("after")])
+        .with_timeout_ms(10_000);
+    let mut frames = frame(ApiKey::Fetch, 11, 1, &fetch("quiet", WAIT_MS, 1 << 20));
+    frames.extend(frame(ApiKey::Metadata, 9, 2, &MetadataRequest::default()));
+    frames.extend(frame(ApiKey::CreateTopics, 5, 3, &create));
+    let mut s = TcpStream::connect(&leader.kafka).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let sent = Instant::now();
+    s.write_all(&frames).unwrap();
+
+    // While the fetch waits, the Metadata response is queued and the
+    // CreateTopics is not read.
+    std::thread::sleep(Duration::from_millis(2_000));
+    let queued = queued_bytes(&leader.admin);
+    let exists = client.topic("after", false).await.is_ok();
+    assert!(
+        sent.elapsed() < Duration::from_millis(WAIT_MS as u64),
+        "the checks came after the long poll"
+    );
+    assert!(queued > 0, "kafka_queued_bytes is {queued}");
+    assert!(!exists, "the CreateTopics behind a full queue was served");
+
+    // Once the fetch answers, the rest follow, in order.
+    let ids: Vec<i32> = (0..3).map(|_| next_response(&mut s)).collect();
+    assert_eq!(ids, [1, 2, 3]);
+    assert!(sent.elapsed() >= Duration::from_millis(WAIT_MS as u64 - 100));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client.topic("after", false).await.is_err() {
+        assert!(Instant::now() < deadline, "`after` was never created");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(queued_bytes(&leader.admin), 0);
+
+    // A fetch that would take the queue far past its limit while it waits
+    // for its turn closes the connection instead (no client pipelines one).
+    let mut frames = frame(ApiKey::Fetch, 11, 1, &fetch("quiet", WAIT_MS, 1 << 20));
+    frames.extend(frame(ApiKey::Fetch, 11, 2, &fetch("quiet", 0, 1 << 20)));
+    let mut s = TcpStream::connect(&leader.kafka).unwrap();
+    s.write_all(&frames).unwrap();
+    let refused = "a fetch request larger than the room left";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !c.log(leader.id).contains(refused) {
+        assert!(Instant::now() < deadline, "the pipelined fetch was taken");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn creatable_topic(name: &'static str) -> create_topics_request::CreatableTopic {
+    create_topics_request::CreatableTopic::default()
+        .with_name(TopicName(StrBytes::from_static_str(name)))
+        .with_num_partitions(1)
+        .with_replication_factor(-1)
 }

@@ -782,7 +782,7 @@ impl Coordinator {
                     }
                     _ if metadata
                         .as_ref()
-                        .is_some_and(|m| m.len() > offsets::METADATA_BYTES_MAX) =>
+                        .is_some_and(|m| m.len() > self.cfg.offset_metadata_bytes_max as usize) =>
                     {
                         code::OFFSET_METADATA_TOO_LARGE
                     }

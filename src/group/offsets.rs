@@ -22,9 +22,6 @@ use crate::view::LogRef;
 /// The internal topic that carries commits.
 pub const TOPIC: &str = "__consumer_offsets";
 
-/// Largest `metadata` string a commit may carry.
-pub const METADATA_BYTES_MAX: usize = 4096;
-
 /// What a commit record's key names.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Key {

@@ -127,9 +127,10 @@ mod tests {
 /// holds its bytes from its turn (a fetch: from before it reads records,
 /// at its size bound) until it is written or the connection is closed.
 /// While the budget is spent, connections stop reading new requests and
-/// fetches wait to read. Not counted: what waits for its turn (a decoded
-/// fetch, a built response), which holding would let a spent budget stop
-/// the turn's holder for good; that takes a budget of its own.
+/// fetches wait to read. Not counted here: what waits for its turn (a
+/// decoded fetch, a built response), which holding would let a spent
+/// budget stop the turn's holder for good; each connection bounds that on
+/// its own ([`super::queued::Queue`]).
 ///
 /// Responses take their bytes in request order on each connection (see
 /// [`Turn`]), and nothing waits for bytes while it holds others it took
@@ -354,6 +355,8 @@ mod budget_tests {
 pub struct Turn {
     mine: tokio::sync::oneshot::Receiver<()>,
     next: tokio::sync::oneshot::Sender<()>,
+    /// `mine` was found done (it must not be polled again).
+    came: bool,
 }
 
 /// The turn, while it is held; dropping it passes it on.
@@ -381,6 +384,7 @@ impl Line {
         Turn {
             mine: std::mem::replace(&mut self.last, last),
             next,
+            came: false,
         }
     }
 }
@@ -391,9 +395,21 @@ impl Turn {
     /// once: a turn dropped unawaited would let the next response go
     /// before an earlier one.
     pub async fn wait(self) -> MyTurn {
-        // Sent or dropped: either way the one before is done with it.
-        let _ = self.mine.await;
+        if !self.came {
+            // Sent or dropped: either way the one before is done with it.
+            let _ = self.mine.await;
+        }
         MyTurn(self.next)
+    }
+
+    /// Whether the turn has come already (every earlier response holds
+    /// its bytes or is gone), without waiting.
+    pub fn has_come(&mut self) -> bool {
+        use tokio::sync::oneshot::error::TryRecvError;
+        if !self.came {
+            self.came = !matches!(self.mine.try_recv(), Err(TryRecvError::Empty));
+        }
+        self.came
     }
 }
 
@@ -419,5 +435,19 @@ mod turn_tests {
         assert!(!c.is_finished());
         drop(b);
         c.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_turn_tells_whether_it_has_come_and_can_still_be_waited_for() {
+        let mut line = Line::default();
+        let (mut a, mut b) = (line.take(), line.take());
+        assert!(a.has_come(), "the first turn comes at once");
+        assert!(a.has_come(), "and asking again is fine");
+        assert!(!b.has_come());
+        let a = a.wait().await;
+        assert!(!b.has_come(), "a holds it");
+        drop(a);
+        assert!(b.has_come());
+        drop(b.wait().await);
     }
 }

@@ -31,6 +31,23 @@ use super::partition_error_code;
 use crate::router::Router;
 use crate::storage::state_machine::Progress;
 
+/// What a decoded fetch request holds in memory: its frame, which its
+/// strings and tagged fields still point into, and its topics' and
+/// partitions' structs.
+pub fn request_bytes(req: &FetchRequest, frame: usize) -> usize {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic, ForgottenTopic};
+    let topics = req.topics.len().saturating_mul(size_of::<FetchTopic>());
+    let partitions: usize = req.topics.iter().map(|t| t.partitions.len()).sum();
+    let forgotten = req
+        .forgotten_topics_data
+        .len()
+        .saturating_mul(size_of::<ForgottenTopic>());
+    frame
+        .saturating_add(topics)
+        .saturating_add(partitions.saturating_mul(size_of::<FetchPartition>()))
+        .saturating_add(forgotten)
+}
+
 /// Serves a fetch; the response comes with the budget it holds (its size
 /// bound: fit it to the encoded size).
 pub async fn handle(

@@ -104,7 +104,10 @@ pub fn join_group(
             protocols: req
                 .protocols
                 .into_iter()
-                .map(|p| (s(&p.name), p.metadata))
+                // Copied out of the request's frame, which the group's
+                // state must not keep alive (the frame's bytes go back to
+                // the listener's budget as soon as this is applied).
+                .map(|p| (s(&p.name), bytes::Bytes::copy_from_slice(&p.metadata)))
                 .collect(),
             session_timeout_ms: session,
             // v0 has no rebalance timeout: the session timeout serves.
@@ -145,7 +148,12 @@ pub fn sync_group(c: &Coordinator, req: SyncGroupRequest) -> BoxFuture<'static, 
     let assignments = req
         .assignments
         .into_iter()
-        .map(|a| (s(&a.member_id), a.assignment))
+        .map(|a| {
+            (
+                s(&a.member_id),
+                bytes::Bytes::copy_from_slice(&a.assignment),
+            )
+        })
         .collect();
     let w = c.sync(
         &req.group_id,

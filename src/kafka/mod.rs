@@ -6,6 +6,7 @@ pub mod codec;
 pub mod decompress;
 pub mod log_limit;
 pub mod producer_ids;
+pub mod queued;
 pub mod records;
 pub mod server;
 

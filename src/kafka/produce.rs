@@ -132,12 +132,23 @@ async fn decode_bounded(
     if !heavy {
         return decode(records, max, uncompressed_max, request);
     }
-    let _permit = r.decode_permits.acquire().await.map_err(|_| {
+    let shutting_down = || {
         Refused::Code(
             ResponseError::UnknownServerError.code(),
             "the node is shutting down".into(),
         )
-    })?;
+    };
+    let _permit = match r.decode_permits.try_acquire() {
+        Ok(p) => p,
+        Err(tokio::sync::TryAcquireError::NoPermits) => {
+            r.metrics.kafka_decode_waits.inc();
+            r.decode_permits
+                .acquire()
+                .await
+                .map_err(|_| shutting_down())?
+        }
+        Err(tokio::sync::TryAcquireError::Closed) => return Err(shutting_down()),
+    };
     tokio::task::spawn_blocking(move || decode(records, max, uncompressed_max, request))
         .await
         .unwrap_or_else(|e| {
@@ -201,9 +212,8 @@ struct Part {
 /// commits and builds the response (`None` for `acks = 0`). `held` holds
 /// the request's frame of the listener's budget; before each
 /// partition's records are proposed it takes what the batches decompressed
-/// to as well, with the decoded records' own size, if that is free then,
-/// and holds it until the response is built. When it is not free the
-/// produce goes on holding its frame's bytes only.
+/// to as well, with the decoded records' own size, waiting for them if
+/// they are not free, and holds it until the response is built.
 pub async fn submit(
     r: &Arc<Router>,
     req: ProduceRequest,
@@ -234,11 +244,12 @@ pub async fn submit(
                     let decoded = request
                         .used()
                         .saturating_add(decoded_records.saturating_mul(RECORD_BYTES));
-                    // Never waits: a produce that waited for bytes would
-                    // have to give back its frame's first (the budget must
-                    // never wait while holding), though the frame and its
-                    // records stay in memory.
-                    budget.try_fit(held, frame_bytes.saturating_add(decoded));
+                    // When they are not free, the produce gives back what
+                    // it holds and waits in line for all of it (the budget
+                    // never waits while holding): the connection reads
+                    // nothing meanwhile, so at most this one request per
+                    // connection is in memory and not counted.
+                    budget.fit(held, frame_bytes.saturating_add(decoded)).await;
                     let t = r
                         .submit_append(&topic, p.index, recs, producer, timeout)
                         .await

@@ -5,11 +5,13 @@
 //! complete concurrently; responses go back in request order, as Kafka
 //! clients require. In-flight requests per connection, connections per
 //! node and per client address, idle time, the time a client may take to
-//! send a request and to read a response, and the bytes of requests and
-//! responses held over all connections are bounded (`kafka.*` in
-//! docs/operations.md; how the byte budget cannot deadlock: [`ByteBudget`]).
+//! send a request and to read a response, the bytes of requests and
+//! responses held over all connections, and what one connection holds
+//! while it waits for its turn are bounded (`kafka.*` in
+//! docs/operations.md; how the byte budget cannot deadlock: [`ByteBudget`];
+//! the per-connection queue: [`Queue`]).
 
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -24,6 +26,7 @@ use tracing::{debug, info, warn, Instrument};
 use super::admission::{Admission, ByteBudget, Held, Line};
 use super::codec::{self, DecodeError};
 use super::log_limit::LogLimit;
+use super::queued::Queue;
 use super::{
     api_versions, create_topics, delete_topics, describe_configs, fetch, groups,
     incremental_alter_configs, list_offsets, metadata, produce, producer_ids, unsupported,
@@ -35,13 +38,12 @@ use crate::router::Router;
 /// for `acks = 0` produce requests.
 pub type Pending = BoxFuture<'static, Option<BytesMut>>;
 
-/// Log lines a second, at most, for events any client can cause at will
-/// (bad requests, refused connections); the rest are counted.
-static CLIENT_EVENTS: LazyLock<LogLimit> = LazyLock::new(|| LogLimit::new(20));
-
+/// A warning about something any client can cause at will (a bad
+/// request, a refused connection), at most `kafka.client_log_lines_per_sec`
+/// a second through `$limit`, a [`LogLimit`]; the rest are counted.
 macro_rules! client_warn {
-    ($($arg:tt)+) => {
-        if let Some(suppressed) = CLIENT_EVENTS.admit(Instant::now()) {
+    ($limit:expr, $($arg:tt)+) => {
+        if let Some(suppressed) = $limit.admit(Instant::now()) {
             warn!(suppressed, $($arg)+);
         }
     };
@@ -53,6 +55,8 @@ pub struct Listener {
     socket: TcpListener,
     admission: Arc<Admission>,
     budget: Arc<ByteBudget>,
+    /// Log lines about what clients cause (`kafka.client_log_lines_per_sec`).
+    log: Arc<LogLimit>,
 }
 
 impl Listener {
@@ -68,6 +72,7 @@ impl Listener {
                 k.connections_per_ip_max as usize,
             ),
             budget: ByteBudget::new(k.in_flight_bytes_max, metrics.kafka_in_flight_bytes.clone()),
+            log: Arc::new(LogLimit::new(k.client_log_lines_per_sec)),
         })
     }
 }
@@ -78,7 +83,7 @@ pub async fn serve(
     coordinator: Arc<Coordinator>,
     shutdown: CancellationToken,
 ) {
-    let (admission, budget) = (&listener.admission, &listener.budget);
+    let (admission, budget, log) = (&listener.admission, &listener.budget, &listener.log);
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -87,7 +92,7 @@ pub async fn serve(
                 Err(e) => {
                     // Out of file descriptors, usually (a flood): back
                     // off a little, and say so at most 20 times a second.
-                    client_warn!(error = %e, "accept failed");
+                    client_warn!(log, error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -98,7 +103,7 @@ pub async fn serve(
             Ok(t) => t,
             Err(why) => {
                 router.metrics.kafka_connections_refused.inc();
-                client_warn!(%peer, %why, "closing a new client connection at once");
+                client_warn!(log, %peer, %why, "closing a new client connection at once");
                 drop(stream);
                 continue;
             }
@@ -108,6 +113,11 @@ pub async fn serve(
             coordinator: coordinator.clone(),
             host: format!("/{}", peer.ip()),
             budget: budget.clone(),
+            log: log.clone(),
+            queue: Queue::new(
+                router.kafka.connection_queued_bytes_max,
+                router.metrics.kafka_queued_bytes.clone(),
+            ),
         };
         let shutdown = shutdown.clone();
         tokio::spawn(
@@ -131,17 +141,19 @@ struct Conn {
     host: String,
     /// `kafka.in_flight_bytes_max`, shared by every connection.
     budget: Arc<ByteBudget>,
+    /// `kafka.connection_queued_bytes_max`: what waits for its turn.
+    queue: Arc<Queue>,
+    /// `kafka.client_log_lines_per_sec`, shared by every connection.
+    log: Arc<LogLimit>,
 }
 
 /// TCP keepalive probes find peers that vanished without a FIN (a host
-/// that lost power, a dropped NAT entry) long before the idle timeout.
-const KEEPALIVE_TIME: Duration = Duration::from_secs(60);
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
-
-fn keepalive(stream: &TcpStream) {
+/// that lost power, a dropped NAT entry) long before the idle timeout
+/// (`kafka.tcp_keepalive_time_ms`, `kafka.tcp_keepalive_interval_ms`).
+fn keepalive(stream: &TcpStream, k: &crate::config::KafkaConfig) {
     let ka = socket2::TcpKeepalive::new()
-        .with_time(KEEPALIVE_TIME)
-        .with_interval(KEEPALIVE_INTERVAL);
+        .with_time(Duration::from_millis(k.tcp_keepalive_time_ms))
+        .with_interval(Duration::from_millis(k.tcp_keepalive_interval_ms));
     if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(&ka) {
         debug!(error = %e, "cannot set TCP keepalive");
     }
@@ -154,7 +166,7 @@ async fn connection(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let _ = stream.set_nodelay(true);
-    keepalive(&stream);
+    keepalive(&stream, &router.kafka);
     let (mut rd, mut wr) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<tokio::task::JoinHandle<Option<(BytesMut, Held)>>>(
         router.kafka.in_flight_requests_max as usize,
@@ -165,11 +177,12 @@ async fn connection(
     // cancelled, giving their bytes back.
     let writer_gone = CancellationToken::new();
     let gone = writer_gone.clone();
+    let log = conn.log.clone();
     let writer = tokio::spawn(async move {
         let _gone = gone.drop_guard();
         let result = async {
             while let Some(h) = rx.recv().await {
-                write_response(h, &mut wr, write_timeout).await?;
+                write_response(h, &mut wr, write_timeout, &log).await?;
             }
             Ok::<_, std::io::Error>(())
         }
@@ -199,6 +212,7 @@ async fn connection(
         };
         if len < 0 || len as usize > max {
             client_warn!(
+                conn.log,
                 len,
                 max,
                 "closing connection: request size is outside 0..=kafka.request_bytes_max"
@@ -206,8 +220,14 @@ async fn connection(
             router.metrics.kafka_bad_requests.inc();
             break;
         }
-        // The request's bytes are taken from the budget before they are
-        // allocated, and given back once its response is built.
+        // Nothing more is read while what waits for its turn is at its
+        // limit; then the request's bytes are taken from the budget before
+        // they are allocated, and given back once its response is built.
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = writer_gone.cancelled() => break,
+            _ = conn.queue.room() => {}
+        }
         let mut request_held = tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = writer_gone.cancelled() => break,
@@ -217,12 +237,17 @@ async fn connection(
         match tokio::time::timeout(read_timeout, rd.read_exact(&mut buf)).await {
             Ok(Ok(_)) => {}
             Ok(Err(_)) => {
-                client_warn!(len, "closing connection: request truncated by the client");
+                client_warn!(
+                    conn.log,
+                    len,
+                    "closing connection: request truncated by the client"
+                );
                 router.metrics.kafka_bad_requests.inc();
                 break;
             }
             Err(_) => {
                 client_warn!(
+                    conn.log,
                     len,
                     "closing connection: request frame incomplete after kafka.request_read_timeout_ms"
                 );
@@ -232,25 +257,49 @@ async fn connection(
         }
         let turn = line.take();
         let budget = conn.budget.clone();
-        match dispatch(&router, &conn, Bytes::from(buf), &mut request_held).await {
+        let served = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = writer_gone.cancelled() => break,
+            s = dispatch(&router, &conn, Bytes::from(buf), &mut request_held) => s,
+        };
+        match served {
             Ok(served) => {
                 // The request's bytes go back before its response waits
                 // for its own: nothing waits for bytes while holding some.
+                // What waits for its turn is counted in the connection's
+                // queue instead, until it holds bytes of the budget.
+                let queue = conn.queue.clone();
+                let (built, built_rx) = tokio::sync::oneshot::channel::<()>();
+                let mut read_on_at_once = true;
                 let task = match served {
-                    Served::Built(pending) => tokio::spawn(async move {
-                        let resp = pending.await;
-                        drop(request_held);
-                        let turn = turn.wait().await;
-                        let buf = resp?;
-                        let held = budget.hold(buf.len()).await;
-                        drop(turn);
-                        Some((buf, held))
-                    }),
+                    Served::Response { pending, kind } => {
+                        read_on_at_once = kind != Kind::Built;
+                        // A group's request is applied to the group's state
+                        // already, which keeps copies of what it needs.
+                        let request_held = (kind != Kind::Group).then_some(request_held);
+                        tokio::spawn(respond(pending, request_held, turn, queue, budget, built))
+                    }
                     Served::Fetch { req, version, cid } => {
+                        let bytes = fetch::request_bytes(&req, len as usize);
+                        let mut turn = turn;
+                        if bytes > queue.room_left() && !turn.has_come() {
+                            // It would leave the budget for the queue, and
+                            // take the queue far past its limit: no client
+                            // pipelines a fetch of this size.
+                            client_warn!(
+                                conn.log,
+                                bytes,
+                                "closing connection: a fetch request larger than the room left in kafka.connection_queued_bytes_max waits behind another response"
+                            );
+                            router.metrics.kafka_bad_requests.inc();
+                            break;
+                        }
                         let router = router.clone();
+                        let queued = queue.add(bytes);
                         tokio::spawn(async move {
                             drop(request_held);
                             let turn = turn.wait().await;
+                            drop(queued);
                             let (resp, mut held) = fetch::handle(&router, req, &budget).await;
                             let buf =
                                 encode(ApiKey::Fetch, version, cid, ResponseKind::Fetch(resp))?;
@@ -266,9 +315,18 @@ async fn connection(
                     unsent.0.abort();
                     break;
                 }
+                if !read_on_at_once {
+                    // Its size is known, and counted in the queue, only
+                    // once it is built, unless its turn came first (then
+                    // it goes to the budget, not the queue).
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = built_rx => {}
+                    }
+                }
             }
             Err(e) => {
-                client_warn!(error = %e, "closing connection: undecodable request");
+                client_warn!(conn.log, error = %e, "closing connection: undecodable request");
                 router.metrics.kafka_bad_requests.inc();
                 break;
             }
@@ -284,6 +342,7 @@ async fn write_response(
     h: tokio::task::JoinHandle<Option<(BytesMut, Held)>>,
     wr: &mut tokio::net::tcp::OwnedWriteHalf,
     timeout: Duration,
+    log: &LogLimit,
 ) -> std::io::Result<()> {
     let Some((buf, held)) = h.await.map_err(std::io::Error::other)? else {
         return Ok(()); // no response: an acks = 0 produce
@@ -292,6 +351,7 @@ async fn write_response(
         Ok(r) => r?,
         Err(_) => {
             client_warn!(
+                log,
                 bytes = buf.len(),
                 "closing connection: the client took no response for kafka.write_timeout_ms"
             );
@@ -304,8 +364,9 @@ async fn write_response(
 
 /// What a request becomes once it is decoded.
 enum Served {
-    /// A response being built; it takes its bytes from the budget once built.
-    Built(Pending),
+    /// A response being built; it takes its bytes from the budget at its
+    /// turn.
+    Response { pending: Pending, kind: Kind },
     /// A fetch, which holds its response's size bound before it reads.
     Fetch {
         req: FetchRequest,
@@ -314,10 +375,70 @@ enum Served {
     },
 }
 
+/// How a response's wait and size relate to its request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Built from this node's state, in a size only building tells: the
+    /// connection reads its next request once it is built (and counted in
+    /// the queue) or its turn has come.
+    Built,
+    /// Waits for commits (produce, offset commit), holding its request's
+    /// bytes meanwhile; its size follows from the request's partitions.
+    /// The connection reads on.
+    Awaited,
+    /// Waits for other members (join and sync group), whose requests it
+    /// answers with; its request's bytes go back at once. The connection
+    /// reads on.
+    Group,
+}
+
 impl From<Pending> for Served {
-    fn from(p: Pending) -> Self {
-        Served::Built(p)
+    fn from(pending: Pending) -> Self {
+        Served::Response {
+            pending,
+            kind: Kind::Built,
+        }
     }
+}
+
+/// Waits for a response to be built and for its turn, in either order, and
+/// takes its bytes from the budget. Until both came, what was built is
+/// counted in the connection's queue; `built` is dropped (letting the
+/// reader go on) once it is counted there or the turn came.
+async fn respond(
+    pending: Pending,
+    request_held: Option<Held>,
+    turn: super::admission::Turn,
+    queue: Arc<Queue>,
+    budget: Arc<ByteBudget>,
+    built: tokio::sync::oneshot::Sender<()>,
+) -> Option<(BytesMut, Held)> {
+    let mut built = Some(built);
+    let mut pending = pending;
+    let mut waiting = std::pin::pin!(turn.wait());
+    let mut my_turn = None;
+    let resp = loop {
+        tokio::select! {
+            r = &mut pending => break r,
+            t = &mut waiting, if my_turn.is_none() => {
+                my_turn = Some(t);
+                built.take();
+            }
+        }
+    };
+    drop(request_held);
+    let (my_turn, queued) = match my_turn {
+        Some(t) => (t, None),
+        None => {
+            let queued = resp.as_ref().map(|b| queue.add(b.len()));
+            drop(built);
+            (waiting.await, queued)
+        }
+    };
+    let buf = resp?;
+    let held = budget.hold(buf.len()).await;
+    drop((queued, my_turn));
+    Some((buf, held))
 }
 
 fn ready(api: ApiKey, header: &RequestHeader, resp: ResponseKind) -> Pending {
@@ -365,9 +486,8 @@ async fn dispatch(
         // Answer in v0, which every client reads, listing what we support.
         let cid = header.correlation_id;
         let resp = ResponseKind::ApiVersions(api_versions::unsupported_version());
-        return Ok(Served::Built(Box::pin(
-            async move { encode(api, 0, cid, resp) },
-        )));
+        let pending: Pending = Box::pin(async move { encode(api, 0, cid, resp) });
+        return Ok(pending.into());
     }
     // The API and version are checked before the body is decoded: a body
     // Meridian will not serve is parsed only to build the error answer of
@@ -376,7 +496,7 @@ async fn dispatch(
         if !unsupported::answers(api) {
             return Err(not_served(api, &header));
         }
-        if let Some(suppressed) = CLIENT_EVENTS.admit(Instant::now()) {
+        if let Some(suppressed) = conn.log.admit(Instant::now()) {
             info!(
                 suppressed,
                 ?api,
@@ -409,7 +529,12 @@ async fn dispatch(
     let host = conn.host.clone();
     let (v, cid) = (version, header.correlation_id);
     let done = move |resp: ResponseKind| encode(api, v, cid, resp);
-    Ok(Served::Built(match req {
+    let kind = match req {
+        RequestKind::Produce(_) | RequestKind::OffsetCommit(_) => Kind::Awaited,
+        RequestKind::JoinGroup(_) | RequestKind::SyncGroup(_) => Kind::Group,
+        _ => Kind::Built,
+    };
+    let pending: Pending = match req {
         RequestKind::ApiVersions(_) => ready(
             api,
             &header,
@@ -504,5 +629,31 @@ async fn dispatch(
             Some(resp) => ready(api, &header, resp),
             None => return Err(not_served(api, &header)),
         },
-    }))
+    };
+    Ok(Served::Response { pending, kind })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::socket::{getsockopt, sockopt};
+
+    #[tokio::test]
+    async fn client_sockets_get_the_configured_keepalive() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let k = crate::config::KafkaConfig {
+            tcp_keepalive_time_ms: 7_000,
+            tcp_keepalive_interval_ms: 3_000,
+            ..Default::default()
+        };
+        keepalive(&server, &k);
+        assert!(getsockopt(&server, sockopt::KeepAlive).unwrap());
+        assert_eq!(getsockopt(&server, sockopt::TcpKeepIdle).unwrap(), 7);
+        assert_eq!(getsockopt(&server, sockopt::TcpKeepInterval).unwrap(), 3);
+        drop(client);
+    }
 }

@@ -27,6 +27,7 @@ use super::types::{Command, CommandResult, GroupId, NodeId, Raft, TypeConfig, ME
 use crate::config::{ControlConfig, RaftConfig, Topology};
 use crate::hlc::Clock;
 use crate::metrics::Metrics;
+use crate::storage::log_store::CacheLimits;
 use crate::storage::state_machine::{Notify, Progress};
 use crate::storage::{Db, LogStore, StateMachine};
 use crate::topic::{preferred_leader, MetaState};
@@ -91,8 +92,8 @@ pub struct Groups {
     transport: Arc<Transport>,
     pub clock: Arc<Clock>,
     raft_config: Arc<openraft::Config>,
-    /// `raft.append_bytes_max`, for every group's network.
-    append_bytes_max: u64,
+    /// `raft.append_bytes_max` and the log cache's bounds, for every group.
+    limits: GroupLimits,
     /// How often this node looks for a leadership handover (zero: never).
     balance_interval: Duration,
     metrics: Arc<Metrics>,
@@ -112,6 +113,13 @@ pub struct Groups {
     node_regions: Arc<BTreeMap<NodeId, u32>>,
     /// Bumped after every reconcile, so callers can wait for new groups.
     reconciled: watch::Sender<u64>,
+}
+
+/// What every group of a node is bounded by, from `raft.*`.
+#[derive(Debug, Clone, Copy)]
+struct GroupLimits {
+    append_bytes_max: u64,
+    cache: CacheLimits,
 }
 
 fn raft_config(region: &str, c: &RaftConfig) -> Result<openraft::Config, GroupError> {
@@ -181,6 +189,10 @@ impl Groups {
             GroupError::Config(format!("region {} is not in the topology", me.region))
         })?;
         let raft_config = Arc::new(raft_config(&region.name, raft)?);
+        let limits = GroupLimits {
+            append_bytes_max: raft.append_bytes_max,
+            cache: CacheLimits::of(raft),
+        };
         let basic = |n: &crate::config::NodeSpec| (n.id, BasicNode::new(n.quic.to_string()));
         let members: BTreeMap<NodeId, BasicNode> = region.nodes.iter().map(basic).collect();
         let all_members: BTreeMap<NodeId, BasicNode> = topology
@@ -204,10 +216,10 @@ impl Groups {
             &transport,
             &clock,
             &meta_config,
-            raft.append_bytes_max,
+            limits,
         )
         .await?;
-        let meta_log = LogStore::new(db.clone(), META_GROUP);
+        let meta_log = LogStore::new(db.clone(), META_GROUP, limits.cache);
         let groups = Arc::new(Groups {
             node_id,
             region: region.name.clone(),
@@ -218,7 +230,7 @@ impl Groups {
             transport,
             clock,
             raft_config,
-            append_bytes_max: raft.append_bytes_max,
+            limits,
             balance_interval: Duration::from_millis(raft.balance_interval_ms),
             metrics,
             meta,
@@ -646,7 +658,7 @@ impl Groups {
                 &self.transport,
                 &self.clock,
                 &self.raft_config,
-                self.append_bytes_max,
+                self.limits,
             )
             .await
             {
@@ -884,10 +896,10 @@ async fn open_group(
     transport: &Arc<Transport>,
     clock: &Arc<Clock>,
     config: &Arc<openraft::Config>,
-    append_bytes_max: u64,
+    limits: GroupLimits,
 ) -> Result<Raft, GroupError> {
     let start_err = |reason: String| GroupError::Start { group, reason };
-    let mut log = LogStore::new(db.clone(), group);
+    let mut log = LogStore::new(db.clone(), group, limits.cache);
     let pristine = log
         .is_pristine()
         .await
@@ -904,7 +916,7 @@ async fn open_group(
     let network = NetworkFactory {
         transport: transport.clone(),
         group,
-        append_bytes_max,
+        append_bytes_max: limits.append_bytes_max,
     };
     let raft = Raft::new(node_id, config.clone(), network, log, sm)
         .instrument(tracing::info_span!("raft", region, node = node_id, group))

@@ -20,18 +20,31 @@ const TAG_VOTE: u64 = 1;
 const TAG_COMMITTED: u64 = 2;
 const TAG_PURGED: u64 = 3;
 
-/// Entries kept in memory per group, at most.
-const RECENT_ENTRIES_MAX: usize = 256;
-/// Record bytes kept in memory per group, at most (always at least one entry).
-const RECENT_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// What one group keeps of its newest entries in memory
+/// (`raft.log_cache_entries_max`, `raft.log_cache_bytes_max`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheLimits {
+    pub entries: usize,
+    /// Entries' encoded bytes; the newest entry is always kept.
+    pub bytes: usize,
+}
+
+impl CacheLimits {
+    pub fn of(raft: &crate::config::RaftConfig) -> Self {
+        CacheLimits {
+            entries: usize::try_from(raft.log_cache_entries_max).unwrap_or(usize::MAX),
+            bytes: usize::try_from(raft.log_cache_bytes_max).unwrap_or(usize::MAX),
+        }
+    }
+}
 
 /// The most recently appended entries of a group: a contiguous suffix of the
 /// log. Openraft reads every entry back (once per follower to replicate it,
 /// once to apply it); these reads skip RocksDB and deserialization.
-#[derive(Default)]
 struct Recent {
     entries: VecDeque<Entry>,
     bytes: usize,
+    limits: CacheLimits,
 }
 
 fn entry_bytes(e: &Entry) -> usize {
@@ -41,6 +54,14 @@ fn entry_bytes(e: &Entry) -> usize {
 }
 
 impl Recent {
+    fn new(limits: CacheLimits) -> Self {
+        Recent {
+            entries: VecDeque::new(),
+            bytes: 0,
+            limits,
+        }
+    }
+
     fn push(&mut self, e: &Entry) {
         if self
             .entries
@@ -53,8 +74,8 @@ impl Recent {
         }
         self.bytes += entry_bytes(e);
         self.entries.push_back(e.clone());
-        while self.entries.len() > RECENT_ENTRIES_MAX
-            || (self.bytes > RECENT_BYTES_MAX && self.entries.len() > 1)
+        while self.entries.len() > self.limits.entries
+            || (self.bytes > self.limits.bytes && self.entries.len() > 1)
         {
             let old = self.entries.pop_front().expect("not empty");
             self.bytes -= entry_bytes(&old);
@@ -113,11 +134,11 @@ fn io_err(e: impl std::error::Error + 'static) -> AnyError {
 }
 
 impl LogStore {
-    pub fn new(db: Arc<Db>, group: GroupId) -> Self {
+    pub fn new(db: Arc<Db>, group: GroupId, cache: CacheLimits) -> Self {
         LogStore {
             db,
             group,
-            recent: Arc::new(Mutex::new(Recent::default())),
+            recent: Arc::new(Mutex::new(Recent::new(cache))),
         }
     }
 
@@ -309,6 +330,41 @@ mod tests {
     use crate::raft::types::Command;
     use openraft::{CommittedLeaderId, Entry as RaftEntry, EntryPayload};
 
+    /// The defaults.
+    const LIMITS: CacheLimits = CacheLimits {
+        entries: 256,
+        bytes: 4 * 1024 * 1024,
+    };
+
+    #[test]
+    fn the_defaults_are_the_configs() {
+        assert_eq!(CacheLimits::of(&Default::default()), LIMITS);
+    }
+
+    #[test]
+    fn the_configured_bounds_hold() {
+        let raft = crate::config::RaftConfig {
+            log_cache_entries_max: 5,
+            log_cache_bytes_max: 1000,
+            ..Default::default()
+        };
+        let mut r = Recent::new(CacheLimits::of(&raft));
+        for i in 1..=10 {
+            r.push(&entry(i, 10));
+        }
+        assert_eq!(indexes(r.get(1, u64::MAX)), None);
+        assert_eq!(indexes(r.get(6, u64::MAX)), Some(vec![6, 7, 8, 9, 10]));
+        for i in 11..=20 {
+            r.push(&entry(i, 300));
+        }
+        assert!(r.bytes <= 1000, "{} bytes held", r.bytes);
+        // Each weighs its 300 bytes and some: two fit in 1000, three not.
+        let each = entry_bytes(&entry(20, 300));
+        assert!(2 * each <= 1000 && 3 * each > 1000, "{each}");
+        assert_eq!(indexes(r.get(19, u64::MAX)), Some(vec![19, 20]));
+        assert_eq!(r.get(18, u64::MAX), None);
+    }
+
     fn entry(index: u64, value_len: usize) -> Entry {
         RaftEntry {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
@@ -326,11 +382,11 @@ mod tests {
 
     #[test]
     fn recent_is_a_bounded_contiguous_suffix() {
-        let mut r = Recent::default();
+        let mut r = Recent::new(LIMITS);
         for i in 1..=300 {
             r.push(&entry(i, 10));
         }
-        assert_eq!(r.entries.len(), RECENT_ENTRIES_MAX);
+        assert_eq!(r.entries.len(), LIMITS.entries);
         assert_eq!(indexes(r.get(299, u64::MAX)), Some(vec![299, 300]));
         assert_eq!(indexes(r.get(301, 400)), Some(vec![]));
         assert_eq!(r.get(10, 20), None, "evicted entries come from RocksDB");
@@ -341,18 +397,18 @@ mod tests {
         assert_eq!(indexes(r.get(298, 300)), Some(vec![298, 299]));
         assert_eq!(r.get(297, 300), None);
         // Large entries: the byte bound applies, but one entry always stays.
-        let mut r = Recent::default();
-        r.push(&entry(1, RECENT_BYTES_MAX));
-        r.push(&entry(2, RECENT_BYTES_MAX));
+        let mut r = Recent::new(LIMITS);
+        r.push(&entry(1, LIMITS.bytes));
+        r.push(&entry(2, LIMITS.bytes));
         assert_eq!(indexes(r.get(2, 3)), Some(vec![2]));
-        assert!(r.bytes <= RECENT_BYTES_MAX + 64);
+        assert!(r.bytes <= LIMITS.bytes + 64);
     }
 
     #[test]
     fn every_kind_of_entry_counts_its_bytes() {
         // Idempotent appends, cross-region copies and re-injections carry
         // batches as large as plain appends do; each must weigh its batch.
-        let big = || bytes::Bytes::from(vec![0u8; RECENT_BYTES_MAX / 2]);
+        let big = || bytes::Bytes::from(vec![0u8; LIMITS.bytes / 2]);
         let payloads = [
             Command::AppendIdempotent {
                 proposed_hlc: 1,
@@ -383,8 +439,8 @@ mod tests {
                 log_id: LogId::new(CommittedLeaderId::new(1, 1), 1),
                 payload: EntryPayload::Normal(p),
             };
-            assert!(entry_bytes(&e) >= RECENT_BYTES_MAX / 2);
-            let mut r = Recent::default();
+            assert!(entry_bytes(&e) >= LIMITS.bytes / 2);
+            let mut r = Recent::new(LIMITS);
             for i in 1..=4 {
                 r.push(&RaftEntry {
                     log_id: LogId::new(CommittedLeaderId::new(1, 1), i),
@@ -399,7 +455,7 @@ mod tests {
     async fn reads_agree_with_and_without_the_cache() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(dir.path(), Arc::new(crate::metrics::Metrics::new())).unwrap();
-        let mut store = LogStore::new(db.clone(), 7);
+        let mut store = LogStore::new(db.clone(), 7, LIMITS);
         let mut b = WriteBatch::default();
         {
             let mut recent = store.recent.lock().unwrap();
@@ -415,7 +471,7 @@ mod tests {
         }
         db.write(b).unwrap();
         let cached = store.try_get_log_entries(2..5).await.unwrap();
-        let mut cold = LogStore::new(db, 7);
+        let mut cold = LogStore::new(db, 7, LIMITS);
         let read = cold.try_get_log_entries(2..5).await.unwrap();
         assert_eq!(cached, read);
         assert_eq!(
@@ -431,7 +487,7 @@ mod tests {
         // exactly, also by a store opened afresh.
         let purged = entry(3, 100).log_id;
         cold.purge(purged).await.unwrap();
-        let mut reopened = LogStore::new(cold.db.clone(), 7);
+        let mut reopened = LogStore::new(cold.db.clone(), 7, LIMITS);
         let st = reopened.get_log_state().await.unwrap();
         assert_eq!(st.last_purged_log_id, Some(purged));
         assert_eq!(st.last_log_id.unwrap().index, 5);

@@ -31,6 +31,9 @@
   groups.py committed BOOTSTRAP TOPIC GROUP PARTITIONS
       Prints JSON {partition: committed offset or -1} as the region of
       BOOTSTRAP has them.
+  groups.py metadata BOOTSTRAP TOPIC GROUP BYTES
+      Commits offset 1 of partition 0 for GROUP with BYTES of metadata;
+      prints JSON {"error": the Kafka error's name, or null}.
 """
 import json
 import sys
@@ -251,6 +254,20 @@ def committed(bootstrap, topic, group, partitions):
     print(json.dumps({str(tp.partition): (tp.offset if tp.offset >= 0 else -1) for tp in got}))
 
 
+def metadata(bootstrap, topic, group, size):
+    from confluent_kafka import KafkaException
+    c = consumer(bootstrap, group)
+    error = None
+    try:
+        got = c.commit(offsets=[TopicPartition(topic, 0, 1, metadata="m" * size)],
+                       asynchronous=False)
+        error = next((tp.error.name() for tp in got if tp.error), None)
+    except KafkaException as e:
+        error = e.args[0].name()
+    c.close()
+    print(json.dumps({"error": error}))
+
+
 def admin(bootstrap, topic, group, partitions):
     from confluent_kafka.admin import AdminClient
     a = AdminClient({"bootstrap.servers": bootstrap})
@@ -289,6 +306,9 @@ if __name__ == "__main__":
     elif cmd == "admin":
         b, t, g, p = args
         admin(b, t, g, int(p))
+    elif cmd == "metadata":
+        b, t, g, n = args
+        metadata(b, t, g, int(n))
     elif cmd == "committed":
         b, t, g, p = args
         committed(b, t, g, int(p))
