@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::ids::{valid_name, NodeId};
+
 /// One problem found in a configuration file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigProblem {
@@ -137,8 +139,6 @@ fn parse_addr(p: &mut Problems<'_>, key: &str, value: &str) -> Option<SocketAddr
 // ---------------------------------------------------------------------------
 // Topology
 // ---------------------------------------------------------------------------
-
-pub type NodeId = u64;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -367,16 +367,6 @@ fn ordered_pair(a: &str, b: &str) -> (String, String) {
     } else {
         (b.to_string(), a.to_string())
     }
-}
-
-/// Names of regions and topics: what Kafka allows in topic names, minus dots
-/// for regions (they become metric label values and file names).
-pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 249
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 // ---------------------------------------------------------------------------

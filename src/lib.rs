@@ -31,6 +31,7 @@ pub mod config;
 pub mod consumer;
 pub mod dev;
 pub mod hlc;
+pub mod ids;
 pub mod metrics;
 pub mod node;
 pub mod supervise;

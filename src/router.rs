@@ -5,11 +5,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{KafkaConfig, NodeId, NodeSpec, Topology};
+use crate::config::{KafkaConfig, NodeSpec, Topology};
+use crate::ids::{GroupId, NodeId};
 use crate::link::{Forward, Link, KIND_LINK_FORWARD};
 use crate::metrics::Metrics;
 use crate::raft::groups::{CommitRx, WriteError};
-use crate::raft::types::{Command, CommandResult, GroupId, RecordIn};
+use crate::raft::types::{Command, CommandResult, RecordIn};
 use crate::raft::{Groups, PartitionGroup};
 use crate::storage::batch;
 use crate::storage::producers::{Producer, Refusal};
@@ -550,7 +551,7 @@ impl Router {
     pub async fn reinject(
         &self,
         group: GroupId,
-        from: crate::view::LogRef,
+        from: crate::ids::LogRef,
         offset: u64,
         records: Vec<RecordIn>,
         timeout: Duration,

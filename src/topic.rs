@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::raft::types::{partition_group, Command, GroupId};
+use crate::ids::{partition_group, GroupId};
+use crate::raft::types::Command;
 
 /// Upper bound on partitions per topic; each partition is a Raft group.
 pub const PARTITIONS_MAX: u32 = 1024;
@@ -96,7 +97,7 @@ impl MetaState {
         self.epochs
             .get(region)
             .copied()
-            .unwrap_or(crate::storage::EPOCH_FIRST)
+            .unwrap_or(crate::ids::EPOCH_FIRST)
     }
 
     /// The last seal of `region`, if it was ever failed over.
@@ -468,14 +469,14 @@ pub fn validate_config(key: &str, value: &str) -> Result<(), MetaError> {
             if names.is_empty() {
                 return Err(bad("name at least one region, separated by commas".into()));
             }
-            match names.iter().find(|n| !crate::config::valid_name(n)) {
+            match names.iter().find(|n| !crate::ids::valid_name(n)) {
                 Some(n) => Err(bad(format!("`{n}` is not a region name"))),
                 None => Ok(()),
             }
         }
         KEY_WRITERS => match value.strip_prefix("home:") {
             _ if value == "all" => Ok(()),
-            Some(r) if crate::config::valid_name(r) => Ok(()),
+            Some(r) if crate::ids::valid_name(r) => Ok(()),
             _ => Err(bad(format!(
                 "`{value}`: allowed values are `all` and `home:<region>`"
             ))),

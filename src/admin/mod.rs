@@ -220,7 +220,7 @@ pub fn status_of(r: &Router) -> Status {
     let names: std::collections::HashMap<u32, String> = r
         .region_names()
         .into_iter()
-        .map(|n| (crate::storage::origin_id(&n), n))
+        .map(|n| (crate::ids::origin_id(&n), n))
         .collect();
     let partitions: Vec<GroupStatus> = r
         .groups
@@ -311,8 +311,8 @@ fn move_status(r: &Router) -> Vec<MoveStatus> {
     meta.moves
         .iter()
         .map(|m| {
-            let from = crate::view::LogRef {
-                origin: crate::storage::origin_id(&m.from),
+            let from = crate::ids::LogRef {
+                origin: crate::ids::origin_id(&m.from),
                 epoch: m.from_epoch,
             };
             let partitions = meta.topics.get(&m.topic).map_or(0, |t| t.partitions);

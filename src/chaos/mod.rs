@@ -18,10 +18,11 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{NodeId, Topology};
+use crate::config::Topology;
 use crate::dev::{http_get, http_request, DevCluster, DevError};
 use crate::drill::report::Event;
 use crate::drill::{ClusterFile, DrillError, Workload};
+use crate::ids::NodeId;
 use check::{CheckResult, Observation, Run, SealSeen};
 use scenario::{Action, Scenario, ScenarioError};
 

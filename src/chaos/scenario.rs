@@ -28,7 +28,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{NodeId, Topology};
+use crate::config::Topology;
+use crate::ids::NodeId;
 use crate::transport::faults::{pair, ExtraDelay, FaultState, Loss};
 
 #[derive(Debug, thiserror::Error)]

@@ -29,19 +29,19 @@ use tracing::{debug, info, warn};
 
 use super::seal::{self, Held, Seal, SealEnd};
 use crate::config::{ControlConfig, NodeSpec, Topology};
+use crate::ids::{origin_id, GroupId, LogRef, META_GROUP};
 use crate::link::{FailbackReq, Link};
 use crate::metrics::Metrics;
 use crate::raft::groups::HeldQuery;
 use crate::raft::network::KIND_HELD;
 use crate::raft::types::RecordIn;
-use crate::raft::types::{Command, CommandResult, GroupId, META_GROUP};
+use crate::raft::types::{Command, CommandResult};
 use crate::raft::{Groups, PartitionGroup};
 use crate::storage::batch;
-use crate::storage::origin_id;
+
 use crate::storage::state_machine::read;
 use crate::topic::MetaState;
 use crate::transport::Transport;
-use crate::view::LogRef;
 
 /// Rounds of questions to survivors before a seal is taken anyway.
 const ROUNDS_MAX: usize = 5;

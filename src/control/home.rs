@@ -20,10 +20,10 @@
 use tracing::{debug, info};
 
 use super::failover::Failover;
+use crate::ids::{origin_id, LogRef};
 use crate::raft::types::{Command, CommandResult};
-use crate::storage::origin_id;
+
 use crate::topic::MetaState;
-use crate::view::LogRef;
 
 impl Failover {
     /// Drives the moves of pinned topics' homes in the partition groups this

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::lease::{self, Leases};
-use crate::raft::types::GroupId;
+use crate::ids::GroupId;
 
 /// Where one origin log of one partition ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -20,7 +20,8 @@ use super::offsets::{self, Folded, Key, Value};
 use super::presence::{self, Meet};
 use super::state::{code, Group, Join, JoinReply, Limits, Now, Out, SyncReply};
 use crate::config::{GroupsConfig, NodeSpec};
-use crate::raft::types::GroupId;
+use crate::ids::GroupId;
+
 use crate::router::{AppendTicket, PartitionError, Router, TopicError};
 use crate::topic::{MetaError, Policy};
 
@@ -404,7 +405,7 @@ impl Coordinator {
         self.router
             .topology
             .node(self.router.node_id())
-            .map_or(0, |n| crate::storage::origin_id(&n.region))
+            .map_or(0, |n| crate::ids::origin_id(&n.region))
     }
 
     /// Where `group` meets, by the presence records folded here
@@ -436,7 +437,7 @@ impl Coordinator {
         let failed = |origin: u32| {
             regions
                 .iter()
-                .find(|r| crate::storage::origin_id(r) == origin)
+                .find(|r| crate::ids::origin_id(r) == origin)
                 .is_some_and(|r| meta.seal_of(r).is_some())
         };
         let now = presence::Now {
@@ -949,7 +950,7 @@ impl Coordinator {
                     .router
                     .region_names()
                     .into_iter()
-                    .find(|r| crate::storage::origin_id(r) == *origin)
+                    .find(|r| crate::ids::origin_id(r) == *origin)
                     .unwrap_or_else(|| format!("origin {origin}"));
                 warn!(group = %group, other_region = %region,
                     "consumer group also commits in another region: two regions claimed it at once, or it just moved here; members connecting to two regions meet in one of them (docs/consumers.md#one-group-across-regions)");

@@ -14,10 +14,10 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::presence::{self, Seen};
-use crate::raft::types::{GroupId, RecordIn};
+use crate::ids::{GroupId, LogRef};
+use crate::raft::types::RecordIn;
 use crate::storage::state_machine::{read, LogState};
 use crate::storage::{batch, Db, DbError, LogKey};
-use crate::view::LogRef;
 
 /// The internal topic that carries commits.
 pub const TOPIC: &str = "__consumer_offsets";
@@ -70,7 +70,7 @@ pub fn record(key: &Key, value: Option<&Value>) -> RecordIn {
 /// stable hash (FNV-1a, as region names get their origin ids), so every
 /// node and region picks the same one.
 pub fn partition_for(group: &str, partitions: u32) -> u32 {
-    crate::storage::origin_id(group) % partitions.max(1)
+    crate::ids::origin_id(group) % partitions.max(1)
 }
 
 /// Folds one record into `commits`: the latest by (HLC, origin) wins.

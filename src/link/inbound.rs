@@ -13,12 +13,12 @@ use tracing::warn;
 use super::{FailbackReply, FailbackReq, Forward, ForwardReply, Held, Link, Reply, Ship};
 use super::{KIND_LINK_FAILBACK, KIND_LINK_FORWARD, KIND_LINK_SHIP, KIND_LINK_STATE};
 use crate::hlc;
+use crate::ids::{GroupId, LogRef};
 use crate::raft::groups::WriteError;
-use crate::raft::types::{Command, GroupId};
+use crate::raft::types::Command;
 use crate::raft::{Groups, PartitionGroup};
 use crate::router::PartitionError;
 use crate::storage::batch;
-use crate::view::LogRef;
 
 fn ser<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, String> {
     bincode::serialize(v).map_err(|e| e.to_string())
@@ -67,7 +67,7 @@ impl Lanes {
 }
 
 /// The origin logs a partition holds here.
-pub fn held(g: &PartitionGroup) -> std::collections::BTreeMap<crate::view::LogRef, Held> {
+pub fn held(g: &PartitionGroup) -> std::collections::BTreeMap<crate::ids::LogRef, Held> {
     super::held_map(&g.progress.borrow().logs)
 }
 

@@ -22,13 +22,13 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::config::{LinkConfig, NodeId, NodeSpec, Topology};
+use crate::config::{LinkConfig, NodeSpec, Topology};
+use crate::ids::{GroupId, LogRef, NodeId};
 use crate::metrics::Metrics;
-use crate::raft::types::{GroupId, RecordIn};
+use crate::raft::types::RecordIn;
 use crate::raft::Groups;
 use crate::router::Router;
 use crate::transport::{Handler, Transport};
-use crate::view::LogRef;
 
 /// Copy batches of one origin log into the receiver's partition group.
 pub const KIND_LINK_SHIP: u8 = 16;

@@ -10,12 +10,13 @@ use tracing::{debug, info, warn, Instrument};
 
 use super::{Held, Link, Reply, Ship, KIND_LINK_SHIP, KIND_LINK_STATE};
 use crate::hlc;
-use crate::raft::types::{Command, GroupId};
+use crate::ids::{origin_id, GroupId, LogRef};
+use crate::raft::types::Command;
 use crate::raft::{Groups, PartitionGroup};
-use crate::storage::origin_id;
+
 use crate::storage::state_machine::read;
 use crate::topic::Policy;
-use crate::view::LogRef;
+
 use futures::stream::{FuturesUnordered, StreamExt};
 
 /// What to send a region next: the first origin log it lacks records or a
@@ -43,10 +44,7 @@ pub fn next_copy(
 /// other node is tried before the dead one again (a counter of its own
 /// could land on the dead node again, and each try of it costs a connect
 /// timeout). Pure, for tests.
-pub fn next_node(
-    nodes: &[crate::config::NodeId],
-    target: crate::config::NodeId,
-) -> crate::config::NodeId {
+pub fn next_node(nodes: &[crate::ids::NodeId], target: crate::ids::NodeId) -> crate::ids::NodeId {
     let i = nodes.iter().position(|n| *n == target).map_or(0, |i| i + 1);
     nodes[i % nodes.len()]
 }
@@ -558,7 +556,7 @@ impl Link {
 
     fn send(
         &self,
-        target: crate::config::NodeId,
+        target: crate::ids::NodeId,
         kind: u8,
         group: GroupId,
         sent: Option<Sent>,

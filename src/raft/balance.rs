@@ -18,9 +18,8 @@
 //! twice the election timeout, the old leader takes up its heartbeats and
 //! writes again.
 
+use crate::ids::{GroupId, NodeId};
 use std::collections::BTreeMap;
-
-use super::types::{GroupId, NodeId};
 
 /// A group this node leads, as the balance sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -23,9 +23,10 @@ use super::network::{
     KIND_PING, KIND_SNAPSHOT, KIND_VOTE,
 };
 use super::prevote;
-use super::types::{Command, CommandResult, GroupId, NodeId, Raft, TypeConfig, META_GROUP};
+use super::types::{Command, CommandResult, Raft, TypeConfig};
 use crate::config::{ControlConfig, RaftConfig, Topology};
 use crate::hlc::Clock;
+use crate::ids::{GroupId, NodeId, META_GROUP};
 use crate::metrics::Metrics;
 use crate::storage::log_store::CacheLimits;
 use crate::storage::state_machine::{Notify, Progress};
@@ -246,7 +247,7 @@ impl Groups {
                     .regions
                     .iter()
                     .flat_map(|r| r.nodes.iter())
-                    .map(|n| (n.id, crate::storage::origin_id(&n.region)))
+                    .map(|n| (n.id, crate::ids::origin_id(&n.region)))
                     .collect(),
             ),
             reconciled: watch::channel(0).0,
@@ -603,7 +604,7 @@ impl Groups {
             if !policy.regions.contains(&self.region) {
                 continue; // the topic does not live in this region
             }
-            let ids = |v: &[String]| v.iter().map(|r| crate::storage::origin_id(r)).collect();
+            let ids = |v: &[String]| v.iter().map(|r| crate::ids::origin_id(r)).collect();
             // A pinned topic's groups start from its first home and follow
             // the moves their logs apply (`TopicMeta::first_home`).
             let writers = match &t.first_home {
@@ -1015,7 +1016,7 @@ async fn held_of(
     q: &HeldQuery,
     timeout: Duration,
 ) -> Vec<crate::control::seal::Held> {
-    let log = crate::view::LogRef {
+    let log = crate::ids::LogRef {
         origin: q.origin,
         epoch: q.epoch,
     };

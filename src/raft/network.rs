@@ -15,7 +15,8 @@ use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::types::{entry_bytes, GroupId, NodeId, TypeConfig};
+use super::types::{entry_bytes, TypeConfig};
+use crate::ids::{GroupId, NodeId};
 use crate::transport::{Transport, TransportError};
 
 pub const KIND_APPEND: u8 = 1;

@@ -25,9 +25,8 @@
 //!   openraft's randomized timers: plain Raft, which cannot stay stuck
 //!   behind one node.
 
+use crate::ids::NodeId;
 use std::time::Duration;
-
-use super::types::NodeId;
 
 /// What a voter last answered to a ping (or knows of itself).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,18 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::topic::MetaError;
 
-pub type NodeId = u64;
-
-/// Raft group id. The meta group is 0; partition `p` of the topic with
-/// sequence number `s` is `s << 32 | p` (sequence numbers start at 1 and are
-/// never reused, so a re-created topic never meets old data).
-pub type GroupId = u64;
-
-pub const META_GROUP: GroupId = 0;
-
-pub fn partition_group(topic_seq: u32, partition: u32) -> GroupId {
-    ((topic_seq as u64) << 32) | partition as u64
-}
+use crate::ids::NodeId;
 
 openraft::declare_raft_types!(
     /// Type configuration of every Meridian Raft group.
@@ -160,7 +149,7 @@ pub enum Command {
     /// region's origin log as new records (invariant 7). Idempotent: the
     /// group remembers how far each sealed log was re-injected.
     Reinject {
-        from: crate::view::LogRef,
+        from: crate::ids::LogRef,
         offset: u64,
         proposed_hlc: u64,
         count: u32,
@@ -178,7 +167,7 @@ pub enum Command {
     /// Partition group, at failback: origin log `log` (a returning
     /// region's new epoch) joins the view; it starts closed at this
     /// group's current watermark, which is returned.
-    Admit { log: crate::view::LogRef },
+    Admit { log: crate::ids::LogRef },
     /// Partition group of the returning region: its origin log moves to
     /// `epoch`. With `floor` (the largest watermark the other regions
     /// admitted it at), the new log starts closed there, so its records
@@ -238,7 +227,7 @@ pub enum CommandResult {
     /// After `AppendIdempotent`: the batch is a retry of one stored before,
     /// records `base_offset..end_offset` of `log`; nothing was stored.
     Duplicate {
-        log: crate::view::LogRef,
+        log: crate::ids::LogRef,
         base_offset: u64,
         end_offset: u64,
         view_offset: Option<u64>,

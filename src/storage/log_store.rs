@@ -14,7 +14,8 @@ use openraft::{AnyError, OptionalSend, RaftLogReader, StorageIOError, Vote};
 use rocksdb::WriteBatch;
 
 use super::{key, Db, CF_RAFT_LOG, CF_RAFT_STATE};
-use crate::raft::types::{Entry, GroupId, LogId, NodeId, StorageError, TypeConfig};
+use crate::ids::{GroupId, NodeId};
+use crate::raft::types::{Entry, LogId, StorageError, TypeConfig};
 
 const TAG_VOTE: u64 = 1;
 const TAG_COMMITTED: u64 = 2;
@@ -424,7 +425,7 @@ mod tests {
                 batches: vec![big(), big()],
             },
             Command::Reinject {
-                from: crate::view::LogRef {
+                from: crate::ids::LogRef {
                     origin: 1,
                     epoch: 0,
                 },

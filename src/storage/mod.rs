@@ -35,8 +35,8 @@ use std::time::Instant;
 use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions};
 use tokio::sync::mpsc;
 
+use crate::ids::GroupId;
 use crate::metrics::Metrics;
-use crate::raft::types::GroupId;
 
 pub use log_store::LogStore;
 pub use state_machine::StateMachine;
@@ -100,17 +100,6 @@ fn n_under(prefix: &[u8], k: &[u8]) -> Option<u64> {
         k[prefix.len()..].try_into().expect("8 bytes"),
     ))
 }
-
-/// The stable 32-bit id of a region in keys: FNV-1a of its name.
-pub fn origin_id(region: &str) -> u32 {
-    region.bytes().fold(0x811c_9dc5u32, |h, b| {
-        (h ^ b as u32).wrapping_mul(0x0100_0193)
-    })
-}
-
-/// The epoch an origin log starts with; the control plane bumps it when a
-/// region is fenced and rejoins.
-pub const EPOCH_FIRST: u32 = 1;
 
 /// One origin log of a partition: what region `origin` committed in `epoch`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
@@ -322,6 +311,7 @@ async fn syncer(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::{origin_id, EPOCH_FIRST};
 
     #[test]
     fn keys_sort_by_group_then_number() {

@@ -15,7 +15,7 @@ use std::collections::{BTreeSet, HashMap};
 use serde::{Deserialize, Serialize};
 
 use crate::hlc;
-use crate::view::LogRef;
+use crate::ids::LogRef;
 
 /// Batches remembered per producer, as in Kafka: a client has at most five
 /// in flight per partition, so a retry is always one of them.

@@ -23,16 +23,14 @@ use tokio::sync::watch;
 use super::batch::{self, BatchHeader};
 use super::producers::{self, Producer, ProducerState, ProducerTable, StoredBatch, Verdict};
 use super::{
-    key, origin_id, Db, LogKey, CF_HLC_INDEX, CF_PRODUCERS, CF_RECORDS, CF_SM_STATE, CF_VIEW,
-    CF_VIEW_HLC, EPOCH_FIRST,
+    key, Db, LogKey, CF_HLC_INDEX, CF_PRODUCERS, CF_RECORDS, CF_SM_STATE, CF_VIEW, CF_VIEW_HLC,
 };
 use crate::control::seal::{origin_closed, LogClose};
 use crate::hlc::{self, Clock};
-use crate::raft::types::{
-    Command, CommandResult, Entry, GroupId, LogId, NodeId, StorageError, TypeConfig, META_GROUP,
-};
+use crate::ids::{origin_id, GroupId, LogRef, NodeId, EPOCH_FIRST, META_GROUP};
+use crate::raft::types::{Command, CommandResult, Entry, LogId, StorageError, TypeConfig};
 use crate::topic::MetaState;
-use crate::view::{self, LogRef, Run, Segment};
+use crate::view::{self, Run, Segment};
 
 /// One origin log of a partition as held here.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

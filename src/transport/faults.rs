@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{NodeId, Topology};
+use crate::config::Topology;
+use crate::ids::NodeId;
 
 /// Faults set at run time, per unordered region pair. As JSON (admin
 /// `/faults`): `{"cut": [["us-east", "eu-west"]], "delay": [{"a": "us-east",

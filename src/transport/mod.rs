@@ -21,7 +21,8 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn, Instrument};
 
-use crate::config::{NodeId, TransportConfig};
+use crate::config::TransportConfig;
+use crate::ids::NodeId;
 pub use tls::TlsMaterial;
 
 const HEADER_LEN: usize = 9;

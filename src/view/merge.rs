@@ -12,12 +12,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-/// One origin log of a partition: `(origin id, epoch)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct LogRef {
-    pub origin: u32,
-    pub epoch: u32,
-}
+use crate::ids::LogRef;
 
 /// Records `base_offset ..` of one origin log, with HLCs `first_hlc ..`,
 /// one apart (the shape of a stored batch).

@@ -10,4 +10,4 @@
 
 pub mod merge;
 
-pub use merge::{merge, LogRef, Run, Segment};
+pub use merge::{merge, Run, Segment};
