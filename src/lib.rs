@@ -5,10 +5,11 @@
 //! [`raft`], committed through [`storage`] on a majority of the region's
 //! nodes, which talk over [`transport`]; [`link`] copies origin logs between
 //! regions, [`view`] merges them, and [`control`] keeps the regions' write
-//! leases. [`admin`] serves operators; [`node`]
-//! ties one process together; [`dev`], [`client`] and [`bench`] serve the CLI,
-//! [`consumer`] is a group member with retry chains and dead-letter topics,
-//! [`drill`] and [`chaos`] fail regions and check the invariants.
+//! leases. [`admin`] serves operators; [`node`] ties one process together.
+//! Outside the broker: [`client`] is the crate's Kafka client, with a group
+//! member with retry chains and dead-letter topics ([`client::consumer`]);
+//! [`ops`] holds the tools that drive clusters (`dev`, `bench`, and `drill`
+//! and `chaos`, which fail regions and check the invariants).
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -22,14 +23,10 @@ pub mod storage;
 pub mod transport;
 pub mod view;
 
-pub mod chaos;
-pub mod drill;
-
-pub mod bench;
 pub mod client;
+pub mod ops;
+
 pub mod config;
-pub mod consumer;
-pub mod dev;
 pub mod hlc;
 pub mod ids;
 pub mod metrics;

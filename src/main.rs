@@ -13,7 +13,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use kafka_protocol::records::Compression;
 use meridian::client::{encode_batch, Client};
 use meridian::config::{NodeConfig, Topology};
-use meridian::{bench, dev};
+use meridian::ops::{bench, dev};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -144,7 +144,7 @@ enum Cmd {
         /// kill: SIGKILL its nodes and restart them; isolate: cut it off at
         /// the transport and reconnect it.
         #[arg(long, value_enum, default_value = "kill")]
-        mode: meridian::drill::Mode,
+        mode: meridian::ops::drill::Mode,
         /// Seconds the region stays failed (at least until failed over),
         /// at most an hour: the drill keeps every write it makes.
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
@@ -488,7 +488,9 @@ async fn run(cmd: Cmd) -> Result<()> {
             format,
             ..
         } => {
-            init_logging(Some("info,meridian::client=warn"));
+            init_logging(Some(
+                "info,meridian::client=warn,meridian::client::consumer=info",
+            ));
             let exec = exec.map(|c| (c, Duration::from_millis(exec_timeout_ms)));
             run_consume_group(conn, topic, group, exec, count, format).await
         }
@@ -524,10 +526,10 @@ async fn run(cmd: Cmd) -> Result<()> {
         } => {
             init_logging(Some("warn"));
             run_drill(
-                meridian::drill::Plan {
+                meridian::ops::drill::Plan {
                     cluster: match cluster {
-                        Some(path) => meridian::drill::Source::File(path),
-                        None => meridian::drill::Source::Admin(admin),
+                        Some(path) => meridian::ops::drill::Source::File(path),
+                        None => meridian::ops::drill::Source::Admin(admin),
                     },
                     region: fail_region,
                     mode,
@@ -555,7 +557,7 @@ async fn run_chaos(cmd: ChaosCmd) -> Result<()> {
             }
             let mut bad = 0;
             for path in &scenarios {
-                match meridian::chaos::check_file(path, &topology) {
+                match meridian::ops::chaos::check_file(path, &topology) {
                     Ok(s) => println!(
                         "{}: ok ({}: {} faults over {:.0} s)",
                         path.display(),
@@ -582,7 +584,7 @@ async fn run_chaos(cmd: ChaosCmd) -> Result<()> {
             json,
         } => {
             init_logging(Some("warn"));
-            let r = match meridian::chaos::run(meridian::chaos::Plan {
+            let r = match meridian::ops::chaos::run(meridian::ops::chaos::Plan {
                 scenario,
                 topology,
                 port_base,
@@ -591,7 +593,7 @@ async fn run_chaos(cmd: ChaosCmd) -> Result<()> {
             .await
             {
                 Ok(r) => r,
-                Err(e @ meridian::chaos::ChaosError::Scenario(_)) => {
+                Err(e @ meridian::ops::chaos::ChaosError::Scenario(_)) => {
                     eprintln!("{e}");
                     std::process::exit(2);
                 }
@@ -621,12 +623,12 @@ fn write_json(path: &std::path::Path, report: &impl serde::Serialize) -> Result<
 }
 
 async fn run_drill(
-    plan: meridian::drill::Plan,
+    plan: meridian::ops::drill::Plan,
     json: Option<PathBuf>,
     md: Option<PathBuf>,
 ) -> Result<()> {
-    use meridian::drill::report;
-    let r = meridian::drill::run(plan).await?;
+    use meridian::ops::drill::report;
+    let r = meridian::ops::drill::run(plan).await?;
     print!("{}", report::text(&r));
     if let Some(path) = json {
         write_json(&path, &r)?;
@@ -693,7 +695,7 @@ async fn run_produce(
 /// exists already keeps its partitions and gets the chain's configs.
 async fn create_chain(
     c: &Client,
-    plan: &[meridian::consumer::chain::ChainTopic],
+    plan: &[meridian::client::consumer::chain::ChainTopic],
     partitions: i32,
     configs: &BTreeMap<String, String>,
 ) -> Result<()> {
@@ -795,7 +797,7 @@ async fn run_consume_group(
     count: Option<u64>,
     format: Format,
 ) -> Result<()> {
-    use meridian::consumer::{exec::verdict, GroupConsumer, Settings, Verdict};
+    use meridian::client::consumer::{exec::verdict, GroupConsumer, Settings, Verdict};
     let client = Arc::new(Client::new(&conn.bootstrap));
     let mut settings = Settings::default();
     if let Some((_, timeout)) = &exec {
@@ -857,7 +859,7 @@ async fn run_consume_group(
     Ok(())
 }
 
-fn print_accepted(d: &meridian::consumer::Delivery, format: Format) {
+fn print_accepted(d: &meridian::client::consumer::Delivery, format: Format) {
     let r = &d.record;
     let text = |b: &Option<Vec<u8>>| b.as_ref().map(|v| String::from_utf8_lossy(v).into_owned());
     let line = match format {
@@ -985,7 +987,7 @@ async fn run_topic(cmd: TopicCmd) -> Result<()> {
             let configs: BTreeMap<_, _> = configs.into_iter().collect();
             match (name, retry_chain) {
                 (_, Some(base)) => {
-                    let plan = meridian::consumer::chain::plan(
+                    let plan = meridian::client::consumer::chain::plan(
                         &base,
                         attempts.unwrap_or(3),
                         backoff_ms.unwrap_or(1000),

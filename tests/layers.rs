@@ -23,16 +23,13 @@ const FLOORS: &[&[&str]] = &[
     &["kafka"],
     &["admin"],
     &["node"],
-    &["client", "consumer"],
-    &["dev", "bench", "drill", "chaos"],
+    &["client"],
+    &["ops"],
 ];
 
 /// Upward imports that exist today, `(importer, imported)`, and what
 /// removes each (issue 17, the layout).
 const KNOWN_UPWARD: &[(&str, &str)] = &[
-    // `/topology` answers in `meridian dev`'s cluster-file shape: the
-    // shape moves to admin (typed status), dev reads it from there.
-    ("admin", "dev"),
     // Topology checks that use the producer-id width and topic rules: both
     // move below config (ids, a meta/ home for the metadata group's rules).
     ("config", "storage"),

@@ -3,6 +3,8 @@
 //! mutating endpoint) is served only when the node config enables fault
 //! injection, to callers that present the config's admin token.
 
+pub mod cluster_file;
+
 use std::sync::Arc;
 
 use crate::config::AdminConfig;
@@ -341,19 +343,19 @@ async fn status(State(r): State<Arc<Router>>) -> Json<Status> {
 /// Every region's nodes with their Kafka and admin addresses, in the
 /// shape of `cluster.json` (without pids and configs): how `meridian drill
 /// --admin` finds a cluster it did not start.
-async fn topology(State(r): State<Arc<Router>>) -> Json<crate::dev::ClusterFile> {
-    Json(crate::dev::ClusterFile {
+async fn topology(State(r): State<Arc<Router>>) -> Json<cluster_file::ClusterFile> {
+    Json(cluster_file::ClusterFile {
         admin_token: None,
         regions: r
             .topology
             .regions
             .iter()
-            .map(|x| crate::dev::ClusterRegion {
+            .map(|x| cluster_file::ClusterRegion {
                 name: x.name.clone(),
                 nodes: x
                     .nodes
                     .iter()
-                    .map(|n| crate::dev::ClusterNode {
+                    .map(|n| cluster_file::ClusterNode {
                         id: n.id,
                         kafka: n.kafka.to_string(),
                         admin: n.admin.to_string(),

@@ -1,6 +1,9 @@
 //! A small Kafka client for the CLI, the benchmark and the tests: pipelined
 //! connections, metadata-driven routing to partition leaders, and retries
-//! (bounded, with backoff) on the errors Kafka marks retriable.
+//! (bounded, with backoff) on the errors Kafka marks retriable. A consumer
+//! group member built on it is in [`consumer`].
+
+pub mod consumer;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

@@ -19,10 +19,10 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Topology;
-use crate::dev::{http_get, http_request, DevCluster, DevError};
-use crate::drill::report::Event;
-use crate::drill::{ClusterFile, DrillError, Workload};
 use crate::ids::NodeId;
+use crate::ops::dev::{http_get, http_request, DevCluster, DevError};
+use crate::ops::drill::report::Event;
+use crate::ops::drill::{ClusterFile, DrillError, Workload};
 use check::{CheckResult, Observation, Run, SealSeen};
 use scenario::{Action, Scenario, ScenarioError};
 
@@ -79,7 +79,7 @@ pub async fn run(plan: Plan) -> Result<ChaosReport, ChaosError> {
     let topology = Topology::load(&plan.topology)?;
     let scenario = Scenario::load(&plan.scenario, &topology)?;
     let topology = match plan.port_base {
-        Some(b) => crate::dev::with_port_base(&topology, b)?,
+        Some(b) => crate::ops::dev::with_port_base(&topology, b)?,
         None => topology,
     };
     if topology.regions.len() < 3 {

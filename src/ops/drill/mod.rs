@@ -46,7 +46,7 @@ pub enum DrillError {
     Step(String),
 }
 
-pub use crate::dev::{ClusterFile, ClusterRegion};
+pub use crate::ops::dev::{ClusterFile, ClusterRegion};
 
 impl ClusterFile {
     /// Reads a `cluster.json`.
@@ -63,7 +63,7 @@ impl ClusterFile {
     pub async fn discover(admins: &[String]) -> Result<ClusterFile, DrillError> {
         let mut why = Vec::new();
         for a in admins {
-            match crate::dev::http_get(a, "/topology", Duration::from_secs(3)).await {
+            match crate::ops::dev::http_get(a, "/topology", Duration::from_secs(3)).await {
                 Ok((200, body)) => {
                     return serde_json::from_str(&body).map_err(|e| {
                         DrillError::Step(format!("{a}/topology is not a Meridian topology: {e}"))
@@ -236,7 +236,7 @@ impl Drill {
             .as_deref()
             .or(self.w.cluster.admin_token.as_deref());
         for a in self.w.cluster.admins() {
-            let r = crate::dev::http_request(
+            let r = crate::ops::dev::http_request(
                 &a,
                 "POST",
                 "/faults",
@@ -305,7 +305,7 @@ impl Drill {
         {
             for n in &r.nodes {
                 if let Ok((200, body)) =
-                    crate::dev::http_get(&n.admin, "/status", Duration::from_secs(2)).await
+                    crate::ops::dev::http_get(&n.admin, "/status", Duration::from_secs(2)).await
                 {
                     let s: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
                     return s["seals"].as_array().map_or(0, |v| {
@@ -333,7 +333,7 @@ impl Drill {
         loop {
             for a in &survivors {
                 let Ok((200, body)) =
-                    crate::dev::http_get(a, "/status", Duration::from_secs(2)).await
+                    crate::ops::dev::http_get(a, "/status", Duration::from_secs(2)).await
                 else {
                     continue;
                 };
@@ -427,7 +427,9 @@ impl Drill {
                     .expect("checked")
                     .nodes
                     .iter()
-                    .map(|n| crate::dev::http_get(&n.admin, "/healthz", Duration::from_secs(2))),
+                    .map(|n| {
+                        crate::ops::dev::http_get(&n.admin, "/healthz", Duration::from_secs(2))
+                    }),
             )
             .await
             .into_iter()

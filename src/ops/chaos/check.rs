@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 
 use super::scenario::Check;
-use crate::drill::report::{check_views, Ack, Views};
+use crate::ops::drill::report::{check_views, Ack, Views};
 
 /// What one node said of itself at one moment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -116,7 +116,7 @@ fn acked_values<'a>(run: &'a Run, topic: &str) -> BTreeSet<&'a str> {
 /// Runs `f` on each topic's view check; passes if every topic passes.
 fn per_topic(
     run: &Run,
-    f: impl Fn(&crate::drill::report::ViewCheck, &str, usize) -> Result<String, String>,
+    f: impl Fn(&crate::ops::drill::report::ViewCheck, &str, usize) -> Result<String, String>,
 ) -> (bool, String) {
     let mut ok = true;
     let mut lines = Vec::new();
@@ -376,7 +376,7 @@ pub fn longest_outage(acks: &[Ack]) -> BTreeMap<String, u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::drill::report::{Rec, Reinjected};
+    use crate::ops::drill::report::{Rec, Reinjected};
 
     const REGIONS: [&str; 3] = ["us-east", "eu-west", "ap-south"];
     /// The seal's time (Unix ms).

@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::config::{AdminConfig, NodeConfig, RuntimeConfig, Topology};
@@ -45,31 +44,7 @@ fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> 
     }
 }
 
-/// `cluster.json`: where every node of a dev cluster listens, its pid and
-/// its config (read by `meridian status` and `meridian drill`).
-#[derive(Serialize, serde::Deserialize)]
-pub struct ClusterFile {
-    pub regions: Vec<ClusterRegion>,
-    /// The nodes' `admin.token` (`meridian dev` makes one per start);
-    /// never served by `/topology`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub admin_token: Option<String>,
-}
-
-#[derive(Serialize, serde::Deserialize)]
-pub struct ClusterRegion {
-    pub name: String,
-    pub nodes: Vec<ClusterNode>,
-}
-
-#[derive(Serialize, serde::Deserialize)]
-pub struct ClusterNode {
-    pub id: u64,
-    pub kafka: String,
-    pub admin: String,
-    pub pid: u32,
-    pub config: String,
-}
+pub use crate::admin::cluster_file::{ClusterFile, ClusterNode, ClusterRegion};
 
 /// Gives node `i` (in topology order) the ports `base + 3i` (Kafka),
 /// `base + 3i + 1` (QUIC) and `base + 3i + 2` (admin).
