@@ -247,12 +247,12 @@ impl Topology {
             let mut nodes = Vec::new();
             for (ni, n) in r.nodes.iter().enumerate() {
                 let nkey = format!("{rkey}.node[{ni}]");
-                if n.id <= 0 || n.id as u64 > crate::storage::producers::PID_NODE_MAX {
+                if n.id <= 0 || n.id as u64 > crate::ids::PID_NODE_MAX {
                     p.add(
                         format!("{nkey}.id"),
                         format!(
                             "node id must be an integer from 1 to {} (it names the producer ids the node gives out), got {}",
-                            crate::storage::producers::PID_NODE_MAX,
+                            crate::ids::PID_NODE_MAX,
                             n.id
                         ),
                     );

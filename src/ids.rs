@@ -37,6 +37,19 @@ pub struct LogRef {
     pub epoch: u32,
 }
 
+/// A producer id is `node << PID_NODE_SHIFT | n`: the node that gave it out
+/// (node ids are unique across regions, so ids are too) above a counter
+/// that node keeps (see `kafka::producer_ids`).
+pub const PID_NODE_SHIFT: u32 = 47;
+/// Node ids a producer id can name (16 bits; config validation holds them
+/// below this).
+pub const PID_NODE_MAX: u64 = (1 << (63 - PID_NODE_SHIFT)) - 1;
+
+/// The node that gave out producer id `id`.
+pub fn allocating_node(id: i64) -> u64 {
+    (id as u64) >> PID_NODE_SHIFT
+}
+
 /// Names of regions and topics: what Kafka allows in topic names, minus dots
 /// for regions (they become metric label values and file names).
 pub fn valid_name(name: &str) -> bool {

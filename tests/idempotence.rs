@@ -16,7 +16,7 @@ use kafka_protocol::records::Compression;
 use meridian::client::{
     encode_stamped, fetch_on, produce_on, Client, ClientError, Connection, OutRecord, ProducerStamp,
 };
-use meridian::storage::producers::allocating_node;
+use meridian::ids::allocating_node;
 
 /// A batch of `n` records from producer `pid` at `epoch`, sequences from `seq`.
 fn batch(pid: i64, epoch: i16, seq: i32, n: usize, tag: &str) -> Bytes {

@@ -30,9 +30,8 @@ const FLOORS: &[&[&str]] = &[
 /// Upward imports that exist today, `(importer, imported)`, and what
 /// removes each (issue 17, the layout).
 const KNOWN_UPWARD: &[(&str, &str)] = &[
-    // Topology checks that use the producer-id width and topic rules: both
-    // move below config (ids, a meta/ home for the metadata group's rules).
-    ("config", "storage"),
+    // Topics-file checks use the topic rules: they move below config, to a
+    // meta/ home for the metadata group's state and rules.
     ("config", "topic"),
     // Forwarded produces and failback requests: dispatched above both by
     // an rpc module instead of the link calling back into the router.

@@ -1,7 +1,7 @@
 //! InitProducerId for idempotent producers: a producer id unique across
 //! every region, given out without asking any other node.
 //!
-//! An id is `node << PID_NODE_SHIFT | n` (`storage::producers`): node ids
+//! An id is `node << PID_NODE_SHIFT | n` (`ids`): node ids
 //! are unique in the topology, and each node counts `n` up. The node stores
 //! the end of the block of ids it may give out (fsynced) before giving out
 //! any of it, so a restart never reuses one; `n` never falls below the
@@ -15,7 +15,7 @@ use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProducerId};
 use rocksdb::WriteBatch;
 
-use crate::storage::producers::{PID_NODE_MAX, PID_NODE_SHIFT};
+use crate::ids::{PID_NODE_MAX, PID_NODE_SHIFT};
 use crate::storage::{Db, DbError, CF_SM_STATE};
 
 /// Ids reserved per fsync.
@@ -126,7 +126,7 @@ pub fn handle(ids: &ProducerIds, req: InitProducerIdRequest) -> InitProducerIdRe
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::producers::allocating_node;
+    use crate::ids::allocating_node;
 
     #[tokio::test]
     async fn ids_name_their_node_and_never_repeat_across_restarts() {

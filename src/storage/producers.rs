@@ -28,19 +28,6 @@ pub const EXPIRY_MS: i64 = 24 * 3600 * 1000;
 /// longest is forgotten (it gets UNKNOWN_PRODUCER_ID if it writes again).
 pub const PRODUCERS_MAX: usize = 10_000;
 
-/// A producer id is `node << PID_NODE_SHIFT | n`: the node that gave it out
-/// (node ids are unique across regions, so ids are too) above a counter
-/// that node keeps (see `kafka::producer_ids`).
-pub const PID_NODE_SHIFT: u32 = 47;
-/// Node ids a producer id can name (16 bits; config validation holds them
-/// below this).
-pub const PID_NODE_MAX: u64 = (1 << (63 - PID_NODE_SHIFT)) - 1;
-
-/// The node that gave out producer id `id`.
-pub fn allocating_node(id: i64) -> u64 {
-    (id as u64) >> PID_NODE_SHIFT
-}
-
 /// Why an idempotent producer's batch was not stored; what the Kafka
 /// client is answered (`kafka::produce`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

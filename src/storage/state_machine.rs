@@ -60,7 +60,7 @@ pub struct Origins {
     /// Every region that holds the topic.
     pub regions: Vec<u32>,
     /// The region of every node of the topology: where a producer id was
-    /// given out (`producers::allocating_node`).
+    /// given out (`ids::allocating_node`).
     pub node_regions: Arc<BTreeMap<NodeId, u32>>,
 }
 
@@ -618,7 +618,7 @@ impl StateMachine {
         let moved = match self.producers.get(p.id, now_hlc) {
             Some(st) => st.last().log != own,
             None => {
-                let node = producers::allocating_node(p.id);
+                let node = crate::ids::allocating_node(p.id);
                 self.node_regions.get(&node) != Some(&self.origin_id)
             }
         };
@@ -1963,7 +1963,7 @@ mod tests {
 
     fn producer(node: u64, seq: i32) -> Producer {
         Producer {
-            id: ((node << producers::PID_NODE_SHIFT) | 7) as i64,
+            id: ((node << crate::ids::PID_NODE_SHIFT) | 7) as i64,
             epoch: 0,
             base_sequence: seq,
         }
