@@ -45,7 +45,7 @@ pub enum NodeError {
     #[error(transparent)]
     Raft(#[from] GroupError),
     #[error(transparent)]
-    ProducerIds(#[from] crate::kafka::producer_ids::ProducerIdError),
+    ProducerIds(#[from] crate::storage::producer_ids::ProducerIdError),
     #[error("{what} stopped while the node was running ({why}); the node stops rather than run without it")]
     Stopped { what: &'static str, why: String },
 }
@@ -103,7 +103,7 @@ async fn run_inner(config: NodeConfig, shutdown: CancellationToken) -> Result<()
     let metrics = Arc::new(Metrics::new());
     let tls = TlsMaterial::load_or_dev(config.tls.as_ref(), &config.data_dir)?;
     let db = Db::open(&config.data_dir.join("db"), metrics.clone())?;
-    let producer_ids = crate::kafka::producer_ids::ProducerIds::new(db.clone(), me.id)?;
+    let producer_ids = crate::storage::producer_ids::ProducerIds::new(db.clone(), me.id)?;
     // Every node of every region: the meta group spans them, and the link
     // talks to other regions' nodes.
     let peers: HashMap<_, _> = config

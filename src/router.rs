@@ -349,7 +349,7 @@ pub struct Router {
     pub kafka: KafkaConfig,
     pub metrics: Arc<Metrics>,
     pub fence: crate::control::Fence,
-    pub producer_ids: crate::kafka::producer_ids::ProducerIds,
+    pub producer_ids: crate::storage::producer_ids::ProducerIds,
     /// Produce batches decoded off the async workers at once
     /// (`kafka.decode_concurrency_max`).
     pub decode_permits: tokio::sync::Semaphore,
@@ -746,7 +746,7 @@ impl Router {
     }
 
     pub async fn delete_topic(&self, name: &str, timeout: Duration) -> Result<(), TopicError> {
-        if name == crate::group::offsets::TOPIC {
+        if name == crate::topic::OFFSETS_TOPIC {
             return Err(MetaError::InternalTopic(name.to_string()).into());
         }
         self.meta(

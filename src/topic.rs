@@ -7,6 +7,10 @@ use serde::{Deserialize, Serialize};
 use crate::ids::{partition_group, GroupId};
 use crate::raft::types::Command;
 
+/// The internal topic of consumer groups' commits (`group::offsets`);
+/// clients may not delete it.
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+
 /// Upper bound on partitions per topic; each partition is a Raft group.
 pub const PARTITIONS_MAX: u32 = 1024;
 

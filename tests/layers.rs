@@ -47,10 +47,6 @@ const KNOWN_UPWARD: &[(&str, &str)] = &[
     // The stored batch format lives with the Kafka codec: it moves to a
     // log/ module at the bottom.
     ("storage", "kafka"),
-    // The router holds the producer-id allocator (kafka/producer_ids) and
-    // knows `__consumer_offsets` by name: both move below it.
-    ("router", "group"),
-    ("router", "kafka"),
 ];
 
 fn floor(module: &str) -> Option<usize> {

@@ -20,7 +20,7 @@ use crate::storage::state_machine::{read, LogState};
 use crate::storage::{batch, Db, DbError, LogKey};
 
 /// The internal topic that carries commits.
-pub const TOPIC: &str = "__consumer_offsets";
+pub const TOPIC: &str = crate::topic::OFFSETS_TOPIC;
 
 /// What a commit record's key names.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

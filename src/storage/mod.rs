@@ -25,6 +25,7 @@
 
 pub mod batch;
 pub mod log_store;
+pub mod producer_ids;
 pub mod producers;
 pub mod state_machine;
 
