@@ -39,7 +39,7 @@ pub struct LogRef {
 
 /// A producer id is `node << PID_NODE_SHIFT | n`: the node that gave it out
 /// (node ids are unique across regions, so ids are too) above a counter
-/// that node keeps (see `kafka::producer_ids`).
+/// that node keeps (see `storage::producer_ids`).
 pub const PID_NODE_SHIFT: u32 = 47;
 /// Node ids a producer id can name (16 bits; config validation holds them
 /// below this).

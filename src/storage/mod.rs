@@ -5,7 +5,7 @@
 //! - `raft_state` `[group][tag]` -> vote, committed, last purged log id
 //! - `sm_state`   `[group]` -> the state machine's applied state; and
 //!   `[ff; 16]` -> the end of the producer ids this node reserved
-//!   (`kafka::producer_ids`)
+//!   (`producer_ids`)
 //! - `records`    `[group][origin][epoch][base offset]` -> stored batch (see [`batch`])
 //! - `hlc_index`  `[group][origin][epoch][last hlc]` -> base offset of that batch
 //! - `view`       `[group][position]` -> a run of the global view (`view::Run`)
