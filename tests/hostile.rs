@@ -284,7 +284,7 @@ async fn hostile_input_does_not_stop_the_node() {
 
     // ... and from four clients at once: they take turns to decompress,
     //     kafka.decode_concurrency_max at a time, and each is refused.
-    let waits_before = metric(&c.nodes, "meridian_kafka_decode_waits_total");
+    let waits_before = common::metric_sum(&c.nodes, "meridian_kafka_decode_waits_total") as u64;
     let burst: Vec<_> = (0..4)
         .map(|_| {
             let (bootstrap, gz) = (c.bootstrap(), gz.clone());
@@ -304,7 +304,8 @@ async fn hostile_input_does_not_stop_the_node() {
     for b in burst {
         assert_eq!(b.await.unwrap(), [Some(MESSAGE_TOO_LARGE); 8]);
     }
-    let waits = metric(&c.nodes, "meridian_kafka_decode_waits_total") - waits_before;
+    let waits =
+        common::metric_sum(&c.nodes, "meridian_kafka_decode_waits_total") as u64 - waits_before;
     eprintln!("{waits} decodes waited for kafka.decode_concurrency_max");
     assert!(
         waits > 0,
@@ -517,19 +518,6 @@ async fn hostile_input_does_not_stop_the_node() {
             .any(|l| l.contains(" suppressed=") && !l.contains(" suppressed=0 ")),
         "no line tells of suppressed ones"
     );
-}
-
-/// A counter's sum over `nodes`' `/metrics`.
-fn metric(nodes: &[common::NodeInfo], name: &str) -> u64 {
-    nodes
-        .iter()
-        .filter_map(|n| common::http_get(&n.admin, "/metrics"))
-        .flat_map(|(_, body)| {
-            body.lines()
-                .filter_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
-                .collect::<Vec<_>>()
-        })
-        .sum()
 }
 
 /// Connects from a chosen loopback address.

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{create, http_get, meridian, python_json, require, topic_partitions, Cluster};
+use common::{create, meridian, python_json, require, topic_partitions, Cluster};
 use kafka_protocol::messages::{ApiKey, InitProducerIdRequest, InitProducerIdResponse};
 use kafka_protocol::records::Compression;
 use meridian::client::{
@@ -141,18 +141,9 @@ fn idempotent_py(args: &[&str], timeout: Duration) -> serde_json::Value {
     python_json("idempotent.py", args, timeout)
 }
 
-/// Sum of a counter over some nodes' `/metrics`.
+/// Sum of a counter over a region's nodes' `/metrics`.
 fn counter(c: &Cluster, region: &str, name: &str) -> u64 {
-    c.region_nodes(region)
-        .iter()
-        .filter_map(|n| http_get(&n.admin, "/metrics"))
-        .map(|(_, body)| {
-            body.lines()
-                .filter(|l| l.starts_with(name))
-                .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
-                .sum::<f64>() as u64
-        })
-        .sum()
+    common::metric_sum(c.region_nodes(region), name) as u64
 }
 
 /// `idempotent.py produce` on its own thread, with librdkafka's

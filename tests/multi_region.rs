@@ -567,16 +567,7 @@ replication = "async"
 }
 
 fn metric_sum(c: &Cluster, region: &str, name: &str) -> f64 {
-    c.region_nodes(region)
-        .iter()
-        .filter_map(|n| common::http_get(&n.admin, "/metrics"))
-        .flat_map(|(_, body)| {
-            body.lines()
-                .filter(|l| l.starts_with(name))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .collect::<Vec<_>>()
-        })
-        .sum()
+    common::metric_sum(c.region_nodes(region), name)
 }
 
 /// Invariant 6: a region cut off from every other stops accepting writes

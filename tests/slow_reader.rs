@@ -197,13 +197,8 @@ fn next_response(s: &mut TcpStream) -> i32 {
     i32::from_be_bytes(body[..4].try_into().unwrap())
 }
 
-fn queued_bytes(admin: &str) -> i64 {
-    let (_, metrics) = common::http_get(admin, "/metrics").expect("metrics");
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("meridian_kafka_queued_bytes "))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("meridian_kafka_queued_bytes in /metrics")
+fn queued_bytes(node: &common::NodeInfo) -> i64 {
+    common::metric_sum([node], "meridian_kafka_queued_bytes") as i64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -249,7 +244,7 @@ async fn a_connection_reads_nothing_more_while_its_queue_is_full() {
     // While the fetch waits, the Metadata response is queued and the
     // CreateTopics is not read.
     std::thread::sleep(Duration::from_millis(2_000));
-    let queued = queued_bytes(&leader.admin);
+    let queued = queued_bytes(leader);
     let exists = client.topic("after", false).await.is_ok();
     assert!(
         sent.elapsed() < Duration::from_millis(WAIT_MS as u64),
@@ -267,7 +262,7 @@ async fn a_connection_reads_nothing_more_while_its_queue_is_full() {
         assert!(Instant::now() < deadline, "`after` was never created");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(queued_bytes(&leader.admin), 0);
+    assert_eq!(queued_bytes(leader), 0);
 
     // A fetch that would take the queue far past its limit while it waits
     // for its turn closes the connection instead (no client pipelines one).

@@ -270,10 +270,15 @@ async fn connection(
                 // queue instead, until it holds bytes of the budget.
                 let queue = conn.queue.clone();
                 let (built, built_rx) = tokio::sync::oneshot::channel::<()>();
-                let mut read_on_at_once = true;
+                let read_on_at_once = !matches!(
+                    served,
+                    Served::Response {
+                        kind: Kind::Built,
+                        ..
+                    }
+                );
                 let task = match served {
                     Served::Response { pending, kind } => {
-                        read_on_at_once = kind != Kind::Built;
                         // A group's request is applied to the group's state
                         // already, which keeps copies of what it needs.
                         let request_held = (kind != Kind::Group).then_some(request_held);

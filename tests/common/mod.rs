@@ -387,6 +387,21 @@ pub fn rss(pid: u32) -> u64 {
 }
 
 /// A node's `/status`, if it answers.
+/// The sum of every series (all labels) of metrics whose names start
+/// with `name`, over `nodes`' `/metrics`; nodes that do not answer count 0.
+pub fn metric_sum<'a>(nodes: impl IntoIterator<Item = &'a NodeInfo>, name: &str) -> f64 {
+    nodes
+        .into_iter()
+        .filter_map(|n| http_get(&n.admin, "/metrics"))
+        .flat_map(|(_, body)| {
+            body.lines()
+                .filter(|l| l.starts_with(name))
+                .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
+
 pub fn status(admin: &str) -> Option<serde_json::Value> {
     let (_, body) = http_get(admin, "/status")?;
     serde_json::from_str(&body).ok()
