@@ -947,13 +947,10 @@ impl NodeConfig {
             ("kafka.default_partitions", k.default_partitions),
             ("groups.offsets_partitions", g.offsets_partitions),
         ] {
-            if n == 0 || n > crate::topic::PARTITIONS_MAX {
+            if n == 0 || n > crate::meta::PARTITIONS_MAX {
                 p.add(
                     key,
-                    format!(
-                        "{n} is out of range (1 to {})",
-                        crate::topic::PARTITIONS_MAX
-                    ),
+                    format!("{n} is out of range (1 to {})", crate::meta::PARTITIONS_MAX),
                 );
             }
         }
@@ -1263,7 +1260,7 @@ struct TopicsFile {
 impl TopicDecl {
     /// The topic configs this declaration stands for.
     pub fn configs(&self) -> std::collections::BTreeMap<String, String> {
-        use crate::topic::{
+        use crate::meta::{
             KEY_REGIONS, KEY_REPLICATION, KEY_RPO_MAX_MS, KEY_SYNC_QUORUM, KEY_WRITERS,
         };
         let mut c = self.configs.clone();
@@ -1309,8 +1306,8 @@ impl TopicDecl {
                 p.add(at.clone(), "declared twice; keep one [[topic]] per name");
             }
             let configs = t.configs();
-            let checked = crate::topic::validate_create(&t.name, t.partitions as i64, &configs)
-                .and_then(|_| crate::topic::validate_policy(&configs, regions));
+            let checked = crate::meta::validate_create(&t.name, t.partitions as i64, &configs)
+                .and_then(|_| crate::meta::validate_policy(&configs, regions));
             if let Err(e) = checked {
                 p.add(at, e.to_string());
             }

@@ -26,10 +26,12 @@ pub mod view;
 pub mod client;
 pub mod ops;
 
+pub mod command;
 pub mod config;
 pub mod hlc;
 pub mod ids;
+pub mod log;
+pub mod meta;
 pub mod metrics;
 pub mod node;
 pub mod supervise;
-pub mod topic;

@@ -310,8 +310,8 @@ async fn ensure_topics(
     topics: Vec<crate::config::TopicDecl>,
     shutdown: CancellationToken,
 ) {
+    use crate::meta::MetaError;
     use crate::router::TopicError;
-    use crate::topic::MetaError;
     for t in topics {
         let want = t.configs();
         let mut backoff = Duration::from_millis(200);

@@ -5,20 +5,21 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::command::{Command, CommandResult};
 use crate::config::{KafkaConfig, NodeSpec, Topology};
 use crate::ids::{GroupId, NodeId};
 use crate::link::{Forward, Link, KIND_LINK_FORWARD};
-use crate::metrics::Metrics;
-use crate::raft::groups::{CommitRx, WriteError};
-use crate::raft::types::{Command, CommandResult, RecordIn};
-use crate::raft::{Groups, PartitionGroup};
-use crate::storage::batch;
-use crate::storage::producers::{Producer, Refusal};
-use crate::storage::state_machine::read;
-use crate::topic::{
+use crate::log::batch;
+use crate::log::producers::{Producer, Refusal};
+use crate::log::RecordIn;
+use crate::meta::{
     policy, validate_config, validate_create, validate_policy, MetaError, Policy, TopicMeta,
     FIXED_AT_CREATION, KEY_REGIONS, KEY_WRITERS,
 };
+use crate::metrics::Metrics;
+use crate::raft::groups::{CommitRx, WriteError};
+use crate::raft::{Groups, PartitionGroup};
+use crate::storage::state_machine::read;
 
 /// Why a partition request failed; each maps to one Kafka error code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
@@ -455,7 +456,7 @@ impl Router {
         producer: Option<Producer>,
     ) -> Result<AppendTicket, PartitionError> {
         let (group, policy) = self.with_topic(topic, partition, |t, g| (g, self.policy(t)))?;
-        if matches!(policy.writers, crate::topic::Writers::Home(_))
+        if matches!(policy.writers, crate::meta::Writers::Home(_))
             && !policy.accepts_writes_in(&self.me.region)
         {
             // Forwarded here while the home moved away: the sender retries
@@ -603,7 +604,7 @@ impl Router {
         max_bytes: usize,
     ) -> Result<ReadResult, PartitionError> {
         let (group, delay) = self.with_topic(topic, partition, |t, g| {
-            (g, crate::topic::delay_ms(&t.configs))
+            (g, crate::meta::delay_ms(&t.configs))
         })?;
         let g = self
             .groups
@@ -613,7 +614,7 @@ impl Router {
         let (due_end, next_due_ms) = if delay == 0 {
             (hw, None)
         } else {
-            let below = crate::topic::due_below(delay, self.groups.clock.wall_now_ms());
+            let below = crate::meta::due_below(delay, self.groups.clock.wall_now_ms());
             match read::view_offset_for_hlc(self.groups.db(), g.id, below, hw)
                 .map_err(|e| PartitionError::Storage(e.to_string()))?
             {
@@ -746,7 +747,7 @@ impl Router {
     }
 
     pub async fn delete_topic(&self, name: &str, timeout: Duration) -> Result<(), TopicError> {
-        if name == crate::topic::OFFSETS_TOPIC {
+        if name == crate::meta::OFFSETS_TOPIC {
             return Err(MetaError::InternalTopic(name.to_string()).into());
         }
         self.meta(
@@ -826,7 +827,7 @@ impl Router {
         }
         let now = self.groups.clock.wall_now_ms();
         for r in [from, to] {
-            if !crate::control::lease::may_write(&meta.leases, r, now, 0) {
+            if !crate::meta::lease::may_write(&meta.leases, r, now, 0) {
                 return Err(refused(format!(
                     "region {r} holds no write lease now (cut off, or failing over); \
                      move the home once both regions are healthy"

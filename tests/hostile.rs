@@ -324,14 +324,8 @@ async fn hostile_input_does_not_stop_the_node() {
             Some(Bytes::from_static(v.as_bytes())),
         );
     }
-    let rec = meridian::kafka::records::plain(
-        0,
-        0,
-        0,
-        None,
-        Some(Bytes::from_static(b"forged")),
-        headers,
-    );
+    let rec =
+        meridian::log::records::plain(0, 0, 0, None, Some(Bytes::from_static(b"forged")), headers);
     let mut b = BytesMut::new();
     let opts = RecordEncodeOptions {
         version: 2,

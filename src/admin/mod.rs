@@ -282,8 +282,7 @@ pub fn status_of(r: &Router) -> Status {
             meta.leases
                 .keys()
                 .map(|region| {
-                    let left =
-                        crate::control::lease::remaining_ms(&meta.leases, region, now, margin);
+                    let left = crate::meta::lease::remaining_ms(&meta.leases, region, now, margin);
                     (region.clone(), left)
                 })
                 .collect()

@@ -755,7 +755,7 @@ pub fn encode_stamped(
                 .map(|(k, v)| (StrBytes::from_string(k.clone()), v.clone().map(Bytes::from)))
                 .collect();
             let mut rec =
-                crate::kafka::records::plain(0, i, now, r.key.clone(), r.value.clone(), headers);
+                crate::log::records::plain(0, i, now, r.key.clone(), r.value.clone(), headers);
             if let Some(s) = stamp {
                 rec.producer_id = s.id;
                 rec.producer_epoch = s.epoch;

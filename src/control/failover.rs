@@ -27,20 +27,20 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::seal::{self, Held, Seal, SealEnd};
+use crate::command::{Command, CommandResult};
 use crate::config::{ControlConfig, NodeSpec, Topology};
 use crate::ids::{origin_id, GroupId, LogRef, META_GROUP};
 use crate::link::{FailbackReq, Link};
+use crate::log::batch;
+use crate::log::RecordIn;
+use crate::meta::seal::{self, Held, Seal, SealEnd};
 use crate::metrics::Metrics;
 use crate::raft::groups::HeldQuery;
 use crate::raft::network::KIND_HELD;
-use crate::raft::types::RecordIn;
-use crate::raft::types::{Command, CommandResult};
 use crate::raft::{Groups, PartitionGroup};
-use crate::storage::batch;
 
+use crate::meta::MetaState;
 use crate::storage::state_machine::read;
-use crate::topic::MetaState;
 use crate::transport::Transport;
 
 /// Rounds of questions to survivors before a seal is taken anyway.
@@ -171,7 +171,7 @@ impl Failover {
             .values()
             .find(|t| t.name == g.topic)
             .ok_or("topic deleted")?;
-        let policy = crate::topic::policy(&t.configs, &self.link.region_names());
+        let policy = crate::meta::policy(&t.configs, &self.link.region_names());
         let region = self.me.region.clone();
         let timeout = self.transport.rpc_timeout() * 4;
         let leading = || g.leader() == Some(self.me.id);
@@ -305,7 +305,7 @@ impl Failover {
                     Some(hlc.to_string().into()),
                 ));
                 if let Some(p) = producer {
-                    let seq = crate::storage::producers::seq_add(p.base_sequence, i as i64);
+                    let seq = crate::log::producers::seq_add(p.base_sequence, i as i64);
                     r.headers.push((
                         batch::HEADER_REINJECTED_PRODUCER.to_string(),
                         Some(format!("{}/{}/{seq}", p.id, p.epoch).into()),
@@ -355,7 +355,7 @@ impl Failover {
             .topics
             .values()
             .filter(|t| {
-                let p = crate::topic::policy(&t.configs, &names);
+                let p = crate::meta::policy(&t.configs, &names);
                 // A topic no other region holds is left to wait for it.
                 // A home moving away from it: its log is sealed either way.
                 let moving = meta.pending_move(&t.name).is_some_and(|m| m.from == region);
@@ -502,8 +502,8 @@ impl Failover {
         let up: Vec<&str> = survivors.iter().map(|r| r.name.as_str()).collect();
         let mut homes = BTreeMap::new();
         for t in meta.topics.values() {
-            let p = crate::topic::policy(&t.configs, &names);
-            if p.writers != crate::topic::Writers::Home(lost.to_string()) {
+            let p = crate::meta::policy(&t.configs, &names);
+            if p.writers != crate::meta::Writers::Home(lost.to_string()) {
                 continue;
             }
             // A region that sealed its log of the topic when the home moved
@@ -586,7 +586,7 @@ impl Failover {
                 let Some(t) = meta.topics.get(&g.topic) else {
                     continue;
                 };
-                let p = crate::topic::policy(&t.configs, &names);
+                let p = crate::meta::policy(&t.configs, &names);
                 if !p.writer_regions().contains(&s.region) {
                     continue;
                 }

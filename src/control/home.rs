@@ -20,10 +20,10 @@
 use tracing::{debug, info};
 
 use super::failover::Failover;
+use crate::command::{Command, CommandResult};
 use crate::ids::{origin_id, LogRef};
-use crate::raft::types::{Command, CommandResult};
 
-use crate::topic::MetaState;
+use crate::meta::MetaState;
 
 impl Failover {
     /// Drives the moves of pinned topics' homes in the partition groups this

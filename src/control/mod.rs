@@ -9,8 +9,6 @@
 
 pub mod failover;
 mod home;
-pub mod lease;
-pub mod seal;
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -19,11 +17,11 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::command::{Command, CommandResult};
 use crate::config::{ControlConfig, NodeSpec, Topology};
+use crate::meta::lease::{self, Timing};
 use crate::metrics::Metrics;
-use crate::raft::types::{Command, CommandResult};
 use crate::raft::Groups;
-use lease::Timing;
 
 /// Whether this node's region may accept writes now.
 #[derive(Clone)]

@@ -22,8 +22,8 @@ use super::state::{code, Group, Join, JoinReply, Limits, Now, Out, SyncReply};
 use crate::config::{GroupsConfig, NodeSpec};
 use crate::ids::GroupId;
 
+use crate::meta::{MetaError, Policy};
 use crate::router::{AppendTicket, PartitionError, Router, TopicError};
-use crate::topic::{MetaError, Policy};
 
 /// How often timers (session timeouts, rebalance deadlines) are checked
 /// and groups this node no longer coordinates are let go.
@@ -485,7 +485,7 @@ impl Coordinator {
     }
 
     /// The internal topic, created on first use.
-    async fn offsets_topic(&self) -> Result<crate::topic::TopicMeta, (i16, String)> {
+    async fn offsets_topic(&self) -> Result<crate::meta::TopicMeta, (i16, String)> {
         if let Some(t) = self.router.topic(offsets::TOPIC) {
             return Ok(t);
         }
@@ -850,7 +850,7 @@ impl Coordinator {
     async fn submit(
         &self,
         p: u32,
-        records: Vec<crate::raft::types::RecordIn>,
+        records: Vec<crate::log::RecordIn>,
     ) -> Result<AppendTicket, PartitionError> {
         self.router
             .submit_append(
@@ -867,7 +867,7 @@ impl Coordinator {
     async fn propose(
         &self,
         p: u32,
-        records: Vec<crate::raft::types::RecordIn>,
+        records: Vec<crate::log::RecordIn>,
         data_policy: Option<&Policy>,
     ) -> Result<AppendTicket, i16> {
         let ticket = self.submit(p, records).await.map_err(|e| {

@@ -15,12 +15,13 @@ use serde::{Deserialize, Serialize};
 
 use super::presence::{self, Seen};
 use crate::ids::{GroupId, LogRef};
-use crate::raft::types::RecordIn;
+use crate::log::batch;
+use crate::log::RecordIn;
 use crate::storage::state_machine::{read, LogState};
-use crate::storage::{batch, Db, DbError, LogKey};
+use crate::storage::{Db, DbError, LogKey};
 
 /// The internal topic that carries commits.
-pub const TOPIC: &str = crate::topic::OFFSETS_TOPIC;
+pub const TOPIC: &str = crate::meta::OFFSETS_TOPIC;
 
 /// What a commit record's key names.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

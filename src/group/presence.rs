@@ -19,7 +19,7 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::raft::types::RecordIn;
+use crate::log::RecordIn;
 
 /// A presence record's key: the group it names. Its shape differs from a
 /// commit's key, so the commit fold skips it.

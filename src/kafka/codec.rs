@@ -184,7 +184,7 @@ mod tests {
     /// record count or its record's header count patched to `i32::MAX`.
     fn batch(patch_record_count: bool, patch_headers: bool) -> Bytes {
         use kafka_protocol::records::{Compression, RecordBatchEncoder, RecordEncodeOptions};
-        let record = crate::kafka::records::plain(
+        let record = crate::log::records::plain(
             0,
             0,
             0,

@@ -11,8 +11,8 @@ use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
 
 use super::{text, topic_error_code};
+use crate::meta::{validate_create, TopicMeta};
 use crate::router::{Router, TopicError};
-use crate::topic::{validate_create, TopicMeta};
 
 pub fn timeout_of(ms: i32) -> Duration {
     Duration::from_millis(ms.clamp(1_000, 60_000) as u64)

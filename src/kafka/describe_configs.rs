@@ -9,8 +9,8 @@ use kafka_protocol::messages::describe_configs_response::{
 use kafka_protocol::messages::{DescribeConfigsRequest, DescribeConfigsResponse};
 
 use super::text;
+use crate::meta::TOPIC_CONFIGS;
 use crate::router::Router;
-use crate::topic::TOPIC_CONFIGS;
 
 pub const RESOURCE_TOPIC: i8 = 2;
 pub const RESOURCE_BROKER: i8 = 4;

@@ -12,8 +12,8 @@ use kafka_protocol::messages::{IncrementalAlterConfigsRequest, IncrementalAlterC
 
 use super::describe_configs::RESOURCE_TOPIC;
 use super::{text, topic_error_code};
+use crate::meta::validate_config;
 use crate::router::Router;
-use crate::topic::validate_config;
 
 const OP_SET: i8 = 0;
 const OP_DELETE: i8 = 1;

@@ -13,8 +13,8 @@ use kafka_protocol::messages::metadata_response::{
 use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
 
 use super::{text, topic_error_code};
+use crate::meta::TopicMeta;
 use crate::router::Router;
-use crate::topic::TopicMeta;
 
 const AUTO_CREATE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -129,7 +129,7 @@ fn elsewhere(r: &Router, t: &TopicMeta) -> Option<Vec<u64>> {
         .collect();
     let other = candidates
         .iter()
-        .find(|reg| crate::control::lease::remaining_ms(&meta.leases, &reg.name, now, margin) > 0)
+        .find(|reg| crate::meta::lease::remaining_ms(&meta.leases, &reg.name, now, margin) > 0)
         .or(candidates.first())?;
     let mut ids: Vec<u64> = other.nodes.iter().map(|n| n.id).collect();
     ids.sort_unstable();
@@ -141,7 +141,7 @@ fn describe(r: &Router, t: &TopicMeta) -> MetadataResponseTopic {
         let replicas: Vec<BrokerId> = ids.iter().map(|n| BrokerId(*n as i32)).collect();
         let partitions = (0..t.partitions)
             .map(|p| {
-                let leader = crate::topic::preferred_leader(&ids, t.seq, p);
+                let leader = crate::meta::preferred_leader(&ids, t.seq, p);
                 MetadataResponsePartition::default()
                     .with_partition_index(p as i32)
                     .with_leader_id(BrokerId(leader as i32))

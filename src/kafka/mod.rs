@@ -7,7 +7,6 @@ pub mod decompress;
 pub mod log_limit;
 pub mod producer_ids;
 pub mod queued;
-pub mod records;
 pub mod server;
 
 mod api_versions;
@@ -27,9 +26,9 @@ pub use api_versions::SUPPORTED;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::protocol::StrBytes;
 
+use crate::log::producers::Refusal;
+use crate::meta::MetaError;
 use crate::router::{PartitionError, TopicError};
-use crate::storage::producers::Refusal;
-use crate::topic::MetaError;
 
 pub(crate) fn partition_error_code(e: &PartitionError) -> i16 {
     match e {

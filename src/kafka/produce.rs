@@ -19,10 +19,10 @@ use kafka_protocol::records::{Record, RecordBatchDecoder};
 use super::admission::{ByteBudget, Held};
 use super::decompress::{Budget, DecompressError, RequestBudget};
 use super::{partition_error_code, text};
-use crate::raft::types::RecordIn;
+use crate::log::batch::broker_reserved_header;
+use crate::log::producers::{seq_add, Producer};
+use crate::log::RecordIn;
 use crate::router::{AppendTicket, PartitionError, Router};
-use crate::storage::batch::broker_reserved_header;
-use crate::storage::producers::{seq_add, Producer};
 
 /// Why a partition's batch was refused before it reached Raft.
 enum Refused {
@@ -350,7 +350,7 @@ mod tests {
             );
         }
         let record =
-            crate::kafka::records::plain(0, 0, 0, None, Some(Bytes::copy_from_slice(value)), h);
+            crate::log::records::plain(0, 0, 0, None, Some(Bytes::copy_from_slice(value)), h);
         let mut buf = BytesMut::new();
         let opts = RecordEncodeOptions {
             version: 2,

@@ -12,13 +12,13 @@ use tracing::warn;
 
 use super::{FailbackReply, FailbackReq, Forward, ForwardReply, Held, Link, Reply, Ship};
 use super::{KIND_LINK_FAILBACK, KIND_LINK_FORWARD, KIND_LINK_SHIP, KIND_LINK_STATE};
+use crate::command::Command;
 use crate::hlc;
 use crate::ids::{GroupId, LogRef};
+use crate::log::batch;
 use crate::raft::groups::WriteError;
-use crate::raft::types::Command;
 use crate::raft::{Groups, PartitionGroup};
 use crate::router::PartitionError;
-use crate::storage::batch;
 
 fn ser<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, String> {
     bincode::serialize(v).map_err(|e| e.to_string())
@@ -133,9 +133,9 @@ pub fn handle(
                             Err(PartitionError::NotLeader(g.leader()))
                         } else {
                             match groups.write_to(&g, Command::Admit { log }, timeout).await {
-                                Ok(crate::raft::types::CommandResult::LogState {
-                                    closed, ..
-                                }) => Ok(closed),
+                                Ok(crate::command::CommandResult::LogState { closed, .. }) => {
+                                    Ok(closed)
+                                }
                                 Ok(other) => Err(PartitionError::Storage(format!(
                                     "unexpected admit result {other:?}"
                                 ))),
@@ -300,7 +300,7 @@ mod tests {
                 count: 2,
                 first_hlc: 1,
             };
-            let r = crate::raft::types::RecordIn {
+            let r = crate::log::RecordIn {
                 key: None,
                 value: Some(Bytes::from_static(b"v")),
                 headers: vec![],

@@ -24,8 +24,8 @@ use tokio::sync::watch;
 
 use crate::config::{LinkConfig, NodeSpec, Topology};
 use crate::ids::{GroupId, LogRef, NodeId};
+use crate::log::RecordIn;
 use crate::metrics::Metrics;
-use crate::raft::types::RecordIn;
 use crate::raft::Groups;
 use crate::router::Router;
 use crate::transport::{Handler, Transport};
@@ -84,7 +84,7 @@ impl Ship {
     pub fn start(&self) -> u64 {
         self.batches
             .first()
-            .and_then(|b| crate::storage::batch::decode(b).ok())
+            .and_then(|b| crate::log::batch::decode(b).ok())
             .map_or(self.end, |(h, _)| h.base_offset)
     }
 }
@@ -110,7 +110,7 @@ pub struct Forward {
     pub partition: i32,
     pub records: Vec<RecordIn>,
     /// An idempotent producer's id, epoch and first sequence.
-    pub producer: Option<crate::storage::producers::Producer>,
+    pub producer: Option<crate::log::producers::Producer>,
     pub timeout_ms: u64,
 }
 

@@ -9,13 +9,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
 use super::{Held, Link, Reply, Ship, KIND_LINK_SHIP, KIND_LINK_STATE};
+use crate::command::Command;
 use crate::hlc;
 use crate::ids::{origin_id, GroupId, LogRef};
-use crate::raft::types::Command;
 use crate::raft::{Groups, PartitionGroup};
 
+use crate::meta::Policy;
 use crate::storage::state_machine::read;
-use crate::topic::Policy;
 
 use futures::stream::{FuturesUnordered, StreamExt};
 
@@ -137,7 +137,7 @@ impl Link {
                 let Some(t) = meta.topics.get(&g.topic) else {
                     continue;
                 };
-                let policy = crate::topic::policy(&t.configs, &names);
+                let policy = crate::meta::policy(&t.configs, &names);
                 led.insert(g.id);
                 for r in policy.regions.iter().filter(|r| **r != self.me.region) {
                     wanted.insert((g.id, r.clone()));
@@ -381,7 +381,7 @@ impl Link {
         )?;
         let last = batches
             .last()
-            .and_then(|b| crate::storage::batch::decode(b).ok())
+            .and_then(|b| crate::log::batch::decode(b).ok())
             .map(|(h, _)| h);
         let (end, closed) = match last {
             // HLCs grow along the log: what follows the copy is newer than

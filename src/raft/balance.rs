@@ -1,6 +1,6 @@
 //! Partition leadership balance inside a region.
 //!
-//! Every partition group has a preferred leader (`topic::preferred_leader`:
+//! Every partition group has a preferred leader (`meta::preferred_leader`:
 //! partitions rotate over the region's nodes). Each node, every
 //! `raft.balance_interval_ms`, looks at the groups it leads: one that a live
 //! node prefers goes back to that node; failing that, while it leads more

@@ -23,15 +23,18 @@ use super::network::{
     KIND_PING, KIND_SNAPSHOT, KIND_VOTE,
 };
 use super::prevote;
-use super::types::{Command, CommandResult, Raft, TypeConfig};
+use crate::command::{Command, CommandResult, TypeConfig};
+
+/// A Raft group of this node.
+pub type Raft = openraft::Raft<TypeConfig>;
 use crate::config::{ControlConfig, RaftConfig, Topology};
 use crate::hlc::Clock;
 use crate::ids::{GroupId, NodeId, META_GROUP};
+use crate::meta::{preferred_leader, MetaState};
 use crate::metrics::Metrics;
 use crate::storage::log_store::CacheLimits;
 use crate::storage::state_machine::{Notify, Progress};
 use crate::storage::{Db, LogStore, StateMachine};
-use crate::topic::{preferred_leader, MetaState};
 use crate::transport::{Handler, Transport};
 
 #[derive(Debug, thiserror::Error)]
@@ -600,7 +603,7 @@ impl Groups {
     async fn reconcile(&self, meta: &MetaState) {
         let mut wanted = HashMap::new();
         for t in meta.topics.values() {
-            let policy = crate::topic::policy(&t.configs, &self.region_names);
+            let policy = crate::meta::policy(&t.configs, &self.region_names);
             if !policy.regions.contains(&self.region) {
                 continue; // the topic does not live in this region
             }
@@ -1006,7 +1009,7 @@ impl Groups {
     /// (what a `sync` ack waited for) is included. Groups it does not lead,
     /// or that cannot confirm their leadership within `timeout`, are left
     /// out.
-    pub async fn held(&self, q: &HeldQuery, timeout: Duration) -> Vec<crate::control::seal::Held> {
+    pub async fn held(&self, q: &HeldQuery, timeout: Duration) -> Vec<crate::meta::seal::Held> {
         held_of(self.led_of(q), q, timeout).await
     }
 }
@@ -1015,7 +1018,7 @@ async fn held_of(
     led: Vec<Arc<PartitionGroup>>,
     q: &HeldQuery,
     timeout: Duration,
-) -> Vec<crate::control::seal::Held> {
+) -> Vec<crate::meta::seal::Held> {
     let log = crate::ids::LogRef {
         origin: q.origin,
         epoch: q.epoch,
@@ -1032,7 +1035,7 @@ async fn held_of(
                 .get(&log)
                 .copied()
                 .unwrap_or_default();
-            crate::control::seal::Held {
+            crate::meta::seal::Held {
                 group: g.id,
                 next_offset: st.next_offset,
                 last_hlc: st.last_hlc,

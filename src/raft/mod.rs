@@ -6,6 +6,5 @@ pub mod balance;
 pub mod groups;
 pub mod network;
 pub mod prevote;
-pub mod types;
 
 pub use groups::{Groups, PartitionGroup};

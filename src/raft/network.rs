@@ -15,7 +15,7 @@ use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::types::{entry_bytes, TypeConfig};
+use crate::command::{entry_bytes, TypeConfig};
 use crate::ids::{GroupId, NodeId};
 use crate::transport::{Transport, TransportError};
 
@@ -28,7 +28,7 @@ pub const KIND_META_WRITE: u8 = 4;
 /// when the leader cannot be reached directly (partial partitions).
 pub const KIND_META_RELAY: u8 = 5;
 /// How much of a lost region's origin logs this node holds
-/// (`control::seal::Held`), asked by the metadata leader before a seal.
+/// (`meta::seal::Held`), asked by the metadata leader before a seal.
 pub const KIND_HELD: u8 = 6;
 /// Whether this node hears a live metadata leader (`raft::prevote`).
 pub const KIND_PING: u8 = 7;

@@ -14,8 +14,8 @@ use openraft::{AnyError, OptionalSend, RaftLogReader, StorageIOError, Vote};
 use rocksdb::WriteBatch;
 
 use super::{key, Db, CF_RAFT_LOG, CF_RAFT_STATE};
+use crate::command::{Entry, LogId, StorageError, TypeConfig};
 use crate::ids::{GroupId, NodeId};
-use crate::raft::types::{Entry, LogId, StorageError, TypeConfig};
 
 const TAG_VOTE: u64 = 1;
 const TAG_COMMITTED: u64 = 2;
@@ -49,7 +49,7 @@ struct Recent {
 }
 
 fn entry_bytes(e: &Entry) -> usize {
-    crate::raft::types::entry_bytes(e)
+    crate::command::entry_bytes(e)
         .try_into()
         .unwrap_or(usize::MAX)
 }
@@ -328,7 +328,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::raft::types::Command;
+    use crate::command::Command;
     use openraft::{CommittedLeaderId, Entry as RaftEntry, EntryPayload};
 
     /// The defaults.

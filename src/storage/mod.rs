@@ -6,12 +6,12 @@
 //! - `sm_state`   `[group]` -> the state machine's applied state; and
 //!   `[ff; 16]` -> the end of the producer ids this node reserved
 //!   (`producer_ids`)
-//! - `records`    `[group][origin][epoch][base offset]` -> stored batch (see [`batch`])
+//! - `records`    `[group][origin][epoch][base offset]` -> stored batch (see [`crate::log::batch`])
 //! - `hlc_index`  `[group][origin][epoch][last hlc]` -> base offset of that batch
 //! - `view`       `[group][position]` -> a run of the global view (`view::Run`)
 //! - `view_hlc`   `[group][first hlc of a run]` -> its position
 //! - `producers`  `[group][producer id]` -> an idempotent producer's state
-//!   in the partition (`producers::ProducerState`)
+//!   in the partition (`log::producers::ProducerState`)
 //!
 //! `[group][origin][epoch]` names one origin log of a partition ([`LogKey`]):
 //! the records one region committed in one epoch. A record's id is
@@ -23,10 +23,8 @@
 //! fsync ran. Entries are acknowledged to Raft (and so to producers) only
 //! after that fsync: invariant 1 without one fsync per record.
 
-pub mod batch;
 pub mod log_store;
 pub mod producer_ids;
-pub mod producers;
 pub mod state_machine;
 
 use std::path::Path;

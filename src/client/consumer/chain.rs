@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use crate::topic::{validate_topic_name, DELAY_MS_MAX, KEY_DELAY_MS, KEY_RETRY_NEXT};
+use crate::meta::{validate_topic_name, DELAY_MS_MAX, KEY_DELAY_MS, KEY_RETRY_NEXT};
 
 /// Most delivery attempts a chain may have (its retry topics are one fewer).
 pub const ATTEMPTS_MAX: u32 = 20;

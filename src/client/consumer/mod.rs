@@ -36,7 +36,7 @@ use tracing::{debug, info, warn};
 
 use crate::client::{encode_stamped, Client, ClientError, Connection, Consumed, OutRecord};
 use crate::group::state::code;
-use crate::topic::KEY_RETRY_NEXT;
+use crate::meta::KEY_RETRY_NEXT;
 use chain::{MoveMarker, Position};
 
 const V_FIND_COORDINATOR: i16 = 3;

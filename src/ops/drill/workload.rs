@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::report::{Ack, Event, Rec, Reinjected, Views};
 use super::{ClusterFile, DrillError};
 use crate::client::{encode_batch, Client, ClientError};
-use crate::storage::batch;
+use crate::log::batch;
 
 /// What the workload saw.
 #[derive(Default)]

@@ -12,8 +12,8 @@ use kafka_protocol::records::{
 
 use super::producers::{seq_add, Producer};
 use crate::hlc;
-use crate::kafka::records;
-use crate::raft::types::RecordIn;
+use crate::log::records;
+use crate::log::RecordIn;
 
 const FORMAT: u8 = 1;
 pub const HEADER_LEN: usize = 1 + 8 + 4 + 8;
@@ -162,7 +162,7 @@ fn encode_as(
 /// `proposed_hlc`. If the state machine accepts those HLCs, storing it only
 /// patches the base offset (see [`store`]); no replica re-encodes it. An
 /// idempotent producer's id, epoch and sequences are kept in the batch, so
-/// they travel with it to every region (see `storage::producers`).
+/// they travel with it to every region (see `log::producers`).
 pub fn propose(
     proposed_hlc: u64,
     origin: &str,

@@ -5,9 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::topic::MetaError;
-
 use crate::ids::NodeId;
+use crate::meta::MetaError;
 
 openraft::declare_raft_types!(
     /// Type configuration of every Meridian Raft group.
@@ -21,7 +20,6 @@ openraft::declare_raft_types!(
         AsyncRuntime = openraft::TokioRuntime,
 );
 
-pub type Raft = openraft::Raft<TypeConfig>;
 pub type LogId = openraft::LogId<NodeId>;
 pub type Entry = openraft::Entry<TypeConfig>;
 pub type StorageError = openraft::StorageError<NodeId>;
@@ -34,31 +32,6 @@ pub fn entry_bytes(e: &Entry) -> u64 {
     // Serializing an in-memory entry cannot fail; if it ever did, weigh it
     // as too large rather than free.
     bincode::serialized_size(e).unwrap_or(u64::MAX)
-}
-
-/// One record as a producer sent it. Timestamps are not kept: the record's
-/// timestamp is its HLC, fixed when it is committed. `Bytes` lets the
-/// leader refer to the request's buffer instead of copying it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RecordIn {
-    pub key: Option<bytes::Bytes>,
-    pub value: Option<bytes::Bytes>,
-    pub headers: Vec<(String, Option<bytes::Bytes>)>,
-}
-
-impl RecordIn {
-    /// The parts of a decoded Kafka record that Meridian keeps.
-    pub fn from_kafka(r: kafka_protocol::records::Record) -> Self {
-        RecordIn {
-            key: r.key,
-            value: r.value,
-            headers: r
-                .headers
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
-                .collect(),
-        }
-    }
 }
 
 /// A Raft log entry's payload.
@@ -74,7 +47,7 @@ pub enum Command {
     /// Meta group: delete a topic and its partitions' data.
     DeleteTopic { name: String },
     /// Meta group: `region` may accept writes until `until_ms` (Unix ms;
-    /// see `control::lease`). Refused unless the region is in `epoch`: a
+    /// see `meta::lease`). Refused unless the region is in `epoch`: a
     /// node that has not applied its region's seal yet (it is catching up
     /// after a restart or a cut) cannot take a lease for the sealed epoch.
     RenewLease {
@@ -83,10 +56,10 @@ pub enum Command {
         epoch: u32,
     },
     /// Meta group: fail a region over: seal its epoch's origin logs
-    /// (`control::seal`, invariant 7).
-    SealRegion(crate::control::seal::Seal),
+    /// (`meta::seal`, invariant 7).
+    SealRegion(crate::meta::seal::Seal),
     /// Meta group: an operator moves the home of pinned `topic` to region
-    /// `to` (`topic::HomeMove`). The current home seals its log of each
+    /// `to` (`meta::HomeMove`). The current home seals its log of each
     /// partition (`SealOwn`) and reports where (`HomeSealed`); `to` writes
     /// once its partition applied that seal.
     MoveHome { topic: String, to: String },
@@ -106,7 +79,7 @@ pub enum Command {
     },
     /// Partition group: append a producer's batch of `count` records,
     /// already encoded by the leader as a Kafka batch with offsets from 0 and
-    /// HLCs from `proposed_hlc` (see `storage::batch::propose`). The state
+    /// HLCs from `proposed_hlc` (see `log::batch::propose`). The state
     /// machine fixes the final offsets and HLCs.
     Append {
         proposed_hlc: u64,
@@ -118,7 +91,7 @@ pub enum Command {
     /// by the leader while the partition is idle; invariant 5).
     Close { hlc: u64 },
     /// Partition group: records of another origin log, copied by the link,
-    /// as the origin stored them (`storage::batch` form, whole batches, in
+    /// as the origin stored them (`log::batch` form, whole batches, in
     /// offset order), and that log's closed timestamp as of their end.
     /// Applying it is idempotent: records already held are skipped
     /// (invariant 3).
@@ -175,7 +148,7 @@ pub enum Command {
     BeginEpoch { epoch: u32, floor: Option<u64> },
     /// Partition group: as `Append`, for a batch of an idempotent producer
     /// (its id, epoch and sequences are in the batch header). Applied only
-    /// if it continues the producer's sequence (`storage::producers`); a
+    /// if it continues the producer's sequence (`log::producers`); a
     /// producer last seen in another log waits until every other writer
     /// log is held here up to HLC `settled_at`.
     AppendIdempotent {
@@ -233,7 +206,7 @@ pub enum CommandResult {
         view_offset: Option<u64>,
     },
     /// After `AppendIdempotent`: refused by the producer's sequence.
-    ProducerRefused(crate::storage::producers::Refusal),
+    ProducerRefused(crate::log::producers::Refusal),
 }
 
 #[cfg(test)]

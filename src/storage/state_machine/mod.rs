@@ -7,6 +7,8 @@
 // traits require; boxing it in our helpers would only move the cost.
 #![allow(clippy::result_large_err)]
 
+mod meta;
+
 use std::collections::{BTreeMap, VecDeque};
 use std::io::Cursor;
 use std::sync::Arc;
@@ -20,17 +22,18 @@ use rocksdb::WriteBatch;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::batch::{self, BatchHeader};
-use super::producers::{self, Producer, ProducerState, ProducerTable, StoredBatch, Verdict};
 use super::{
     key, Db, LogKey, CF_HLC_INDEX, CF_PRODUCERS, CF_RECORDS, CF_SM_STATE, CF_VIEW, CF_VIEW_HLC,
 };
-use crate::control::seal::{origin_closed, LogClose};
+use crate::command::{Command, CommandResult, Entry, LogId, StorageError, TypeConfig};
 use crate::hlc::{self, Clock};
 use crate::ids::{origin_id, GroupId, LogRef, NodeId, EPOCH_FIRST, META_GROUP};
-use crate::raft::types::{Command, CommandResult, Entry, LogId, StorageError, TypeConfig};
-use crate::topic::MetaState;
+use crate::log::batch::{self, BatchHeader};
+use crate::log::producers::{self, Producer, ProducerState, ProducerTable, StoredBatch, Verdict};
+use crate::meta::seal::{origin_closed, LogClose};
+use crate::meta::MetaState;
 use crate::view::{self, Run, Segment};
+use meta::ApplyMeta;
 
 /// One origin log of a partition as held here.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -722,7 +725,7 @@ impl StateMachine {
         let Ok(records) = batch::decode_records(proposed, count) else {
             return Ok((count, Some(proposed.clone())));
         };
-        let producer_of = |r: &crate::raft::types::RecordIn| -> Option<(i64, i16, i32)> {
+        let producer_of = |r: &crate::log::RecordIn| -> Option<(i64, i16, i32)> {
             let (_, v) = r
                 .headers
                 .iter()
@@ -950,7 +953,7 @@ impl StateMachine {
 
     /// The view's watermark: the smallest closed timestamp among the
     /// writer origins, where a sealed log held up to its seal no longer
-    /// counts (`control::seal::origin_closed`).
+    /// counts (`meta::seal::origin_closed`).
     fn watermark(&self) -> u64 {
         self.view_origins
             .iter()
@@ -1406,7 +1409,7 @@ pub mod read {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::raft::types::RecordIn;
+    use crate::log::RecordIn;
 
     #[test]
     fn records_held_for_the_view_stop_at_a_seal_and_skip_other_origins() {
