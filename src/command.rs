@@ -1,11 +1,15 @@
-//! The Raft type configuration shared by every group: the region's meta group
-//! (topics) and one group per partition.
+//! What every Raft group agrees on: the commands of its log ([`Command`]),
+//! what applying one returns ([`CommandResult`]), the openraft type config
+//! shared by the region's meta group and one group per partition, and why
+//! a write to a partition failed ([`PartitionError`], also sent between
+//! regions with forwarded produces and failback requests).
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use crate::ids::NodeId;
+use crate::log::producers::Refusal;
 use crate::meta::MetaError;
 
 openraft::declare_raft_types!(
@@ -206,7 +210,63 @@ pub enum CommandResult {
         view_offset: Option<u64>,
     },
     /// After `AppendIdempotent`: refused by the producer's sequence.
-    ProducerRefused(crate::log::producers::Refusal),
+    ProducerRefused(Refusal),
+}
+
+/// Why a partition request failed; each maps to one Kafka error code. The
+/// router gives it to the Kafka handlers, and the link carries it back
+/// from another region (bincode).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
+pub enum PartitionError {
+    #[error("unknown topic or partition")]
+    UnknownTopicOrPartition,
+    #[error("not the leader (leader: {0:?})")]
+    NotLeader(Option<NodeId>),
+    #[error("no leader elected yet")]
+    LeaderNotAvailable,
+    #[error("timed out waiting for the commit")]
+    Timeout,
+    #[error("storage error: {0}")]
+    Storage(String),
+    #[error("not enough regions hold the write: {0}")]
+    NotEnoughReplicas(String),
+    #[error("{0}")]
+    Refused(String),
+    /// The region holds no write lease (invariant 6): retriable, and
+    /// metadata points to other regions.
+    #[error("region {0} holds no write lease (cut off from the other regions?); write to another region")]
+    Fenced(String),
+    /// The region is back from a failover and this partition has not begun
+    /// the region's new epoch yet (failback): retriable, in moments.
+    #[error(
+        "the partition has not begun region {region}'s epoch {epoch} yet (failing back); retry"
+    )]
+    EpochPending { region: String, epoch: u32 },
+    /// An idempotent producer's batch refused by its sequence.
+    #[error("{}", producer_refusal(.0))]
+    Producer(Refusal),
+    /// The batch, as it would be stored, is larger than one Raft entry
+    /// may be (`raft.entry_bytes_max`).
+    #[error("the batch is {bytes} bytes as stored, more than raft.entry_bytes_max ({max}); send smaller batches")]
+    TooLarge { bytes: u64, max: u64 },
+}
+
+fn producer_refusal(r: &Refusal) -> String {
+    match r {
+        Refusal::DuplicateOld => {
+            "the batch's sequence numbers were stored before (a retry of an old batch)".into()
+        }
+        Refusal::OutOfOrder { expected, got } => {
+            format!("out of order: expected sequence {expected}, got {got}")
+        }
+        Refusal::UnknownProducer => {
+            "this partition holds no state of the producer id (never seen, or expired); start its sequence at 0".into()
+        }
+        Refusal::StaleEpoch { current } => {
+            format!("the producer's epoch is older than its current epoch {current}")
+        }
+        Refusal::Settling { .. } => "the producer last wrote through another region, whose records of this partition are not all here yet; retry".into(),
+    }
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ pub mod kafka;
 pub mod link;
 pub mod raft;
 pub mod router;
+pub mod rpc;
 pub mod storage;
 pub mod transport;
 pub mod view;

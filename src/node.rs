@@ -13,11 +13,12 @@ use tracing::{debug, error, info, warn, Instrument};
 use crate::admin;
 use crate::config::NodeConfig;
 use crate::hlc::Clock;
-use crate::link::{Dispatch, Link};
+use crate::link::Link;
 use crate::metrics::Metrics;
 use crate::raft::groups::GroupError;
 use crate::raft::Groups;
 use crate::router::Router;
+use crate::rpc::Dispatch;
 use crate::storage::{Db, DbError};
 use crate::supervise;
 use crate::transport::faults::Faults;
@@ -135,13 +136,6 @@ async fn run_inner(config: NodeConfig, shutdown: CancellationToken) -> Result<()
         config.link.clone(),
         metrics.clone(),
     );
-    let transport_serving = transport.serve(
-        Arc::new(Dispatch {
-            groups: groups.clone(),
-            link: link.clone(),
-        }),
-        shutdown.clone(),
-    );
     {
         let (l, s) = (link.clone(), shutdown.clone());
         supervise::spawn("link", shutdown.clone(), metrics.clone(), move || {
@@ -208,7 +202,16 @@ async fn run_inner(config: NodeConfig, shutdown: CancellationToken) -> Result<()
             )
         });
     }
-    link.set_router(&router);
+    // Node-to-node requests are served once the router exists: forwarded
+    // produces and failback requests go to it (`rpc`).
+    let transport_serving = transport.serve(
+        Arc::new(Dispatch {
+            groups: groups.clone(),
+            link: link.clone(),
+            router: router.clone(),
+        }),
+        shutdown.clone(),
+    );
     if !config.topics.is_empty() {
         tokio::spawn(ensure_topics(
             router.clone(),

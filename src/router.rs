@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::command::{Command, CommandResult};
+use crate::command::{Command, CommandResult, PartitionError};
 use crate::config::{KafkaConfig, NodeSpec, Topology};
 use crate::ids::{GroupId, NodeId};
 use crate::link::{Forward, Link, KIND_LINK_FORWARD};
@@ -20,42 +20,6 @@ use crate::metrics::Metrics;
 use crate::raft::groups::{CommitRx, WriteError};
 use crate::raft::{Groups, PartitionGroup};
 use crate::storage::state_machine::read;
-
-/// Why a partition request failed; each maps to one Kafka error code.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
-pub enum PartitionError {
-    #[error("unknown topic or partition")]
-    UnknownTopicOrPartition,
-    #[error("not the leader (leader: {0:?})")]
-    NotLeader(Option<NodeId>),
-    #[error("no leader elected yet")]
-    LeaderNotAvailable,
-    #[error("timed out waiting for the commit")]
-    Timeout,
-    #[error("storage error: {0}")]
-    Storage(String),
-    #[error("not enough regions hold the write: {0}")]
-    NotEnoughReplicas(String),
-    #[error("{0}")]
-    Refused(String),
-    /// The region holds no write lease (invariant 6): retriable, and
-    /// metadata points to other regions.
-    #[error("region {0} holds no write lease (cut off from the other regions?); write to another region")]
-    Fenced(String),
-    /// The region is back from a failover and this partition has not begun
-    /// the region's new epoch yet (failback): retriable, in moments.
-    #[error(
-        "the partition has not begun region {region}'s epoch {epoch} yet (failing back); retry"
-    )]
-    EpochPending { region: String, epoch: u32 },
-    /// An idempotent producer's batch refused by its sequence.
-    #[error("{}", producer_refusal(.0))]
-    Producer(Refusal),
-    /// The batch, as it would be stored, is larger than one Raft entry
-    /// may be (`raft.entry_bytes_max`).
-    #[error("the batch is {bytes} bytes as stored, more than raft.entry_bytes_max ({max}); send smaller batches")]
-    TooLarge { bytes: u64, max: u64 },
-}
 
 /// The rule of [`Router::check_readable`]: `me` serves reads when it is
 /// the leader and has applied an entry of the current term (a new leader's
@@ -78,24 +42,6 @@ pub fn readable(
         Ok(())
     } else {
         Err(PartitionError::LeaderNotAvailable)
-    }
-}
-
-fn producer_refusal(r: &Refusal) -> String {
-    match r {
-        Refusal::DuplicateOld => {
-            "the batch's sequence numbers were stored before (a retry of an old batch)".into()
-        }
-        Refusal::OutOfOrder { expected, got } => {
-            format!("out of order: expected sequence {expected}, got {got}")
-        }
-        Refusal::UnknownProducer => {
-            "this partition holds no state of the producer id (never seen, or expired); start its sequence at 0".into()
-        }
-        Refusal::StaleEpoch { current } => {
-            format!("the producer's epoch is older than its current epoch {current}")
-        }
-        Refusal::Settling { .. } => "the producer last wrote through another region, whose records of this partition are not all here yet; retry".into(),
     }
 }
 

@@ -22,8 +22,9 @@ use super::state::{code, Group, Join, JoinReply, Limits, Now, Out, SyncReply};
 use crate::config::{GroupsConfig, NodeSpec};
 use crate::ids::GroupId;
 
+use crate::command::PartitionError;
 use crate::meta::{MetaError, Policy};
-use crate::router::{AppendTicket, PartitionError, Router, TopicError};
+use crate::router::{AppendTicket, Router, TopicError};
 
 /// How often timers (session timeouts, rebalance deadlines) are checked
 /// and groups this node no longer coordinates are let go.

@@ -7,7 +7,8 @@ use kafka_protocol::messages::list_offsets_response::{
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 
 use super::partition_error_code;
-use crate::router::{PartitionError, Router};
+use crate::command::PartitionError;
+use crate::router::Router;
 
 const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;

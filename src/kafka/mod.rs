@@ -26,9 +26,10 @@ pub use api_versions::SUPPORTED;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::protocol::StrBytes;
 
+use crate::command::PartitionError;
 use crate::log::producers::Refusal;
 use crate::meta::MetaError;
-use crate::router::{PartitionError, TopicError};
+use crate::router::TopicError;
 
 pub(crate) fn partition_error_code(e: &PartitionError) -> i16 {
     match e {

@@ -19,10 +19,11 @@ use kafka_protocol::records::{Record, RecordBatchDecoder};
 use super::admission::{ByteBudget, Held};
 use super::decompress::{Budget, DecompressError, RequestBudget};
 use super::{partition_error_code, text};
+use crate::command::PartitionError;
 use crate::log::batch::broker_reserved_header;
 use crate::log::producers::{seq_add, Producer};
 use crate::log::RecordIn;
-use crate::router::{AppendTicket, PartitionError, Router};
+use crate::router::{AppendTicket, Router};
 
 /// Why a partition's batch was refused before it reached Raft.
 enum Refused {

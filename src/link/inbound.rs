@@ -1,5 +1,6 @@
-//! The receiving side of the link: copies into the local partition group,
-//! high-watermark queries, and forwarded produces.
+//! The receiving side of the link: copies into the local partition group
+//! and high-watermark queries. Forwarded produces and failback requests
+//! arrive on the link's kinds too, but are the router's: `rpc` serves them.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -10,15 +11,14 @@ use futures::future::BoxFuture;
 use tokio::sync::watch;
 use tracing::warn;
 
-use super::{FailbackReply, FailbackReq, Forward, ForwardReply, Held, Link, Reply, Ship};
-use super::{KIND_LINK_FAILBACK, KIND_LINK_FORWARD, KIND_LINK_SHIP, KIND_LINK_STATE};
+use super::{Held, Link, Reply, Ship};
+use super::{KIND_LINK_SHIP, KIND_LINK_STATE};
 use crate::command::Command;
 use crate::hlc;
 use crate::ids::{GroupId, LogRef};
 use crate::log::batch;
 use crate::raft::groups::WriteError;
 use crate::raft::{Groups, PartitionGroup};
-use crate::router::PartitionError;
 
 fn ser<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, String> {
     bincode::serialize(v).map_err(|e| e.to_string())
@@ -89,63 +89,9 @@ pub fn handle(
     let drift_max = link.cfg.clock_drift_ms_max;
     let metrics = link.metrics.clone();
     let timeout = link.transport.rpc_timeout();
-    let router = link.router.get().and_then(|w| w.upgrade());
     let lanes = link.lanes.clone();
     Box::pin(async move {
         match kind {
-            KIND_LINK_FORWARD => {
-                let f: Forward = bincode::deserialize(&payload).map_err(|e| e.to_string())?;
-                let Some(router) = router else {
-                    return ser::<ForwardReply>(&Err(PartitionError::LeaderNotAvailable));
-                };
-                // The same cap as a produce received here.
-                let max = Duration::from_millis(router.kafka.produce_timeout_ms_max);
-                let t = Duration::from_millis(f.timeout_ms).min(max);
-                let r = async {
-                    router
-                        .submit_local(&f.topic, f.partition, f.records, f.producer)
-                        .await?
-                        .wait(t)
-                        .await
-                }
-                .await;
-                ser::<ForwardReply>(&r)
-            }
-            KIND_LINK_FAILBACK => {
-                let req: FailbackReq = bincode::deserialize(&payload).map_err(|e| e.to_string())?;
-                let r: FailbackReply = match (req, router, g) {
-                    (_, None, _) | (_, _, None) => Err(PartitionError::LeaderNotAvailable),
-                    (
-                        FailbackReq::Reinject {
-                            from,
-                            offset,
-                            records,
-                            timeout_ms,
-                        },
-                        Some(router),
-                        Some(_),
-                    ) => {
-                        let t = Duration::from_millis(timeout_ms).min(timeout);
-                        router.reinject(group, from, offset, records, t).await
-                    }
-                    (FailbackReq::Admit { log }, Some(_), Some(g)) => {
-                        if g.leader() != Some(me) {
-                            Err(PartitionError::NotLeader(g.leader()))
-                        } else {
-                            match groups.write_to(&g, Command::Admit { log }, timeout).await {
-                                Ok(crate::command::CommandResult::LogState { closed, .. }) => {
-                                    Ok(closed)
-                                }
-                                Ok(other) => Err(PartitionError::Storage(format!(
-                                    "unexpected admit result {other:?}"
-                                ))),
-                                Err(e) => Err(e.into()),
-                            }
-                        }
-                    }
-                };
-                ser(&r)
-            }
             KIND_LINK_STATE | KIND_LINK_SHIP => {
                 let Some(g) = g else {
                     return ser(&Reply::NotLeader(None));

@@ -9,13 +9,17 @@
 //!   timestamps while the partition is idle.
 //! - [`inbound`]: proposes copied batches into the local partition group
 //!   (`Command::Replicate`, idempotent) and answers with its high
-//!   watermarks; forwards writes for topics pinned to a home region.
+//!   watermarks.
+//!
+//! The link also defines the messages of writes forwarded to a pinned
+//! topic's home ([`Forward`]) and of failback ([`FailbackReq`]), and sends
+//! them ([`Link::call_leader`]); `rpc` serves them on the receiving node.
 
 pub mod inbound;
 pub mod outbound;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -27,7 +31,6 @@ use crate::ids::{GroupId, LogRef, NodeId};
 use crate::log::RecordIn;
 use crate::metrics::Metrics;
 use crate::raft::Groups;
-use crate::router::Router;
 use crate::transport::{Handler, Transport};
 
 /// Copy batches of one origin log into the receiver's partition group.
@@ -39,9 +42,11 @@ pub const KIND_LINK_FORWARD: u8 = 18;
 /// A returning region's failback steps ([`FailbackReq`]).
 pub const KIND_LINK_FAILBACK: u8 = 19;
 
-/// Request kinds the link serves; the rest belong to Raft.
-pub fn is_link_kind(kind: u8) -> bool {
-    (KIND_LINK_SHIP..=KIND_LINK_FAILBACK).contains(&kind)
+/// Request kinds the link's copier serves ([`Link`] as a transport
+/// `Handler`). Forwarded produces and failback requests travel between the
+/// same nodes but are served above the link, by `rpc`.
+pub fn is_copy_kind(kind: u8) -> bool {
+    kind == KIND_LINK_SHIP || kind == KIND_LINK_STATE
 }
 
 /// What a region failing back asks of another region's partition leader.
@@ -62,7 +67,7 @@ pub enum FailbackReq {
 
 /// Reinject: how far the sealed log is re-injected; Admit: the closed
 /// timestamp the new log starts at.
-pub type FailbackReply = Result<u64, crate::router::PartitionError>;
+pub type FailbackReply = Result<u64, crate::command::PartitionError>;
 
 /// A copy of one origin log's batches (stored form), and the log's closed
 /// timestamp as of their end.
@@ -115,7 +120,7 @@ pub struct Forward {
 }
 
 /// What a forwarded produce returns: the Kafka offset, or why not.
-pub type ForwardReply = Result<i64, crate::router::PartitionError>;
+pub type ForwardReply = Result<i64, crate::command::PartitionError>;
 
 /// High watermark and closed timestamp of every origin log in `logs`. A
 /// sealed log counts as held up to its seal at most: what a replica holds
@@ -149,7 +154,6 @@ pub struct Link {
     pub metrics: Arc<Metrics>,
     acks: Mutex<HashMap<GroupId, watch::Sender<RemoteAcks>>>,
     lanes: inbound::Lanes,
-    router: OnceLock<Weak<Router>>,
 }
 
 impl Link {
@@ -170,13 +174,7 @@ impl Link {
             metrics,
             acks: Mutex::new(HashMap::new()),
             lanes: inbound::Lanes::default(),
-            router: OnceLock::new(),
         })
-    }
-
-    /// The router that forwarded produces go to.
-    pub fn set_router(&self, r: &Arc<Router>) {
-        let _ = self.router.set(Arc::downgrade(r));
     }
 
     fn acks_tx(&self, group: GroupId) -> watch::Sender<RemoteAcks> {
@@ -234,8 +232,8 @@ impl Link {
         group: GroupId,
         payload: &[u8],
         timeout: std::time::Duration,
-    ) -> Result<T, crate::router::PartitionError> {
-        use crate::router::PartitionError;
+    ) -> Result<T, crate::command::PartitionError> {
+        use crate::command::PartitionError;
         let nodes = self.region_nodes(region);
         if nodes.is_empty() {
             return Err(PartitionError::Refused(format!(
@@ -288,26 +286,5 @@ impl Handler for Link {
         payload: Bytes,
     ) -> BoxFuture<'static, Result<Vec<u8>, String>> {
         inbound::handle(self, kind, group, payload)
-    }
-}
-
-/// Serves Raft and link requests on one transport endpoint.
-pub struct Dispatch {
-    pub groups: Arc<Groups>,
-    pub link: Arc<Link>,
-}
-
-impl Handler for Dispatch {
-    fn handle(
-        &self,
-        kind: u8,
-        group: u64,
-        payload: Bytes,
-    ) -> BoxFuture<'static, Result<Vec<u8>, String>> {
-        if is_link_kind(kind) {
-            self.link.handle(kind, group, payload)
-        } else {
-            self.groups.handle(kind, group, payload)
-        }
     }
 }
