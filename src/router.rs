@@ -19,7 +19,7 @@ use crate::meta::{
 use crate::metrics::Metrics;
 use crate::raft::groups::{CommitRx, WriteError};
 use crate::raft::{Groups, PartitionGroup};
-use crate::storage::state_machine::read;
+use crate::storage::read;
 
 /// The rule of [`Router::check_readable`]: `me` serves reads when it is
 /// the leader and has applied an entry of the current term (a new leader's

@@ -40,7 +40,7 @@ use crate::raft::network::KIND_HELD;
 use crate::raft::{Groups, PartitionGroup};
 
 use crate::meta::MetaState;
-use crate::storage::state_machine::read;
+use crate::storage::read;
 use crate::transport::Transport;
 
 /// Rounds of questions to survivors before a seal is taken anyway.

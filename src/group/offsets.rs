@@ -17,7 +17,8 @@ use super::presence::{self, Seen};
 use crate::ids::{GroupId, LogRef};
 use crate::log::batch;
 use crate::log::RecordIn;
-use crate::storage::state_machine::{read, LogState};
+use crate::storage::read;
+use crate::storage::state_machine::LogState;
 use crate::storage::{Db, DbError, LogKey};
 
 /// The internal topic that carries commits.

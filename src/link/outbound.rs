@@ -15,7 +15,7 @@ use crate::ids::{origin_id, GroupId, LogRef};
 use crate::raft::{Groups, PartitionGroup};
 
 use crate::meta::Policy;
-use crate::storage::state_machine::read;
+use crate::storage::read;
 
 use futures::stream::{FuturesUnordered, StreamExt};
 

@@ -25,6 +25,7 @@
 
 pub mod log_store;
 pub mod producer_ids;
+pub mod read;
 pub mod state_machine;
 
 use std::path::Path;

@@ -63,7 +63,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use crate::meta::seal::Seal;
-    use crate::meta::KEY_WRITERS;
+    use crate::meta::{validate_config, validate_create, KEY_WRITERS};
 
     fn create(name: &str, partitions: u32) -> Command {
         Command::CreateTopic {
