@@ -8,21 +8,13 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{http_get, Cluster};
+use common::{status, Cluster};
 use kafka_protocol::records::Compression;
 use meridian::client::{encode_batch, Client};
 
 /// Partitions led per node, as `node`'s `/status` says.
 fn leaders(c: &Cluster, node: u64) -> Option<BTreeMap<u64, usize>> {
-    let (_, body) = http_get(&c.node(node).admin, "/status")?;
-    let s: serde_json::Value = serde_json::from_str(&body).ok()?;
-    Some(
-        s["leaders"]
-            .as_object()?
-            .iter()
-            .map(|(k, v)| (k.parse().unwrap(), v.as_u64().unwrap() as usize))
-            .collect(),
-    )
+    Some(status(&c.node(node).admin)?.leaders)
 }
 
 fn wait_spread(c: &Cluster, asked: u64, want: &BTreeMap<u64, usize>, what: &str) {

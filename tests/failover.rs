@@ -121,17 +121,17 @@ async fn killing_the_leader_loses_no_acknowledged_record() {
     let hw = log.len() as u64;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let (_, body) = common::http_get(&c.node(killed).admin, "/status").unwrap_or_default();
-        let caught_up = serde_json::from_str::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|s| s["partitions"][0]["high_watermark"].as_u64())
+        let status = common::status(&c.node(killed).admin);
+        let caught_up = status
+            .as_ref()
+            .and_then(|s| s.partitions.first()?.high_watermark)
             .is_some_and(|h| h >= hw);
         if caught_up {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "restarted node {killed} did not catch up: {body}"
+            "restarted node {killed} did not catch up: {status:?}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -374,11 +374,12 @@ fn a_batch_retried_in_another_region_after_a_failover_is_stored_once() {
 /// as a node of `region` sees it.
 fn first_origin(c: &Cluster, region: &str, topic: &str) -> Option<String> {
     c.region_nodes(region).iter().find_map(|n| {
-        topic_partitions(&n.admin, topic)?.first()?["origin_logs"]
-            .as_array()?
+        topic_partitions(&n.admin, topic)?
+            .first()?
+            .origin_logs
             .iter()
-            .find(|l| l["next_offset"].as_u64() >= Some(1))
-            .and_then(|l| Some(l["origin"].as_str()?.to_string()))
+            .find(|l| l.next_offset >= 1)
+            .map(|l| l.origin.clone())
     })
 }
 

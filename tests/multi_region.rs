@@ -11,6 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{meridian, python_json, repo, require, status, topic_partitions, Cluster};
 use kafka_protocol::records::Compression;
+use meridian::admin::status::{GroupStatus, SealStatus};
 use meridian::client::{encode_batch, produce_on, ClientError, Connection};
 
 const REGIONS: [&str; 3] = ["us-east", "eu-west", "ap-south"];
@@ -350,13 +351,12 @@ fn sync_acks_wait_for_a_region_quorum_and_async_acks_do_not() {
         let lagging: Vec<String> = c
             .region_nodes("eu-west")
             .iter()
-            .filter_map(|n| common::http_get(&n.admin, "/status"))
-            .filter_map(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
-            .flat_map(|s| s["partitions"].as_array().cloned().unwrap_or_default())
-            .filter(|p| p["topic"] == "a")
-            .flat_map(|p| p["links"].as_array().cloned().unwrap_or_default())
-            .filter(|l| l["lag_records"] != 0)
-            .map(|l| l.to_string())
+            .filter_map(|n| common::status(&n.admin))
+            .flat_map(|s| s.partitions)
+            .filter(|p| p.topic.as_deref() == Some("a"))
+            .flat_map(|p| p.links)
+            .filter(|l| l.lag_records != 0)
+            .map(|l| format!("{l:?}"))
             .collect();
         if lagging.is_empty() {
             break;
@@ -705,11 +705,11 @@ fn copies_from_a_clock_too_far_ahead_are_refused_until_it_is_fixed() {
         .iter()
         .map(|n| {
             let parts = topic_partitions(&n.admin, "skew")?;
-            let logs = parts.first()?["origin_logs"].as_array()?;
+            let logs = &parts.first()?.origin_logs;
             Some(
                 logs.iter()
-                    .filter(|l| l["origin"] == "eu-west")
-                    .filter_map(|l| l["next_offset"].as_u64())
+                    .filter(|l| l.origin == "eu-west")
+                    .map(|l| l.next_offset)
                     .sum(),
             )
         })
@@ -732,8 +732,8 @@ fn copies_from_a_clock_too_far_ahead_are_refused_until_it_is_fixed() {
     check_views(&views, &p.acked);
 }
 
-fn meta_status(c: &Cluster, id: u64) -> Option<serde_json::Value> {
-    Some(status(&c.node(id).admin)?["meta"].clone())
+fn meta_status(c: &Cluster, id: u64) -> Option<GroupStatus> {
+    Some(status(&c.node(id).admin)?.meta)
 }
 
 /// Lease renewals grow the metadata log, so the metadata group snapshots
@@ -749,28 +749,23 @@ fn a_node_away_past_the_purged_metadata_log_catches_up_from_a_snapshot() {
     // Node 9 purges its own log before it goes (that is what it must read
     // back at restart) ...
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while meta_status(&c, 9)
-        .and_then(|m| m["purged_index"].as_u64())
-        .is_none()
-    {
+    while meta_status(&c, 9).and_then(|m| m.purged_index).is_none() {
         assert!(
             std::time::Instant::now() < deadline,
             "node 9 never purged its log"
         );
         std::thread::sleep(Duration::from_millis(300));
     }
-    let away_at = meta_status(&c, 9).unwrap()["applied_index"]
-        .as_u64()
-        .unwrap();
+    let away_at = meta_status(&c, 9).unwrap().applied_index.unwrap();
     c.kill9(9);
     // ... and while it is away, the leader purges past where it stopped.
     let target = loop {
         let leader = (1..=8)
             .filter_map(|id| meta_status(&c, id))
-            .find(|m| m["state"] == "Leader");
+            .find(|m| m.state == "Leader");
         if let Some(m) = leader {
-            if m["purged_index"].as_u64().is_some_and(|p| p > away_at) {
-                break m["commit_index"].as_u64().unwrap();
+            if m.purged_index.is_some_and(|p| p > away_at) {
+                break m.commit_index.unwrap();
             }
         }
         assert!(
@@ -782,7 +777,7 @@ fn a_node_away_past_the_purged_metadata_log_catches_up_from_a_snapshot() {
     c.restart(9);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let applied = meta_status(&c, 9).and_then(|m| m["applied_index"].as_u64());
+        let applied = meta_status(&c, 9).and_then(|m| m.applied_index);
         if applied.is_some_and(|a| a >= target) {
             break;
         }
@@ -853,8 +848,8 @@ fn a_lost_region_is_failed_over_and_the_view_goes_on_without_it() {
     let west = c.region_nodes("eu-west")[0].admin.clone();
     let seal = loop {
         let s = status(&west);
-        if let Some(seal) = s.as_ref().and_then(|s| s["seals"].get(0)) {
-            break seal.clone();
+        if let Some(seal) = s.and_then(|s| s.seals.into_iter().next()) {
+            break seal;
         }
         assert!(
             lost_at.elapsed() < Duration::from_secs(60),
@@ -863,7 +858,7 @@ fn a_lost_region_is_failed_over_and_the_view_goes_on_without_it() {
         std::thread::sleep(Duration::from_millis(200));
     };
     eprintln!("us-east sealed {:?} after its loss", lost_at.elapsed());
-    assert_eq!(seal["region"], "us-east", "{seal}");
+    assert_eq!(seal.region, "us-east", "{seal:?}");
     let views: Vec<(String, View)> = ["eu-west", "ap-south"]
         .iter()
         .map(|r| (r.to_string(), full_view(&c, r, "dr", 2, acked.len())))
@@ -892,8 +887,8 @@ fn a_lost_region_is_failed_over_and_the_view_goes_on_without_it() {
         .filter(|r| r[2] == "us-east")
         .count() as u64;
     assert!(
-        seal["records"].as_u64().unwrap() >= from_east,
-        "the seal keeps every us-east record the survivors serve ({from_east}): {seal}"
+        seal.records >= from_east,
+        "the seal keeps every us-east record the survivors serve ({from_east}): {seal:?}"
     );
 
     // The pinned topic takes writes again, at its new home, with real
@@ -952,17 +947,11 @@ fn a_lost_region_is_failed_over_and_the_view_goes_on_without_it() {
 }
 
 /// Waits until a node of eu-west lists a seal of `region` in `/status`.
-fn wait_sealed(c: &Cluster, region: &str, since: std::time::Instant) -> serde_json::Value {
+fn wait_sealed(c: &Cluster, region: &str, since: std::time::Instant) -> SealStatus {
     let west = c.region_nodes("eu-west")[0].admin.clone();
     loop {
         let s = status(&west);
-        let seal = s.as_ref().and_then(|s| {
-            s["seals"]
-                .as_array()?
-                .iter()
-                .find(|x| x["region"] == region)
-                .cloned()
-        });
+        let seal = s.and_then(|s| s.seals.into_iter().find(|x| x.region == region));
         if let Some(seal) = seal {
             return seal;
         }
@@ -1028,7 +1017,7 @@ fn fails_back_and_reinjects(c: Cluster) {
     acked.extend(stranded.clone());
     let seal = wait_sealed(&c, "us-east", cut_at);
     eprintln!(
-        "us-east sealed {:?} after the cut: {seal}",
+        "us-east sealed {:?} after the cut: {seal:?}",
         cut_at.elapsed()
     );
     let p = produce(&c.region_bootstrap("eu-west"), "fb", "after", 10, 10_000);
@@ -1157,7 +1146,7 @@ fn wait_lease(c: &Cluster, region: &str) {
     for n in c.region_nodes("eu-west") {
         loop {
             let s = status(&n.admin);
-            if s.is_some_and(|s| s["leases"][region].as_i64().unwrap_or(0) > 0) {
+            if s.is_some_and(|s| s.leases.get(region).copied().unwrap_or(0) > 0) {
                 break;
             }
             assert!(
@@ -1244,23 +1233,17 @@ fn a_pinned_topic_moves_home_back_by_command_after_failback() {
     // Every partition handed over, as `/status` and `meridian status` say.
     let admin = c.region_nodes("ap-south")[0].admin.clone();
     let s = status(&admin).unwrap();
-    let m = &s["moves"][0];
+    let m = &s.moves[0];
     assert_eq!(
         (
-            &m["topic"],
-            &m["from"],
-            &m["to"],
-            &m["sealed"],
-            &m["partitions"]
+            m.topic.as_str(),
+            m.from.as_str(),
+            m.to.as_str(),
+            m.sealed,
+            m.partitions
         ),
-        (
-            &"pin".into(),
-            &"eu-west".into(),
-            &"us-east".into(),
-            &2.into(),
-            &2.into()
-        ),
-        "{s}"
+        ("pin", "eu-west", "us-east", 2, 2),
+        "{s:?}"
     );
     // eu-west closed its logs of the topic for this epoch: it cannot be
     // the home again before its next one, and says so.

@@ -92,6 +92,8 @@ async fn fetch_long_polls_and_acks_zero_is_stored() {
             "{name} missing from /metrics:\n{metrics}"
         );
     }
+    // Read as JSON on purpose: this checks the endpoint's field names on a
+    // live node; every other reader parses `admin::status::Status`.
     let (_, status) = http_get(&node.admin, "/status").unwrap();
     let s: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(s["partitions"][0]["topic"], "lp");

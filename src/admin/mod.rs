@@ -4,6 +4,7 @@
 //! injection, to callers that present the config's admin token.
 
 pub mod cluster_file;
+pub mod status;
 
 use std::sync::Arc;
 
@@ -15,11 +16,11 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Json;
-use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::router::Router;
+use status::{GroupStatus, LinkStatus, MoveStatus, OriginLogStatus, SealStatus, Status};
 
 /// Serves the admin endpoints until `shutdown`; an error means the admin
 /// port is gone.
@@ -90,98 +91,6 @@ async fn metrics(State(r): State<Arc<Router>>) -> impl IntoResponse {
         )],
         r.metrics.render(),
     )
-}
-
-#[derive(Serialize)]
-pub struct GroupStatus {
-    pub group: u64,
-    pub topic: Option<String>,
-    pub partition: Option<u32>,
-    pub state: String,
-    pub leader: Option<u64>,
-    pub term: u64,
-    pub last_log_index: Option<u64>,
-    pub applied_index: Option<u64>,
-    /// Known on the leader only: the highest index a majority has stored.
-    pub commit_index: Option<u64>,
-    /// The Kafka high watermark: length of the partition's global view.
-    pub high_watermark: Option<u64>,
-    /// Last entry of the latest snapshot, and the last entry purged from
-    /// the log (the meta group only; partition logs are kept whole).
-    pub snapshot_index: Option<u64>,
-    pub purged_index: Option<u64>,
-    /// Origin logs held here.
-    pub origin_logs: Vec<OriginLogStatus>,
-    /// On the leader: what each other region holds of this region's log.
-    pub links: Vec<LinkStatus>,
-}
-
-#[derive(Serialize)]
-pub struct OriginLogStatus {
-    pub origin: String,
-    pub epoch: u32,
-    pub next_offset: u64,
-    /// Closed timestamp, as wall-clock ms.
-    pub closed_ms: i64,
-    /// Records of it in the global view.
-    pub merged: u64,
-}
-
-#[derive(Serialize)]
-pub struct LinkStatus {
-    pub region: String,
-    pub held: u64,
-    pub lag_records: u64,
-}
-
-/// One failed-over region.
-#[derive(Serialize)]
-pub struct SealStatus {
-    pub region: String,
-    /// The sealed epoch; the region's next one is `epoch + 1`.
-    pub epoch: u32,
-    /// When the metadata leader decided the failover (Unix ms).
-    pub decided_at_ms: i64,
-    pub partitions: usize,
-    /// Records of the region kept in the global view, summed over partitions.
-    pub records: u64,
-}
-
-/// A pinned topic's home moved by command (`control::home`).
-#[derive(Serialize)]
-pub struct MoveStatus {
-    pub topic: String,
-    pub from: String,
-    pub to: String,
-    pub partitions: u32,
-    /// Partitions whose old home's log is sealed (metadata).
-    pub sealed: usize,
-    /// Partitions on this node whose group has applied the handover.
-    pub handed_over_here: usize,
-}
-
-#[derive(Serialize)]
-pub struct Status {
-    pub node: u64,
-    pub region: String,
-    pub kafka: String,
-    pub partitions_led: usize,
-    /// Partition groups led by each node of this region, as this node's
-    /// replicas see them: the spread that `raft::balance` evens out.
-    pub leaders: std::collections::BTreeMap<u64, usize>,
-    /// Milliseconds of writing this node's region lease has left, as this
-    /// node acts on it; absent with one region (no lease needed).
-    pub lease_ms: Option<i64>,
-    /// Every region's lease as the applied metadata says: ms of writing left.
-    pub leases: std::collections::BTreeMap<String, i64>,
-    /// Whether this node's region was failed over.
-    pub sealed: bool,
-    /// Failed-over regions, as the applied metadata says.
-    pub seals: Vec<SealStatus>,
-    /// Moves of pinned topics' homes, oldest first.
-    pub moves: Vec<MoveStatus>,
-    pub meta: GroupStatus,
-    pub partitions: Vec<GroupStatus>,
 }
 
 fn group_status(

@@ -1,6 +1,7 @@
 //! `meridian status`: every node's `/status`, as a table.
 
 use anyhow::{bail, Context, Result};
+use meridian::admin::status::{self, Status};
 use meridian::ops::dev;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -28,59 +29,57 @@ pub(super) async fn run_status(cluster: Option<PathBuf>, admin: Option<String>) 
         "node", "region", "kafka", "led", "groups", "meta term", "lease ms"
     );
     let mut links = Vec::new();
-    let mut seals: Option<serde_json::Value> = None;
-    let mut moves: Option<serde_json::Value> = None;
+    // Failed-over regions and home moves, as the first node that answers
+    // knows them.
+    let mut first: Option<Status> = None;
     for a in addrs {
         match dev::http_get(&a, "/status", Duration::from_secs(3)).await {
             Ok((200, body)) => {
-                let s: serde_json::Value = serde_json::from_str(&body)?;
-                let region = s["region"].as_str().unwrap_or("?").to_string();
-                // Failed-over regions, as the first node that answers knows them.
-                if moves.is_none() {
-                    moves = Some(s["moves"].clone());
-                }
-                if seals.is_none() {
-                    seals = Some(s["seals"].clone());
-                }
-                for p in s["partitions"].as_array().into_iter().flatten() {
-                    let part = format!("{}-{}", p["topic"].as_str().unwrap_or("?"), p["partition"]);
-                    for l in p["links"].as_array().into_iter().flatten() {
+                let s = status::parse(&body)
+                    .with_context(|| format!("{a}/status is not a node's status: {body}"))?;
+                let opt = |v: Option<u64>| v.map_or("null".to_string(), |v| v.to_string());
+                for p in &s.partitions {
+                    let part = format!(
+                        "{}-{}",
+                        p.topic.as_deref().unwrap_or("?"),
+                        opt(p.partition.map(u64::from))
+                    );
+                    for l in &p.links {
                         links.push(format!(
                             "{:<24} {:<10} {:<10} {:>12} {:>12} {:>10}",
                             part,
-                            region,
-                            l["region"].as_str().unwrap_or("?"),
-                            p["high_watermark"].to_string(),
-                            l["held"].to_string(),
-                            l["lag_records"].to_string()
+                            s.region,
+                            l.region,
+                            opt(p.high_watermark),
+                            l.held,
+                            l.lag_records
                         ));
                     }
                 }
                 // The write lease this node acts on; 0: fenced.
-                let lease = match s["lease_ms"].as_i64() {
-                    Some(0) if s["sealed"] == true => "SEALED".to_string(),
+                let lease = match s.lease_ms {
+                    Some(0) if s.sealed => "SEALED".to_string(),
                     Some(0) => "FENCED".to_string(),
                     Some(ms) => ms.to_string(),
                     None => "-".to_string(),
                 };
                 println!(
                     "{:<6} {:<10} {:<22} {:>8} {:>8} {:>10} {:>10}",
-                    s["node"].to_string(),
-                    s["region"].as_str().unwrap_or("?"),
-                    s["kafka"].as_str().unwrap_or("?"),
-                    s["partitions_led"].to_string(),
-                    s["partitions"].as_array().map_or(0, |p| p.len()),
-                    s["meta"]["term"].to_string(),
+                    s.node,
+                    s.region,
+                    s.kafka,
+                    s.partitions_led,
+                    s.partitions.len(),
+                    s.meta.term,
                     lease
                 );
+                first.get_or_insert(s);
             }
             Ok((code, _)) => println!("{a}: HTTP {code}"),
             Err(e) => println!("{a}: unreachable ({e})"),
         }
     }
-    let seals: Vec<serde_json::Value> = seals
-        .and_then(|v| v.as_array().cloned())
-        .unwrap_or_default();
+    let (seals, moves) = first.map_or_else(Default::default, |s| (s.seals, s.moves));
     if !seals.is_empty() {
         println!(
             "\n{:<10} {:>12} {:>10} {:>12} {:>14}",
@@ -89,17 +88,10 @@ pub(super) async fn run_status(cluster: Option<PathBuf>, admin: Option<String>) 
         for s in seals {
             println!(
                 "{:<10} {:>12} {:>10} {:>12} {:>14}",
-                s["region"].as_str().unwrap_or("?"),
-                s["epoch"].to_string(),
-                s["partitions"].to_string(),
-                s["records"].to_string(),
-                s["decided_at_ms"].to_string()
+                s.region, s.epoch, s.partitions, s.records, s.decided_at_ms
             );
         }
     }
-    let moves: Vec<serde_json::Value> = moves
-        .and_then(|v| v.as_array().cloned())
-        .unwrap_or_default();
     if !moves.is_empty() {
         println!(
             "\n{:<24} {:<10} {:<10} {:>16}",
@@ -108,10 +100,10 @@ pub(super) async fn run_status(cluster: Option<PathBuf>, admin: Option<String>) 
         for m in moves {
             println!(
                 "{:<24} {:<10} {:<10} {:>16}",
-                m["topic"].as_str().unwrap_or("?"),
-                m["from"].as_str().unwrap_or("?"),
-                m["to"].as_str().unwrap_or("?"),
-                format!("{}/{}", m["sealed"], m["partitions"])
+                m.topic,
+                m.from,
+                m.to,
+                format!("{}/{}", m.sealed, m.partitions)
             );
         }
     }

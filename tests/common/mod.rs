@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use meridian::admin::status::{GroupStatus, Status};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -78,11 +79,7 @@ impl Cluster {
     /// leader unhindered, so no region is failed over for the delay.
     pub fn regions_around_meta_leader(&self) -> (String, String, String) {
         let deadline = Instant::now() + Duration::from_secs(60);
-        let leader_seen_by = |n: &NodeInfo| -> Option<u64> {
-            let (_, body) = http_get(&n.admin, "/status")?;
-            let s: serde_json::Value = serde_json::from_str(&body).ok()?;
-            s["meta"]["leader"].as_u64()
-        };
+        let leader_seen_by = |n: &NodeInfo| -> Option<u64> { status(&n.admin)?.meta.leader };
         let mut previous = None;
         loop {
             // Every node names the same leader, twice a second apart: a
@@ -386,7 +383,6 @@ pub fn rss(pid: u32) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-/// A node's `/status`, if it answers.
 /// The sum of every series (all labels) of metrics whose names start
 /// with `name`, over `nodes`' `/metrics`; nodes that do not answer count 0.
 pub fn metric_sum<'a>(nodes: impl IntoIterator<Item = &'a NodeInfo>, name: &str) -> f64 {
@@ -402,21 +398,20 @@ pub fn metric_sum<'a>(nodes: impl IntoIterator<Item = &'a NodeInfo>, name: &str)
         .sum()
 }
 
-pub fn status(admin: &str) -> Option<serde_json::Value> {
+/// A node's `/status`, if it answers.
+pub fn status(admin: &str) -> Option<Status> {
     let (_, body) = http_get(admin, "/status")?;
-    serde_json::from_str(&body).ok()
+    meridian::admin::status::parse(&body)
 }
 
 /// The `/status` entries of `topic`'s partitions on the node at `admin`,
 /// if it answers.
-pub fn topic_partitions(admin: &str, topic: &str) -> Option<Vec<serde_json::Value>> {
+pub fn topic_partitions(admin: &str, topic: &str) -> Option<Vec<GroupStatus>> {
     let s = status(admin)?;
     Some(
-        s["partitions"]
-            .as_array()?
-            .iter()
-            .filter(|p| p["topic"] == topic)
-            .cloned()
+        s.partitions
+            .into_iter()
+            .filter(|p| p.topic.as_deref() == Some(topic))
             .collect(),
     )
 }

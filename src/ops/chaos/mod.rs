@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::status;
 use crate::config::Topology;
 use crate::ids::NodeId;
 use crate::ops::dev::{http_get, http_request, DevCluster, DevError};
@@ -330,8 +331,7 @@ impl Runner {
             let Ok((200, body)) = http_get(admin, "/status", Duration::from_secs(2)).await else {
                 continue;
             };
-            let s: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-            let led = s["partitions_led"].as_u64().unwrap_or(0) as usize;
+            let led = status::parse(&body).map_or(0, |s| s.partitions_led);
             if best.is_none_or(|(b, _)| led > b) {
                 best = Some((led, id));
             }
@@ -422,15 +422,14 @@ impl Runner {
             let Ok((200, body)) = http_get(admin, "/status", Duration::from_secs(2)).await else {
                 continue;
             };
-            let s: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-            let seals: Vec<SealSeen> = s["seals"]
-                .as_array()
+            let seals: Vec<SealSeen> = status::parse(&body)
+                .map(|s| s.seals)
+                .unwrap_or_default()
                 .into_iter()
-                .flatten()
                 .map(|x| SealSeen {
-                    region: x["region"].as_str().unwrap_or_default().to_string(),
-                    epoch: x["epoch"].as_u64().unwrap_or(0) as u32,
-                    decided_at_ms: x["decided_at_ms"].as_i64().unwrap_or(0),
+                    region: x.region,
+                    epoch: x.epoch,
+                    decided_at_ms: x.decided_at_ms,
                 })
                 .collect();
             if seals.len() > best.len() {
@@ -474,17 +473,14 @@ async fn watch(
             else {
                 return None;
             };
-            let s: serde_json::Value = serde_json::from_str(&body).ok()?;
-            let lease_left = s["lease_ms"].as_i64().unwrap_or(0);
-            let sealed = s["sealed"].as_bool().unwrap_or(false);
-            let own_seals = s["seals"].as_array().map_or(0, |v| {
-                v.iter().filter(|x| x["region"] == region.as_str()).count()
-            });
+            let s = status::parse(&body)?;
+            let lease_left = s.lease_ms.unwrap_or(0);
+            let own_seals = s.seals.iter().filter(|x| x.region == *region).count();
             Some(Observation {
                 asked_at_ms,
                 node: *id,
                 region: region.clone(),
-                accepting: lease_left > 0 && !sealed,
+                accepting: lease_left > 0 && !s.sealed,
                 own_seals,
             })
         });

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::admin::status;
 use crate::client::Client;
 pub use workload::Workload;
 
@@ -307,10 +308,10 @@ impl Drill {
                 if let Ok((200, body)) =
                     crate::ops::dev::http_get(&n.admin, "/status", Duration::from_secs(2)).await
                 {
-                    let s: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-                    return s["seals"].as_array().map_or(0, |v| {
-                        v.iter()
-                            .filter(|x| x["region"] == self.plan.region.as_str())
+                    return status::parse(&body).map_or(0, |s| {
+                        s.seals
+                            .iter()
+                            .filter(|x| x.region == self.plan.region)
                             .count()
                     });
                 }
@@ -337,10 +338,10 @@ impl Drill {
                 else {
                     continue;
                 };
-                let s: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-                let sealed = s["seals"].as_array().is_some_and(|v| {
-                    v.iter()
-                        .filter(|x| x["region"] == self.plan.region.as_str())
+                let sealed = status::parse(&body).is_some_and(|s| {
+                    s.seals
+                        .iter()
+                        .filter(|x| x.region == self.plan.region)
                         .count()
                         > before
                 });
