@@ -100,8 +100,125 @@ async fn run_inner(config: NodeConfig, shutdown: CancellationToken) -> Result<()
     };
     let kafka_listener = listen("Kafka clients", me.kafka).await?;
     let admin_listener = listen("admin HTTP", me.admin).await?;
-
     let metrics = Arc::new(Metrics::new());
+    let Opened {
+        transport,
+        groups,
+        groups_stopped,
+        link,
+        producer_ids,
+    } = open(&config, &metrics, &shutdown).await?;
+    let router = start_replication(
+        &config,
+        &groups,
+        &link,
+        &transport,
+        producer_ids,
+        &metrics,
+        &shutdown,
+    );
+    // Node-to-node requests are served once the router exists: forwarded
+    // produces and failback requests go to it (`rpc`).
+    let transport_serving = transport.serve(
+        Arc::new(Dispatch {
+            groups: groups.clone(),
+            link: link.clone(),
+            router: router.clone(),
+        }),
+        shutdown.clone(),
+    );
+    if !config.topics.is_empty() {
+        tokio::spawn(ensure_topics(
+            router.clone(),
+            config.topics.clone(),
+            shutdown.clone(),
+        ));
+    }
+    start_clients(&config, &router, kafka_listener, &metrics, &shutdown);
+    let admin_serving = tokio::spawn(admin::serve(
+        admin_listener,
+        router.clone(),
+        config.admin.clone(),
+        shutdown.clone(),
+    ));
+    {
+        let (g, stop) = (groups.clone(), shutdown.clone());
+        supervise::spawn("metrics", shutdown.clone(), metrics.clone(), move || {
+            let (g, stop) = (g.clone(), stop.clone());
+            async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tick.tick() => g.update_metrics(),
+                    }
+                }
+            }
+        });
+    }
+    info!(kafka = %me.kafka, admin = %me.admin, quic = %me.quic, data_dir = %config.data_dir.display(), "node started");
+    let failed = until_stopped(&shutdown, transport_serving, admin_serving).await;
+    info!("shutting down");
+    // The reconcile loop shuts every Raft group down; wait for it, bounded.
+    if tokio::time::timeout(GROUPS_STOP_TIMEOUT, groups_stopped)
+        .await
+        .is_err()
+    {
+        warn!("Raft groups did not stop within {GROUPS_STOP_TIMEOUT:?}; exiting anyway");
+    }
+    failed.map_or(Ok(()), Err)
+}
+
+/// Waits for shutdown, or for one of the two tasks that own a socket bound
+/// once to end: they cannot be restarted like the supervised loops, so one
+/// that ends first stops the node, which exits non-zero saying which.
+async fn until_stopped(
+    shutdown: &CancellationToken,
+    transport_serving: tokio::task::JoinHandle<()>,
+    admin_serving: tokio::task::JoinHandle<std::io::Result<()>>,
+) -> Option<NodeError> {
+    let stopped = tokio::select! {
+        biased; // both end after shutdown too: that is no failure
+        _ = shutdown.cancelled() => None,
+        r = transport_serving => Some((
+            "the node-to-node transport's accept loop",
+            r.map_err(|e| e.to_string()),
+        )),
+        r = admin_serving => Some((
+            "the admin HTTP server",
+            r.map_err(|e| e.to_string())
+                .and_then(|served| served.map_err(|e| e.to_string())),
+        )),
+    };
+    stopped.map(|(what, r)| {
+        let why = match r {
+            Ok(()) => "it returned".to_string(),
+            Err(e) => e,
+        };
+        error!(what, %why, "stopping the node: a part it cannot run without ended");
+        shutdown.cancel();
+        NodeError::Stopped { what, why }
+    })
+}
+
+/// What `open` brings up: storage, the transport (not serving yet), the
+/// Raft groups and the link.
+struct Opened {
+    transport: Arc<Transport>,
+    groups: Arc<Groups>,
+    groups_stopped: tokio::task::JoinHandle<()>,
+    link: Arc<Link>,
+    producer_ids: crate::storage::producer_ids::ProducerIds,
+}
+
+/// Opens the node's storage and transport, starts its Raft groups, and
+/// the link's copiers.
+async fn open(
+    config: &NodeConfig,
+    metrics: &Arc<Metrics>,
+    shutdown: &CancellationToken,
+) -> Result<Opened, NodeError> {
+    let me = config.me().clone();
     let tls = TlsMaterial::load_or_dev(config.tls.as_ref(), &config.data_dir)?;
     let db = Db::open(&config.data_dir.join("db"), metrics.clone())?;
     let producer_ids = crate::storage::producer_ids::ProducerIds::new(db.clone(), me.id)?;
@@ -142,7 +259,27 @@ async fn run_inner(config: NodeConfig, shutdown: CancellationToken) -> Result<()
             l.clone().run(s.clone())
         });
     }
+    Ok(Opened {
+        transport,
+        groups,
+        groups_stopped,
+        link,
+        producer_ids,
+    })
+}
 
+/// The router, and the control plane's loops beside it: failover and
+/// failback, and the region's write leases.
+fn start_replication(
+    config: &NodeConfig,
+    groups: &Arc<Groups>,
+    link: &Arc<Link>,
+    transport: &Arc<Transport>,
+    producer_ids: crate::storage::producer_ids::ProducerIds,
+    metrics: &Arc<Metrics>,
+    shutdown: &CancellationToken,
+) -> Arc<Router> {
+    let me = config.me().clone();
     let fence = crate::control::Fence::new(
         groups.clone(),
         &config.topology,
@@ -202,23 +339,17 @@ async fn run_inner(config: NodeConfig, shutdown: CancellationToken) -> Result<()
             )
         });
     }
-    // Node-to-node requests are served once the router exists: forwarded
-    // produces and failback requests go to it (`rpc`).
-    let transport_serving = transport.serve(
-        Arc::new(Dispatch {
-            groups: groups.clone(),
-            link: link.clone(),
-            router: router.clone(),
-        }),
-        shutdown.clone(),
-    );
-    if !config.topics.is_empty() {
-        tokio::spawn(ensure_topics(
-            router.clone(),
-            config.topics.clone(),
-            shutdown.clone(),
-        ));
-    }
+    router
+}
+
+/// The group coordinator and the Kafka listener.
+fn start_clients(
+    config: &NodeConfig,
+    router: &Arc<Router>,
+    kafka_listener: TcpListener,
+    metrics: &Arc<Metrics>,
+    shutdown: &CancellationToken,
+) {
     let coordinator =
         crate::group::coordinator::Coordinator::new(router.clone(), config.groups.clone());
     {
@@ -245,62 +376,6 @@ async fn run_inner(config: NodeConfig, shutdown: CancellationToken) -> Result<()
             },
         );
     }
-    let admin_serving = tokio::spawn(admin::serve(
-        admin_listener,
-        router.clone(),
-        config.admin.clone(),
-        shutdown.clone(),
-    ));
-    {
-        let (g, stop) = (groups.clone(), shutdown.clone());
-        supervise::spawn("metrics", shutdown.clone(), metrics.clone(), move || {
-            let (g, stop) = (g.clone(), stop.clone());
-            async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(1));
-                loop {
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = tick.tick() => g.update_metrics(),
-                    }
-                }
-            }
-        });
-    }
-    info!(kafka = %me.kafka, admin = %me.admin, quic = %me.quic, data_dir = %config.data_dir.display(), "node started");
-    // These two own a socket bound once, so they cannot be restarted like
-    // the supervised loops: one that ends before shutdown stops the node,
-    // which exits non-zero saying which.
-    let stopped = tokio::select! {
-        biased; // both end after shutdown too: that is no failure
-        _ = shutdown.cancelled() => None,
-        r = transport_serving => Some((
-            "the node-to-node transport's accept loop",
-            r.map_err(|e| e.to_string()),
-        )),
-        r = admin_serving => Some((
-            "the admin HTTP server",
-            r.map_err(|e| e.to_string())
-                .and_then(|served| served.map_err(|e| e.to_string())),
-        )),
-    };
-    let failed = stopped.map(|(what, r)| {
-        let why = match r {
-            Ok(()) => "it returned".to_string(),
-            Err(e) => e,
-        };
-        error!(what, %why, "stopping the node: a part it cannot run without ended");
-        shutdown.cancel();
-        NodeError::Stopped { what, why }
-    });
-    info!("shutting down");
-    // The reconcile loop shuts every Raft group down; wait for it, bounded.
-    if tokio::time::timeout(GROUPS_STOP_TIMEOUT, groups_stopped)
-        .await
-        .is_err()
-    {
-        warn!("Raft groups did not stop within {GROUPS_STOP_TIMEOUT:?}; exiting anyway");
-    }
-    failed.map_or(Ok(()), Err)
 }
 
 /// Creates the topics of the topics file that do not exist, retrying while
