@@ -1,15 +1,19 @@
 //! Meridian: a geo-replicated, Kafka-compatible message broker.
 //!
-//! Modules follow the data flow of docs/architecture.md: a Kafka request is
-//! decoded in [`kafka`], routed by [`router`] to a partition's Raft group in
-//! [`raft`], committed through [`storage`] on a majority of the region's
-//! nodes, which talk over [`transport`]; [`link`] copies origin logs between
-//! regions, [`view`] merges them, and [`control`] keeps the regions' write
-//! leases. [`admin`] serves operators; [`node`] ties one process together.
-//! Outside the broker: [`client`] is the crate's Kafka client, with a group
-//! member with retry chains and dead-letter topics ([`client::consumer`]);
-//! [`ops`] holds the tools that drive clusters (`dev`, `bench`, and `drill`
-//! and `chaos`, which fail regions and check the invariants).
+//! Modules follow the data flow of docs/architecture.md, bottom-up: shared
+//! vocabulary ([`ids`], [`hlc`]), the metadata group's state and rules
+//! ([`meta`]), the origin log's model ([`log`]) and what Raft groups agree
+//! on ([`command`]); then [`storage`] (RocksDB, the Raft log, the state
+//! machines), [`raft`] (the groups), [`link`] (copies between regions),
+//! [`control`] (leases, failover, failback) and [`router`] (where a
+//! request goes), with [`rpc`] dispatching node-to-node requests above them;
+//! [`group`] and [`kafka`] face clients, [`admin`] operators, and [`node`]
+//! ties one process together. Outside the broker: [`client`] is the crate's
+//! Kafka client, with a group member with retry chains and dead-letter
+//! topics ([`client::consumer`]); [`ops`] holds the tools that drive
+//! clusters (`dev`, `bench`, and `drill` and `chaos`, which fail regions and
+//! check the invariants). `tests/layers.rs` keeps every import pointing
+//! down this order.
 #![forbid(unsafe_code)]
 
 pub mod admin;
