@@ -363,7 +363,7 @@ fn start_clients(
     }
     {
         let (l, r, s) = (
-            crate::kafka::server::Listener::new(kafka_listener, &config.kafka, &metrics),
+            crate::kafka::server::Listener::new(kafka_listener, &config.kafka, metrics),
             router.clone(),
             shutdown.clone(),
         );
