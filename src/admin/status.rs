@@ -1,6 +1,8 @@
 //! What `/status` answers, typed: written by the node (`status_of`) and
 //! read back by `meridian status`, the drill, chaos runs and the tests.
-//! Field names are the JSON's: renaming one changes the endpoint.
+//! Field names are the JSON's: renaming one changes the endpoint. A field
+//! a node does not send (one of another version) reads as its default, as
+//! the untyped readers before this read it as null.
 
 use std::collections::BTreeMap;
 
@@ -11,7 +13,8 @@ pub fn parse(body: &str) -> Option<Status> {
     serde_json::from_str(body).ok()
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct GroupStatus {
     pub group: u64,
     pub topic: Option<String>,
@@ -35,7 +38,8 @@ pub struct GroupStatus {
     pub links: Vec<LinkStatus>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct OriginLogStatus {
     pub origin: String,
     pub epoch: u32,
@@ -46,7 +50,8 @@ pub struct OriginLogStatus {
     pub merged: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct LinkStatus {
     pub region: String,
     pub held: u64,
@@ -54,7 +59,8 @@ pub struct LinkStatus {
 }
 
 /// One failed-over region.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct SealStatus {
     pub region: String,
     /// The sealed epoch; the region's next one is `epoch + 1`.
@@ -67,7 +73,8 @@ pub struct SealStatus {
 }
 
 /// A pinned topic's home moved by command (`control::home`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct MoveStatus {
     pub topic: String,
     pub from: String,
@@ -79,7 +86,8 @@ pub struct MoveStatus {
     pub handed_over_here: usize,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Status {
     pub node: u64,
     pub region: String,
@@ -177,5 +185,11 @@ mod tests {
         assert_eq!(json, want);
         assert_eq!(parse(&json), Some(s));
         assert_eq!(parse("not json"), None);
+        // A node of another version may lack a field: it reads as default.
+        let old = parse(r#"{"node":3,"region":"eu-west"}"#).unwrap();
+        assert_eq!(
+            (old.node, old.region.as_str(), old.seals.len()),
+            (3, "eu-west", 0)
+        );
     }
 }
