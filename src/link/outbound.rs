@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
@@ -16,6 +17,7 @@ use crate::raft::{Groups, PartitionGroup};
 
 use crate::meta::Policy;
 use crate::storage::read;
+use crate::storage::state_machine::Progress;
 
 use futures::stream::{FuturesUnordered, StreamExt};
 
@@ -432,51 +434,16 @@ impl Link {
         let mut progress = g.progress.clone();
         let dest_origin = origin_id(&region);
         let mut failing = false;
-        // Every origin log held here, but the destination's own: only
-        // writer regions have logs (a pinned topic's home changes when its
-        // region fails over), and `run` stops this copier when the
-        // partition goes away.
-        let wanted = |l: &LogRef| l.origin != dest_origin;
         debug!("copier started");
         while !stop.is_cancelled() {
-            // Fill the pipe.
-            if pipe.theirs.is_none() {
-                if pipe.calls.is_empty() {
-                    pipe.calls
-                        .push(self.send(target, KIND_LINK_STATE, g.id, None, Vec::new()));
-                }
-            } else {
-                let p = progress.borrow_and_update().clone();
-                let mine = super::held_map(&p.logs);
-                while pipe.calls.len() < max_requests
-                    && (pipe.calls.is_empty() || pipe.bytes < max_bytes)
-                {
-                    let Some((log, m, from)) = next_copy(&mine, &pipe.sent, wanted) else {
-                        break;
-                    };
-                    let ship = match self.ship(g.id, log, m, from) {
-                        Ok(s) => s,
-                        Err(e) => {
-                            warn!(error = %e, "cannot read the origin log to copy");
-                            break;
-                        }
-                    };
-                    let payload = bincode::serialize(&ship).expect("serialize ship");
-                    let sent = Sent {
-                        log,
-                        held: Held {
-                            next_offset: ship.end,
-                            closed: ship.closed,
-                        },
-                        bytes: payload.len(),
-                    };
-                    pipe.sent.insert(log, sent.held);
-                    pipe.bytes += sent.bytes;
-                    self.metrics.link_batches_sent.inc();
-                    pipe.calls
-                        .push(self.send(target, KIND_LINK_SHIP, g.id, Some(sent), payload));
-                }
-            }
+            self.fill(
+                &mut pipe,
+                &g,
+                target,
+                &mut progress,
+                dest_origin,
+                (max_requests, max_bytes),
+            );
             // Wait for an answer, or for something new to send.
             let room = pipe.theirs.is_some()
                 && pipe.calls.len() < max_requests
@@ -550,6 +517,61 @@ impl Link {
             }
             if tried % nodes.len() == 0 {
                 backoff = (backoff * 2).min(backoff_max);
+            }
+        }
+    }
+
+    /// Fills `pipe`: a state query while what the region holds is unknown,
+    /// else copies of what it lacks, within `limits` (requests, bytes) in
+    /// flight. Every origin log held here is copied but the destination's
+    /// own (`dest_origin`): only writer regions have logs (a pinned topic's
+    /// home changes when its region fails over), and `run` stops the copier
+    /// when the partition goes away.
+    fn fill(
+        &self,
+        pipe: &mut Pipe,
+        g: &PartitionGroup,
+        target: crate::ids::NodeId,
+        progress: &mut watch::Receiver<Progress>,
+        dest_origin: u32,
+        (max_requests, max_bytes): (usize, usize),
+    ) {
+        let wanted = |l: &LogRef| l.origin != dest_origin;
+        if pipe.theirs.is_none() {
+            if pipe.calls.is_empty() {
+                pipe.calls
+                    .push(self.send(target, KIND_LINK_STATE, g.id, None, Vec::new()));
+            }
+        } else {
+            let p = progress.borrow_and_update().clone();
+            let mine = super::held_map(&p.logs);
+            while pipe.calls.len() < max_requests
+                && (pipe.calls.is_empty() || pipe.bytes < max_bytes)
+            {
+                let Some((log, m, from)) = next_copy(&mine, &pipe.sent, wanted) else {
+                    break;
+                };
+                let ship = match self.ship(g.id, log, m, from) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        warn!(error = %e, "cannot read the origin log to copy");
+                        break;
+                    }
+                };
+                let payload = bincode::serialize(&ship).expect("serialize ship");
+                let sent = Sent {
+                    log,
+                    held: Held {
+                        next_offset: ship.end,
+                        closed: ship.closed,
+                    },
+                    bytes: payload.len(),
+                };
+                pipe.sent.insert(log, sent.held);
+                pipe.bytes += sent.bytes;
+                self.metrics.link_batches_sent.inc();
+                pipe.calls
+                    .push(self.send(target, KIND_LINK_SHIP, g.id, Some(sent), payload));
             }
         }
     }

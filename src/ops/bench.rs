@@ -350,35 +350,8 @@ pub async fn link(
     o: LinkOpts,
     progress: bool,
 ) -> Result<LinkReport, ClientError> {
-    match from.topic(&o.topic, false).await {
-        Ok(_) => {}
-        Err(ClientError::UnknownTopic(_)) => {
-            from.create_topic(&o.topic, o.partitions, &o.configs)
-                .await?
-        }
-        Err(e) => return Err(e),
-    }
-    let partitions = from.topic(&o.topic, false).await?.leaders.len() as i32;
-    // The other region learns of the topic through the control plane and
-    // starts its partition groups.
-    let ready = Instant::now() + Duration::from_secs(30);
-    let mut starts = Vec::new();
-    for p in 0..partitions {
-        loop {
-            match to.list_offset(&o.topic, p, -1).await {
-                Ok((end, _)) => {
-                    starts.push(end);
-                    break;
-                }
-                Err(e) if Instant::now() < ready => {
-                    tracing::debug!(error = %e, "waiting for the topic in the other region");
-                    to.forget_leaders(&o.topic).await;
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
+    let starts = topic_in_both(&from, &to, &o).await?;
+    let partitions = starts.len() as i32;
     let warm = (o.rate as f64 * o.warmup.as_secs_f64()).ceil() as u64;
     let total = warm + (o.rate as f64 * o.duration.as_secs_f64()).ceil() as u64;
     let acks: Stamps = Arc::new(std::sync::Mutex::new(vec![0; total as usize]));
@@ -386,48 +359,7 @@ pub async fn link(
     let arrived = Arc::new(AtomicU64::new(0));
     let stop = tokio_util::sync::CancellationToken::new();
     let started = Instant::now();
-    let mut readers = Vec::new();
-    for (p, start) in starts.into_iter().enumerate() {
-        let (to, topic, arrivals, arrived, stop) = (
-            to.clone(),
-            o.topic.clone(),
-            arrivals.clone(),
-            arrived.clone(),
-            stop.clone(),
-        );
-        readers.push(tokio::spawn(async move {
-            let mut offset = start;
-            while !stop.is_cancelled() {
-                let r = tokio::select! {
-                    _ = stop.cancelled() => break,
-                    r = to.fetch(&topic, p as i32, offset, 500) => r,
-                };
-                match r {
-                    Ok((recs, _)) => {
-                        let now = Instant::now();
-                        for r in &recs {
-                            let seq = r
-                                .value
-                                .as_deref()
-                                .and_then(|v| v.get(..8))
-                                .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")));
-                            if let Some(seq) = seq {
-                                stamp(&arrivals, seq, now, started);
-                                arrived.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                        if let Some(last) = recs.last() {
-                            offset = last.offset + 1;
-                        }
-                    }
-                    Err(e) => {
-                        tracing::debug!(error = %e, "fetch failed; retrying");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                }
-            }
-        }));
-    }
+    let readers = spawn_readers(&to, &o.topic, starts, &arrivals, &arrived, &stop, started);
     let hist = Arc::new(Mutex::new(histogram()));
     let acked = Arc::new(AtomicU64::new(0));
     let measured = Arc::new(AtomicU64::new(0));
@@ -532,6 +464,99 @@ pub async fn link(
         lag_ms_p999: ms(0.999),
         lag_ms_max: lag.max() as f64 / 1000.0,
     })
+}
+
+/// Creates the link benchmark's topic in `from`'s region unless it
+/// exists, and waits (30 s at most) until `to`'s region serves every
+/// partition; returns where each partition ends there now.
+async fn topic_in_both(from: &Client, to: &Client, o: &LinkOpts) -> Result<Vec<i64>, ClientError> {
+    match from.topic(&o.topic, false).await {
+        Ok(_) => {}
+        Err(ClientError::UnknownTopic(_)) => {
+            from.create_topic(&o.topic, o.partitions, &o.configs)
+                .await?
+        }
+        Err(e) => return Err(e),
+    }
+    let partitions = from.topic(&o.topic, false).await?.leaders.len() as i32;
+    // The other region learns of the topic through the control plane and
+    // starts its partition groups.
+    let ready = Instant::now() + Duration::from_secs(30);
+    let mut starts = Vec::new();
+    for p in 0..partitions {
+        loop {
+            match to.list_offset(&o.topic, p, -1).await {
+                Ok((end, _)) => {
+                    starts.push(end);
+                    break;
+                }
+                Err(e) if Instant::now() < ready => {
+                    tracing::debug!(error = %e, "waiting for the topic in the other region");
+                    to.forget_leaders(&o.topic).await;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(starts)
+}
+
+/// One reader per partition of `topic` in the other region, from `starts`:
+/// stamps when each benchmark record (numbered in its first 8 bytes)
+/// arrives, until `stop`.
+fn spawn_readers(
+    to: &Arc<Client>,
+    topic: &str,
+    starts: Vec<i64>,
+    arrivals: &Stamps,
+    arrived: &Arc<AtomicU64>,
+    stop: &tokio_util::sync::CancellationToken,
+    started: Instant,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut readers = Vec::new();
+    for (p, start) in starts.into_iter().enumerate() {
+        let (to, topic, arrivals, arrived, stop) = (
+            to.clone(),
+            topic.to_string(),
+            arrivals.clone(),
+            arrived.clone(),
+            stop.clone(),
+        );
+        readers.push(tokio::spawn(async move {
+            let mut offset = start;
+            while !stop.is_cancelled() {
+                let r = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    r = to.fetch(&topic, p as i32, offset, 500) => r,
+                };
+                match r {
+                    Ok((recs, _)) => {
+                        let now = Instant::now();
+                        for r in &recs {
+                            let seq = r
+                                .value
+                                .as_deref()
+                                .and_then(|v| v.get(..8))
+                                .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")));
+                            if let Some(seq) = seq {
+                                stamp(&arrivals, seq, now, started);
+                                arrived.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        if let Some(last) = recs.last() {
+                            offset = last.offset + 1;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "fetch failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        }));
+    }
+    readers
 }
 
 /// Arrival minus acknowledgement per record acknowledged (a record can be

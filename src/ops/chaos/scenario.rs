@@ -303,52 +303,7 @@ impl Scenario {
         }
         let mut faults = Vec::new();
         for (i, f) in raw.faults.iter().enumerate() {
-            let bad = |message: String| ScenarioError::Fault {
-                path: path.to_path_buf(),
-                index: i + 1,
-                fault: f.action.clone(),
-                message,
-            };
-            let action = resolve(f, topology).map_err(bad)?;
-            let times = [("at_s", f.at_s), ("for_s", f.for_s)];
-            for (k, v) in times
-                .iter()
-                .chain(f.every_s.as_ref().map(|e| ("every_s", *e)).iter())
-            {
-                if !v.is_finite() || *v < 0.0 {
-                    return Err(bad(format!(
-                        "{k} = {v}: must be a number of seconds, 0 or more"
-                    )));
-                }
-            }
-            if f.for_s == 0.0 {
-                return Err(bad(
-                    "for_s = 0: a fault must last a while before it heals".into()
-                ));
-            }
-            let repeat = f.repeat.unwrap_or(1);
-            if repeat == 0 || repeat > 100 {
-                return Err(bad(format!("repeat = {repeat}: use 1 to 100")));
-            }
-            let every = match (repeat, f.every_s) {
-                (1, None) => 0.0,
-                (1, Some(_)) => return Err(bad("every_s needs repeat > 1".into())),
-                (_, None) => return Err(bad("repeat > 1 needs every_s".into())),
-                (_, Some(e)) if e < f.for_s => {
-                    return Err(bad(format!(
-                        "every_s = {e} is shorter than for_s = {}: occurrences would overlap",
-                        f.for_s
-                    )))
-                }
-                (_, Some(e)) => e,
-            };
-            for k in 0..repeat {
-                faults.push(Fault {
-                    at: Duration::from_secs_f64(f.at_s + every * k as f64),
-                    hold: Duration::from_secs_f64(f.for_s),
-                    action: action.clone(),
-                });
-            }
+            faults.extend(occurrences(f, i, path, topology)?);
         }
         faults.sort_by_key(|f| f.at);
         let span = faults
@@ -420,6 +375,62 @@ impl Scenario {
             .max()
             .unwrap_or(0)
     }
+}
+
+/// The occurrences of the scenario's fault `i` (0-based), checked: its
+/// action against the topology, its times, its repeats.
+fn occurrences(
+    f: &RawFault,
+    i: usize,
+    path: &Path,
+    topology: &Topology,
+) -> Result<Vec<Fault>, ScenarioError> {
+    let bad = |message: String| ScenarioError::Fault {
+        path: path.to_path_buf(),
+        index: i + 1,
+        fault: f.action.clone(),
+        message,
+    };
+    let action = resolve(f, topology).map_err(bad)?;
+    let times = [("at_s", f.at_s), ("for_s", f.for_s)];
+    for (k, v) in times
+        .iter()
+        .chain(f.every_s.as_ref().map(|e| ("every_s", *e)).iter())
+    {
+        if !v.is_finite() || *v < 0.0 {
+            return Err(bad(format!(
+                "{k} = {v}: must be a number of seconds, 0 or more"
+            )));
+        }
+    }
+    if f.for_s == 0.0 {
+        return Err(bad(
+            "for_s = 0: a fault must last a while before it heals".into()
+        ));
+    }
+    let repeat = f.repeat.unwrap_or(1);
+    if repeat == 0 || repeat > 100 {
+        return Err(bad(format!("repeat = {repeat}: use 1 to 100")));
+    }
+    let every = match (repeat, f.every_s) {
+        (1, None) => 0.0,
+        (1, Some(_)) => return Err(bad("every_s needs repeat > 1".into())),
+        (_, None) => return Err(bad("repeat > 1 needs every_s".into())),
+        (_, Some(e)) if e < f.for_s => {
+            return Err(bad(format!(
+                "every_s = {e} is shorter than for_s = {}: occurrences would overlap",
+                f.for_s
+            )))
+        }
+        (_, Some(e)) => e,
+    };
+    Ok((0..repeat)
+        .map(|k| Fault {
+            at: Duration::from_secs_f64(f.at_s + every * k as f64),
+            hold: Duration::from_secs_f64(f.for_s),
+            action: action.clone(),
+        })
+        .collect())
 }
 
 fn resolve(f: &RawFault, t: &Topology) -> Result<Action, String> {

@@ -248,73 +248,106 @@ pub fn check_views<'a>(
 pub fn evaluate(o: &Observed) -> Report {
     let t0 = o.failed_at_ms;
     let mut problems = Vec::new();
-    let mut topics = Vec::new();
-    for (i, t) in o.topics.iter().enumerate() {
-        let sync = i == 0;
-        let mine: Vec<&Ack> = o.acks.iter().filter(|a| a.topic == *t).collect();
-        let acked: BTreeMap<&str, u64> = mine
-            .iter()
-            .filter_map(|a| a.acked_ms.map(|ms| (a.value.as_str(), ms)))
-            .collect();
-        // RPO: acknowledged before the failover (an isolated region takes
-        // writes until its lease runs out), not served by a survivor while
-        // the region was failed.
-        let mut missing: BTreeMap<&str, u64> = BTreeMap::new();
-        for r in o.regions.iter().filter(|r| **r != o.region) {
-            let held = values_in(&o.before_failback, r, t);
-            for (v, ms) in acked.iter().filter(|(_, ms)| **ms <= o.sealed_at_ms) {
-                if !held.contains(*v) {
-                    missing.insert(v, *ms);
-                }
+    let topics = o
+        .topics
+        .iter()
+        .enumerate()
+        .map(|(i, t)| topic_report(o, t, i == 0, &mut problems))
+        .collect();
+    let rto = rto_of(o);
+    let rto_max_ms = rto
+        .iter()
+        .flat_map(|r| [r.write_ms, r.read_ms])
+        .collect::<Option<Vec<u64>>>()
+        .and_then(|v| v.into_iter().max());
+    if rto.iter().any(|r| r.write_ms.is_none()) {
+        problems.push("some clients never wrote again after the failure".to_string());
+    }
+    Report {
+        region: o.region.clone(),
+        mode: o.mode,
+        failed_at_ms: t0,
+        failover_ms: o.sealed_at_ms.saturating_sub(t0),
+        rto,
+        rto_max_ms,
+        topics,
+        timeline: o.events.clone(),
+        write_errors: write_errors(&o.acks),
+        problems,
+    }
+}
+
+/// One topic's RPO, losses, duplicates and views; what is wrong goes to
+/// `problems`. The drill's first topic is its `sync` one.
+fn topic_report(o: &Observed, t: &str, sync: bool, problems: &mut Vec<String>) -> TopicReport {
+    let mine: Vec<&Ack> = o.acks.iter().filter(|a| a.topic == *t).collect();
+    let acked: BTreeMap<&str, u64> = mine
+        .iter()
+        .filter_map(|a| a.acked_ms.map(|ms| (a.value.as_str(), ms)))
+        .collect();
+    // RPO: acknowledged before the failover (an isolated region takes
+    // writes until its lease runs out), not served by a survivor while
+    // the region was failed.
+    let mut missing: BTreeMap<&str, u64> = BTreeMap::new();
+    for r in o.regions.iter().filter(|r| **r != o.region) {
+        let held = values_in(&o.before_failback, r, t);
+        for (v, ms) in acked.iter().filter(|(_, ms)| **ms <= o.sealed_at_ms) {
+            if !held.contains(*v) {
+                missing.insert(v, *ms);
             }
         }
-        let rpo_ms = missing
-            .values()
-            .map(|ms| o.sealed_at_ms.saturating_sub(*ms))
-            .max()
-            .unwrap_or(0);
-        let ViewCheck {
-            lost,
-            duplicates,
-            identical,
-            reinjected,
-        } = check_views(acked.keys().copied(), &o.regions, &o.after, t);
-        let name = if sync { "sync" } else { "async" };
-        if sync && !missing.is_empty() {
-            problems.push(format!(
-                "{t}: {} records acknowledged as sync were not served after the failover (invariant 7)",
-                missing.len()
-            ));
-        }
-        if !lost.is_empty() {
-            problems.push(format!(
-                "{t}: {} acknowledged records missing after failback, e.g. {}",
-                lost.len(),
-                lost.iter().next().expect("non-empty")
-            ));
-        }
-        if duplicates > 0 {
-            problems.push(format!(
-                "{t}: {duplicates} records served twice (invariant 3)"
-            ));
-        }
-        if !identical {
-            problems.push(format!("{t}: regions serve different views (invariant 4)"));
-        }
-        topics.push(TopicReport {
-            topic: t.clone(),
-            replication: name.to_string(),
-            acknowledged: acked.len(),
-            failed_writes: mine.len() - acked.len(),
-            rpo_records: missing.len(),
-            rpo_ms,
-            lost_after_failback: lost.len(),
-            reinjected,
-            duplicates,
-            views_identical: identical,
-        });
     }
-    // RTO per group of clients.
+    let rpo_ms = missing
+        .values()
+        .map(|ms| o.sealed_at_ms.saturating_sub(*ms))
+        .max()
+        .unwrap_or(0);
+    let ViewCheck {
+        lost,
+        duplicates,
+        identical,
+        reinjected,
+    } = check_views(acked.keys().copied(), &o.regions, &o.after, t);
+    let name = if sync { "sync" } else { "async" };
+    if sync && !missing.is_empty() {
+        problems.push(format!(
+            "{t}: {} records acknowledged as sync were not served after the failover (invariant 7)",
+            missing.len()
+        ));
+    }
+    if !lost.is_empty() {
+        problems.push(format!(
+            "{t}: {} acknowledged records missing after failback, e.g. {}",
+            lost.len(),
+            lost.iter().next().expect("non-empty")
+        ));
+    }
+    if duplicates > 0 {
+        problems.push(format!(
+            "{t}: {duplicates} records served twice (invariant 3)"
+        ));
+    }
+    if !identical {
+        problems.push(format!("{t}: regions serve different views (invariant 4)"));
+    }
+    TopicReport {
+        topic: t.to_string(),
+        replication: name.to_string(),
+        acknowledged: acked.len(),
+        failed_writes: mine.len() - acked.len(),
+        rpo_records: missing.len(),
+        rpo_ms,
+        lost_after_failback: lost.len(),
+        reinjected,
+        duplicates,
+        views_identical: identical,
+    }
+}
+
+/// RTO per group of clients: each surviving region's, and the failed
+/// region's clients.
+fn rto_of(o: &Observed) -> Vec<Rto> {
+    let t0 = o.failed_at_ms;
     let sync_topic = o.topics.first().cloned().unwrap_or_default();
     let written_after: BTreeMap<&str, &Ack> = o
         .acks
@@ -376,26 +409,7 @@ pub fn evaluate(o: &Observed) -> Report {
             failback_gap_ms,
         });
     }
-    let rto_max_ms = rto
-        .iter()
-        .flat_map(|r| [r.write_ms, r.read_ms])
-        .collect::<Option<Vec<u64>>>()
-        .and_then(|v| v.into_iter().max());
-    if rto.iter().any(|r| r.write_ms.is_none()) {
-        problems.push("some clients never wrote again after the failure".to_string());
-    }
-    Report {
-        region: o.region.clone(),
-        mode: o.mode,
-        failed_at_ms: t0,
-        failover_ms: o.sealed_at_ms.saturating_sub(t0),
-        rto,
-        rto_max_ms,
-        topics,
-        timeline: o.events.clone(),
-        write_errors: write_errors(&o.acks),
-        problems,
-    }
+    rto
 }
 
 fn mode_name(m: Option<Mode>) -> &'static str {
