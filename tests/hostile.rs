@@ -695,7 +695,7 @@ fn corpus() -> Vec<(ApiKey, i16, Vec<u8>)> {
             .encode(b, v)
             .unwrap()
     });
-    // CreateTopics, DeleteTopics, IncrementalAlterConfigs and DeleteGroups
+    // CreateTopics, DeleteTopics, IncrementalAlterConfigs, AlterConfigs and DeleteGroups
     // get random bodies only: a mutated valid request would create,
     // delete or alter topics and groups at random (up to 1,024 partitions
     // each), which any client may do today; limiting who may is issue 19's

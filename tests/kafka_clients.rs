@@ -113,3 +113,62 @@ fn triples(v: &serde_json::Value) -> Vec<(i64, i64, String)> {
         })
         .collect()
 }
+
+/// Kafka's standard topic configs, as frameworks set them, through
+/// confluent-kafka's AdminClient: accepted when Kafka would accept them
+/// (unless they ask for what Meridian does not do), described back, and
+/// replaced by the older AlterConfigs API.
+#[test]
+fn confluent_kafka_admin_sets_kafka_topic_configs() {
+    require("python3");
+    let c = Cluster::start();
+    let script = common::repo().join("tests/clients/configs.py");
+    let (ok, out, err) = run(
+        Command::new("python3")
+            .arg(script)
+            .arg(c.bootstrap().as_str()),
+        Duration::from_secs(120),
+    );
+    assert!(ok, "python client failed\n{err}");
+    let v: serde_json::Value =
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert!(v["create_streams"].is_null(), "{}", v["create_streams"]);
+    for (step, words) in [
+        ("create_bad_segment", "minimum, 14"),
+        ("create_unclean", "allowed value is `false`"),
+        ("create_unknown", "unknown topic config"),
+    ] {
+        assert_eq!(v[step][0], "INVALID_CONFIG", "{step}: {}", v[step]);
+        let msg = v[step][1].as_str().unwrap();
+        assert!(msg.contains(words), "{step}: {msg}");
+    }
+    // [value, is_default] per config.
+    let d = &v["described"];
+    assert_eq!(d["segment.bytes"], serde_json::json!(["52428800", false]));
+    assert_eq!(d["min.insync.replicas"], serde_json::json!(["2", false]));
+    assert_eq!(d["retention.ms"], serde_json::json!(["-1", false]));
+    assert_eq!(d["flush.ms"][1], true, "{}", d["flush.ms"]);
+    assert_eq!(d["max.message.bytes"][1], true);
+
+    assert!(v["alter"].is_null(), "{}", v["alter"]);
+    let a = &v["after_alter"];
+    assert_eq!(a["max.message.bytes"], serde_json::json!(["100000", false]));
+    assert_eq!(a["flush.ms"], serde_json::json!(["1000", false]));
+    // Every config not given went back to its default...
+    assert_eq!(a["segment.bytes"], serde_json::json!(["1073741824", true]));
+    assert_eq!(a["retention.ms"][1], true, "{}", a["retention.ms"]);
+    assert_eq!(a["min.insync.replicas"][1], true);
+    // ...but the keys fixed at creation stayed as they were.
+    assert_eq!(a["meridian.regions"], d["meridian.regions"]);
+    assert_eq!(a["meridian.writers"], d["meridian.writers"]);
+
+    assert_eq!(v["alter_bad"][0], "INVALID_CONFIG", "{}", v["alter_bad"]);
+    assert!(v["alter_bad"][1].as_str().unwrap().contains("segment.ms"));
+    assert_eq!(
+        v["alter_missing"][0], "UNKNOWN_TOPIC_OR_PART",
+        "{}",
+        v["alter_missing"]
+    );
+    // A refused replacement changed nothing.
+    assert_eq!(v["after_bad"], v["after_alter"]);
+}

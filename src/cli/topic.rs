@@ -48,6 +48,10 @@ pub enum TopicCmd {
         #[command(flatten)]
         conn: Conn,
         name: String,
+        /// Also list Kafka's standard topic configs that are at their
+        /// defaults (accepted for compatibility; most have no effect here).
+        #[arg(long)]
+        all: bool,
     },
     Alter {
         #[command(flatten)]
@@ -128,7 +132,7 @@ pub(super) async fn run_topic(cmd: TopicCmd) -> Result<()> {
                 );
             }
         }
-        TopicCmd::Describe { conn, name } => {
+        TopicCmd::Describe { conn, name, all } => {
             let c = Client::new(&conn.bootstrap);
             let t = c.topic(&name, false).await?;
             println!("topic {name}  id {}  partitions {}", t.id, t.leaders.len());
@@ -141,8 +145,18 @@ pub(super) async fn run_topic(cmd: TopicCmd) -> Result<()> {
                 println!("  partition {p}  leader {l}  high watermark {hw}");
             }
             println!("configs:");
+            let mut hidden = 0;
             for (k, v, set) in c.describe_configs(&name).await? {
+                // Kafka's compatibility configs at their defaults say
+                // nothing about this topic; --all shows them.
+                if !set && !all && meridian::meta::kafka_configs::find(&k).is_some() {
+                    hidden += 1;
+                    continue;
+                }
                 println!("  {k} = {v}{}", if set { "" } else { "  (default)" });
+            }
+            if hidden > 0 {
+                println!("  ({hidden} more of Kafka's standard configs at their defaults: --all lists them)");
             }
         }
         TopicCmd::Alter {

@@ -17,6 +17,8 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DeleteTopics, 1, 6),
     (ApiKey::DescribeConfigs, 1, 4),
     (ApiKey::IncrementalAlterConfigs, 0, 1),
+    // The older API: the configs given replace the topic's others.
+    (ApiKey::AlterConfigs, 0, 2),
     // Idempotent producers; transactional ids are refused (v5 is for
     // transactions only).
     (ApiKey::InitProducerId, 0, 4),

@@ -9,7 +9,7 @@ use kafka_protocol::messages::describe_configs_response::{
 use kafka_protocol::messages::{DescribeConfigsRequest, DescribeConfigsResponse};
 
 use super::text;
-use crate::meta::TOPIC_CONFIGS;
+use crate::meta::all_topic_configs;
 use crate::router::Router;
 
 pub const RESOURCE_TOPIC: i8 = 2;
@@ -41,21 +41,20 @@ fn describe(r: &Router, res: &DescribeConfigsResource, docs: bool) -> DescribeCo
                     .as_ref()
                     .is_none_or(|keys| keys.iter().any(|w| w.as_str() == k))
             };
-            let configs = TOPIC_CONFIGS
-                .iter()
+            let configs = all_topic_configs()
                 .filter(|(k, _, _)| wanted(k))
                 .map(|(k, default, doc)| {
-                    let set = t.configs.get(*k);
+                    let set = t.configs.get(k);
                     DescribeConfigsResourceResult::default()
-                        .with_name(text(*k))
-                        .with_value(Some(text(set.map_or(*default, |v| v.as_str()))))
+                        .with_name(text(k))
+                        .with_value(Some(text(set.map_or(default, |v| v.as_str()))))
                         .with_config_source(if set.is_some() {
                             SOURCE_DYNAMIC_TOPIC
                         } else {
                             SOURCE_DEFAULT
                         })
                         .with_config_type(TYPE_STRING)
-                        .with_documentation(docs.then(|| text(*doc)))
+                        .with_documentation(docs.then(|| text(doc)))
                 })
                 .collect();
             out.with_configs(configs)

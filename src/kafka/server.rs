@@ -28,7 +28,7 @@ use super::codec::{self, DecodeError};
 use super::log_limit::LogLimit;
 use super::queued::Queue;
 use super::{
-    api_versions, create_topics, delete_topics, describe_configs, fetch, groups,
+    alter_configs, api_versions, create_topics, delete_topics, describe_configs, fetch, groups,
     incremental_alter_configs, list_offsets, metadata, produce, producer_ids, unsupported,
 };
 use crate::group::coordinator::Coordinator;
@@ -577,6 +577,11 @@ async fn dispatch(
             done(ResponseKind::DescribeConfigs(describe_configs::handle(
                 &r, req,
             )))
+        }),
+        RequestKind::AlterConfigs(req) => Box::pin(async move {
+            done(ResponseKind::AlterConfigs(
+                alter_configs::handle(&r, req).await,
+            ))
         }),
         RequestKind::IncrementalAlterConfigs(req) => Box::pin(async move {
             done(ResponseKind::IncrementalAlterConfigs(

@@ -14,7 +14,8 @@ pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 pub const PARTITIONS_MAX: u32 = 1024;
 
 /// Topic configs this broker understands, with their defaults. Kafka clients
-/// and tools ask for these through DescribeConfigs.
+/// and tools ask for these through DescribeConfigs, followed by Kafka's
+/// standard ones that have no effect here (`kafka_configs`, [`all_topic_configs`]).
 pub const TOPIC_CONFIGS: &[(&str, &str, &str)] = &[
     (
         "retention.ms",
@@ -68,6 +69,17 @@ pub const TOPIC_CONFIGS: &[(&str, &str, &str)] = &[
         "The topic a record rejected by a `meridian consume --group` consumer moves to: the next retry topic, or the dead-letter topic.",
     ),
 ];
+
+/// Every topic config DescribeConfigs lists: name, default, what it means
+/// here. Meridian's own and those with an effect first, then Kafka's
+/// standard ones accepted for compatibility.
+pub fn all_topic_configs() -> impl Iterator<Item = (&'static str, &'static str, &'static str)> {
+    TOPIC_CONFIGS.iter().copied().chain(
+        super::kafka_configs::KAFKA_TOPIC_CONFIGS
+            .iter()
+            .map(|c| (c.name, c.default, c.here)),
+    )
+}
 
 pub const KEY_REGIONS: &str = "meridian.regions";
 pub const KEY_WRITERS: &str = "meridian.writers";
@@ -270,6 +282,9 @@ pub fn validate_config(key: &str, value: &str) -> Result<(), MetaError> {
         key: key.to_string(),
         reason,
     };
+    if let Some(c) = super::kafka_configs::find(key) {
+        return super::kafka_configs::check(c.rule, value).map_err(bad);
+    }
     match key {
         "retention.ms" => value
             .parse::<i64>()
@@ -342,7 +357,7 @@ pub fn validate_config(key: &str, value: &str) -> Result<(), MetaError> {
         _ => {
             let known: Vec<&str> = TOPIC_CONFIGS.iter().map(|c| c.0).collect();
             Err(bad(format!(
-                "unknown topic config; known keys are {}",
+                "unknown topic config; known keys are {}, and Kafka's standard topic configs that `meridian topic describe` lists",
                 known.join(", ")
             )))
         }

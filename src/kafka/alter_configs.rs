@@ -1,0 +1,159 @@
+//! AlterConfigs, the older API that kafkajs, sarama, aiokafka and
+//! confluent-kafka's `alter_configs` use: a topic's configs become exactly
+//! the ones given, and every other one returns to its default. The keys
+//! fixed at creation (`meridian.regions`, `meridian.writers`) stay as they
+//! are when the request leaves them out (the old API has no way to keep a
+//! key but to repeat it); changing them is refused as by
+//! IncrementalAlterConfigs.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::alter_configs_request::AlterConfigsResource;
+use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse;
+use kafka_protocol::messages::{AlterConfigsRequest, AlterConfigsResponse};
+
+use super::describe_configs::RESOURCE_TOPIC;
+use super::{text, topic_error_code};
+use crate::meta::{validate_config, FIXED_AT_CREATION};
+use crate::router::Router;
+
+const ALTER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What replacing `current` by `given` sets and deletes: keys given with a
+/// value are set (a null value means the default, as a key left out);
+/// keys set now and not given are deleted, except those fixed at
+/// creation, which a request must not change but need not repeat.
+pub fn replace(
+    current: &BTreeMap<String, String>,
+    given: &[(String, Option<String>)],
+) -> Result<(BTreeMap<String, String>, Vec<String>), String> {
+    let mut set = BTreeMap::new();
+    for (key, value) in given {
+        if let Some(v) = value {
+            if set.insert(key.clone(), v.clone()).is_some() {
+                return Err(format!("`{key}` is given twice"));
+            }
+        }
+    }
+    // A key fixed at creation given with the value it has changes nothing.
+    set.retain(|k, v| !(FIXED_AT_CREATION.contains(&k.as_str()) && current.get(k) == Some(v)));
+    for (k, v) in &set {
+        validate_config(k, v).map_err(|e| e.to_string())?;
+    }
+    let delete = current
+        .keys()
+        .filter(|k| !set.contains_key(*k) && !FIXED_AT_CREATION.contains(&k.as_str()))
+        .cloned()
+        .collect();
+    Ok((set, delete))
+}
+
+async fn alter(
+    r: &Router,
+    res: &AlterConfigsResource,
+    validate_only: bool,
+) -> Option<(i16, String)> {
+    if res.resource_type != RESOURCE_TOPIC {
+        return Some((
+            ResponseError::InvalidRequest.code(),
+            format!(
+                "resource type {} cannot be altered; only topics (2) can",
+                res.resource_type
+            ),
+        ));
+    }
+    let name = res.resource_name.to_string();
+    let Some(topic) = r.topic(&name) else {
+        return Some((
+            ResponseError::UnknownTopicOrPartition.code(),
+            format!("topic `{name}` does not exist"),
+        ));
+    };
+    let given: Vec<(String, Option<String>)> = res
+        .configs
+        .iter()
+        .map(|c| (c.name.to_string(), c.value.as_ref().map(|v| v.to_string())))
+        .collect();
+    let (set, delete) = match replace(&topic.configs, &given) {
+        Ok(c) => c,
+        Err(msg) => return Some((ResponseError::InvalidConfig.code(), msg)),
+    };
+    if validate_only || (set.is_empty() && delete.is_empty()) {
+        return None;
+    }
+    r.alter_topic(&name, set, delete, ALTER_TIMEOUT)
+        .await
+        .err()
+        .map(|e| (topic_error_code(&e), e.to_string()))
+}
+
+pub async fn handle(r: &Router, req: AlterConfigsRequest) -> AlterConfigsResponse {
+    let mut responses = Vec::new();
+    for res in &req.resources {
+        let out = AlterConfigsResourceResponse::default()
+            .with_resource_type(res.resource_type)
+            .with_resource_name(res.resource_name.clone());
+        responses.push(match alter(r, res, req.validate_only).await {
+            Some((code, msg)) => out
+                .with_error_code(code)
+                .with_error_message(Some(text(msg))),
+            None => out,
+        });
+    }
+    AlterConfigsResponse::default().with_responses(responses)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meta::{KEY_REGIONS, KEY_REPLICATION};
+
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn given(pairs: &[(&str, Option<&str>)]) -> Vec<(String, Option<String>)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.map(String::from)))
+            .collect()
+    }
+
+    #[test]
+    fn the_given_configs_replace_the_others_but_those_fixed_at_creation() {
+        let current = map(&[
+            (KEY_REGIONS, "us-east,eu-west"),
+            (KEY_REPLICATION, "sync"),
+            ("max.message.bytes", "1000"),
+        ]);
+        let (set, delete) = replace(
+            &current,
+            &given(&[("segment.bytes", Some("1048576")), ("retention.ms", None)]),
+        )
+        .unwrap();
+        assert_eq!(set, map(&[("segment.bytes", "1048576")]));
+        assert_eq!(delete, vec!["max.message.bytes", KEY_REPLICATION]);
+        // Repeating a fixed key with its value is no change.
+        let (set, _) =
+            replace(&current, &given(&[(KEY_REGIONS, Some("us-east,eu-west"))])).unwrap();
+        assert!(set.is_empty());
+        // Changing it goes on to be refused by the router, as any change.
+        let (set, _) = replace(&current, &given(&[(KEY_REGIONS, Some("us-east"))])).unwrap();
+        assert_eq!(set, map(&[(KEY_REGIONS, "us-east")]));
+        let e = replace(&current, &given(&[("segment.bytes", Some("1"))])).unwrap_err();
+        assert!(e.contains("segment.bytes"), "{e}");
+        let e = replace(&current, &given(&[("no.such.key", Some("1"))])).unwrap_err();
+        assert!(e.contains("unknown topic config"), "{e}");
+        let e = replace(
+            &current,
+            &given(&[("flush.ms", Some("1")), ("flush.ms", Some("2"))]),
+        )
+        .unwrap_err();
+        assert!(e.contains("given twice"), "{e}");
+    }
+}
