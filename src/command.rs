@@ -249,6 +249,10 @@ pub enum PartitionError {
     /// may be (`raft.entry_bytes_max`).
     #[error("the batch is {bytes} bytes as stored, more than raft.entry_bytes_max ({max}); send smaller batches")]
     TooLarge { bytes: u64, max: u64 },
+    /// Free disk space on the leader is below `storage.free_bytes_reserve`:
+    /// retriable, once space is freed.
+    #[error("the node's disk has {} MiB free, below storage.free_bytes_reserve ({} MiB); writes resume when space is freed", .free >> 20, .reserve >> 20)]
+    DiskFull { free: u64, reserve: u64 },
 }
 
 fn producer_refusal(r: &Refusal) -> String {

@@ -76,6 +76,13 @@ pub struct Metrics {
     /// Offset commits not acknowledged (not proposed, timed out, too few
     /// regions held them).
     pub offset_commit_errors: Counter,
+    /// Free bytes on the data directory's filesystem, as last read.
+    pub disk_free_bytes: Gauge,
+    /// 1 while free space is below `storage.free_bytes_reserve` and the
+    /// node refuses new writes.
+    pub disk_reserve_refusing: Gauge,
+    /// Writes refused because free space was below the reserve.
+    pub disk_refused_writes: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -136,6 +143,9 @@ impl Metrics {
             group_rebalances: Counter::default(),
             offset_commits: Counter::default(),
             offset_commit_errors: Counter::default(),
+            disk_free_bytes: Gauge::default(),
+            disk_reserve_refusing: Gauge::default(),
+            disk_refused_writes: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -298,6 +308,21 @@ impl Metrics {
             "lease_renewals",
             "Lease renewals this node committed for its region",
             m.lease_renewals.clone(),
+        );
+        registry.register(
+            "disk_free_bytes",
+            "Free bytes on the filesystem of the node's data directory, as last read",
+            m.disk_free_bytes.clone(),
+        );
+        registry.register(
+            "disk_reserve_refusing",
+            "1 while free space is below storage.free_bytes_reserve and the node refuses new writes",
+            m.disk_reserve_refusing.clone(),
+        );
+        registry.register(
+            "disk_refused_writes",
+            "Writes (produces, offset commits) refused because free space was below storage.free_bytes_reserve",
+            m.disk_refused_writes.clone(),
         );
         registry.register(
             "fenced_produces",

@@ -286,6 +286,21 @@ fn start_replication(
         &me.region,
         config.link.clock_drift_ms_max,
     );
+    let disk = crate::storage::reserve::DiskReserve::new(
+        &config.data_dir,
+        config.storage.free_bytes_reserve,
+        metrics.clone(),
+    );
+    {
+        let (d, s) = (disk.clone(), shutdown.clone());
+        let every = Duration::from_millis(config.storage.free_check_interval_ms);
+        supervise::spawn(
+            "disk reserve",
+            shutdown.clone(),
+            metrics.clone(),
+            move || d.clone().watch(every, s.clone()),
+        );
+    }
     let router = Arc::new(Router {
         groups: groups.clone(),
         link: link.clone(),
@@ -297,6 +312,7 @@ fn start_replication(
         producer_ids,
         decode_permits: tokio::sync::Semaphore::new(config.kafka.decode_concurrency_max as usize),
         entry_bytes_max: config.raft.entry_bytes_max,
+        disk,
     });
     let failover = Arc::new(crate::control::failover::Failover {
         groups: groups.clone(),

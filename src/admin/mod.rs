@@ -20,7 +20,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::router::Router;
-use status::{GroupStatus, LinkStatus, MoveStatus, OriginLogStatus, SealStatus, Status};
+use status::{
+    DiskStatus, GroupStatus, LinkStatus, MoveStatus, OriginLogStatus, SealStatus, Status,
+};
 
 /// Serves the admin endpoints until `shutdown`; an error means the admin
 /// port is gone.
@@ -213,6 +215,11 @@ pub fn status_of(r: &Router) -> Status {
         moves: move_status(r),
         meta,
         partitions,
+        disk: DiskStatus {
+            free_bytes: r.disk.free(),
+            reserve_bytes: r.disk.reserve(),
+            refusing_writes: r.disk.refusing(),
+        },
     }
 }
 

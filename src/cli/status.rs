@@ -25,8 +25,8 @@ pub(super) async fn run_status(cluster: Option<PathBuf>, admin: Option<String>) 
         (None, None) => bail!("give --cluster DIR/cluster.json or --admin HOST:PORT[,...]"),
     };
     println!(
-        "{:<6} {:<10} {:<22} {:>8} {:>8} {:>10} {:>10}",
-        "node", "region", "kafka", "led", "groups", "meta term", "lease ms"
+        "{:<6} {:<10} {:<22} {:>8} {:>8} {:>10} {:>12} {:>10}",
+        "node", "region", "kafka", "led", "groups", "meta term", "disk free", "lease ms"
     );
     let mut links = Vec::new();
     // Failed-over regions and home moves, as the first node that answers
@@ -63,14 +63,22 @@ pub(super) async fn run_status(cluster: Option<PathBuf>, admin: Option<String>) 
                     Some(ms) => ms.to_string(),
                     None => "-".to_string(),
                 };
+                // Free space; FULL: below the reserve, writes refused.
+                let gib = s.disk.free_bytes as f64 / (1u64 << 30) as f64;
+                let disk = if s.disk.refusing_writes {
+                    format!("FULL {gib:.1}G")
+                } else {
+                    format!("{gib:.1}G")
+                };
                 println!(
-                    "{:<6} {:<10} {:<22} {:>8} {:>8} {:>10} {:>10}",
+                    "{:<6} {:<10} {:<22} {:>8} {:>8} {:>10} {:>12} {:>10}",
                     s.node,
                     s.region,
                     s.kafka,
                     s.partitions_led,
                     s.partitions.len(),
                     s.meta.term,
+                    disk,
                     lease
                 );
                 first.get_or_insert(s);

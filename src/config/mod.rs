@@ -25,7 +25,8 @@ pub use node::NodeConfig;
 pub use problems::{ConfigError, ConfigProblem};
 pub use settings::{
     AdminConfig, ControlConfig, GroupsConfig, KafkaConfig, LinkConfig, RaftConfig, RuntimeConfig,
-    TlsConfig, TransportConfig, ADMIN_TOKEN_LEN_MIN, IDLE_TIMEOUT_MS_MAX, TCP_KEEPALIVE_MS_MAX,
+    StorageConfig, TlsConfig, TransportConfig, ADMIN_TOKEN_LEN_MIN, FREE_CHECK_INTERVAL_MS,
+    IDLE_TIMEOUT_MS_MAX, TCP_KEEPALIVE_MS_MAX,
 };
 pub use topics::TopicDecl;
 pub use topology::{NodeSpec, RegionSpec, Topology};

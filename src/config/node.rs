@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::problems::{cannot_use, parse_toml, read_toml, ConfigError, Problems};
 use super::settings::{
     AdminConfig, ControlConfig, GroupsConfig, KafkaConfig, LinkConfig, RaftConfig, RuntimeConfig,
-    TlsConfig, TransportConfig,
+    StorageConfig, TlsConfig, TransportConfig,
 };
 use super::topics::TopicDecl;
 use super::topology::{NodeSpec, RegionSpec, Topology};
@@ -40,6 +40,8 @@ struct NodeFileConfig {
     groups: GroupsConfig,
     #[serde(default)]
     admin: AdminConfig,
+    #[serde(default)]
+    storage: StorageConfig,
     /// Topics to create at start (docs/replication.md#topics-file).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     topics: Option<PathBuf>,
@@ -64,6 +66,7 @@ pub struct NodeConfig {
     pub control: ControlConfig,
     pub groups: GroupsConfig,
     pub admin: AdminConfig,
+    pub storage: StorageConfig,
     /// Topics this node creates at start unless they exist.
     pub topics: Vec<TopicDecl>,
     pub topics_path: Option<PathBuf>,
@@ -101,6 +104,7 @@ impl NodeConfig {
             p.add(key, why);
         }
         validate::check_admin(&mut p, &f.admin);
+        validate::check_storage(&mut p, &f.storage);
         let topology_path = resolve(&f.topology);
         let topology = match Topology::load(&topology_path) {
             Ok(t) => Some(t),
@@ -141,6 +145,7 @@ impl NodeConfig {
             control: f.control,
             groups: f.groups,
             admin: f.admin,
+            storage: f.storage,
             topics,
             topics_path,
             tls: f.tls.map(|t| TlsConfig {
@@ -184,6 +189,7 @@ impl NodeConfig {
             control: ControlConfig::default(),
             groups: GroupsConfig::default(),
             admin,
+            storage: StorageConfig::default(),
             topics: topics.map(Path::to_path_buf),
             tls: None,
         };

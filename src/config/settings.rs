@@ -307,6 +307,33 @@ impl Default for GroupsConfig {
     }
 }
 
+/// The node's disk (docs/operations.md#disk-space).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Free bytes kept on the data directory's filesystem: below this the
+    /// node refuses new writes from clients (KAFKA_STORAGE_ERROR, which
+    /// clients retry) and goes on serving reads and replication; it takes
+    /// writes again once free space is back above the reserve (plus a
+    /// tenth of it, at most 64 MiB, so that it does not flap). 0 turns the
+    /// reserve off.
+    pub free_bytes_reserve: u64,
+    /// How often the node reads its free space.
+    pub free_check_interval_ms: u64,
+}
+
+/// Bounds of `storage.free_check_interval_ms`.
+pub const FREE_CHECK_INTERVAL_MS: (u64, u64) = (100, 60_000);
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            free_bytes_reserve: 1024 * 1024 * 1024,
+            free_check_interval_ms: 1_000,
+        }
+    }
+}
+
 /// The node's async runtime.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]

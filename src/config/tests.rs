@@ -323,3 +323,23 @@ fn written_config_reads_back() {
     assert_eq!(c.kafka, KafkaConfig::default());
     assert_eq!(c.runtime.worker_threads, 1);
 }
+
+#[test]
+fn storage_settings_default_and_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("topo.toml"), GOOD).unwrap();
+    let path = dir.path().join("node.toml");
+    let base = "node_id = 1\ntopology = \"topo.toml\"\ndata_dir = \"d\"\n";
+    let c = NodeConfig::parse(&path, base).unwrap();
+    assert_eq!(c.storage.free_bytes_reserve, 1 << 30);
+    let c =
+        NodeConfig::parse(&path, &format!("{base}[storage]\nfree_bytes_reserve = 0\n")).unwrap();
+    assert_eq!(c.storage.free_bytes_reserve, 0, "0 turns the reserve off");
+    let e = NodeConfig::parse(
+        &path,
+        &format!("{base}[storage]\nfree_check_interval_ms = 10\n"),
+    )
+    .unwrap_err();
+    assert_eq!(e.problems[0].key, "storage.free_check_interval_ms", "{e}");
+    assert!(e.to_string().contains("use 100 to 60000"), "{e}");
+}

@@ -7,8 +7,9 @@ use std::path::Path;
 
 use super::problems::Problems;
 use super::settings::{
-    AdminConfig, ControlConfig, GroupsConfig, KafkaConfig, LinkConfig, RaftConfig, TransportConfig,
-    ADMIN_TOKEN_LEN_MIN, IDLE_TIMEOUT_MS_MAX, TCP_KEEPALIVE_MS_MAX,
+    AdminConfig, ControlConfig, GroupsConfig, KafkaConfig, LinkConfig, RaftConfig, StorageConfig,
+    TransportConfig, ADMIN_TOKEN_LEN_MIN, FREE_CHECK_INTERVAL_MS, IDLE_TIMEOUT_MS_MAX,
+    TCP_KEEPALIVE_MS_MAX,
 };
 use super::topology::Topology;
 use crate::ids::NodeId;
@@ -233,6 +234,21 @@ pub(super) fn check_link(p: &mut Problems, l: &LinkConfig) {
             ),
         ],
     );
+}
+
+/// `storage.*`: a free-space check often enough to act before the disk
+/// fills, and not so often that it costs.
+pub(super) fn check_storage(p: &mut Problems, s: &StorageConfig) {
+    let (lo, hi) = FREE_CHECK_INTERVAL_MS;
+    if !(lo..=hi).contains(&s.free_check_interval_ms) {
+        p.add(
+            "storage.free_check_interval_ms",
+            format!(
+                "{} is out of range: use {lo} to {hi} (ms)",
+                s.free_check_interval_ms
+            ),
+        );
+    }
 }
 
 /// `admin.*`: a token good enough to guard fault injection, and one

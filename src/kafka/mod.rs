@@ -45,6 +45,8 @@ pub(crate) fn partition_error_code(e: &PartitionError) -> i16 {
         PartitionError::Fenced(_) => ResponseError::NotLeaderOrFollower.code(),
         PartitionError::EpochPending { .. } => ResponseError::LeaderNotAvailable.code(),
         PartitionError::TooLarge { .. } => ResponseError::MessageTooLarge.code(),
+        // Retriable (Kafka's answer for a log directory it cannot write).
+        PartitionError::DiskFull { .. } => ResponseError::KafkaStorageError.code(),
         PartitionError::Producer(r) => match r {
             Refusal::DuplicateOld => ResponseError::DuplicateSequenceNumber.code(),
             Refusal::OutOfOrder { .. } => ResponseError::OutOfOrderSequenceNumber.code(),

@@ -58,6 +58,8 @@ pub struct Router {
     pub decode_permits: tokio::sync::Semaphore,
     /// `raft.entry_bytes_max`: no produce creates a larger entry.
     pub entry_bytes_max: u64,
+    /// Free disk space: below the reserve, new writes are refused.
+    pub disk: Arc<crate::storage::reserve::DiskReserve>,
 }
 
 impl Router {

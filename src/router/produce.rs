@@ -89,6 +89,14 @@ impl Router {
             return Err(PartitionError::Fenced(self.me.region.clone()));
         }
         let g = self.led_partition(group)?;
+        // Only a leader refuses for its disk: another node answers
+        // NOT_LEADER above, and the client goes to the leader.
+        self.disk
+            .may_write()
+            .map_err(|b| PartitionError::DiskFull {
+                free: b.free,
+                reserve: b.reserve,
+            })?;
         // After a failover, this region writes again only once the
         // partition moved to the region's new epoch (failback).
         let epoch = self.groups.meta_state().epoch_of(&self.me.region);

@@ -26,6 +26,7 @@
 pub mod log_store;
 pub mod producer_ids;
 pub mod read;
+pub mod reserve;
 pub mod state_machine;
 
 use std::path::Path;
