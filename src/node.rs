@@ -157,7 +157,7 @@ async fn run_inner(config: NodeConfig, shutdown: CancellationToken) -> Result<()
         });
     }
     info!(kafka = %me.kafka, admin = %me.admin, quic = %me.quic, data_dir = %config.data_dir.display(), "node started");
-    let failed = until_stopped(&shutdown, transport_serving, admin_serving).await;
+    let failed = until_stopped(&shutdown, &groups, transport_serving, admin_serving).await;
     info!("shutting down");
     // The reconcile loop shuts every Raft group down; wait for it, bounded.
     if tokio::time::timeout(GROUPS_STOP_TIMEOUT, groups_stopped)
@@ -174,12 +174,21 @@ async fn run_inner(config: NodeConfig, shutdown: CancellationToken) -> Result<()
 /// that ends first stops the node, which exits non-zero saying which.
 async fn until_stopped(
     shutdown: &CancellationToken,
+    groups: &Arc<Groups>,
     transport_serving: tokio::task::JoinHandle<()>,
     admin_serving: tokio::task::JoinHandle<std::io::Result<()>>,
 ) -> Option<NodeError> {
     let stopped = tokio::select! {
         biased; // both end after shutdown too: that is no failure
         _ = shutdown.cancelled() => None,
+        // A group that stopped on a storage error (a failing or full disk)
+        // acknowledges nothing more; with the node stopped, its replicas
+        // elsewhere take over its leaderships at once, and a restart
+        // recovers what the disk holds.
+        (group, why) = group_failure(groups) => Some((
+            "a Raft group",
+            Err(format!("group {group} stopped: {why}; fix or free the disk, then restart the node")),
+        )),
         r = transport_serving => Some((
             "the node-to-node transport's accept loop",
             r.map_err(|e| e.to_string()),
@@ -199,6 +208,17 @@ async fn until_stopped(
         shutdown.cancel();
         NodeError::Stopped { what, why }
     })
+}
+
+/// Waits until one of the node's Raft groups stopped on an error.
+async fn group_failure(groups: &Groups) -> (String, String) {
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tick.tick().await;
+        if let Some(failed) = groups.failure() {
+            return failed;
+        }
+    }
 }
 
 /// What `open` brings up: storage, the transport (not serving yet), the

@@ -191,3 +191,89 @@ fn wait_output(child: &mut std::process::Child, limit: Duration) -> String {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A disk that fails every write (simulated through `/faults`): the
+/// partition leader's group stops on the storage error and the node stops
+/// with it, naming the group; the others take over, the producer's
+/// records all land once, and the node, restarted, catches up.
+#[test]
+fn a_node_whose_disk_fails_stops_and_nothing_acknowledged_is_lost() {
+    let mut c = Cluster::start();
+    let b = c.bootstrap();
+    create(&b, "dying", 1, &[]);
+    let limit = Duration::from_secs(240);
+    let first = common::python_json(
+        "idempotent.py",
+        &["produce", &b, "dying", "a", "300"],
+        limit,
+    );
+    assert_eq!(first["delivered"].as_array().unwrap().len(), 300, "{first}");
+
+    let leader = common::topic_partitions(&c.nodes[0].admin, "dying")
+        .and_then(|p| p.first()?.leader)
+        .expect("the partition has a leader");
+    let admin = c.node(leader).admin.clone();
+    let (code, body) = c
+        .admin_post(&admin, "/faults", r#"{"disk_error": true}"#)
+        .expect("the leader answers");
+    assert_eq!(code, 200, "{body}");
+
+    // Its next write fails, its group stops, and so does the node; the
+    // producer moves to the new leader.
+    let second = common::python_json(
+        "idempotent.py",
+        &["produce", &b, "dying", "b", "300"],
+        limit,
+    );
+    assert_eq!(second["failed"], serde_json::json!([]), "{second}");
+    assert_eq!(
+        second["delivered"].as_array().unwrap().len(),
+        300,
+        "{second}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(&c.node(leader).kafka).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the node with the failing disk still serves"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = c.log(leader);
+    assert!(
+        log.contains("stopped: ") && log.contains("simulated disk error"),
+        "the node says which group stopped and why:\n{}",
+        log.lines().rev().take(30).collect::<Vec<_>>().join("\n")
+    );
+
+    c.restart(leader);
+    c.wait_healthy(Duration::from_secs(60));
+    let read = common::python_json("idempotent.py", &["read", &b, "dying", "1", "600"], limit);
+    let mut values: Vec<&str> = read["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    values.sort_unstable();
+    let mut want: Vec<String> = (0..300)
+        .map(|i| format!("a{i}"))
+        .chain((0..300).map(|i| format!("b{i}")))
+        .collect();
+    want.sort_unstable();
+    assert_eq!(values, want, "every acknowledged record, once");
+    // The restarted node holds them all too.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let hw = common::topic_partitions(&c.node(leader).admin, "dying")
+            .and_then(|p| p.first()?.high_watermark);
+        if hw == Some(600) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restarted node at {hw:?} of 600"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

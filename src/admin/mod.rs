@@ -326,10 +326,14 @@ fn set_faults(r: &Router, body: &[u8]) -> (StatusCode, String) {
         Ok(s) => s,
         Err(e) => return (StatusCode::BAD_REQUEST, format!("bad fault state: {e}\n")),
     };
-    let skew = s.skew_ms;
+    let (skew, disk_error) = (s.skew_ms, s.disk_error);
     match r.link.transport.faults.set(s) {
         Ok(()) => {
             r.groups.clock.set_skew_ms(skew);
+            if disk_error {
+                tracing::warn!("simulated disk error: every write of this node fails from now on, until it restarts");
+                r.groups.fail_disk();
+            }
             (StatusCode::OK, "ok\n".into())
         }
         Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")),

@@ -74,6 +74,9 @@ pub enum DbError {
     Rocks(#[from] rocksdb::Error),
     #[error("corrupt value in {cf}: {reason}")]
     Corrupt { cf: &'static str, reason: String },
+    /// A write failed on purpose (`POST /faults {"disk_error": true}`).
+    #[error("simulated disk error (admin /faults disk_error)")]
+    Simulated,
 }
 
 /// Key of entry `n` of a group's Raft tables: `[group][n]`.
@@ -133,6 +136,8 @@ pub type SyncWaiter = Box<dyn FnOnce(Result<(), std::io::Error>) + Send>;
 pub struct Db {
     db: rocksdb::DB,
     sync_tx: mpsc::Sender<SyncWaiter>,
+    /// Every write and WAL sync fails while set (a simulated dying disk).
+    failing: std::sync::atomic::AtomicBool,
 }
 
 impl Db {
@@ -164,7 +169,11 @@ impl Db {
                 cause,
             })?;
         let (sync_tx, sync_rx) = mpsc::channel(SYNC_QUEUE_MAX);
-        let db = Arc::new(Db { db, sync_tx });
+        let db = Arc::new(Db {
+            db,
+            sync_tx,
+            failing: Default::default(),
+        });
         tokio::spawn(syncer(Arc::downgrade(&db), sync_rx, metrics));
         Ok(db)
     }
@@ -180,8 +189,23 @@ impl Db {
         Ok(self.db.get_cf(self.cf(cf), k)?)
     }
 
+    /// From now on every write and WAL sync fails, as on a dying disk
+    /// (fault injection; there is no way back but a restart).
+    pub fn fail_writes(&self) {
+        self.failing
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn check_failing(&self) -> Result<(), DbError> {
+        if self.failing.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(DbError::Simulated);
+        }
+        Ok(())
+    }
+
     /// Writes without waiting for an fsync (the WAL still orders it).
     pub fn write(&self, batch: WriteBatch) -> Result<(), DbError> {
+        self.check_failing()?;
         let mut wo = WriteOptions::default();
         wo.set_sync(false);
         Ok(self.db.write_opt(batch, &wo)?)
@@ -193,6 +217,7 @@ impl Db {
     /// atomically, so applied state and records never disagree). This halves
     /// the bytes each node writes per record.
     pub fn write_unlogged(&self, batch: WriteBatch) -> Result<(), DbError> {
+        self.check_failing()?;
         let mut wo = WriteOptions::default();
         wo.disable_wal(true);
         Ok(self.db.write_opt(batch, &wo)?)
@@ -200,6 +225,7 @@ impl Db {
 
     /// Writes and fsyncs before returning (rare writes such as votes).
     pub fn write_sync(&self, batch: WriteBatch) -> Result<(), DbError> {
+        self.check_failing()?;
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
         Ok(self.db.write_opt(batch, &wo)?)
@@ -269,8 +295,9 @@ impl Db {
         self.write_sync(b)
     }
 
-    fn flush_wal(&self) -> Result<(), rocksdb::Error> {
-        self.db.flush_wal(true)
+    fn flush_wal(&self) -> Result<(), DbError> {
+        self.check_failing()?;
+        Ok(self.db.flush_wal(true)?)
     }
 }
 

@@ -5,8 +5,8 @@
 //! Traffic inside a region is never touched.
 //!
 //! The round trips come from the topology's `[[rtt]]` entries; cuts, extra
-//! delay, message loss and this node's clock skew are set at run time
-//! through the admin endpoint `/faults`.
+//! delay, message loss, this node's clock skew and a failing disk are set
+//! at run time through the admin endpoint `/faults`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -39,6 +39,11 @@ pub struct FaultState {
     /// (A clock behind still never gives HLCs below ones it has seen.)
     #[serde(default)]
     pub skew_ms: i64,
+    /// This node's disk fails every write from now on (a dying disk):
+    /// its Raft groups stop on the storage error, and so does the node.
+    /// Cleared only by a restart, as a real disk error would be.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disk_error: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -156,6 +161,7 @@ impl Faults {
             });
         }
         norm.skew_ms = s.skew_ms;
+        norm.disk_error = s.disk_error;
         *self.state.write().expect("faults lock") = norm;
         Ok(())
     }

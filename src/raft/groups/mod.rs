@@ -349,6 +349,27 @@ impl Groups {
         }
     }
 
+    /// The first group that stopped on an error (a storage error, a
+    /// panic) rather than by shutdown, with the error: the node cannot go
+    /// on with it gone. None while every group runs.
+    pub fn failure(&self) -> Option<(String, String)> {
+        let failed = |label: String, raft: &Raft| match &raft.metrics().borrow().running_state {
+            Ok(()) | Err(openraft::error::Fatal::Stopped) => None,
+            Err(e) => Some((label, e.to_string())),
+        };
+        failed("meta".to_string(), &self.meta).or_else(|| {
+            self.partitions()
+                .iter()
+                .find_map(|g| failed(g.label(), &g.raft))
+        })
+    }
+
+    /// Makes every write of this node's storage fail from now on: a
+    /// simulated dying disk (admin `/faults`), until the node restarts.
+    pub fn fail_disk(&self) {
+        self.db.fail_writes();
+    }
+
     /// Refreshes the Raft gauges.
     pub fn update_metrics(&self) {
         let mut led = 0;
