@@ -50,6 +50,10 @@ pub enum BenchCmd {
         rate: Option<u64>,
         #[arg(long, value_enum, default_value_t = Codec::None)]
         compression: Codec,
+        /// Values of random bytes, which no compression shrinks (default:
+        /// every byte `x`, which compresses to almost nothing).
+        #[arg(long)]
+        random: bool,
         /// Topic config if the topic must be created, KEY=VALUE; repeatable
         /// (e.g. -c meridian.replication=sync).
         #[arg(short, long = "config", value_parser = parse_kv)]
@@ -122,6 +126,7 @@ pub(super) async fn run_bench(cmd: BenchCmd) -> Result<()> {
             keys,
             rate,
             compression,
+            random,
             configs,
             json,
         } => {
@@ -148,6 +153,7 @@ pub(super) async fn run_bench(cmd: BenchCmd) -> Result<()> {
                 keys,
                 rate,
                 compression,
+                random,
                 configs: configs.into_iter().collect(),
             };
             let client = Arc::new(Client::new(&conn.bootstrap));

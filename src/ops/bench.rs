@@ -27,8 +27,24 @@ pub struct ProduceOpts {
     /// Records per second; `None`: as fast as possible.
     pub rate: Option<u64>,
     pub compression: Compression,
+    /// Values of random bytes, which no compression shrinks (else every
+    /// byte is `x`, which compresses to almost nothing).
+    pub random: bool,
     /// Topic configs if the topic must be created.
     pub configs: BTreeMap<String, String>,
+}
+
+/// Random bytes that record values are cut from: large enough that no
+/// compressor sees the same bytes twice within its window.
+const RANDOM_POOL_BYTES: usize = 16 * 1024 * 1024;
+
+/// The value of record `i`: `size` bytes of `x`, or a window of `pool`.
+fn value_of(pool: &Bytes, size: usize, i: u64) -> Bytes {
+    if pool.len() <= size {
+        return pool.slice(..size.min(pool.len()));
+    }
+    let at = (i as usize).wrapping_mul(size) % (pool.len() - size);
+    pool.slice(at..at + size)
 }
 
 #[derive(Debug, Serialize)]
@@ -135,7 +151,14 @@ pub async fn produce(
     }
     let info = client.topic(&o.topic, false).await?;
     let partitions = info.leaders.len() as u64;
-    let value = Bytes::from(vec![b'x'; o.size]);
+    let pool = if o.random {
+        use rand::RngCore;
+        let mut v = vec![0u8; RANDOM_POOL_BYTES.max(o.size)];
+        rand::thread_rng().fill_bytes(&mut v);
+        Bytes::from(v)
+    } else {
+        Bytes::from(vec![b'x'; o.size])
+    };
     let hist = Arc::new(Mutex::new(histogram()));
     let acked = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
@@ -159,7 +182,7 @@ pub async fn produce(
             .map(|i| {
                 let key = (o.keys > 0)
                     .then(|| Bytes::from(format!("key-{}", (issued + i as u64) % o.keys)));
-                (key, Some(value.clone()))
+                (key, Some(value_of(&pool, o.size, issued + i as u64)))
             })
             .collect();
         let part = (seq % partitions) as i32;
@@ -590,5 +613,19 @@ mod tests {
         assert_eq!(h.len(), 2, "unacknowledged records do not count");
         assert_eq!(h.max(), h.highest_equivalent(40_000));
         assert_eq!(h.min(), 1, "read before the ack came back");
+    }
+
+    #[test]
+    fn random_values_are_distinct_windows_of_the_pool() {
+        let pool = Bytes::from((0..=255u8).cycle().take(10_000).collect::<Vec<_>>());
+        let a = value_of(&pool, 1024, 0);
+        let b = value_of(&pool, 1024, 1);
+        assert_eq!((a.len(), b.len()), (1024, 1024));
+        assert_eq!(&b[..], &pool[1024..2048]);
+        // Wraps inside the pool, never past its end.
+        assert_eq!(value_of(&pool, 1024, 1_000_000).len(), 1024);
+        // A pool no larger than a value is the value.
+        let x = Bytes::from(vec![b'x'; 100]);
+        assert_eq!(value_of(&x, 100, 7), x);
     }
 }
