@@ -78,6 +78,8 @@ pub struct Metrics {
     pub offset_commit_errors: Counter,
     /// Free bytes on the data directory's filesystem, as last read.
     pub disk_free_bytes: Gauge,
+    /// Bytes the data directory holds, as last counted.
+    pub data_dir_bytes: Gauge,
     /// 1 while free space is below `storage.free_bytes_reserve` and the
     /// node refuses new writes.
     pub disk_reserve_refusing: Gauge,
@@ -144,6 +146,7 @@ impl Metrics {
             offset_commits: Counter::default(),
             offset_commit_errors: Counter::default(),
             disk_free_bytes: Gauge::default(),
+            data_dir_bytes: Gauge::default(),
             disk_reserve_refusing: Gauge::default(),
             disk_refused_writes: Counter::default(),
             registry: Registry::default(),
@@ -313,6 +316,11 @@ impl Metrics {
             "disk_free_bytes",
             "Free bytes on the filesystem of the node's data directory, as last read",
             m.disk_free_bytes.clone(),
+        );
+        registry.register(
+            "data_dir_bytes",
+            "Bytes the node's data directory holds (RocksDB files: Raft logs, records, state)",
+            m.data_dir_bytes.clone(),
         );
         registry.register(
             "disk_reserve_refusing",

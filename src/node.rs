@@ -181,13 +181,13 @@ async fn until_stopped(
     let stopped = tokio::select! {
         biased; // both end after shutdown too: that is no failure
         _ = shutdown.cancelled() => None,
-        // A group that stopped on a storage error (a failing or full disk)
-        // acknowledges nothing more; with the node stopped, its replicas
-        // elsewhere take over its leaderships at once, and a restart
-        // recovers what the disk holds.
-        (group, why) = group_failure(groups) => Some((
-            "a Raft group",
-            Err(format!("group {group} stopped: {why}; fix or free the disk, then restart the node")),
+        // A write that failed (a failing or full disk) stops the group that
+        // made it, which acknowledges nothing more; with the node stopped,
+        // the region's other replicas take over its leaderships at once,
+        // and a restart recovers what the disk holds.
+        why = storage_failure(groups) => Some((
+            "its storage",
+            Err(format!("{why}; fix or free the disk, then restart the node")),
         )),
         r = transport_serving => Some((
             "the node-to-node transport's accept loop",
@@ -210,8 +210,9 @@ async fn until_stopped(
     })
 }
 
-/// Waits until one of the node's Raft groups stopped on an error.
-async fn group_failure(groups: &Groups) -> (String, String) {
+/// Waits until a write of the node's storage failed, or one of its Raft
+/// groups stopped on an error.
+async fn storage_failure(groups: &Groups) -> String {
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     loop {
         tick.tick().await;

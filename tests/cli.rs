@@ -47,6 +47,7 @@ async fn topic_lifecycle_produce_consume_and_status() {
     let (ok, out, err) = meridian(&["topic", "describe", "-b", b, "orders"]);
     assert!(ok, "{err}");
     assert!(out.contains("partitions 4"), "{out}");
+    assert!(out.contains("log start 0  high watermark 0"), "{out}");
     assert!(out.contains("retention.ms = 60000\n"), "{out}");
     assert!(
         out.contains("max.message.bytes = 4194304  (default)"),

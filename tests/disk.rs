@@ -99,6 +99,12 @@ fn writes_are_refused_below_the_disk_reserve_and_resume_when_space_returns() {
     rt.block_on(client.produce("disk", 0, one_record("before")))
         .expect("a write with room on the disk");
     wait_refusing(&c, false, "free space above the reserve at start");
+    for n in &c.nodes {
+        let s = status(&n.admin).unwrap().disk;
+        assert!(s.used_bytes > 0 && s.free_bytes > reserve, "{s:?}");
+        assert_eq!(s.reserve_bytes, reserve);
+    }
+    assert!(metric_sum(&c.nodes, "meridian_data_dir_bytes") > 0.0);
 
     let ballast = Ballast::new(c.cluster_dir().join("ballast"), 2 * margin);
     wait_refusing(&c, true, "the reserve refusing writes");
@@ -192,9 +198,10 @@ fn wait_output(child: &mut std::process::Child, limit: Duration) -> String {
     }
 }
 
-/// A disk that fails every write (simulated through `/faults`): the
-/// partition leader's group stops on the storage error and the node stops
-/// with it, naming the group; the others take over, the producer's
+/// A disk that fails every write (simulated through `/faults`): the node
+/// stops at its first failed write, saying why (whichever part wrote: the
+/// partition's Raft log, or the producer-id reservation an idempotent
+/// producer's InitProducerId makes); the others take over, the producer's
 /// records all land once, and the node, restarted, catches up.
 #[test]
 fn a_node_whose_disk_fails_stops_and_nothing_acknowledged_is_lost() {
@@ -225,23 +232,42 @@ fn a_node_whose_disk_fails_stops_and_nothing_acknowledged_is_lost() {
         &["produce", &b, "dying", "b", "300"],
         limit,
     );
-    assert_eq!(second["failed"], serde_json::json!([]), "{second}");
-    assert_eq!(
-        second["delivered"].as_array().unwrap().len(),
-        300,
-        "{second}"
-    );
+    let tails = || {
+        c.nodes
+            .iter()
+            .map(|n| {
+                let log = c.log(n.id);
+                let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                format!(
+                    "node {}:\n{}",
+                    n.id,
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(&c.node(leader).kafka).is_ok() {
         assert!(
             Instant::now() < deadline,
-            "the node with the failing disk still serves"
+            "node {leader}, its disk failing, still serves:\n{}",
+            tails()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    let failed = second["failed"].as_array().unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} records failed, the first {}:\n{}",
+        failed.len(),
+        failed[0],
+        tails()
+    );
+    assert_eq!(second["delivered"].as_array().unwrap().len(), 300);
     let log = c.log(leader);
     assert!(
-        log.contains("stopped: ") && log.contains("simulated disk error"),
+        log.contains("fix or free the disk") && log.contains("simulated disk error"),
         "the node says which group stopped and why:\n{}",
         log.lines().rev().take(30).collect::<Vec<_>>().join("\n")
     );

@@ -217,6 +217,7 @@ pub fn status_of(r: &Router) -> Status {
         partitions,
         disk: DiskStatus {
             free_bytes: r.disk.free(),
+            used_bytes: r.disk.used(),
             reserve_bytes: r.disk.reserve(),
             refusing_writes: r.disk.refusing(),
         },

@@ -118,6 +118,8 @@ pub struct Status {
 pub struct DiskStatus {
     /// Free bytes on the data directory's filesystem, as last read.
     pub free_bytes: u64,
+    /// Bytes the data directory holds, as last counted.
+    pub used_bytes: u64,
     /// `storage.free_bytes_reserve` (0: off).
     pub reserve_bytes: u64,
     /// Whether new writes are refused for lack of space.
@@ -190,6 +192,7 @@ mod tests {
             partitions: vec![group(4097, Some("orders"))],
             disk: DiskStatus {
                 free_bytes: 5 << 30,
+                used_bytes: 3 << 20,
                 reserve_bytes: 1 << 30,
                 refusing_writes: false,
             },
@@ -198,7 +201,7 @@ mod tests {
         let meta = r#"{"group":0,"topic":null,"partition":null,"state":"Leader","leader":1,"term":3,"last_log_index":9,"applied_index":9,"commit_index":9,"high_watermark":null,"snapshot_index":null,"purged_index":null,"origin_logs":[],"links":[]}"#;
         let part = r#"{"group":4097,"topic":"orders","partition":0,"state":"Leader","leader":1,"term":3,"last_log_index":9,"applied_index":9,"commit_index":9,"high_watermark":4,"snapshot_index":null,"purged_index":null,"origin_logs":[{"origin":"us-east","epoch":1,"next_offset":4,"closed_ms":1700000000000,"merged":4}],"links":[{"region":"eu-west","held":3,"lag_records":1}]}"#;
         let want = format!(
-            r#"{{"node":1,"region":"us-east","kafka":"127.0.0.1:9092","partitions_led":1,"leaders":{{"1":1,"2":0}},"lease_ms":2500,"leases":{{"us-east":2500}},"sealed":false,"seals":[{{"region":"ap-south","epoch":1,"decided_at_ms":1700000000000,"partitions":2,"records":7}}],"moves":[{{"topic":"orders","from":"us-east","to":"eu-west","partitions":2,"sealed":1,"handed_over_here":0}}],"meta":{meta},"partitions":[{part}],"disk":{{"free_bytes":5368709120,"reserve_bytes":1073741824,"refusing_writes":false}}}}"#
+            r#"{{"node":1,"region":"us-east","kafka":"127.0.0.1:9092","partitions_led":1,"leaders":{{"1":1,"2":0}},"lease_ms":2500,"leases":{{"us-east":2500}},"sealed":false,"seals":[{{"region":"ap-south","epoch":1,"decided_at_ms":1700000000000,"partitions":2,"records":7}}],"moves":[{{"topic":"orders","from":"us-east","to":"eu-west","partitions":2,"sealed":1,"handed_over_here":0}}],"meta":{meta},"partitions":[{part}],"disk":{{"free_bytes":5368709120,"used_bytes":3145728,"reserve_bytes":1073741824,"refusing_writes":false}}}}"#
         );
         assert_eq!(json, want);
         assert_eq!(parse(&json), Some(s));

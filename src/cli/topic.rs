@@ -137,12 +137,10 @@ pub(super) async fn run_topic(cmd: TopicCmd) -> Result<()> {
             let t = c.topic(&name, false).await?;
             println!("topic {name}  id {}  partitions {}", t.id, t.leaders.len());
             for (p, l) in t.leaders.iter().enumerate() {
-                let hw = c
-                    .list_offset(&name, p as i32, -1)
-                    .await
-                    .map(|x| x.0)
-                    .unwrap_or(-1);
-                println!("  partition {p}  leader {l}  high watermark {hw}");
+                // -2: the log start (earliest), -1: the high watermark.
+                let start = c.list_offset(&name, p as i32, -2).await.map_or(-1, |x| x.0);
+                let hw = c.list_offset(&name, p as i32, -1).await.map_or(-1, |x| x.0);
+                println!("  partition {p}  leader {l}  log start {start}  high watermark {hw}");
             }
             println!("configs:");
             let mut hidden = 0;

@@ -138,6 +138,8 @@ pub struct Db {
     sync_tx: mpsc::Sender<SyncWaiter>,
     /// Every write and WAL sync fails while set (a simulated dying disk).
     failing: std::sync::atomic::AtomicBool,
+    /// The first write error, real or simulated.
+    write_error: std::sync::Mutex<Option<String>>,
 }
 
 impl Db {
@@ -173,6 +175,7 @@ impl Db {
             db,
             sync_tx,
             failing: Default::default(),
+            write_error: Default::default(),
         });
         tokio::spawn(syncer(Arc::downgrade(&db), sync_rx, metrics));
         Ok(db)
@@ -198,9 +201,25 @@ impl Db {
 
     fn check_failing(&self) -> Result<(), DbError> {
         if self.failing.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err(DbError::Simulated);
+            return self.noted(Err(DbError::Simulated));
         }
         Ok(())
+    }
+
+    /// Passes `r` on, keeping the first write error: a node whose disk
+    /// refused a write stops (`node.rs`), whatever part of it wrote.
+    fn noted<E: Into<DbError>>(&self, r: Result<(), E>) -> Result<(), DbError> {
+        r.map_err(|e| {
+            let e = e.into();
+            let mut first = self.write_error.lock().expect("write error lock");
+            first.get_or_insert_with(|| e.to_string());
+            e
+        })
+    }
+
+    /// The first write or WAL sync that failed, if one did.
+    pub fn write_error(&self) -> Option<String> {
+        self.write_error.lock().expect("write error lock").clone()
     }
 
     /// Writes without waiting for an fsync (the WAL still orders it).
@@ -208,7 +227,7 @@ impl Db {
         self.check_failing()?;
         let mut wo = WriteOptions::default();
         wo.set_sync(false);
-        Ok(self.db.write_opt(batch, &wo)?)
+        self.noted(self.db.write_opt(batch, &wo))
     }
 
     /// Writes without the write-ahead log. For state-machine output only:
@@ -220,7 +239,7 @@ impl Db {
         self.check_failing()?;
         let mut wo = WriteOptions::default();
         wo.disable_wal(true);
-        Ok(self.db.write_opt(batch, &wo)?)
+        self.noted(self.db.write_opt(batch, &wo))
     }
 
     /// Writes and fsyncs before returning (rare writes such as votes).
@@ -228,7 +247,7 @@ impl Db {
         self.check_failing()?;
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
-        Ok(self.db.write_opt(batch, &wo)?)
+        self.noted(self.db.write_opt(batch, &wo))
     }
 
     /// Queues `waiter` to run after the next WAL fsync.
@@ -297,7 +316,7 @@ impl Db {
 
     fn flush_wal(&self) -> Result<(), DbError> {
         self.check_failing()?;
-        Ok(self.db.flush_wal(true)?)
+        self.noted(self.db.flush_wal(true))
     }
 }
 
@@ -421,5 +440,30 @@ mod tests {
         }))
         .await;
         assert!(rx.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_failing_disk_fails_every_write_and_is_remembered() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), Arc::new(Metrics::new())).unwrap();
+        let put = || {
+            let mut b = WriteBatch::default();
+            b.put_cf(db.cf(CF_SM_STATE), key(1, 0), b"v");
+            b
+        };
+        db.write(put()).unwrap();
+        assert_eq!(db.write_error(), None);
+        db.fail_writes();
+        assert!(matches!(db.write(put()), Err(DbError::Simulated)));
+        assert!(matches!(db.write_unlogged(put()), Err(DbError::Simulated)));
+        assert!(matches!(db.write_sync(put()), Err(DbError::Simulated)));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        db.after_sync(Box::new(move |r| {
+            let _ = tx.send(r.is_ok());
+        }))
+        .await;
+        assert!(!rx.await.unwrap(), "a WAL sync fails too");
+        let e = db.write_error().expect("the first error is kept");
+        assert!(e.contains("simulated disk error"), "{e}");
     }
 }

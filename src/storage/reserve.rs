@@ -47,6 +47,22 @@ pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
     Ok((s.blocks_available() as u64).saturating_mul(s.fragment_size() as u64))
 }
 
+/// Bytes of the files under `path`, recursively (symbolic links are not
+/// followed; files that vanish meanwhile count as empty).
+pub fn dir_bytes(path: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map_or(0, |m| m.len()),
+            _ => 0,
+        })
+        .sum()
+}
+
 /// Why a write was refused: free space was below the reserve.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BelowReserve {
@@ -59,6 +75,8 @@ pub struct DiskReserve {
     path: PathBuf,
     reserve: u64,
     free: AtomicU64,
+    /// Bytes the data directory holds, as last counted.
+    used: AtomicU64,
     refusing: AtomicBool,
     metrics: Arc<Metrics>,
 }
@@ -71,6 +89,7 @@ impl DiskReserve {
             path: path.to_path_buf(),
             reserve,
             free: AtomicU64::new(u64::MAX),
+            used: AtomicU64::new(0),
             refusing: AtomicBool::new(false),
             metrics,
         });
@@ -103,9 +122,20 @@ impl DiskReserve {
         self.reserve
     }
 
-    /// Reads free space and updates the state, logging each change. A
-    /// failed read keeps the state as it was and says why.
+    /// Bytes the data directory holds, as last counted.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Reads free space and updates the state, logging each change (a
+    /// failed read keeps the state as it was and says why); counts the
+    /// data directory's bytes.
     fn check(&self) {
+        let used = dir_bytes(&self.path);
+        self.used.store(used, Ordering::Relaxed);
+        self.metrics
+            .data_dir_bytes
+            .set(used.min(i64::MAX as u64) as i64);
         let free = match free_bytes(&self.path) {
             Ok(f) => f,
             Err(e) => {
@@ -194,6 +224,11 @@ mod tests {
     fn free_space_of_a_real_directory_is_read() {
         let dir = tempfile::tempdir().unwrap();
         assert!(free_bytes(dir.path()).unwrap() > 0);
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("a"), [0u8; 1000]).unwrap();
+        std::fs::write(dir.path().join("sub/b"), [0u8; 24]).unwrap();
+        assert_eq!(dir_bytes(dir.path()), 1024);
+        assert_eq!(dir_bytes(&dir.path().join("missing")), 0);
         assert!(free_bytes(&dir.path().join("missing")).is_err());
         let m = Arc::new(Metrics::new());
         // A reserve no disk meets: refusing from the start.
@@ -203,5 +238,6 @@ mod tests {
         assert_eq!(m.disk_refused_writes.get(), 1);
         let r = DiskReserve::new(dir.path(), 0, m);
         assert!(r.may_write().is_ok());
+        assert_eq!(r.used(), 1024);
     }
 }

@@ -39,8 +39,8 @@ pub struct FaultState {
     /// (A clock behind still never gives HLCs below ones it has seen.)
     #[serde(default)]
     pub skew_ms: i64,
-    /// This node's disk fails every write from now on (a dying disk):
-    /// its Raft groups stop on the storage error, and so does the node.
+    /// This node's disk fails every write from now on (a dying disk): the
+    /// node stops at its first failed write.
     /// Cleared only by a restart, as a real disk error would be.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub disk_error: bool,

@@ -349,13 +349,17 @@ impl Groups {
         }
     }
 
-    /// The first group that stopped on an error (a storage error, a
-    /// panic) rather than by shutdown, with the error: the node cannot go
-    /// on with it gone. None while every group runs.
-    pub fn failure(&self) -> Option<(String, String)> {
+    /// What failed such that the node cannot go on, and how: a write of
+    /// its storage (whichever part of the node wrote), or a group that
+    /// stopped on an error (a storage error, a panic) rather than by
+    /// shutdown. None while all is well.
+    pub fn failure(&self) -> Option<String> {
+        if let Some(e) = self.db.write_error() {
+            return Some(format!("a write to the node's storage failed: {e}"));
+        }
         let failed = |label: String, raft: &Raft| match &raft.metrics().borrow().running_state {
             Ok(()) | Err(openraft::error::Fatal::Stopped) => None,
-            Err(e) => Some((label, e.to_string())),
+            Err(e) => Some(format!("Raft group {label} stopped: {e}")),
         };
         failed("meta".to_string(), &self.meta).or_else(|| {
             self.partitions()
