@@ -185,10 +185,7 @@ async fn until_stopped(
         // made it, which acknowledges nothing more; with the node stopped,
         // the region's other replicas take over its leaderships at once,
         // and a restart recovers what the disk holds.
-        why = storage_failure(groups) => Some((
-            "its storage",
-            Err(format!("{why}; fix or free the disk, then restart the node")),
-        )),
+        why = storage_failure(groups) => Some(("its storage or a Raft group", Err(why))),
         r = transport_serving => Some((
             "the node-to-node transport's accept loop",
             r.map_err(|e| e.to_string()),

@@ -16,6 +16,14 @@ use meridian::client::{encode_batch, Client, ClientError};
 use meridian::storage::reserve::free_bytes;
 
 const KAFKA_STORAGE_ERROR: i16 = 56;
+
+/// The tests of this file run one at a time: the reserve test moves the
+/// free space of the disk they share.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
 const MIB: u64 = 1024 * 1024;
 
 /// A file that takes `bytes` of real disk space until dropped.
@@ -72,6 +80,7 @@ fn one_record(v: &str) -> Bytes {
 
 #[test]
 fn writes_are_refused_below_the_disk_reserve_and_resume_when_space_returns() {
+    let _serial = one_at_a_time();
     // The reserve is set just below what is free now, and a ballast file
     // larger than the difference pushes free space under it.
     let tmp = std::env::temp_dir();
@@ -205,6 +214,7 @@ fn wait_output(child: &mut std::process::Child, limit: Duration) -> String {
 /// records all land once, and the node, restarted, catches up.
 #[test]
 fn a_node_whose_disk_fails_stops_and_nothing_acknowledged_is_lost() {
+    let _serial = one_at_a_time();
     let mut c = Cluster::start();
     let b = c.bootstrap();
     create(&b, "dying", 1, &[]);

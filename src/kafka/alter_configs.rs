@@ -1,10 +1,12 @@
 //! AlterConfigs, the older API that kafkajs, sarama, aiokafka and
 //! confluent-kafka's `alter_configs` use: a topic's configs become exactly
-//! the ones given, and every other one returns to its default. The keys
-//! fixed at creation (`meridian.regions`, `meridian.writers`) stay as they
-//! are when the request leaves them out (the old API has no way to keep a
-//! key but to repeat it); changing them is refused as by
-//! IncrementalAlterConfigs.
+//! the ones given, and every other Kafka config returns to its default.
+//! Meridian's own keys (`meridian.*`: replication, sync quorum, retry
+//! delays, and those fixed at creation) stay as they are unless the
+//! request names them: a Kafka tool that replaces a topic's configs knows
+//! nothing of them, and dropping `meridian.replication=sync` would weaken
+//! what an acknowledgement promises without anyone asking. Changing a key
+//! fixed at creation is refused as by IncrementalAlterConfigs.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -21,21 +23,27 @@ use crate::router::Router;
 
 const ALTER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Whether a key outlives a replacement that does not name it.
+fn kept_unless_named(key: &str) -> bool {
+    key.starts_with("meridian.")
+}
+
 /// What replacing `current` by `given` sets and deletes: keys given with a
-/// value are set (a null value means the default, as a key left out);
-/// keys set now and not given are deleted, except those fixed at
-/// creation, which a request must not change but need not repeat.
+/// value are set (a null value means the default, as a key left out; a
+/// key given twice takes its last value, as Kafka does); keys set now and
+/// not given are deleted, except Meridian's own, which stay unless named.
 pub fn replace(
     current: &BTreeMap<String, String>,
     given: &[(String, Option<String>)],
 ) -> Result<(BTreeMap<String, String>, Vec<String>), String> {
     let mut set = BTreeMap::new();
+    let mut named = std::collections::BTreeSet::new();
     for (key, value) in given {
-        if let Some(v) = value {
-            if set.insert(key.clone(), v.clone()).is_some() {
-                return Err(format!("`{key}` is given twice"));
-            }
-        }
+        named.insert(key.as_str());
+        match value {
+            Some(v) => set.insert(key.clone(), v.clone()),
+            None => set.remove(key),
+        };
     }
     // A key fixed at creation given with the value it has changes nothing.
     set.retain(|k, v| !(FIXED_AT_CREATION.contains(&k.as_str()) && current.get(k) == Some(v)));
@@ -44,7 +52,8 @@ pub fn replace(
     }
     let delete = current
         .keys()
-        .filter(|k| !set.contains_key(*k) && !FIXED_AT_CREATION.contains(&k.as_str()))
+        .filter(|k| !set.contains_key(*k) && (named.contains(k.as_str()) || !kept_unless_named(k)))
+        .filter(|k| !FIXED_AT_CREATION.contains(&k.as_str()))
         .cloned()
         .collect();
     Ok((set, delete))
@@ -137,6 +146,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(set, map(&[("segment.bytes", "1048576")]));
+        // Kafka's keys go back to their defaults; Meridian's stay: a Kafka
+        // tool does not turn a sync topic async.
+        assert_eq!(delete, vec!["max.message.bytes"]);
+        // Named with a null value, a Meridian key goes back to its default.
+        let (_, delete) = replace(&current, &given(&[(KEY_REPLICATION, None)])).unwrap();
         assert_eq!(delete, vec!["max.message.bytes", KEY_REPLICATION]);
         // Repeating a fixed key with its value is no change.
         let (set, _) =
@@ -149,11 +163,22 @@ mod tests {
         assert!(e.contains("segment.bytes"), "{e}");
         let e = replace(&current, &given(&[("no.such.key", Some("1"))])).unwrap_err();
         assert!(e.contains("unknown topic config"), "{e}");
-        let e = replace(
+        // A key given twice takes its last value, as in Kafka.
+        let (set, _) = replace(
             &current,
             &given(&[("flush.ms", Some("1")), ("flush.ms", Some("2"))]),
         )
-        .unwrap_err();
-        assert!(e.contains("given twice"), "{e}");
+        .unwrap();
+        assert_eq!(set, map(&[("flush.ms", "2")]));
+        let (set, delete) = replace(
+            &current,
+            &given(&[
+                ("max.message.bytes", Some("5")),
+                ("max.message.bytes", None),
+            ]),
+        )
+        .unwrap();
+        assert!(set.is_empty());
+        assert!(delete.contains(&"max.message.bytes".to_string()));
     }
 }

@@ -277,11 +277,21 @@ pub fn validate_topic_name(name: &str) -> Result<(), MetaError> {
     }
 }
 
+/// Longest topic config value: every value is stored in the metadata
+/// group and copied to every region.
+pub const CONFIG_VALUE_LEN_MAX: usize = 1024;
+
 pub fn validate_config(key: &str, value: &str) -> Result<(), MetaError> {
     let bad = |reason: String| MetaError::InvalidConfig {
         key: key.to_string(),
         reason,
     };
+    if value.len() > CONFIG_VALUE_LEN_MAX {
+        return Err(bad(format!(
+            "the value is {} bytes; at most {CONFIG_VALUE_LEN_MAX} are allowed",
+            value.len()
+        )));
+    }
     if let Some(c) = super::kafka_configs::find(key) {
         return super::kafka_configs::check(c.rule, value).map_err(bad);
     }
@@ -508,5 +518,15 @@ mod tests {
         assert!(validate_config(KEY_RETRY_NEXT, "orders.retry.1").is_ok());
         let e = validate_config(KEY_RETRY_NEXT, "no spaces").unwrap_err();
         assert!(e.to_string().contains("not a topic name"), "{e}");
+    }
+
+    #[test]
+    fn config_values_are_bounded_in_length() {
+        let long = format!("{}1", "0".repeat(CONFIG_VALUE_LEN_MAX));
+        let e = validate_config("segment.ms", &long).unwrap_err();
+        assert!(e.to_string().contains("at most 1024"), "{e}");
+        let pairs = vec!["0:1"; 400].join(",");
+        assert!(validate_config("leader.replication.throttled.replicas", &pairs).is_err());
+        assert!(validate_config("segment.ms", &"1".repeat(10)).is_ok());
     }
 }

@@ -47,6 +47,7 @@ report["create_streams"] = create("app-repartition", {
     "message.timestamp.type": "CreateTime",
     "min.insync.replicas": "2",
     "unclean.leader.election.enable": "false",
+    "meridian.rpo.max.ms": "5000",
 })
 report["create_bad_segment"] = create("bad-segment", {"segment.bytes": "13"})
 report["create_unclean"] = create("bad-unclean", {"unclean.leader.election.enable": "true"})

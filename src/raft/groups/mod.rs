@@ -349,17 +349,32 @@ impl Groups {
         }
     }
 
-    /// What failed such that the node cannot go on, and how: a write of
-    /// its storage (whichever part of the node wrote), or a group that
-    /// stopped on an error (a storage error, a panic) rather than by
-    /// shutdown. None while all is well.
+    /// What failed such that the node cannot go on, and what to do: a
+    /// write of its storage (whichever part of the node wrote), or a group
+    /// that stopped on an error or panicked rather than by shutdown. None
+    /// while all is well.
     pub fn failure(&self) -> Option<String> {
         if let Some(e) = self.db.write_error() {
-            return Some(format!("a write to the node's storage failed: {e}"));
+            return Some(format!(
+                "a write to the node's storage failed: {e}; fix or free the disk, then restart the node"
+            ));
         }
-        let failed = |label: String, raft: &Raft| match &raft.metrics().borrow().running_state {
-            Ok(()) | Err(openraft::error::Fatal::Stopped) => None,
-            Err(e) => Some(format!("Raft group {label} stopped: {e}")),
+        let failed = |label: String, raft: &Raft| {
+            let rx = raft.metrics();
+            // A core that panicked drops its metrics sender without
+            // setting `running_state`.
+            let gone = rx.has_changed().is_err();
+            let state = rx.borrow().running_state.clone();
+            match &state {
+                Err(openraft::error::Fatal::Stopped) => None,
+                Ok(()) if !gone => None,
+                Ok(()) => Some(format!(
+                    "Raft group {label} stopped without an error (its task panicked; see the log above); restart the node"
+                )),
+                Err(e) => Some(format!(
+                    "Raft group {label} stopped: {e}; restart the node once the cause is fixed"
+                )),
+            }
         };
         failed("meta".to_string(), &self.meta).or_else(|| {
             self.partitions()
