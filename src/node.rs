@@ -183,7 +183,7 @@ async fn until_stopped(
         _ = shutdown.cancelled() => None,
         // A write that failed (a failing or full disk) stops the group that
         // made it, which acknowledges nothing more; with the node stopped,
-        // the region's other replicas take over its leaderships at once,
+        // the region's other replicas elect new leaders for its partitions,
         // and a restart recovers what the disk holds.
         why = storage_failure(groups) => Some(("its storage or a Raft group", Err(why))),
         r = transport_serving => Some((

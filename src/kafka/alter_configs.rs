@@ -9,19 +9,16 @@
 //! fixed at creation is refused as by IncrementalAlterConfigs.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::alter_configs_request::AlterConfigsResource;
 use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse;
 use kafka_protocol::messages::{AlterConfigsRequest, AlterConfigsResponse};
 
-use super::describe_configs::RESOURCE_TOPIC;
-use super::{text, topic_error_code};
+use super::alter::{apply, no_such_topic, not_a_topic};
+use super::text;
 use crate::meta::{validate_config, FIXED_AT_CREATION};
 use crate::router::Router;
-
-const ALTER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Whether a key outlives a replacement that does not name it.
 fn kept_unless_named(key: &str) -> bool {
@@ -64,21 +61,12 @@ async fn alter(
     res: &AlterConfigsResource,
     validate_only: bool,
 ) -> Option<(i16, String)> {
-    if res.resource_type != RESOURCE_TOPIC {
-        return Some((
-            ResponseError::InvalidRequest.code(),
-            format!(
-                "resource type {} cannot be altered; only topics (2) can",
-                res.resource_type
-            ),
-        ));
+    if let Some(refused) = not_a_topic(res.resource_type) {
+        return Some(refused);
     }
     let name = res.resource_name.to_string();
     let Some(topic) = r.topic(&name) else {
-        return Some((
-            ResponseError::UnknownTopicOrPartition.code(),
-            format!("topic `{name}` does not exist"),
-        ));
+        return Some(no_such_topic(&name));
     };
     let given: Vec<(String, Option<String>)> = res
         .configs
@@ -89,13 +77,10 @@ async fn alter(
         Ok(c) => c,
         Err(msg) => return Some((ResponseError::InvalidConfig.code(), msg)),
     };
-    if validate_only || (set.is_empty() && delete.is_empty()) {
+    if set.is_empty() && delete.is_empty() {
         return None;
     }
-    r.alter_topic(&name, set, delete, ALTER_TIMEOUT)
-        .await
-        .err()
-        .map(|e| (topic_error_code(&e), e.to_string()))
+    apply(r, &name, set, delete, validate_only).await
 }
 
 pub async fn handle(r: &Router, req: AlterConfigsRequest) -> AlterConfigsResponse {

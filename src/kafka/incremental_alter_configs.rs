@@ -3,21 +3,19 @@
 //! refused with INVALID_CONFIG.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::incremental_alter_configs_request::AlterConfigsResource;
 use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse;
 use kafka_protocol::messages::{IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse};
 
-use super::describe_configs::RESOURCE_TOPIC;
-use super::{text, topic_error_code};
+use super::alter::{apply, no_such_topic, not_a_topic};
+use super::text;
 use crate::meta::validate_config;
 use crate::router::Router;
 
 const OP_SET: i8 = 0;
 const OP_DELETE: i8 = 1;
-const ALTER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The changes a resource asks for, or why they are refused.
 fn changes(res: &AlterConfigsResource) -> Result<(BTreeMap<String, String>, Vec<String>), String> {
@@ -47,14 +45,8 @@ async fn alter(
     res: &AlterConfigsResource,
     validate_only: bool,
 ) -> Option<(i16, String)> {
-    if res.resource_type != RESOURCE_TOPIC {
-        return Some((
-            ResponseError::InvalidRequest.code(),
-            format!(
-                "resource type {} cannot be altered; only topics (2) can",
-                res.resource_type
-            ),
-        ));
+    if let Some(refused) = not_a_topic(res.resource_type) {
+        return Some(refused);
     }
     let (set, delete) = match changes(res) {
         Ok(c) => c,
@@ -62,18 +54,9 @@ async fn alter(
     };
     let name = res.resource_name.to_string();
     if r.topic(&name).is_none() {
-        return Some((
-            ResponseError::UnknownTopicOrPartition.code(),
-            format!("topic `{name}` does not exist"),
-        ));
+        return Some(no_such_topic(&name));
     }
-    if validate_only {
-        return None;
-    }
-    r.alter_topic(&name, set, delete, ALTER_TIMEOUT)
-        .await
-        .err()
-        .map(|e| (topic_error_code(&e), e.to_string()))
+    apply(r, &name, set, delete, validate_only).await
 }
 
 pub async fn handle(

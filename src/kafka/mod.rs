@@ -9,6 +9,7 @@ pub mod producer_ids;
 pub mod queued;
 pub mod server;
 
+mod alter;
 mod alter_configs;
 mod api_versions;
 mod create_topics;

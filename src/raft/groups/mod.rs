@@ -359,27 +359,25 @@ impl Groups {
                 "a write to the node's storage failed: {e}; fix or free the disk, then restart the node"
             ));
         }
-        let failed = |label: String, raft: &Raft| {
+        // Runs every 200 ms over every group: names are made only for a
+        // group that failed.
+        let failed = |raft: &Raft, label: &dyn Fn() -> String| {
             let rx = raft.metrics();
             // A core that panicked drops its metrics sender without
             // setting `running_state`.
             let gone = rx.has_changed().is_err();
-            let state = rx.borrow().running_state.clone();
-            match &state {
-                Err(openraft::error::Fatal::Stopped) => None,
-                Ok(()) if !gone => None,
-                Ok(()) => Some(format!(
-                    "Raft group {label} stopped without an error (its task panicked; see the log above); restart the node"
-                )),
-                Err(e) => Some(format!(
-                    "Raft group {label} stopped: {e}; restart the node once the cause is fixed"
-                )),
-            }
+            let why = match &rx.borrow().running_state {
+                Err(openraft::error::Fatal::Stopped) => return None,
+                Ok(()) if !gone => return None,
+                Ok(()) => "stopped without an error (its task panicked; see the log above); restart the node".to_string(),
+                Err(e) => format!("stopped: {e}; restart the node once the cause is fixed"),
+            };
+            Some(format!("Raft group {} {why}", label()))
         };
-        failed("meta".to_string(), &self.meta).or_else(|| {
+        failed(&self.meta, &|| "meta".to_string()).or_else(|| {
             self.partitions()
                 .iter()
-                .find_map(|g| failed(g.label(), &g.raft))
+                .find_map(|g| failed(&g.raft, &|| g.label()))
         })
     }
 
