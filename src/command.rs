@@ -161,6 +161,24 @@ pub enum Command {
         batch: bytes::Bytes,
         settled_at: u64,
     },
+    /// Partition group: retention or DeleteRecords moves the log start to
+    /// view position `log_start`, whose record has HLC `hlc` (computed by
+    /// the leader from the view below its high watermark, which never
+    /// changes). Stored batches wholly before that record in the view are
+    /// removed, of each origin log `o` only below `keep[o]`: what every
+    /// other region of the topic is known to hold (a log not listed keeps
+    /// everything). See `storage::state_machine::trim`.
+    Trim {
+        log_start: u64,
+        hlc: u64,
+        keep: Vec<(crate::ids::LogRef, u64)>,
+    },
+    /// Meta group: DeleteRecords moves the log start of `topic`'s
+    /// partitions (partition, view offset) in every region.
+    DeleteRecords {
+        topic: String,
+        starts: Vec<(u32, u64)>,
+    },
 }
 
 /// What applying a command returns to the proposer.
@@ -323,6 +341,26 @@ mod encoding_tests {
                 epoch: 2
             }),
             "0700000002000000"
+        );
+        // The commands of retention: variants 17 and 18. Trim: log start,
+        // HLC, no keep points. DeleteRecords: topic length, "t", one
+        // start (partition 0, offset 3).
+        let trim = Command::Trim {
+            log_start: 1,
+            hlc: 2,
+            keep: vec![],
+        };
+        assert_eq!(
+            hex(&trim),
+            "11000000010000000000000002000000000000000000000000000000"
+        );
+        let delete = Command::DeleteRecords {
+            topic: "t".into(),
+            starts: vec![(0, 3)],
+        };
+        assert_eq!(
+            hex(&delete),
+            "120000000100000000000000740100000000000000000000000300000000000000"
         );
     }
 }

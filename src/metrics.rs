@@ -40,6 +40,14 @@ pub struct Metrics {
     pub closed_age_ms: Family<Labels, Gauge>,
     /// Per topic and partition: acknowledged own records no other region holds.
     pub rpo_exposure_records: Family<Labels, Gauge>,
+    /// Per topic and partition (set by the partition leader): the log
+    /// start, records removed here, and records past retention kept
+    /// because another region of the topic does not hold them yet.
+    pub log_start_offset: Family<Labels, Gauge>,
+    pub removed_records: Family<Labels, Gauge>,
+    pub retention_pinned_records: Family<Labels, Gauge>,
+    /// Trims (retention and DeleteRecords) this node proposed.
+    pub retention_trims: Counter,
     pub link_batches_sent: Counter,
     /// Restarts of supervised background loops (`supervise`), by loop.
     pub loop_restarts: Family<Labels, Counter>,
@@ -125,6 +133,10 @@ impl Metrics {
             link_lag_ms: Family::default(),
             closed_age_ms: Family::default(),
             rpo_exposure_records: Family::default(),
+            log_start_offset: Family::default(),
+            removed_records: Family::default(),
+            retention_pinned_records: Family::default(),
+            retention_trims: Counter::default(),
             link_batches_sent: Counter::default(),
             loop_restarts: Family::default(),
             link_errors: Counter::default(),
@@ -311,6 +323,26 @@ impl Metrics {
             "lease_renewals",
             "Lease renewals this node committed for its region",
             m.lease_renewals.clone(),
+        );
+        registry.register(
+            "log_start_offset",
+            "A partition's log start in this region: the first offset a consumer can fetch",
+            m.log_start_offset.clone(),
+        );
+        registry.register(
+            "removed_records",
+            "Records this region removed from a partition's storage (retention, DeleteRecords)",
+            m.removed_records.clone(),
+        );
+        registry.register(
+            "retention_pinned_records",
+            "Records below a partition's log start still stored because another region of the topic does not hold them yet",
+            m.retention_pinned_records.clone(),
+        );
+        registry.register(
+            "retention_trims",
+            "Log start moves and removals this node proposed as a partition leader",
+            m.retention_trims.clone(),
         );
         registry.register(
             "disk_free_bytes",

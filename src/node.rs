@@ -351,6 +351,18 @@ fn start_replication(
             failover.clone().run(s.clone())
         });
     }
+    let retention = Arc::new(crate::control::retention::Retention {
+        groups: groups.clone(),
+        link: link.clone(),
+        cfg: config.storage.clone(),
+        metrics: metrics.clone(),
+    });
+    {
+        let s = shutdown.clone();
+        supervise::spawn("retention", shutdown.clone(), metrics.clone(), move || {
+            retention.clone().run(s.clone())
+        });
+    }
     {
         let (g, t, m, c, f, mx, s) = (
             groups.clone(),

@@ -74,7 +74,8 @@ async fn topic_lifecycle_produce_consume_and_status() {
     assert!(ok, "{err}");
     let (_, out, _) = meridian(&["topic", "describe", "-b", b, "orders"]);
     assert!(
-        out.contains("max.message.bytes = 1000\n") && out.contains("retention.ms = -1  (default)"),
+        out.contains("max.message.bytes = 1000\n")
+            && out.contains("retention.ms = 604800000  (default)"),
         "{out}"
     );
     let (ok, _, err) = meridian(&[
@@ -84,7 +85,7 @@ async fn topic_lifecycle_produce_consume_and_status() {
         b,
         "orders",
         "--set",
-        "retention.bytes=1",
+        "retention.bitez=1",
     ]);
     assert!(!ok && err.contains("known keys are"), "{err}");
 

@@ -119,6 +119,8 @@ fn group_status(
         applied_index: m.last_applied.map(|l| l.index),
         commit_index,
         high_watermark: None,
+        log_start: None,
+        removed_records: None,
         snapshot_index: m.snapshot.map(|l| l.index),
         purged_index: m.purged.map(|l| l.index),
         origin_logs: Vec::new(),
@@ -145,6 +147,8 @@ pub fn status_of(r: &Router) -> Status {
             s.partition = Some(g.partition);
             let p = g.progress.borrow().clone();
             s.high_watermark = Some(p.view_next);
+            s.log_start = r.log_start(&g.topic, g.partition as i32).ok();
+            s.removed_records = Some(p.removed_records);
             s.origin_logs = p
                 .logs
                 .iter()
@@ -157,6 +161,7 @@ pub fn status_of(r: &Router) -> Status {
                     next_offset: st.next_offset,
                     closed_ms: crate::hlc::wall_ms(st.closed),
                     merged: st.merged,
+                    stored_from: p.trimmed.get(l).copied().unwrap_or(0),
                 })
                 .collect();
             if s.leader == Some(r.node_id()) {

@@ -28,6 +28,10 @@ pub struct GroupStatus {
     pub commit_index: Option<u64>,
     /// The Kafka high watermark: length of the partition's global view.
     pub high_watermark: Option<u64>,
+    /// The partition's log start here (retention, DeleteRecords), and the
+    /// records removed from this node's storage.
+    pub log_start: Option<u64>,
+    pub removed_records: Option<u64>,
     /// Last entry of the latest snapshot, and the last entry purged from
     /// the log (the meta group only; partition logs are kept whole).
     pub snapshot_index: Option<u64>,
@@ -48,6 +52,8 @@ pub struct OriginLogStatus {
     pub closed_ms: i64,
     /// Records of it in the global view.
     pub merged: u64,
+    /// The first offset still stored here (retention removed those below).
+    pub stored_from: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -145,6 +151,8 @@ mod tests {
             applied_index: Some(9),
             commit_index: Some(9),
             high_watermark: topic.map(|_| 4),
+            log_start: topic.map(|_| 1),
+            removed_records: topic.map(|_| 1),
             snapshot_index: None,
             purged_index: None,
             origin_logs: topic.map_or_else(Vec::new, |_| {
@@ -154,6 +162,7 @@ mod tests {
                     next_offset: 4,
                     closed_ms: 1_700_000_000_000,
                     merged: 4,
+                    stored_from: 1,
                 }]
             }),
             links: topic.map_or_else(Vec::new, |_| {
@@ -198,8 +207,8 @@ mod tests {
             },
         };
         let json = serde_json::to_string(&s).unwrap();
-        let meta = r#"{"group":0,"topic":null,"partition":null,"state":"Leader","leader":1,"term":3,"last_log_index":9,"applied_index":9,"commit_index":9,"high_watermark":null,"snapshot_index":null,"purged_index":null,"origin_logs":[],"links":[]}"#;
-        let part = r#"{"group":4097,"topic":"orders","partition":0,"state":"Leader","leader":1,"term":3,"last_log_index":9,"applied_index":9,"commit_index":9,"high_watermark":4,"snapshot_index":null,"purged_index":null,"origin_logs":[{"origin":"us-east","epoch":1,"next_offset":4,"closed_ms":1700000000000,"merged":4}],"links":[{"region":"eu-west","held":3,"lag_records":1}]}"#;
+        let meta = r#"{"group":0,"topic":null,"partition":null,"state":"Leader","leader":1,"term":3,"last_log_index":9,"applied_index":9,"commit_index":9,"high_watermark":null,"log_start":null,"removed_records":null,"snapshot_index":null,"purged_index":null,"origin_logs":[],"links":[]}"#;
+        let part = r#"{"group":4097,"topic":"orders","partition":0,"state":"Leader","leader":1,"term":3,"last_log_index":9,"applied_index":9,"commit_index":9,"high_watermark":4,"log_start":1,"removed_records":1,"snapshot_index":null,"purged_index":null,"origin_logs":[{"origin":"us-east","epoch":1,"next_offset":4,"closed_ms":1700000000000,"merged":4,"stored_from":1}],"links":[{"region":"eu-west","held":3,"lag_records":1}]}"#;
         let want = format!(
             r#"{{"node":1,"region":"us-east","kafka":"127.0.0.1:9092","partitions_led":1,"leaders":{{"1":1,"2":0}},"lease_ms":2500,"leases":{{"us-east":2500}},"sealed":false,"seals":[{{"region":"ap-south","epoch":1,"decided_at_ms":1700000000000,"partitions":2,"records":7}}],"moves":[{{"topic":"orders","from":"us-east","to":"eu-west","partitions":2,"sealed":1,"handed_over_here":0}}],"meta":{meta},"partitions":[{part}],"disk":{{"free_bytes":5368709120,"used_bytes":3145728,"reserve_bytes":1073741824,"refusing_writes":false}}}}"#
         );

@@ -320,16 +320,32 @@ pub struct StorageConfig {
     pub free_bytes_reserve: u64,
     /// How often the node reads its free space.
     pub free_check_interval_ms: u64,
+    /// `retention.ms` of topics that do not set it (Kafka's
+    /// `log.retention.ms`): records older than this leave the log; -1
+    /// keeps them forever.
+    pub retention_ms: i64,
+    /// `retention.bytes` of topics that do not set it (Kafka's
+    /// `log.retention.bytes`): the most a partition keeps, per region; -1
+    /// for no limit.
+    pub retention_bytes: i64,
+    /// How often each partition leader applies retention (Kafka's
+    /// `log.retention.check.interval.ms`).
+    pub retention_check_interval_ms: u64,
 }
 
 /// Bounds of `storage.free_check_interval_ms`.
 pub const FREE_CHECK_INTERVAL_MS: (u64, u64) = (100, 60_000);
+/// Bounds of `storage.retention_check_interval_ms`.
+pub const RETENTION_CHECK_INTERVAL_MS: (u64, u64) = (100, 3_600_000);
 
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
             free_bytes_reserve: 1024 * 1024 * 1024,
             free_check_interval_ms: 1_000,
+            retention_ms: 7 * 24 * 3600 * 1000,
+            retention_bytes: -1,
+            retention_check_interval_ms: 300_000,
         }
     }
 }

@@ -342,4 +342,20 @@ fn storage_settings_default_and_are_checked() {
     .unwrap_err();
     assert_eq!(e.problems[0].key, "storage.free_check_interval_ms", "{e}");
     assert!(e.to_string().contains("use 100 to 60000"), "{e}");
+    assert_eq!(c.storage.retention_ms, 604_800_000, "Kafka's 7 days");
+    assert_eq!(c.storage.retention_bytes, -1);
+    let e = NodeConfig::parse(
+        &path,
+        &format!("{base}[storage]\nretention_ms = -2\nretention_check_interval_ms = 0\n"),
+    )
+    .unwrap_err();
+    let keys: Vec<&str> = e.problems.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "storage.retention_check_interval_ms",
+            "storage.retention_ms"
+        ],
+        "{e}"
+    );
 }

@@ -9,7 +9,7 @@ use super::problems::Problems;
 use super::settings::{
     AdminConfig, ControlConfig, GroupsConfig, KafkaConfig, LinkConfig, RaftConfig, StorageConfig,
     TransportConfig, ADMIN_TOKEN_LEN_MIN, FREE_CHECK_INTERVAL_MS, IDLE_TIMEOUT_MS_MAX,
-    TCP_KEEPALIVE_MS_MAX,
+    RETENTION_CHECK_INTERVAL_MS, TCP_KEEPALIVE_MS_MAX,
 };
 use super::topology::Topology;
 use crate::ids::NodeId;
@@ -248,6 +248,27 @@ pub(super) fn check_storage(p: &mut Problems, s: &StorageConfig) {
                 s.free_check_interval_ms
             ),
         );
+    }
+    let (lo, hi) = RETENTION_CHECK_INTERVAL_MS;
+    if !(lo..=hi).contains(&s.retention_check_interval_ms) {
+        p.add(
+            "storage.retention_check_interval_ms",
+            format!(
+                "{} is out of range: use {lo} to {hi} (ms)",
+                s.retention_check_interval_ms
+            ),
+        );
+    }
+    for (key, v) in [
+        ("storage.retention_ms", s.retention_ms),
+        ("storage.retention_bytes", s.retention_bytes),
+    ] {
+        if v < -1 {
+            p.add(
+                key,
+                format!("{v} is out of range: use -1 (no limit) or a value of 0 or more"),
+            );
+        }
     }
 }
 

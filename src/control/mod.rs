@@ -9,6 +9,7 @@
 
 pub mod failover;
 mod home;
+pub mod retention;
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;

@@ -12,6 +12,9 @@
 //! as a Kafka follower answers an offset between its and the leader's
 //! high watermark.
 //!
+//! An offset below the partition's log start (retention, DeleteRecords)
+//! is out of range: the consumer resets by its `auto.offset.reset`.
+//!
 //! Each read first holds its response's size bound from the listener's
 //! byte budget (`kafka.in_flight_bytes_max`): the bytes the client allows
 //! (`max_bytes`, and each partition's `partition_max_bytes`), never more
@@ -136,17 +139,19 @@ pub enum Position {
     /// committed here that the view has still to take in: nothing to read
     /// yet, and no error.
     Wait,
-    /// Negative, or past everything committed here.
+    /// Negative, below the log start, or past everything committed here.
     OutOfRange,
 }
 
-/// Classifies `offset` against the view's high watermark `hw` and the
-/// records `pending` for it (`Progress::view_pending`).
-pub fn position(offset: i64, hw: u64, pending: u64) -> Position {
+/// Classifies `offset` against the log start, the view's high watermark
+/// `hw` and the records `pending` for it (`Progress::view_pending`).
+pub fn position(offset: i64, start: u64, hw: u64, pending: u64) -> Position {
     let Ok(offset) = u64::try_from(offset) else {
         return Position::OutOfRange;
     };
-    if offset < hw {
+    if offset < start {
+        Position::OutOfRange
+    } else if offset < hw {
         Position::Read
     } else if offset - hw <= pending {
         Position::Wait
@@ -181,11 +186,11 @@ fn read_all(
                 .with_aborted_transactions(Some(vec![]))
                 .with_preferred_read_replica(BrokerId(-1))
                 .with_records(Some(Default::default()));
-            let (hw, pending) = match r
+            let (start, hw, pending) = match r
                 .check_readable(&topic, p.partition)
                 .and_then(|()| r.view_extent(&topic, p.partition))
             {
-                Ok((hw, pending)) => (hw as i64, pending),
+                Ok((start, hw, pending)) => (start, hw as i64, pending),
                 Err(e) => {
                     data.error_code = partition_error_code(&e);
                     errors = true;
@@ -195,8 +200,8 @@ fn read_all(
             };
             data.high_watermark = hw;
             data.last_stable_offset = hw;
-            data.log_start_offset = 0;
-            let position = position(p.fetch_offset, hw as u64, pending);
+            data.log_start_offset = start as i64;
+            let position = position(p.fetch_offset, start, hw as u64, pending);
             if position == Position::OutOfRange {
                 data.error_code = ResponseError::OffsetOutOfRange.code();
                 errors = true;
@@ -272,15 +277,24 @@ mod tests {
 
     #[test]
     fn an_offset_is_out_of_range_only_past_what_is_committed_here() {
-        assert_eq!(position(-1, 10, 5), Position::OutOfRange);
-        assert_eq!(position(i64::MIN, 0, 0), Position::OutOfRange);
-        assert_eq!(position(0, 10, 0), Position::Read);
-        assert_eq!(position(9, 10, 0), Position::Read);
-        assert_eq!(position(10, 10, 0), Position::Wait);
-        assert_eq!(position(11, 10, 0), Position::OutOfRange);
-        assert_eq!(position(15, 10, 5), Position::Wait);
-        assert_eq!(position(16, 10, 5), Position::OutOfRange);
-        assert_eq!(position(i64::MAX, u64::MAX, 0), Position::Read);
-        assert_eq!(position(i64::MAX, 0, u64::MAX), Position::Wait);
+        assert_eq!(position(-1, 0, 10, 5), Position::OutOfRange);
+        assert_eq!(position(i64::MIN, 0, 0, 0), Position::OutOfRange);
+        assert_eq!(position(0, 0, 10, 0), Position::Read);
+        assert_eq!(position(9, 0, 10, 0), Position::Read);
+        assert_eq!(position(10, 0, 10, 0), Position::Wait);
+        assert_eq!(position(11, 0, 10, 0), Position::OutOfRange);
+        assert_eq!(position(15, 0, 10, 5), Position::Wait);
+        assert_eq!(position(16, 0, 10, 5), Position::OutOfRange);
+        assert_eq!(position(i64::MAX, 0, u64::MAX, 0), Position::Read);
+        assert_eq!(position(i64::MAX, 0, 0, u64::MAX), Position::Wait);
+        // Below the log start (retention, DeleteRecords): the consumer
+        // resets, as Kafka's do.
+        assert_eq!(position(3, 4, 10, 0), Position::OutOfRange);
+        assert_eq!(position(4, 4, 10, 0), Position::Read);
+        assert_eq!(
+            position(10, 10, 10, 0),
+            Position::Wait,
+            "everything removed"
+        );
     }
 }

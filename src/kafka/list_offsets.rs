@@ -1,5 +1,6 @@
-//! ListOffsets: earliest (-2), latest (-1), max timestamp (-3), or the first
-//! offset at or after a timestamp, through the HLC index.
+//! ListOffsets: earliest (-2: the log start), latest (-1), max timestamp
+//! (-3), or the first offset at or after a timestamp that is still held,
+//! through the HLC index.
 
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
@@ -16,11 +17,12 @@ const MAX_TIMESTAMP: i64 = -3;
 
 fn lookup(r: &Router, topic: &str, partition: i32, ts: i64) -> Result<(i64, i64), PartitionError> {
     r.check_readable(topic, partition)?;
-    let hw = r.high_watermark(topic, partition)? as i64;
+    let (start, hw, _) = r.view_extent(topic, partition)?;
+    let (start, hw) = (start as i64, hw as i64);
     Ok(match ts {
         LATEST => (hw, -1),
-        EARLIEST => (0, -1),
-        MAX_TIMESTAMP if hw == 0 => (-1, -1),
+        EARLIEST => (start, -1),
+        MAX_TIMESTAMP if hw == start => (-1, -1),
         MAX_TIMESTAMP => {
             let g = r.partition(topic, partition)?;
             let last_hlc = g.progress.borrow().view_last_hlc;

@@ -13,6 +13,7 @@ mod alter;
 mod alter_configs;
 mod api_versions;
 mod create_topics;
+mod delete_records;
 mod delete_topics;
 mod describe_configs;
 mod fetch;

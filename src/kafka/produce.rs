@@ -290,7 +290,9 @@ pub async fn submit(
                             .with_index(p.index)
                             .with_base_offset(base)
                             .with_log_append_time_ms(-1)
-                            .with_log_start_offset(0)
+                            .with_log_start_offset(
+                                r.log_start(&p.topic, p.index).map_or(-1, |s| s as i64),
+                            )
                     }
                     Err(e) => {
                         r.metrics.produce_errors.inc();

@@ -28,8 +28,9 @@ use super::codec::{self, DecodeError};
 use super::log_limit::LogLimit;
 use super::queued::Queue;
 use super::{
-    alter_configs, api_versions, create_topics, delete_topics, describe_configs, fetch, groups,
-    incremental_alter_configs, list_offsets, metadata, produce, producer_ids, unsupported,
+    alter_configs, api_versions, create_topics, delete_records, delete_topics, describe_configs,
+    fetch, groups, incremental_alter_configs, list_offsets, metadata, produce, producer_ids,
+    unsupported,
 };
 use crate::group::coordinator::Coordinator;
 use crate::router::Router;
@@ -571,6 +572,11 @@ async fn dispatch(
         RequestKind::DeleteTopics(req) => Box::pin(async move {
             done(ResponseKind::DeleteTopics(
                 delete_topics::handle(&r, req).await,
+            ))
+        }),
+        RequestKind::DeleteRecords(req) => Box::pin(async move {
+            done(ResponseKind::DeleteRecords(
+                delete_records::handle(&r, req).await,
             ))
         }),
         RequestKind::DescribeConfigs(req) => Box::pin(async move {

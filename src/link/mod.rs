@@ -141,6 +141,10 @@ pub fn held_map(
         .collect()
 }
 
+/// What one region holds of each origin log of a partition: high
+/// watermarks.
+pub type Holdings = BTreeMap<LogRef, u64>;
+
 /// Remote regions' high watermarks of this region's origin log of one
 /// partition, as the copier last heard them.
 pub type RemoteAcks = BTreeMap<String, Held>;
@@ -153,6 +157,10 @@ pub struct Link {
     pub cfg: LinkConfig,
     pub metrics: Arc<Metrics>,
     acks: Mutex<HashMap<GroupId, watch::Sender<RemoteAcks>>>,
+    /// What each remote region holds of every origin log of a partition
+    /// this node leads, as its copier last heard (retention keeps what a
+    /// region still lacks).
+    holdings: Mutex<HashMap<GroupId, BTreeMap<String, Holdings>>>,
     lanes: inbound::Lanes,
 }
 
@@ -173,6 +181,7 @@ impl Link {
             cfg,
             metrics,
             acks: Mutex::new(HashMap::new()),
+            holdings: Mutex::new(HashMap::new()),
             lanes: inbound::Lanes::default(),
         })
     }
@@ -197,6 +206,44 @@ impl Link {
             m.insert(region.to_string(), held);
             changed
         });
+    }
+
+    /// What `region` holds of each origin log of `group` (high
+    /// watermarks), as this node's copier last heard; `None` if it has not
+    /// heard since it became the partition's leader.
+    pub fn holdings(&self, group: GroupId, region: &str) -> Option<Holdings> {
+        self.holdings
+            .lock()
+            .expect("holdings lock")
+            .get(&group)?
+            .get(region)
+            .cloned()
+    }
+
+    pub(crate) fn set_holdings(
+        &self,
+        group: GroupId,
+        region: &str,
+        theirs: &BTreeMap<LogRef, Held>,
+    ) {
+        self.holdings
+            .lock()
+            .expect("holdings lock")
+            .entry(group)
+            .or_default()
+            .insert(
+                region.to_string(),
+                theirs.iter().map(|(l, h)| (*l, h.next_offset)).collect(),
+            );
+    }
+
+    /// Forgets what remote regions hold of partitions this node no longer
+    /// leads: a new term's copiers hear it again.
+    pub(crate) fn forget_holdings(&self, keep: impl Fn(GroupId) -> bool) {
+        self.holdings
+            .lock()
+            .expect("holdings lock")
+            .retain(|g, _| keep(*g));
     }
 
     pub fn region_names(&self) -> Vec<String> {

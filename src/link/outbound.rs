@@ -41,6 +41,9 @@ pub fn next_copy(
     closed_only
 }
 
+/// How often an idle copier asks its region what it holds.
+const STATE_REFRESH: Duration = Duration::from_secs(30);
+
 /// The node a copier tries after `target` failed or did not lead: the next
 /// one in the region's list, so that after its partition leader died each
 /// other node is tried before the dead one again (a counter of its own
@@ -173,6 +176,7 @@ impl Link {
                 }
             }
             if lag_due {
+                self.forget_holdings(|g| led.contains(&g));
                 reported.retain(|g, (topic, partition, remotes)| {
                     let keep = led.contains(g);
                     if !keep {
@@ -481,6 +485,9 @@ impl Link {
                     backoff = Duration::from_millis(50);
                     tried = 0;
                     pipe.answered(&m, sent.as_ref());
+                    if let Some(theirs) = &pipe.theirs {
+                        self.set_holdings(g.id, &region, theirs);
+                    }
                     let own = g.progress.borrow().own();
                     let acked = pipe.theirs.as_ref().and_then(|t| t.get(&own)).copied();
                     self.set_acks(g.id, &region, acked.unwrap_or_default());
@@ -573,6 +580,14 @@ impl Link {
                 pipe.calls
                     .push(self.send(target, KIND_LINK_SHIP, g.id, Some(sent), payload));
             }
+            // Nothing to send for a while: ask what the region holds, which
+            // copies from elsewhere (its own writes, relays) moved on.
+            // Retention here keeps what it seems to lack.
+            if pipe.calls.is_empty() && pipe.heard.is_none_or(|t| t.elapsed() >= STATE_REFRESH) {
+                pipe.heard = Some(std::time::Instant::now());
+                pipe.calls
+                    .push(self.send(target, KIND_LINK_STATE, g.id, None, Vec::new()));
+            }
         }
     }
 
@@ -618,6 +633,8 @@ struct Pipe {
     sent: BTreeMap<LogRef, Held>,
     calls: FuturesUnordered<futures::future::BoxFuture<'static, Answer>>,
     bytes: usize,
+    /// When the region last answered (or was last asked while idle).
+    heard: Option<std::time::Instant>,
 }
 
 impl Pipe {
@@ -626,6 +643,7 @@ impl Pipe {
     /// that did not apply (the region missed one before it) moves the
     /// cursor back to what the region holds, and the gap is sent again.
     fn answered(&mut self, m: &BTreeMap<LogRef, Held>, sent: Option<&Sent>) {
+        self.heard = Some(std::time::Instant::now());
         let theirs = self.theirs.get_or_insert_with(BTreeMap::new);
         for (l, h) in m {
             let t = theirs.entry(*l).or_default();

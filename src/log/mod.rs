@@ -7,5 +7,6 @@ pub mod batch;
 pub mod producers;
 pub mod record;
 pub mod records;
+pub mod retention;
 
 pub use record::RecordIn;

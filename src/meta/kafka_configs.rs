@@ -3,9 +3,9 @@
 //! (Kafka Connect, Kafka Streams, admin tools copying a topic's configs).
 //! Each is accepted when its value is one Kafka would accept, shown by
 //! DescribeConfigs with Kafka's default, and documented with what it means
-//! here. Configs about what leaves the disk (`retention.bytes`, compaction)
-//! are not in this list: they are refused until Meridian does what they
-//! ask (docs/operations.md, "Topic configs").
+//! here. Retention (`retention.ms`, `retention.bytes`) is Meridian's own
+//! (`policy.rs`); compaction (`cleanup.policy=compact`) is refused until
+//! Meridian does what it asks (docs/operations.md, "Topic configs").
 
 /// What values a config takes, as Kafka checks them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -305,7 +305,7 @@ mod tests {
         assert!(check(rule("message.format.version"), &"x".repeat(65)).is_err());
         assert!(
             find("retention.bytes").is_none(),
-            "refused until retention exists"
+            "enforced, so listed with Meridian's own configs"
         );
     }
 }

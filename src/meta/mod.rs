@@ -12,9 +12,9 @@ pub mod seal;
 pub mod state;
 
 pub use policy::{
-    all_topic_configs, delay_ms, due_below, policy, preferred_leader, validate_config,
-    validate_create, validate_policy, validate_topic_name, Policy, Writers, DELAY_MS_MAX,
-    FIXED_AT_CREATION, KEY_DELAY_MS, KEY_REGIONS, KEY_REPLICATION, KEY_RETRY_NEXT, KEY_RPO_MAX_MS,
-    KEY_SYNC_QUORUM, KEY_WRITERS, OFFSETS_TOPIC, PARTITIONS_MAX, TOPIC_CONFIGS,
+    all_topic_configs, delay_ms, due_below, policy, preferred_leader, retention, validate_config,
+    validate_create, validate_policy, validate_topic_name, Policy, Retention, Writers,
+    DELAY_MS_MAX, FIXED_AT_CREATION, KEY_DELAY_MS, KEY_REGIONS, KEY_REPLICATION, KEY_RETRY_NEXT,
+    KEY_RPO_MAX_MS, KEY_SYNC_QUORUM, KEY_WRITERS, OFFSETS_TOPIC, PARTITIONS_MAX, TOPIC_CONFIGS,
 };
 pub use state::{HomeMove, MetaError, MetaState, TopicMeta};

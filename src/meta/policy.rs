@@ -19,8 +19,13 @@ pub const PARTITIONS_MAX: u32 = 1024;
 pub const TOPIC_CONFIGS: &[(&str, &str, &str)] = &[
     (
         "retention.ms",
+        "604800000",
+        "Records whose commit time (HLC) is older than this leave the partition in every region, in whole stored batches; -1 keeps them forever. A topic that sets none follows the node's storage.retention_ms (Kafka's default, 7 days, unless changed).",
+    ),
+    (
+        "retention.bytes",
         "-1",
-        "Kept for client compatibility; Meridian keeps records until the topic is deleted.",
+        "The most a partition keeps in each region, in bytes as stored (every origin log it holds); the oldest batches leave first. -1: no limit. A topic that sets none follows the node's storage.retention_bytes.",
     ),
     (
         "max.message.bytes",
@@ -90,6 +95,44 @@ pub const KEY_DELAY_MS: &str = "meridian.delay.ms";
 pub const KEY_RETRY_NEXT: &str = "meridian.retry.next";
 /// Longest `meridian.delay.ms`: a week.
 pub const DELAY_MS_MAX: u64 = 7 * 24 * 3600 * 1000;
+
+/// What a topic keeps: records younger than `ms` (by commit time), and at
+/// most `bytes` per partition and region; `None`: no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    pub ms: Option<u64>,
+    pub bytes: Option<u64>,
+}
+
+/// A topic's retention: its `retention.ms` and `retention.bytes`, or the
+/// node's defaults (`storage.retention_ms`, `storage.retention_bytes`) for
+/// those it does not set. -1 means no limit. The consumer groups' topic
+/// keeps every commit until compaction exists (`group::offsets` rebuilds
+/// the groups from it).
+pub fn retention(
+    topic: &str,
+    configs: &BTreeMap<String, String>,
+    default_ms: i64,
+    default_bytes: i64,
+) -> Retention {
+    if topic == OFFSETS_TOPIC {
+        return Retention {
+            ms: None,
+            bytes: None,
+        };
+    }
+    let get = |key: &str, default: i64| {
+        let v = configs
+            .get(key)
+            .and_then(|v| v.parse::<i64>().ok())
+            .unwrap_or(default);
+        u64::try_from(v).ok()
+    };
+    Retention {
+        ms: get("retention.ms", default_ms),
+        bytes: get("retention.bytes", default_bytes),
+    }
+}
 
 /// A topic's `meridian.delay.ms` (0: records are due when committed).
 pub fn delay_ms(configs: &BTreeMap<String, String>) -> u64 {
@@ -296,10 +339,12 @@ pub fn validate_config(key: &str, value: &str) -> Result<(), MetaError> {
         return super::kafka_configs::check(c.rule, value).map_err(bad);
     }
     match key {
-        "retention.ms" => value
-            .parse::<i64>()
-            .map(|_| ())
-            .map_err(|_| bad(format!("`{value}` is not an integer"))),
+        "retention.ms" | "retention.bytes" => match value.parse::<i64>() {
+            Ok(n) if n >= -1 => Ok(()),
+            _ => Err(bad(format!(
+                "`{value}` is not -1 (no limit) or an integer of 0 or more"
+            ))),
+        },
         "max.message.bytes" => match value.parse::<u32>() {
             Ok(n) if n > 0 => Ok(()),
             _ => Err(bad(format!("`{value}` is not a positive integer"))),

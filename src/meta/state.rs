@@ -93,6 +93,9 @@ pub struct MetaState {
     pub epochs: BTreeMap<String, u32>,
     /// Moves of pinned topics' homes by command, oldest first.
     pub moves: Vec<HomeMove>,
+    /// Log starts asked for by DeleteRecords, per partition group: every
+    /// region's partition moves its log start at least this far.
+    pub log_starts: BTreeMap<GroupId, u64>,
 }
 
 impl MetaState {
@@ -221,10 +224,40 @@ impl MetaState {
     }
 
     pub fn delete_topic(&mut self, name: &str) -> Result<(), MetaError> {
-        self.topics
+        let t = self
+            .topics
             .remove(name)
-            .map(|_| ())
-            .ok_or_else(|| MetaError::UnknownTopic(name.to_string()))
+            .ok_or_else(|| MetaError::UnknownTopic(name.to_string()))?;
+        for p in 0..t.partitions {
+            self.log_starts.remove(&t.group(p));
+        }
+        Ok(())
+    }
+
+    /// DeleteRecords: moves the log start of `topic`'s partitions to at
+    /// least the given offsets (a start only moves forward). The offsets
+    /// were checked against a high watermark before proposing; every
+    /// region moves its log start there once it has merged that far.
+    pub fn delete_records(&mut self, topic: &str, starts: &[(u32, u64)]) -> Result<(), MetaError> {
+        let t = self
+            .topics
+            .get(topic)
+            .ok_or_else(|| MetaError::UnknownTopic(topic.to_string()))?;
+        let groups: Vec<(GroupId, u64)> = starts
+            .iter()
+            .filter(|(p, _)| *p < t.partitions)
+            .map(|(p, o)| (t.group(*p), *o))
+            .collect();
+        for (g, o) in groups {
+            let s = self.log_starts.entry(g).or_insert(0);
+            *s = (*s).max(o);
+        }
+        Ok(())
+    }
+
+    /// The log start DeleteRecords asked for in partition group `group`.
+    pub fn log_start_of(&self, group: GroupId) -> u64 {
+        self.log_starts.get(&group).copied().unwrap_or(0)
     }
 
     pub fn alter_topic(

@@ -77,26 +77,53 @@ impl Router {
             .view_next)
     }
 
-    /// The high watermark and the records committed here that the view
-    /// will take in (`Progress::view_pending`).
-    pub fn view_extent(&self, topic: &str, partition: i32) -> Result<(u64, u64), PartitionError> {
+    /// The log start, the high watermark, and the records committed here
+    /// that the view will take in (`Progress::view_pending`).
+    pub fn view_extent(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<(u64, u64, u64), PartitionError> {
         let g = self.partition(topic, partition)?;
         let p = g.progress.borrow();
-        Ok((p.view_next, p.view_pending))
+        let start = log_start(
+            p.log_start,
+            self.groups.meta_state().log_start_of(g.id),
+            p.view_next,
+        );
+        Ok((start, p.view_next, p.view_pending))
     }
 
-    /// Offset and HLC of the first record whose timestamp is at or after `unix_ms`.
+    /// The partition's log start here: the first offset a consumer can
+    /// fetch.
+    pub fn log_start(&self, topic: &str, partition: i32) -> Result<u64, PartitionError> {
+        Ok(self.view_extent(topic, partition)?.0)
+    }
+
+    /// Offset and HLC of the first record from the log start on whose
+    /// timestamp is at or after `unix_ms`.
     pub fn offset_for_time(
         &self,
         topic: &str,
         partition: i32,
         unix_ms: i64,
     ) -> Result<Option<(u64, u64)>, PartitionError> {
+        let (start, view_next, _) = self.view_extent(topic, partition)?;
+        if start >= view_next {
+            return Ok(None); // nothing left to find
+        }
         let g = self.partition(topic, partition)?;
-        let view_next = g.progress.borrow().view_next;
-        let hlc = crate::hlc::from_wall_ms(unix_ms);
-        read::view_offset_for_hlc(self.groups.db(), g.id, hlc, view_next)
-            .map_err(|e| PartitionError::Storage(e.to_string()))
+        let db = self.groups.db();
+        let storage = |e: crate::storage::DbError| PartitionError::Storage(e.to_string());
+        // The view is sorted by HLC: what lies from the start on is at or
+        // after the start's HLC.
+        let from = read::view_hlc_at(db, g.id, start)
+            .map_err(storage)?
+            .unwrap_or(0);
+        let hlc = crate::hlc::from_wall_ms(unix_ms).max(from);
+        Ok(read::view_offset_for_hlc(db, g.id, hlc, view_next)
+            .map_err(storage)?
+            .map(|(pos, hlc)| (pos.max(start), hlc)))
     }
 }
 
@@ -124,6 +151,14 @@ pub fn readable(
     }
 }
 
+/// The log start readers see: where this region's group trimmed to, or
+/// the start DeleteRecords asked for (`asked`, from the metadata group) as
+/// soon as that is known here, up to the high watermark. The group trims
+/// there at its leader's next retention check.
+pub fn log_start(trimmed: u64, asked: u64, view_next: u64) -> u64 {
+    trimmed.max(asked.min(view_next))
+}
+
 /// Committed batches read for a fetch.
 pub struct ReadResult {
     pub high_watermark: u64,
@@ -138,6 +173,15 @@ pub struct ReadResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deleted_records_hide_at_once_up_to_the_high_watermark() {
+        assert_eq!(log_start(0, 0, 10), 0);
+        assert_eq!(log_start(4, 0, 10), 4);
+        assert_eq!(log_start(4, 7, 10), 7);
+        assert_eq!(log_start(4, 70, 10), 10, "not merged here yet");
+        assert_eq!(log_start(8, 7, 10), 8);
+    }
 
     #[test]
     fn only_a_leader_that_applied_its_own_term_serves_reads() {

@@ -88,6 +88,28 @@ impl Router {
         .await
     }
 
+    /// DeleteRecords: moves the log start of `topic`'s partitions to the
+    /// given offsets in every region, through the metadata group (checked
+    /// against this region's high watermarks by the caller).
+    pub async fn delete_records(
+        &self,
+        topic: &str,
+        starts: Vec<(u32, u64)>,
+        timeout: Duration,
+    ) -> Result<(), TopicError> {
+        if topic == crate::meta::OFFSETS_TOPIC {
+            return Err(MetaError::InternalTopic(topic.to_string()).into());
+        }
+        self.meta(
+            Command::DeleteRecords {
+                topic: topic.to_string(),
+                starts,
+            },
+            timeout,
+        )
+        .await
+    }
+
     pub async fn alter_topic(
         &self,
         name: &str,

@@ -7,7 +7,9 @@
 //!   `[ff; 16]` -> the end of the producer ids this node reserved
 //!   (`producer_ids`)
 //! - `records`    `[group][origin][epoch][base offset]` -> stored batch (see [`crate::log::batch`])
-//! - `hlc_index`  `[group][origin][epoch][last hlc]` -> base offset of that batch
+//! - `hlc_index`  `[group][origin][epoch][last hlc]` -> base offset (8 bytes)
+//!   and stored size (4 bytes; absent in entries written before retention)
+//!   of that batch
 //! - `view`       `[group][position]` -> a run of the global view (`view::Run`)
 //! - `view_hlc`   `[group][first hlc of a run]` -> its position
 //! - `producers`  `[group][producer id]` -> an idempotent producer's state
@@ -272,6 +274,24 @@ impl Db {
             .map(|r| r.map_err(DbError::from))
             .map_while(move |r| match r {
                 Ok((k, v)) => n_under(prefix, &k).filter(|n| *n < to).map(|n| Ok((n, v))),
+                Err(e) => Some(Err(e)),
+            })
+    }
+
+    /// Entries `[prefix][from..]` of a column family, in key order, for an
+    /// iterator that outlives the caller's prefix.
+    pub fn range_owned(
+        &self,
+        cf: &'static str,
+        prefix: Vec<u8>,
+        from: u64,
+    ) -> impl Iterator<Item = Result<Numbered, DbError>> + '_ {
+        let start = key_under(&prefix, from);
+        self.db
+            .iterator_cf(self.cf(cf), IteratorMode::From(&start, Direction::Forward))
+            .map(|r| r.map_err(DbError::from))
+            .map_while(move |r| match r {
+                Ok((k, v)) => n_under(&prefix, &k).map(|n| Ok((n, v))),
                 Err(e) => Some(Err(e)),
             })
     }

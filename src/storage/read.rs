@@ -2,7 +2,7 @@
 //! batches of an origin log, one record, and the global view by position
 //! or by timestamp.
 
-use super::{Db, DbError, LogKey, CF_RECORDS, CF_VIEW, CF_VIEW_HLC};
+use super::{Db, DbError, LogKey, CF_HLC_INDEX, CF_RECORDS, CF_VIEW, CF_VIEW_HLC};
 use crate::ids::GroupId;
 use crate::log::batch::{self, BatchHeader};
 use crate::view::Run;
@@ -152,6 +152,78 @@ pub fn view_offset_for_hlc(
         }
     }
     Ok(None)
+}
+
+/// The HLC of the record at view position `pos`, if the view holds it.
+pub fn view_hlc_at(db: &Db, group: GroupId, pos: u64) -> Result<Option<u64>, DbError> {
+    let Some((_, v)) = db.last_at_or_before(CF_VIEW, &group.to_be_bytes(), pos)? else {
+        return Ok(None);
+    };
+    let run: Run = bincode::deserialize(&v).map_err(|e| corrupt(e.to_string()))?;
+    Ok((pos < run.end()).then(|| run.first_hlc + (pos - run.pos)))
+}
+
+/// Where the removal of `log`'s stored batches may end: below the first
+/// batch with a record at or after `hlc`, below `limit` (what is merged
+/// and what every other region holds), in whole batches. Returns that
+/// offset, if it lies past `from` (where the log is stored from now), and
+/// the end of the HLC index range to remove: just past the last removed
+/// batch, so that no entry of a batch kept (or being written) goes.
+pub fn trim_end(
+    db: &Db,
+    log: LogKey,
+    next_offset: u64,
+    from: u64,
+    hlc: u64,
+    limit: u64,
+) -> Result<Option<(u64, Vec<u8>)>, DbError> {
+    let by_hlc = match db.first_at_or_after(CF_HLC_INDEX, &log.prefix(), hlc)? {
+        Some((_, v)) => index_base(&v)?,
+        None => next_offset,
+    };
+    let mut upper = by_hlc.min(limit);
+    if let Some((h, _, _)) = record_at(db, log, upper)? {
+        upper = h.base_offset;
+    }
+    if upper <= from {
+        return Ok(None);
+    }
+    let Some((last, _, _)) = record_at(db, log, upper - 1)? else {
+        return Err(DbError::Corrupt {
+            cf: CF_RECORDS,
+            reason: format!(
+                "no stored batch holds offset {} of a log stored from {from}",
+                upper - 1
+            ),
+        });
+    };
+    Ok(Some((upper, log.key(last.last_hlc().saturating_add(1)))))
+}
+
+/// `log`'s stored batches oldest first, as (HLC of the last record, stored
+/// bytes), from the HLC index. Stops at the first read error.
+pub fn batch_sizes(db: &Db, log: LogKey) -> impl Iterator<Item = (u64, u64)> + '_ {
+    db.range_owned(CF_HLC_INDEX, log.prefix().to_vec(), 0)
+        .map_while(move |r| {
+            let (last_hlc, v) = r.ok()?;
+            let bytes = match v.get(8..12) {
+                Some(b) => u32::from_be_bytes(b.try_into().ok()?) as u64,
+                // Written before sizes were indexed: ask the batch.
+                None => record_at(db, log, index_base(&v).ok()?).ok()??.1 as u64,
+            };
+            Some((last_hlc, bytes))
+        })
+}
+
+/// The base offset an HLC index entry points to (its first 8 bytes).
+pub fn index_base(v: &[u8]) -> Result<u64, DbError> {
+    v.get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| DbError::Corrupt {
+            cf: CF_HLC_INDEX,
+            reason: format!("HLC index value of {} bytes", v.len()),
+        })
 }
 
 fn corrupt(reason: String) -> DbError {

@@ -297,6 +297,11 @@ impl Groups {
         self.meta_state.borrow().clone()
     }
 
+    /// The metadata state as it changes.
+    pub fn meta_watch(&self) -> watch::Receiver<Arc<MetaState>> {
+        self.meta_state.clone()
+    }
+
     pub fn meta_leader(&self) -> Option<NodeId> {
         self.meta.metrics().borrow().current_leader
     }

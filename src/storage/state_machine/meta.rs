@@ -43,7 +43,9 @@ impl ApplyMeta for MetaState {
                     last_hlc: *last_hlc,
                 },
             ),
+            Command::DeleteRecords { topic, starts } => self.delete_records(topic, starts),
             Command::Append { .. }
+            | Command::Trim { .. }
             | Command::AppendIdempotent { .. }
             | Command::Close { .. }
             | Command::Replicate { .. }
@@ -108,8 +110,12 @@ mod tests {
         configs.insert("cleanup.policy".to_string(), "compact".to_string());
         let e = validate_create("a", 1, &configs).unwrap_err();
         assert!(e.to_string().contains("allowed value is `delete`"), "{e}");
-        let e = validate_config("retention.bytes", "1").unwrap_err();
+        let e = validate_config("retention.bitez", "1").unwrap_err();
         assert!(e.to_string().contains("known keys are"), "{e}");
+        assert!(validate_config("retention.bytes", "1").is_ok());
+        assert!(validate_config("retention.ms", "-1").is_ok());
+        let e = validate_config("retention.ms", "-2").unwrap_err();
+        assert!(e.to_string().contains("-1 (no limit)"), "{e}");
     }
 
     #[test]

@@ -24,6 +24,8 @@ mod persist;
 mod replicate;
 pub mod rules;
 mod seal;
+mod trim;
+mod versions;
 
 #[cfg(test)]
 mod tests;
@@ -109,6 +111,13 @@ pub struct Progress {
     pub home: Option<u32>,
     /// The sealed logs this group handed a pinned topic's home over from.
     pub handed: Arc<Vec<LogRef>>,
+    /// The partition's log start: the first view position readers may
+    /// fetch (retention, DeleteRecords).
+    pub log_start: u64,
+    /// Per origin log: the first offset still stored here.
+    pub trimmed: Arc<BTreeMap<LogRef, u64>>,
+    /// Records removed from storage here by retention and DeleteRecords.
+    pub removed_records: u64,
 }
 
 impl Progress {
@@ -145,6 +154,14 @@ struct Applied {
     /// Per sealed log: how far its records past the seal were re-injected
     /// into this region's log.
     reinjected: BTreeMap<LogRef, u64>,
+    /// The partition's log start: the first view position a reader may
+    /// fetch (retention and DeleteRecords move it forward; `trim`).
+    log_start: u64,
+    /// Per origin log: the first offset still stored here (records below
+    /// it were removed; `trim`).
+    trimmed: BTreeMap<LogRef, u64>,
+    /// Records removed from storage here, of every origin log.
+    removed_records: u64,
 }
 
 impl Default for Applied {
@@ -159,6 +176,9 @@ impl Default for Applied {
             meta: None,
             handovers: Vec::new(),
             reinjected: BTreeMap::new(),
+            log_start: 0,
+            trimmed: BTreeMap::new(),
+            removed_records: 0,
         }
     }
 }
@@ -185,6 +205,9 @@ pub struct StateMachine {
     node_regions: Arc<BTreeMap<NodeId, u32>>,
     notify: Notify,
     clock: Arc<Clock>,
+    /// A storage error met while applying (a trim's reads and writes):
+    /// the apply fails before anything more is persisted.
+    failed: Option<super::DbError>,
 }
 
 fn any(e: impl std::error::Error + 'static) -> AnyError {
@@ -208,7 +231,7 @@ impl StateMachine {
             .map_err(|e| StorageIOError::read_state_machine(any(e)))?
         {
             Some(v) => {
-                bincode::deserialize(&v).map_err(|e| StorageIOError::read_state_machine(any(*e)))?
+                versions::decode(&v).map_err(|e| StorageIOError::read_state_machine(any(*e)))?
             }
             None => Applied::default(),
         };
@@ -217,8 +240,7 @@ impl StateMachine {
         // from the snapshot then.
         let applied = match load_snapshot(&db, group)? {
             Some((meta, data)) if meta.last_log_id > applied.last_applied => {
-                bincode::deserialize(&data)
-                    .map_err(|e| StorageIOError::read_snapshot(None, any(*e)))?
+                versions::decode(&data).map_err(|e| StorageIOError::read_snapshot(None, any(*e)))?
             }
             _ => applied,
         };
@@ -248,6 +270,7 @@ impl StateMachine {
             node_regions: origins.node_regions,
             notify,
             clock,
+            failed: None,
         };
         sm.load_pending()
             .map_err(|e| StorageIOError::read_state_machine(any(e)))?;
@@ -320,6 +343,9 @@ impl StateMachine {
                     logs: Arc::new(self.applied.logs.clone()),
                     home: self.home(),
                     handed: Arc::new(self.applied.handovers.iter().map(|h| h.0).collect()),
+                    log_start: self.applied.log_start,
+                    trimmed: Arc::new(self.applied.trimmed.clone()),
+                    removed_records: self.applied.removed_records,
                 });
             }
         }
@@ -373,11 +399,12 @@ impl StateMachine {
         }
         let lk = self.log_key(log);
         b.put_cf(self.db.cf(CF_RECORDS), lk.key(h.base_offset), stored);
-        b.put_cf(
-            self.db.cf(CF_HLC_INDEX),
-            lk.key(h.last_hlc()),
-            h.base_offset.to_be_bytes(),
-        );
+        // Base offset and stored size: retention by size adds up sizes
+        // from the index alone (entries before retention hold the base only).
+        let mut index = [0u8; 12];
+        index[..8].copy_from_slice(&h.base_offset.to_be_bytes());
+        index[8..].copy_from_slice(&(stored.len().min(u32::MAX as usize) as u32).to_be_bytes());
+        b.put_cf(self.db.cf(CF_HLC_INDEX), lk.key(h.last_hlc()), index);
         let st = self.applied.logs.entry(log).or_default();
         st.next_offset = h.end_offset();
         st.last_hlc = h.last_hlc();
@@ -441,6 +468,16 @@ impl StateMachine {
                 self.seal(log, end, last_hlc, successor);
                 self.log_state(log)
             }
+            Command::Trim {
+                log_start,
+                hlc,
+                keep,
+            } => {
+                if let Err(e) = self.trim(b, log_start, hlc, &keep) {
+                    self.failed.get_or_insert(e);
+                }
+                CommandResult::None
+            }
             meta_cmd => {
                 assert_eq!(self.group, META_GROUP, "meta commands go to the meta group");
                 let meta = self.applied.meta.get_or_insert_with(MetaState::default);
@@ -488,6 +525,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             };
             results.push(r);
         }
+        if let Some(e) = self.failed.take() {
+            return Err(StorageIOError::write_state_machine(any(e)).into());
+        }
         self.advance_view(&mut b);
         self.persist(b)?;
         self.clock.observe(self.own_state().last_hlc);
@@ -512,7 +552,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta<NodeId, BasicNode>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
-        let snap: Applied = bincode::deserialize(snapshot.get_ref())
+        let snap: Applied = versions::decode(snapshot.get_ref())
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), any(*e)))?;
         if self.group != META_GROUP && snap.logs != self.applied.logs {
             // A partition snapshot carries the state, not the records. Raft

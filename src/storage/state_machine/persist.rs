@@ -27,7 +27,7 @@ impl StateMachine {
                 None => b.delete_cf(self.db.cf(CF_PRODUCERS), k),
             }
         }
-        let v = bincode::serialize(&self.applied).expect("serialize applied state");
+        let v = super::versions::encode(&self.applied);
         b.put_cf(self.db.cf(CF_SM_STATE), key(self.group, 0), v);
         // Everything applied is in the synced Raft log; after a crash the
         // log replays what the memtables lost.
@@ -98,7 +98,7 @@ pub(super) fn load_snapshot(
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let data = bincode::serialize(&self.applied).expect("serialize snapshot");
+        let data = super::versions::encode(&self.applied);
         let index = self.applied.last_applied.map_or(0, |l| l.index);
         let meta = SnapshotMeta {
             last_log_id: self.applied.last_applied,

@@ -5,6 +5,7 @@
 mod failback;
 mod idempotence;
 mod seal;
+mod trim;
 
 use super::*;
 use crate::log::producers::{self, Producer};
@@ -226,7 +227,7 @@ async fn meta_snapshots_carry_the_state_and_survive_restarts() {
     b.put_cf(
         sm.db.cf(CF_SM_STATE),
         key(META_GROUP, 0),
-        bincode::serialize(&stale).unwrap(),
+        versions::encode(&stale),
     );
     sm.db.write_sync(b).unwrap();
     drop(sm);

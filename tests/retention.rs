@@ -1,0 +1,100 @@
+//! Retention and DeleteRecords across three regions, seen through a real
+//! client (python confluent-kafka): the low watermark moves in every
+//! region, consumers from earliest start there, records deleted with the
+//! AdminClient are gone everywhere, and the records leave storage.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{create, metric_sum, python_json, Cluster};
+
+#[test]
+fn retention_and_delete_records_move_the_log_start_in_every_region() {
+    let c = Cluster::start_with_args(
+        &common::repo().join("regions/dev.toml"),
+        &[
+            "--set".as_ref(),
+            "storage.retention_check_interval_ms=300".as_ref(),
+        ],
+    );
+    let (a, b, cc) = (
+        c.region_bootstrap("us-east"),
+        c.region_bootstrap("eu-west"),
+        c.region_bootstrap("ap-south"),
+    );
+    create(&a, "retained", 2, &[]);
+    let v = python_json(
+        "retention.py",
+        &["retained", &a, &b, &cc],
+        Duration::from_secs(400),
+    );
+
+    // Every region was emptied by retention.ms (the script waited for
+    // low == high == the 40 records in each).
+    assert_eq!(v["expired"].as_array().unwrap().len(), 3, "{v}");
+    // A new group reading from earliest starts at the log start: only
+    // the records written after retention was turned off.
+    let after = v["after_retention"].as_array().unwrap();
+    let values: Vec<&str> = after.iter().map(|r| r[2].as_str().unwrap()).collect();
+    assert_eq!(values.len(), 10, "{v}");
+    assert!(values.iter().all(|v| v.starts_with("b-")), "{values:?}");
+
+    // DeleteRecords: partition 0 moved by 2; an offset past the high
+    // watermark refused as Kafka refuses it.
+    let (low0, high0) = (
+        v["p0_before_delete"][0].as_i64().unwrap(),
+        v["p0_before_delete"][1].as_i64().unwrap(),
+    );
+    assert!(high0 - low0 >= 2, "partition 0 got too few records: {v}");
+    assert_eq!(
+        v["delete_records"]["0"],
+        serde_json::json!(["ok", low0 + 2]),
+        "{v}"
+    );
+    assert_eq!(
+        v["delete_records"]["1"],
+        serde_json::json!(["error", "OFFSET_OUT_OF_RANGE"]),
+        "{v}"
+    );
+    // The CLI shows the new start (ListOffsets earliest).
+    let (ok, out, err) = common::meridian(&["topic", "describe", "-b", &a, "retained"]);
+    assert!(ok, "{out}{err}");
+    let p0 = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("partition 0 "))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        p0.ends_with(&format!("log start {}  high watermark {high0}", low0 + 2)),
+        "{out}"
+    );
+    let after = v["after_delete"].as_array().unwrap();
+    assert_eq!(after.len(), 8, "{v}");
+    assert!(
+        after
+            .iter()
+            .all(|r| r[0] != 0 || r[1].as_i64().unwrap() >= low0 + 2),
+        "{v}"
+    );
+
+    // The records left storage in every region: each region's leaders
+    // removed the 40 first records. (The 2 deleted ones share their stored
+    // batch with records still in the log: they stay on disk until the
+    // rest of it goes, as in Kafka's segments.)
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let removed = metric_sum(&c.nodes, "meridian_removed_records");
+        if removed >= 3.0 * 40.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {removed} records removed from storage"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(
+        metric_sum(&c.nodes, "meridian_retention_pinned_records"),
+        0.0
+    );
+}
