@@ -32,6 +32,11 @@ pub struct Metrics {
     pub kafka_decode_waits: Counter,
     pub raft_leader_groups: Gauge,
     pub raft_term: Family<Labels, Gauge>,
+    /// Per group: Raft log entries kept (not purged), and the bytes of the
+    /// Raft log and of the group's data in SST files (approximate).
+    pub raft_log_entries: Family<Labels, Gauge>,
+    pub raft_log_bytes: Family<Labels, Gauge>,
+    pub group_data_bytes: Family<Labels, Gauge>,
     /// Per topic, partition and remote region (set by the partition leader).
     pub link_lag_records: Family<Labels, Gauge>,
     pub link_lag_bytes: Family<Labels, Gauge>,
@@ -128,6 +133,9 @@ impl Metrics {
             kafka_decode_waits: Counter::default(),
             raft_leader_groups: Gauge::default(),
             raft_term: Family::default(),
+            raft_log_entries: Family::default(),
+            raft_log_bytes: Family::default(),
+            group_data_bytes: Family::default(),
             link_lag_records: Family::default(),
             link_lag_bytes: Family::default(),
             link_lag_ms: Family::default(),
@@ -248,6 +256,21 @@ impl Metrics {
             "raft_term",
             "Current Raft term per group",
             m.raft_term.clone(),
+        );
+        registry.register(
+            "raft_log_entries",
+            "Raft log entries a group keeps on this node (not yet purged)",
+            m.raft_log_entries.clone(),
+        );
+        registry.register(
+            "raft_log_bytes",
+            "Bytes of a group's Raft log in this node's SST files (approximate; recent entries still in memory are not counted)",
+            m.raft_log_bytes.clone(),
+        );
+        registry.register(
+            "group_data_bytes",
+            "Bytes of a group's records, view and state in this node's SST files (approximate; recent writes still in memory are not counted)",
+            m.group_data_bytes.clone(),
         );
         registry.register(
             "link_lag_records",
@@ -428,7 +451,22 @@ impl Metrics {
             .set(term as i64);
     }
 
+    /// A group's Raft log length and its bytes on disk.
+    pub fn set_group_size(&self, group: &str, entries: u64, bytes: Option<(u64, u64)>) {
+        let l = vec![("group".to_string(), group.to_string())];
+        let n = |v: u64| v.min(i64::MAX as u64) as i64;
+        self.raft_log_entries.get_or_create(&l).set(n(entries));
+        if let Some((data, raft_log)) = bytes {
+            self.group_data_bytes.get_or_create(&l).set(n(data));
+            self.raft_log_bytes.get_or_create(&l).set(n(raft_log));
+        }
+    }
+
     pub fn remove_group(&self, group: &str) {
+        let l = vec![("group".to_string(), group.to_string())];
+        self.raft_log_entries.remove(&l);
+        self.raft_log_bytes.remove(&l);
+        self.group_data_bytes.remove(&l);
         self.raft_term
             .remove(&vec![("group".to_string(), group.to_string())]);
     }

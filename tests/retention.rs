@@ -68,6 +68,28 @@ fn retention_and_delete_records_move_the_log_start_in_every_region() {
         p0.ends_with(&format!("log start {}  high watermark {high0}", low0 + 2)),
         "{out}"
     );
+    // /status and /metrics show the log start, and the Raft log kept.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let starts: Vec<Option<u64>> = c
+            .nodes
+            .iter()
+            .filter_map(|n| common::status(&n.admin))
+            .flat_map(|s| s.partitions)
+            .filter(|p| p.topic.as_deref() == Some("retained") && p.partition == Some(0))
+            .map(|p| p.log_start)
+            .collect();
+        if starts.len() == 9 && starts.iter().all(|s| *s == Some((low0 + 2) as u64)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "log starts in /status: {starts:?}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(metric_sum(&c.nodes, "meridian_raft_log_entries") > 0.0);
+    assert!(metric_sum(&c.nodes, "meridian_log_start_offset") >= (3 * (low0 + 2)) as f64);
     let after = v["after_delete"].as_array().unwrap();
     assert_eq!(after.len(), 8, "{v}");
     assert!(

@@ -121,6 +121,8 @@ fn group_status(
         high_watermark: None,
         log_start: None,
         removed_records: None,
+        data_bytes: 0,
+        raft_log_bytes: 0,
         snapshot_index: m.snapshot.map(|l| l.index),
         purged_index: m.purged.map(|l| l.index),
         origin_logs: Vec::new(),
@@ -131,7 +133,17 @@ fn group_status(
 pub fn status_of(r: &Router) -> Status {
     let voters = r.region_nodes().len();
     let all_nodes = r.topology.regions.iter().map(|x| x.nodes.len()).sum();
-    let meta = group_status(0, &r.groups.meta.metrics().borrow(), all_nodes);
+    let with_bytes = |mut s: GroupStatus| {
+        let b = r.groups.db().group_bytes(s.group);
+        s.data_bytes = b.data;
+        s.raft_log_bytes = b.raft_log;
+        s
+    };
+    let meta = with_bytes(group_status(
+        0,
+        &r.groups.meta.metrics().borrow(),
+        all_nodes,
+    ));
     let names: std::collections::HashMap<u32, String> = r
         .region_names()
         .into_iter()
@@ -142,7 +154,7 @@ pub fn status_of(r: &Router) -> Status {
         .partitions()
         .iter()
         .map(|g| {
-            let mut s = group_status(g.id, &g.raft.metrics().borrow(), voters);
+            let mut s = with_bytes(group_status(g.id, &g.raft.metrics().borrow(), voters));
             s.topic = Some(g.topic.clone());
             s.partition = Some(g.partition);
             let p = g.progress.borrow().clone();

@@ -32,6 +32,11 @@ pub struct GroupStatus {
     /// records removed from this node's storage.
     pub log_start: Option<u64>,
     pub removed_records: Option<u64>,
+    /// Bytes of the group's data (records, indexes, view, state) and of its
+    /// Raft log in this node's SST files: RocksDB's estimate, without what
+    /// is still in memory.
+    pub data_bytes: u64,
+    pub raft_log_bytes: u64,
     /// Last entry of the latest snapshot, and the last entry purged from
     /// the log (the meta group only; partition logs are kept whole).
     pub snapshot_index: Option<u64>,
@@ -153,6 +158,8 @@ mod tests {
             high_watermark: topic.map(|_| 4),
             log_start: topic.map(|_| 1),
             removed_records: topic.map(|_| 1),
+            data_bytes: 5,
+            raft_log_bytes: 6,
             snapshot_index: None,
             purged_index: None,
             origin_logs: topic.map_or_else(Vec::new, |_| {
@@ -207,8 +214,8 @@ mod tests {
             },
         };
         let json = serde_json::to_string(&s).unwrap();
-        let meta = r#"{"group":0,"topic":null,"partition":null,"state":"Leader","leader":1,"term":3,"last_log_index":9,"applied_index":9,"commit_index":9,"high_watermark":null,"log_start":null,"removed_records":null,"snapshot_index":null,"purged_index":null,"origin_logs":[],"links":[]}"#;
-        let part = r#"{"group":4097,"topic":"orders","partition":0,"state":"Leader","leader":1,"term":3,"last_log_index":9,"applied_index":9,"commit_index":9,"high_watermark":4,"log_start":1,"removed_records":1,"snapshot_index":null,"purged_index":null,"origin_logs":[{"origin":"us-east","epoch":1,"next_offset":4,"closed_ms":1700000000000,"merged":4,"stored_from":1}],"links":[{"region":"eu-west","held":3,"lag_records":1}]}"#;
+        let meta = r#"{"group":0,"topic":null,"partition":null,"state":"Leader","leader":1,"term":3,"last_log_index":9,"applied_index":9,"commit_index":9,"high_watermark":null,"log_start":null,"removed_records":null,"data_bytes":5,"raft_log_bytes":6,"snapshot_index":null,"purged_index":null,"origin_logs":[],"links":[]}"#;
+        let part = r#"{"group":4097,"topic":"orders","partition":0,"state":"Leader","leader":1,"term":3,"last_log_index":9,"applied_index":9,"commit_index":9,"high_watermark":4,"log_start":1,"removed_records":1,"data_bytes":5,"raft_log_bytes":6,"snapshot_index":null,"purged_index":null,"origin_logs":[{"origin":"us-east","epoch":1,"next_offset":4,"closed_ms":1700000000000,"merged":4,"stored_from":1}],"links":[{"region":"eu-west","held":3,"lag_records":1}]}"#;
         let want = format!(
             r#"{{"node":1,"region":"us-east","kafka":"127.0.0.1:9092","partitions_led":1,"leaders":{{"1":1,"2":0}},"lease_ms":2500,"leases":{{"us-east":2500}},"sealed":false,"seals":[{{"region":"ap-south","epoch":1,"decided_at_ms":1700000000000,"partitions":2,"records":7}}],"moves":[{{"topic":"orders","from":"us-east","to":"eu-west","partitions":2,"sealed":1,"handed_over_here":0}}],"meta":{meta},"partitions":[{part}],"disk":{{"free_bytes":5368709120,"used_bytes":3145728,"reserve_bytes":1073741824,"refusing_writes":false}}}}"#
         );

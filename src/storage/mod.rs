@@ -129,6 +129,13 @@ impl LogKey {
     }
 }
 
+/// What a group takes on disk ([`Db::group_bytes`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GroupBytes {
+    pub data: u64,
+    pub raft_log: u64,
+}
+
 /// One stored entry of a group: its number (index or offset) and value.
 pub type Numbered = (u64, Box<[u8]>);
 
@@ -324,6 +331,30 @@ impl Db {
         self.range(cf, prefix, at, u64::MAX).next().transpose()
     }
 
+    /// Bytes a group takes in the node's SST files, approximately (RocksDB's
+    /// estimate from its file indexes; what is still in memory is not
+    /// counted): its records and their indexes, the view and producers'
+    /// state, and apart its Raft log.
+    pub fn group_bytes(&self, group: GroupId) -> GroupBytes {
+        let (lo, hi) = (key(group, 0), key(group + 1, 0));
+        let range = [rocksdb::Range::new(&lo, &hi)];
+        let size = |cf| self.db.get_approximate_sizes_cf(self.cf(cf), &range)[0];
+        GroupBytes {
+            data: [
+                CF_RECORDS,
+                CF_HLC_INDEX,
+                CF_VIEW,
+                CF_VIEW_HLC,
+                CF_PRODUCERS,
+                CF_SM_STATE,
+            ]
+            .into_iter()
+            .map(size)
+            .sum(),
+            raft_log: size(CF_RAFT_LOG),
+        }
+    }
+
     /// Deletes everything a group stored (topic deletion): every key that
     /// starts with the group id, whatever follows it.
     pub fn delete_group(&self, group: GroupId) -> Result<(), DbError> {
@@ -448,6 +479,38 @@ mod tests {
             db.first_at_or_after(CF_RECORDS, &pc, 0).unwrap().unwrap().0,
             1
         );
+    }
+
+    #[tokio::test]
+    async fn a_groups_bytes_count_its_keys_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), Arc::new(Metrics::new())).unwrap();
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut b = WriteBatch::default();
+        for n in 0..64u64 {
+            // Pseudo-random bytes (xorshift), which LZ4 cannot shrink.
+            let v: Vec<u8> = (0..64 * 1024)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            b.put_cf(db.cf(CF_RECORDS), key(3, n), &v);
+            b.put_cf(db.cf(CF_RAFT_LOG), key(3, n), &v[..1024]);
+        }
+        db.write(b).unwrap();
+        db.db
+            .flush_cfs_opt(
+                &[db.cf(CF_RECORDS), db.cf(CF_RAFT_LOG)],
+                &rocksdb::FlushOptions::default(),
+            )
+            .unwrap();
+        let g3 = db.group_bytes(3);
+        assert!(g3.data > 2 * 1024 * 1024, "{g3:?}");
+        assert!(g3.raft_log > 16 * 1024 && g3.raft_log < g3.data, "{g3:?}");
+        assert_eq!(db.group_bytes(4), GroupBytes::default());
     }
 
     #[tokio::test]

@@ -393,17 +393,35 @@ impl Groups {
     }
 
     /// Refreshes the Raft gauges.
-    pub fn update_metrics(&self) {
+    /// Updates the groups' gauges; with `sizes`, also their bytes on disk
+    /// (RocksDB estimates, cheap but not free: the caller asks now and then).
+    pub fn update_metrics(&self, sizes: bool) {
         let mut led = 0;
+        // Entries from the first not purged to the last (indexes from 0).
+        let kept = |m: &openraft::RaftMetrics<NodeId, openraft::BasicNode>| {
+            m.last_log_index.map_or(0, |last| {
+                (last + 1).saturating_sub(m.purged.map_or(0, |l| l.index + 1))
+            })
+        };
         for g in self.partitions() {
             let m = g.raft.metrics().borrow().clone();
             if m.state == ServerState::Leader {
                 led += 1;
             }
             self.metrics.set_term(&g.label(), m.current_term);
+            let bytes = sizes.then(|| {
+                let b = self.db().group_bytes(g.id);
+                (b.data, b.raft_log)
+            });
+            self.metrics.set_group_size(&g.label(), kept(&m), bytes);
         }
         let m = self.meta.metrics().borrow().clone();
         self.metrics.set_term("meta", m.current_term);
+        let bytes = sizes.then(|| {
+            let b = self.db().group_bytes(crate::ids::META_GROUP);
+            (b.data, b.raft_log)
+        });
+        self.metrics.set_group_size("meta", kept(&m), bytes);
         self.metrics.raft_leader_groups.set(led);
     }
 }
