@@ -120,3 +120,112 @@ fn retention_and_delete_records_move_the_log_start_in_every_region() {
         0.0
     );
 }
+
+/// A region cut off keeps the others from removing what it has not copied:
+/// they keep it past its retention (and say so in
+/// `meridian_retention_pinned_records`), and once the cut heals the region
+/// receives every record, after which all regions remove them.
+#[test]
+fn records_a_cut_off_region_lacks_are_kept_until_it_has_them() {
+    use bytes::Bytes;
+    use kafka_protocol::records::Compression;
+    use meridian::client::{encode_batch, Client};
+
+    let c = Cluster::start_with_args(
+        &common::repo().join("regions/dev.toml"),
+        &[
+            "--set".as_ref(),
+            "storage.retention_check_interval_ms=300".as_ref(),
+        ],
+    );
+    let east = c.region_bootstrap("us-east");
+    create(&east, "kept", 1, &["meridian.writers=home:us-east"]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let clients: Vec<(&str, Client)> = ["us-east", "eu-west", "ap-south"]
+        .into_iter()
+        .map(|r| (r, Client::new(&c.region_bootstrap(r))))
+        .collect();
+    let produce = |n: usize, tag: &str| {
+        for i in 0..n {
+            let b = encode_batch(
+                &[(None, Some(Bytes::from(format!("{tag}{i}"))))],
+                Compression::None,
+            );
+            rt.block_on(clients[0].1.produce("kept", 0, b)).unwrap();
+        }
+    };
+    // (log start, high watermark) as a region's leader answers.
+    let extent = |client: &Client| {
+        let start = rt.block_on(client.list_offset("kept", 0, -2)).ok()?.0;
+        let end = rt.block_on(client.list_offset("kept", 0, -1)).ok()?.0;
+        Some((start, end))
+    };
+    let wait = |what: &str, ok: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while !ok() {
+            assert!(Instant::now() < deadline, "{what}: not within 90 s");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    };
+    produce(5, "before-");
+    wait("5 records everywhere", &|| {
+        clients
+            .iter()
+            .all(|(_, cl)| extent(cl).is_some_and(|e| e.1 == 5))
+    });
+
+    // ap-south is cut off; 20 more records reach eu-west only.
+    c.set_faults(r#"{"cut": [["ap-south", "us-east"], ["ap-south", "eu-west"]]}"#);
+    produce(20, "during-");
+    wait("25 records in eu-west", &|| {
+        extent(&clients[1].1).is_some_and(|e| e.1 == 25)
+    });
+    let (ok, out, err) = common::meridian(&[
+        "topic",
+        "alter",
+        "-b",
+        &east,
+        "kept",
+        "--set",
+        "retention.ms=1000",
+    ]);
+    assert!(ok, "{out}{err}");
+    // The log start moves past all 25 in the regions that hold them, but
+    // the 20 ap-south lacks stay stored there.
+    wait("the log start at 25 in us-east and eu-west", &|| {
+        clients[..2]
+            .iter()
+            .all(|(_, cl)| extent(cl).is_some_and(|e| e == (25, 25)))
+    });
+    wait("the 20 records pinned in us-east and eu-west", &|| {
+        metric_sum(&c.nodes, "meridian_retention_pinned_records") >= 40.0
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let east_west: Vec<&common::NodeInfo> =
+        c.nodes.iter().filter(|n| n.region != "ap-south").collect();
+    assert!(
+        metric_sum(
+            east_west.iter().copied(),
+            "meridian_retention_pinned_records"
+        ) >= 40.0,
+        "still pinned a few checks later"
+    );
+    assert!(
+        metric_sum(east_west.iter().copied(), "meridian_removed_records") <= 10.0,
+        "only the 5 records every region holds were removed"
+    );
+
+    // Healed: ap-south copies the 20 records (they were still there), then
+    // every region removes them.
+    c.set_faults("{}");
+    wait("ap-south to receive all 25 records", &|| {
+        extent(&clients[2].1).is_some_and(|e| e.1 == 25)
+    });
+    wait("nothing pinned, everything removed", &|| {
+        metric_sum(&c.nodes, "meridian_retention_pinned_records") == 0.0
+            && metric_sum(&c.nodes, "meridian_removed_records") >= 75.0
+    });
+}
