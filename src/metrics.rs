@@ -57,6 +57,9 @@ pub struct Metrics {
     /// Restarts of supervised background loops (`supervise`), by loop.
     pub loop_restarts: Family<Labels, Counter>,
     pub link_errors: Counter,
+    /// Origin logs a copier found a region lacking records of that retention
+    /// already removed here (the region needs a rebuild).
+    pub link_unservable_logs: Counter,
     pub clock_drift_refusals: Counter,
     pub sync_ack_timeouts: Counter,
     pub rpo_waits: Counter,
@@ -148,6 +151,7 @@ impl Metrics {
             link_batches_sent: Counter::default(),
             loop_restarts: Family::default(),
             link_errors: Counter::default(),
+            link_unservable_logs: Counter::default(),
             clock_drift_refusals: Counter::default(),
             sync_ack_timeouts: Counter::default(),
             idempotent_duplicates: Counter::default(),
@@ -311,6 +315,11 @@ impl Metrics {
             "link_errors",
             "Copy requests that failed (unreachable, refused, not leader)",
             m.link_errors.clone(),
+        );
+        registry.register(
+            "link_unservable_logs",
+            "Origin logs a remote region lacks records of that retention already removed here: it cannot catch up by copying and needs a rebuild",
+            m.link_unservable_logs.clone(),
         );
         registry.register(
             "clock_drift_refusals",

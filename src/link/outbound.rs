@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn, Instrument};
+use tracing::{debug, error, info, warn, Instrument};
 
 use super::{Held, Link, Reply, Ship, KIND_LINK_SHIP, KIND_LINK_STATE};
 use crate::command::Command;
@@ -40,6 +40,28 @@ pub fn next_copy(
     }
     closed_only
 }
+
+/// The origin logs (of those held here, but the destination's own) that a
+/// region holds less of than this region still stores: copies cannot bring
+/// it up to date from here. Pure, for tests.
+pub fn unservable(
+    mine: &BTreeMap<LogRef, Held>,
+    theirs: &BTreeMap<LogRef, Held>,
+    stored_from: &BTreeMap<LogRef, u64>,
+    dest_origin: u32,
+) -> std::collections::BTreeSet<LogRef> {
+    mine.keys()
+        .filter(|l| l.origin != dest_origin)
+        .filter(|l| {
+            let held = theirs.get(l).map_or(0, |h| h.next_offset);
+            held < stored_from.get(l).copied().unwrap_or(0)
+        })
+        .copied()
+        .collect()
+}
+
+/// How long a region must lack removed records before that is logged.
+const UNSERVABLE_AFTER: Duration = Duration::from_secs(10);
 
 /// How often an idle copier asks its region what it holds.
 const STATE_REFRESH: Duration = Duration::from_secs(30);
@@ -543,7 +565,6 @@ impl Link {
         dest_origin: u32,
         (max_requests, max_bytes): (usize, usize),
     ) {
-        let wanted = |l: &LogRef| l.origin != dest_origin;
         if pipe.theirs.is_none() {
             if pipe.calls.is_empty() {
                 pipe.calls
@@ -552,6 +573,31 @@ impl Link {
         } else {
             let p = progress.borrow_and_update().clone();
             let mine = super::held_map(&p.logs);
+            // A log the region holds less of than is still stored here (it
+            // lost data retention had counted on: a wiped or restored
+            // disk) cannot be copied from here: copy the others rather than
+            // send the same batches forever, and once that lasts (a new
+            // leader there may report a moment late) say so, once.
+            let now = unservable(&mine, &pipe.sent, &p.trimmed, dest_origin);
+            pipe.unservable.retain(|l, _| now.contains(l));
+            for l in &now {
+                let (since, said) = pipe
+                    .unservable
+                    .entry(*l)
+                    .or_insert((std::time::Instant::now(), false));
+                if !*said && since.elapsed() >= UNSERVABLE_AFTER {
+                    *said = true;
+                    self.metrics.link_unservable_logs.inc();
+                    error!(
+                        origin = l.origin,
+                        epoch = l.epoch,
+                        held = pipe.sent.get(l).map_or(0, |h| h.next_offset),
+                        stored_from = p.trimmed.get(l).copied().unwrap_or(0),
+                        "the region lacks records this region has already removed (retention): it cannot catch up by copying; rebuild it"
+                    );
+                }
+            }
+            let wanted = |l: &LogRef| l.origin != dest_origin && !now.contains(l);
             while pipe.calls.len() < max_requests
                 && (pipe.calls.is_empty() || pipe.bytes < max_bytes)
             {
@@ -635,6 +681,9 @@ struct Pipe {
     bytes: usize,
     /// When the region last answered (or was last asked while idle).
     heard: Option<std::time::Instant>,
+    /// Logs the region lacks records of that are no longer stored here:
+    /// since when, and whether that was logged.
+    unservable: BTreeMap<LogRef, (std::time::Instant, bool)>,
 }
 
 impl Pipe {
@@ -794,6 +843,35 @@ mod tests {
         p.sent.insert(a, held(30, 350));
         p.answered(&[(a, held(30, 300))].into(), Some(&sent(30, 350)));
         assert_eq!(p.sent[&a], held(30, 300));
+    }
+
+    #[test]
+    fn a_log_the_region_lacks_removed_records_of_is_not_copied() {
+        let (a, b, own) = (
+            LogRef {
+                origin: 1,
+                epoch: 1,
+            },
+            LogRef {
+                origin: 2,
+                epoch: 1,
+            },
+            LogRef {
+                origin: 9,
+                epoch: 1,
+            },
+        );
+        let mine: BTreeMap<_, _> = [(a, held(50, 0)), (b, held(50, 0)), (own, held(50, 0))].into();
+        let stored_from: BTreeMap<_, _> = [(a, 20), (b, 20), (own, 20)].into();
+        // The region holds 30 of a, nothing of b, and is `own`'s origin.
+        let theirs: BTreeMap<_, _> = [(a, held(30, 0)), (own, held(0, 0))].into();
+        let u = unservable(&mine, &theirs, &stored_from, 9);
+        assert_eq!(u.into_iter().collect::<Vec<_>>(), [b]);
+        // Exactly at the first stored offset: servable.
+        let theirs: BTreeMap<_, _> = [(a, held(20, 0)), (b, held(20, 0))].into();
+        assert!(unservable(&mine, &theirs, &stored_from, 9).is_empty());
+        // Nothing removed here: everything is servable.
+        assert!(unservable(&mine, &BTreeMap::new(), &BTreeMap::new(), 9).is_empty());
     }
 
     #[test]
