@@ -460,7 +460,8 @@ impl Metrics {
             .set(term as i64);
     }
 
-    /// A group's Raft log length and its bytes on disk.
+    /// A group's Raft log length and, when given, its bytes on disk (data,
+    /// Raft log).
     pub fn set_group_size(&self, group: &str, entries: u64, bytes: Option<(u64, u64)>) {
         let l = vec![("group".to_string(), group.to_string())];
         let n = |v: u64| v.min(i64::MAX as u64) as i64;

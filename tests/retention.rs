@@ -9,15 +9,20 @@ use std::time::{Duration, Instant};
 
 use common::{create, metric_sum, python_json, Cluster};
 
-#[test]
-fn retention_and_delete_records_move_the_log_start_in_every_region() {
-    let c = Cluster::start_with_args(
+/// The three-region dev topology, applying retention every 300 ms.
+fn three_regions() -> Cluster {
+    Cluster::start_with_args(
         &common::repo().join("regions/dev.toml"),
         &[
             "--set".as_ref(),
             "storage.retention_check_interval_ms=300".as_ref(),
         ],
-    );
+    )
+}
+
+#[test]
+fn retention_and_delete_records_move_the_log_start_in_every_region() {
+    let c = three_regions();
     let (a, b, cc) = (
         c.region_bootstrap("us-east"),
         c.region_bootstrap("eu-west"),
@@ -131,13 +136,7 @@ fn records_a_cut_off_region_lacks_are_kept_until_it_has_them() {
     use kafka_protocol::records::Compression;
     use meridian::client::{encode_batch, Client};
 
-    let c = Cluster::start_with_args(
-        &common::repo().join("regions/dev.toml"),
-        &[
-            "--set".as_ref(),
-            "storage.retention_check_interval_ms=300".as_ref(),
-        ],
-    );
+    let c = three_regions();
     let east = c.region_bootstrap("us-east");
     create(&east, "kept", 1, &["meridian.writers=home:us-east"]);
     let rt = tokio::runtime::Builder::new_current_thread()

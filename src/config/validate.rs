@@ -239,25 +239,22 @@ pub(super) fn check_link(p: &mut Problems, l: &LinkConfig) {
 /// `storage.*`: a free-space check often enough to act before the disk
 /// fills, and not so often that it costs.
 pub(super) fn check_storage(p: &mut Problems, s: &StorageConfig) {
-    let (lo, hi) = FREE_CHECK_INTERVAL_MS;
-    if !(lo..=hi).contains(&s.free_check_interval_ms) {
-        p.add(
+    let intervals = [
+        (
             "storage.free_check_interval_ms",
-            format!(
-                "{} is out of range: use {lo} to {hi} (ms)",
-                s.free_check_interval_ms
-            ),
-        );
-    }
-    let (lo, hi) = RETENTION_CHECK_INTERVAL_MS;
-    if !(lo..=hi).contains(&s.retention_check_interval_ms) {
-        p.add(
+            s.free_check_interval_ms,
+            FREE_CHECK_INTERVAL_MS,
+        ),
+        (
             "storage.retention_check_interval_ms",
-            format!(
-                "{} is out of range: use {lo} to {hi} (ms)",
-                s.retention_check_interval_ms
-            ),
-        );
+            s.retention_check_interval_ms,
+            RETENTION_CHECK_INTERVAL_MS,
+        ),
+    ];
+    for (key, v, (lo, hi)) in intervals {
+        if !(lo..=hi).contains(&v) {
+            p.add(key, format!("{v} is out of range: use {lo} to {hi} (ms)"));
+        }
     }
     for (key, v) in [
         ("storage.retention_ms", s.retention_ms),

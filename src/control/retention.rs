@@ -52,9 +52,6 @@ struct Plan {
     log_start: u64,
     hlc: u64,
     keep: Vec<(LogRef, u64)>,
-    /// Whether the trim changes anything here: a log start move, or
-    /// batches it would remove.
-    changes: bool,
     /// Records below the log start kept for a region that lacks them.
     pinned: u64,
 }
@@ -143,41 +140,26 @@ impl Retention {
         );
         let p = g.progress.borrow().clone();
         let db = self.groups.db();
+        // The view position of the first record at or after `hlc`.
+        let position = |hlc| -> Result<u64, DbError> {
+            Ok(read::view_offset_for_hlc(db, g.id, hlc, p.view_next)?
+                .map_or(p.view_next, |(pos, _)| pos))
+        };
         let mut cuts = vec![meta.log_start_of(g.id)];
         if let Some(ms) = ret.ms {
             let now = self.groups.clock.wall_now_ms();
             let below =
                 crate::hlc::from_wall_ms(now.saturating_sub(ms.min(i64::MAX as u64) as i64));
-            cuts.push(
-                match read::view_offset_for_hlc(db, g.id, below, p.view_next)? {
-                    Some((pos, _)) => pos,
-                    None => p.view_next,
-                },
-            );
+            cuts.push(position(below)?);
         }
         if let Some(limit) = ret.bytes {
-            let key = |l: &LogRef| LogKey {
-                group: g.id,
-                origin: l.origin,
-                epoch: l.epoch,
-            };
-            let total: u64 = p
-                .logs
-                .keys()
-                .map(|l| read::batch_sizes(db, key(l)).map(|b| b.1).sum::<u64>())
-                .sum();
             let logs = p
                 .logs
                 .keys()
-                .map(|l| read::batch_sizes(db, key(l)))
+                .map(|l| read::batch_sizes(db, LogKey::new(g.id, *l)))
                 .collect();
-            if let Some(hlc) = size_cut(logs, total, limit) {
-                cuts.push(
-                    match read::view_offset_for_hlc(db, g.id, hlc, p.view_next)? {
-                        Some((pos, _)) => pos,
-                        None => p.view_next,
-                    },
-                );
+            if let Some(hlc) = size_cut(logs, limit) {
+                cuts.push(position(hlc)?);
             }
         }
         let log_start = target_start(p.log_start, p.view_next, &cuts);
@@ -206,11 +188,7 @@ impl Retention {
         for (log, upto) in &keep {
             let st = p.logs[log];
             let from = p.trimmed.get(log).copied().unwrap_or(0);
-            let lk = LogKey {
-                group: g.id,
-                origin: log.origin,
-                epoch: log.epoch,
-            };
+            let lk = LogKey::new(g.id, *log);
             let unprotected = read::trim_end(db, lk, st.next_offset, from, hlc, st.merged)?;
             let allowed = read::trim_end(db, lk, st.next_offset, from, hlc, st.merged.min(*upto))?;
             let allowed_end = allowed.as_ref().map_or(from, |a| a.0);
@@ -220,14 +198,12 @@ impl Retention {
             }
         }
         self.report(g, p.log_start, p.removed_records, pinned);
-        Ok(Some(Plan {
+        Ok(changes.then_some(Plan {
             log_start,
             hlc,
             keep,
-            changes,
             pinned,
-        })
-        .filter(|p| p.changes))
+        }))
     }
 
     fn report(&self, g: &PartitionGroup, log_start: u64, removed: u64, pinned: u64) {

@@ -11,33 +11,29 @@ use crate::ids::LogRef;
 /// Size retention over a partition's stored batches: the HLC below which
 /// batches go so that what stays is still at least `limit` bytes, as Kafka
 /// removes a segment only while the rest stays at or above
-/// `retention.bytes`. `logs` yields each origin log's batches oldest first
-/// as (HLC of the last record, stored bytes); `total` is their sum. Batches
-/// go oldest first across the logs (by HLC, the view's order). `None` when
-/// nothing goes.
-pub fn size_cut<I>(logs: Vec<I>, total: u64, limit: u64) -> Option<u64>
+/// `retention.bytes`. `logs` yields each origin log's batches newest first
+/// as (HLC of the last record, stored bytes). Batches stay newest first
+/// across the logs (by HLC, the view's order) until they reach the limit,
+/// so only what stays is read. `None` when nothing goes.
+pub fn size_cut<I>(logs: Vec<I>, limit: u64) -> Option<u64>
 where
     I: Iterator<Item = (u64, u64)>,
 {
     let mut logs: Vec<std::iter::Peekable<I>> = logs.into_iter().map(Iterator::peekable).collect();
-    let mut left = total;
-    let mut cut = None;
-    loop {
-        let Some(oldest) = logs
+    let mut newest = || {
+        let (_, i) = logs
             .iter_mut()
             .enumerate()
             .filter_map(|(i, l)| l.peek().map(|b| (b.0, i)))
-            .min()
-        else {
-            return cut;
-        };
-        let (hlc, bytes) = logs[oldest.1].next().expect("peeked");
-        if left.saturating_sub(bytes) < limit || left < bytes {
-            return cut;
-        }
-        left -= bytes;
-        cut = Some(hlc.saturating_add(1));
+            .max()?;
+        logs[i].next()
+    };
+    let mut kept = 0u64;
+    while kept < limit {
+        kept = kept.saturating_add(newest()?.1);
     }
+    // The newest batch that goes, and everything older.
+    newest().map(|(hlc, _)| hlc.saturating_add(1))
 }
 
 /// Where the log start moves: the furthest of what retention and
@@ -77,11 +73,11 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// `logs` oldest first, as they are written; size_cut reads them
+    /// newest first.
     fn cut(logs: &[&[(u64, u64)]], limit: u64) -> Option<u64> {
-        let total = logs.iter().flat_map(|l| l.iter()).map(|b| b.1).sum();
         size_cut(
-            logs.iter().map(|l| l.iter().copied()).collect(),
-            total,
+            logs.iter().map(|l| l.iter().rev().copied()).collect(),
             limit,
         )
     }
@@ -163,7 +159,7 @@ mod tests {
                 logs[(*log as usize) % 3].push((i as u64 * 10, *bytes));
             }
             let total: u64 = sizes.iter().map(|s| s.1).sum();
-            let c = size_cut(logs.iter().map(|l| l.iter().copied()).collect(), total, limit);
+            let c = size_cut(logs.iter().map(|l| l.iter().rev().copied()).collect(), limit);
             let stays = |c: Option<u64>| -> u64 {
                 logs.iter().flatten().filter(|b| c.is_none_or(|c| b.0 >= c)).map(|b| b.1).sum()
             };

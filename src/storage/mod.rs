@@ -116,6 +116,15 @@ pub struct LogKey {
 }
 
 impl LogKey {
+    /// Origin log `log` of partition group `group`.
+    pub fn new(group: GroupId, log: crate::ids::LogRef) -> LogKey {
+        LogKey {
+            group,
+            origin: log.origin,
+            epoch: log.epoch,
+        }
+    }
+
     pub fn prefix(&self) -> [u8; 16] {
         let mut k = [0u8; 16];
         k[..8].copy_from_slice(&self.group.to_be_bytes());
@@ -296,6 +305,22 @@ impl Db {
         let start = key_under(&prefix, from);
         self.db
             .iterator_cf(self.cf(cf), IteratorMode::From(&start, Direction::Forward))
+            .map(|r| r.map_err(DbError::from))
+            .map_while(move |r| match r {
+                Ok((k, v)) => n_under(&prefix, &k).map(|n| Ok((n, v))),
+                Err(e) => Some(Err(e)),
+            })
+    }
+
+    /// Entries `[prefix][..]` of a column family, last first.
+    pub fn range_rev_owned(
+        &self,
+        cf: &'static str,
+        prefix: Vec<u8>,
+    ) -> impl Iterator<Item = Result<Numbered, DbError>> + '_ {
+        let end = key_under(&prefix, u64::MAX);
+        self.db
+            .iterator_cf(self.cf(cf), IteratorMode::From(&end, Direction::Reverse))
             .map(|r| r.map_err(DbError::from))
             .map_while(move |r| match r {
                 Ok((k, v)) => n_under(&prefix, &k).map(|n| Ok((n, v))),

@@ -200,10 +200,10 @@ pub fn trim_end(
     Ok(Some((upper, log.key(last.last_hlc().saturating_add(1)))))
 }
 
-/// `log`'s stored batches oldest first, as (HLC of the last record, stored
+/// `log`'s stored batches newest first, as (HLC of the last record, stored
 /// bytes), from the HLC index. Stops at the first read error.
 pub fn batch_sizes(db: &Db, log: LogKey) -> impl Iterator<Item = (u64, u64)> + '_ {
-    db.range_owned(CF_HLC_INDEX, log.prefix().to_vec(), 0)
+    db.range_rev_owned(CF_HLC_INDEX, log.prefix().to_vec())
         .map_while(move |r| {
             let (last_hlc, v) = r.ok()?;
             let bytes = match v.get(8..12) {

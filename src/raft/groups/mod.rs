@@ -403,25 +403,25 @@ impl Groups {
                 (last + 1).saturating_sub(m.purged.map_or(0, |l| l.index + 1))
             })
         };
+        let bytes = |group| {
+            sizes.then(|| {
+                let b = self.db().group_bytes(group);
+                (b.data, b.raft_log)
+            })
+        };
         for g in self.partitions() {
             let m = g.raft.metrics().borrow().clone();
             if m.state == ServerState::Leader {
                 led += 1;
             }
             self.metrics.set_term(&g.label(), m.current_term);
-            let bytes = sizes.then(|| {
-                let b = self.db().group_bytes(g.id);
-                (b.data, b.raft_log)
-            });
-            self.metrics.set_group_size(&g.label(), kept(&m), bytes);
+            self.metrics
+                .set_group_size(&g.label(), kept(&m), bytes(g.id));
         }
         let m = self.meta.metrics().borrow().clone();
         self.metrics.set_term("meta", m.current_term);
-        let bytes = sizes.then(|| {
-            let b = self.db().group_bytes(crate::ids::META_GROUP);
-            (b.data, b.raft_log)
-        });
-        self.metrics.set_group_size("meta", kept(&m), bytes);
+        self.metrics
+            .set_group_size("meta", kept(&m), bytes(crate::ids::META_GROUP));
         self.metrics.raft_leader_groups.set(led);
     }
 }

@@ -374,11 +374,7 @@ impl StateMachine {
     }
 
     fn log_key(&self, log: LogRef) -> LogKey {
-        LogKey {
-            group: self.group,
-            origin: log.origin,
-            epoch: log.epoch,
-        }
+        LogKey::new(self.group, log)
     }
 
     /// Stores one batch of `log` at the log's end and queues it for the view;

@@ -40,8 +40,10 @@ pub fn decode(v: &[u8]) -> bincode::Result<Applied> {
     }
 }
 
-/// The applied state as builds before retention stored it.
+/// The applied state as builds before retention stored it. (Tests write
+/// it to make version-1 bytes.)
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 struct AppliedV1 {
     last_applied: Option<LogId>,
     membership: StoredMembership<NodeId, BasicNode>,
@@ -55,6 +57,7 @@ struct AppliedV1 {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 struct MetaStateV1 {
     topics: BTreeMap<String, TopicMeta>,
     next_seq: u32,
@@ -98,26 +101,6 @@ mod tests {
     /// both still load.
     #[test]
     fn version_1_still_loads_and_version_2_round_trips() {
-        type MetaV1<'a> = (
-            &'a BTreeMap<String, TopicMeta>,
-            u32,
-            Leases,
-            Vec<Seal>,
-            BTreeMap<String, u32>,
-            Vec<HomeMove>,
-        );
-        #[derive(serde::Serialize)]
-        struct V1<'a> {
-            last_applied: Option<LogId>,
-            membership: StoredMembership<NodeId, BasicNode>,
-            epoch: u32,
-            logs: BTreeMap<LogRef, LogState>,
-            view_next: u64,
-            view_last_hlc: u64,
-            meta: Option<MetaV1<'a>>,
-            handovers: Vec<(LogRef, u32)>,
-            reinjected: BTreeMap<LogRef, u64>,
-        }
         let log = LogRef {
             origin: 7,
             epoch: 1,
@@ -138,14 +121,21 @@ mod tests {
                 first_home: None,
             },
         )]);
-        let old = V1 {
+        let old = AppliedV1 {
             last_applied: None,
             membership: StoredMembership::default(),
             epoch: 1,
             logs: BTreeMap::from([(log, st)]),
             view_next: 3,
             view_last_hlc: 99,
-            meta: Some((&topics, 2, Leases::new(), vec![], BTreeMap::new(), vec![])),
+            meta: Some(MetaStateV1 {
+                topics: topics.clone(),
+                next_seq: 2,
+                leases: Leases::new(),
+                seals: vec![],
+                epochs: BTreeMap::new(),
+                moves: vec![],
+            }),
             handovers: vec![],
             reinjected: BTreeMap::new(),
         };

@@ -234,3 +234,16 @@ async fn a_trim_applies_alike_however_entries_are_grouped() {
         .collect();
     assert_eq!(idx, [2_501]);
 }
+
+/// Retention by size reads batch sizes from the HLC index, newest first.
+#[tokio::test]
+async fn batch_sizes_come_newest_first_with_their_stored_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let sm = merged_machine(dir.path()).await;
+    let (_, west) = logs();
+    let sizes: Vec<(u64, u64)> = read::batch_sizes(&sm.db, sm.log_key(west)).collect();
+    let hlcs: Vec<u64> = sizes.iter().map(|s| s.0).collect();
+    assert_eq!(hlcs, [601, 401, 201]);
+    let stored = stored(0, 2, 200).len() as u64;
+    assert!(sizes.iter().all(|s| s.1 == stored), "{sizes:?} vs {stored}");
+}
